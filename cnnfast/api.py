@@ -1,0 +1,378 @@
+"""The public kernel API (``../shared/API.md``): validate once, pick a backend, run.
+
+Every function checks its arrays and parameters before any kernel runs, then hands
+contiguous arrays of one dtype and the normalised parameters of ``cnnfast.params``
+to the backend chosen by ``cnnfast.registry``. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import params as P
+from .registry import select
+
+_FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def _array_kind(a, name) -> str:
+    if isinstance(a, np.ndarray):
+        return "numpy"
+    if type(a).__module__.split(".")[0] == "cupy":
+        return "cupy"
+    raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__} "
+                    f"(convert it with numpy.asarray first)")
+
+
+def _check_arrays(**arrays):
+    """One array kind and one floating dtype for every array given (None skipped).
+    Returns (kind, dtype name)."""
+    kind = dtype = None
+    first = None
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        k = _array_kind(a, name)
+        d = str(a.dtype)
+        if d not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} has dtype {d}; expected float32 or float64")
+        if kind is None:
+            kind, dtype, first = k, d, name
+            continue
+        if k != kind:
+            raise TypeError(f"{name} is a {k} array but {first} is a {kind} array; "
+                            f"mixed devices are not allowed (move both to one device)")
+        if d != dtype:
+            raise TypeError(f"{name} has dtype {d} but {first} has dtype {dtype}; mixed "
+                            f"dtypes are not allowed (cast one of them explicitly)")
+    return kind, dtype
+
+
+def _contiguous(a, kind):
+    if a is None:
+        return None
+    if kind == "numpy":
+        return np.ascontiguousarray(a)
+    import cupy  # only reached for cupy arrays
+
+    return cupy.ascontiguousarray(a)
+
+
+def _check_bias(bias, channels):
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({channels},) "
+                         f"(one value per output channel) or None")
+
+
+def _check_grad_y(grad_y, expected_shape):
+    if tuple(grad_y.shape) != tuple(expected_shape):
+        raise ValueError(f"grad_y has shape {tuple(grad_y.shape)}; the forward output "
+                         f"has shape {tuple(expected_shape)}")
+
+
+def _empty(kind, shape, dtype):
+    if kind == "numpy":
+        return np.zeros(shape, dtype)
+    import cupy
+
+    return cupy.zeros(shape, dtype)
+
+
+# ----------------------------------------------------------------------------- conv
+
+
+def _conv(x, weight, bias, stride, padding, dilation, groups, backend, rank=None):
+    kind, dtype = _check_arrays(x=x, weight=weight, bias=bias)
+    P.check_rank(x, "x", rank)
+    p = P.conv_params(x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_bias(bias, weight.shape[0])
+    out_shape = (x.shape[0], weight.shape[0]) + p.out_shape
+    kernel = select("conv", kind, dtype, p, backend)
+    if x.shape[0] == 0:
+        return _empty(kind, out_shape, dtype)
+    return kernel(_contiguous(x, kind), _contiguous(weight, kind),
+                  _contiguous(bias, kind), p)
+
+
+def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """Convolution (cross-correlation, as torch) of ``x`` (N, C_in, *spatial) with
+    ``weight`` (C_out, C_in // groups, *kernel).
+
+    >>> import numpy as np, cnnfast
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> cnnfast.conv(x, np.ones((1, 1, 2, 2)), stride=2, backend="numpy")[0, 0]
+    array([[10., 18.],
+           [42., 50.]])
+    """
+    return _conv(x, weight, bias, stride, padding, dilation, groups, backend)
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """``conv`` for ``x`` of shape (N, C, L)."""
+    return _conv(x, weight, bias, stride, padding, dilation, groups, backend, rank=1)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """``conv`` for ``x`` of shape (N, C, H, W)."""
+    return _conv(x, weight, bias, stride, padding, dilation, groups, backend, rank=2)
+
+
+def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """``conv`` for ``x`` of shape (N, C, D, H, W)."""
+    return _conv(x, weight, bias, stride, padding, dilation, groups, backend, rank=3)
+
+
+def conv_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                  needs=("x", "weight", "bias"), backend=None):
+    """Gradients of ``conv`` with respect to x, weight and bias: ``(grad_x,
+    grad_weight, grad_bias)``, with ``None`` for the names not in ``needs``."""
+    wanted = P.grad_needs(needs)
+    kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight)
+    P.check_rank(x, "x")
+    p = P.conv_params(x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_grad_y(grad_y, (x.shape[0], weight.shape[0]) + p.out_shape)
+    kernel = select("conv_backward", kind, dtype, p, backend)
+    if not wanted:
+        return None, None, None
+    if x.shape[0] == 0:
+        return _zero_grads(kind, dtype, wanted, x.shape, weight.shape)
+    return kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
+                  _contiguous(weight, kind), p, wanted)
+
+
+def _zero_grads(kind, dtype, wanted, x_shape, w_shape, bias_channels=None):
+    bias_channels = w_shape[0] if bias_channels is None else bias_channels
+    return (_empty(kind, x_shape, dtype) if "x" in wanted else None,
+            _empty(kind, w_shape, dtype) if "weight" in wanted else None,
+            _empty(kind, (bias_channels,), dtype) if "bias" in wanted else None)
+
+
+# ----------------------------------------------------------------------------- conv_transpose
+
+
+def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation,
+                    backend, rank=None):
+    kind, dtype = _check_arrays(x=x, weight=weight, bias=bias)
+    P.check_rank(x, "x", rank)
+    p = P.conv_transpose_params(x.shape, weight.shape, stride, padding, output_padding,
+                                groups, dilation)
+    c_out = weight.shape[1] * p.groups
+    _check_bias(bias, c_out)
+    kernel = select("conv_transpose", kind, dtype, p, backend)
+    if x.shape[0] == 0:
+        return _empty(kind, (0, c_out) + p.out_shape, dtype)
+    return kernel(_contiguous(x, kind), _contiguous(weight, kind),
+                  _contiguous(bias, kind), p)
+
+
+def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                   dilation=1, *, backend=None):
+    """Transposed convolution of ``x`` (N, C_in, *spatial) with ``weight``
+    (C_in, C_out // groups, *kernel); ``padding`` crops the output.
+
+    >>> import numpy as np, cnnfast
+    >>> cnnfast.conv_transpose(np.ones((1, 1, 2)), np.ones((1, 1, 2)), stride=2,
+    ...                        backend="numpy")[0, 0]
+    array([1., 1., 1., 1.])
+    """
+    return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
+                           dilation, backend)
+
+
+def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, backend=None):
+    """``conv_transpose`` for ``x`` of shape (N, C, L)."""
+    return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
+                           dilation, backend, rank=1)
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, backend=None):
+    """``conv_transpose`` for ``x`` of shape (N, C, H, W)."""
+    return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
+                           dilation, backend, rank=2)
+
+
+def conv_transpose3d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, backend=None):
+    """``conv_transpose`` for ``x`` of shape (N, C, D, H, W)."""
+    return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
+                           dilation, backend, rank=3)
+
+
+def conv_transpose_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
+                            groups=1, dilation=1, *, needs=("x", "weight", "bias"),
+                            backend=None):
+    """Gradients of ``conv_transpose``: ``(grad_x, grad_weight, grad_bias)``."""
+    wanted = P.grad_needs(needs)
+    kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight)
+    P.check_rank(x, "x")
+    p = P.conv_transpose_params(x.shape, weight.shape, stride, padding, output_padding,
+                                groups, dilation)
+    c_out = weight.shape[1] * p.groups
+    _check_grad_y(grad_y, (x.shape[0], c_out) + p.out_shape)
+    kernel = select("conv_transpose_backward", kind, dtype, p, backend)
+    if not wanted:
+        return None, None, None
+    if x.shape[0] == 0:
+        return _zero_grads(kind, dtype, wanted, x.shape, weight.shape, c_out)
+    return kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
+                  _contiguous(weight, kind), p, wanted)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+              backend, rank=None):
+    kind, dtype = _check_arrays(x=x)
+    P.check_rank(x, "x", rank)
+    p = P.pool_params(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    if not isinstance(return_indices, (bool, np.bool_)):
+        raise TypeError(f"return_indices={return_indices!r} must be a bool")
+    kernel = select("max_pool", kind, dtype, p, backend)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        y = _empty(kind, x.shape[:2] + p.out_shape, dtype)
+        idx = _empty(kind, y.shape, "int64")
+        return (y, idx) if return_indices else y
+    y, idx = kernel(_contiguous(x, kind), p, bool(return_indices))
+    return (y, idx) if return_indices else y
+
+
+def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+             return_indices=False, backend=None):
+    """Max pooling; NaN wins a window. With ``return_indices=True`` also the int64
+    flat offsets of the winners in each (n, c) plane of ``x``.
+
+    >>> import numpy as np, cnnfast
+    >>> x = np.array([[[[2., 3, 1, 9], [4, 7, 3, 5], [8, 2, 2, 2], [1, 3, 4, 5]]]])
+    >>> cnnfast.max_pool(x, 2, backend="numpy")[0, 0]
+    array([[7., 9.],
+           [8., 5.]])
+    """
+    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                     backend)
+
+
+def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+               return_indices=False, backend=None):
+    """``max_pool`` for ``x`` of shape (N, C, L)."""
+    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                     backend, rank=1)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+               return_indices=False, backend=None):
+    """``max_pool`` for ``x`` of shape (N, C, H, W)."""
+    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                     backend, rank=2)
+
+
+def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+               return_indices=False, backend=None):
+    """``max_pool`` for ``x`` of shape (N, C, D, H, W)."""
+    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                     backend, rank=3)
+
+
+def _check_x_shape(x_shape):
+    if not isinstance(x_shape, (tuple, list)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in x_shape):
+        raise TypeError(f"x_shape={x_shape!r} must be a tuple of ints")
+    x_shape = tuple(int(v) for v in x_shape)
+    if len(x_shape) not in (3, 4, 5) or min(x_shape) < 0:
+        raise ValueError(f"x_shape={x_shape!r} must be (N, C, *spatial) with 1 to 3 "
+                         f"non-negative spatial sizes")
+    return x_shape
+
+
+def max_pool_backward(grad_y, indices, x_shape, *, backend=None):
+    """Gradient of ``max_pool`` with respect to x, from the winners' ``indices``."""
+    kind, dtype = _check_arrays(grad_y=grad_y)
+    x_shape = _check_x_shape(x_shape)
+    if _array_kind(indices, "indices") != kind:
+        raise TypeError(f"indices is a {_array_kind(indices, 'indices')} array but grad_y "
+                        f"is a {kind} array; mixed devices are not allowed")
+    if str(indices.dtype) != "int64":
+        raise TypeError(f"indices has dtype {indices.dtype}; expected int64 (as returned "
+                        f"by max_pool(..., return_indices=True))")
+    if tuple(indices.shape) != tuple(grad_y.shape):
+        raise ValueError(f"indices has shape {tuple(indices.shape)} but grad_y has shape "
+                         f"{tuple(grad_y.shape)}; they must match")
+    if grad_y.ndim != len(x_shape) or tuple(grad_y.shape[:2]) != x_shape[:2]:
+        raise ValueError(f"grad_y has shape {tuple(grad_y.shape)}; for x_shape={x_shape} "
+                         f"it must be ({x_shape[0]}, {x_shape[1]}, *pooled)")
+    plane = P.prod(x_shape[2:])
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= plane):
+        raise ValueError(f"indices must lie in [0, {plane}) (flat offsets into each "
+                         f"(n, c) plane of x_shape={x_shape}); got values in "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
+    kernel = select("max_pool_backward", kind, dtype, x_shape, backend)
+    if grad_y.size == 0:
+        return _empty(kind, x_shape, dtype)
+    return kernel(_contiguous(grad_y, kind), _contiguous(indices, kind), x_shape)
+
+
+def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+              divisor_override, dilation, backend, rank=None):
+    kind, dtype = _check_arrays(x=x)
+    P.check_rank(x, "x", rank)
+    p = P.pool_params(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
+                      count_include_pad, divisor_override)
+    kernel = select("avg_pool", kind, dtype, p, backend)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return _empty(kind, x.shape[:2] + p.out_shape, dtype)
+    return kernel(_contiguous(x, kind), p)
+
+
+def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+             count_include_pad=True, divisor_override=None, *, dilation=1, backend=None):
+    """Average pooling (ONNX's ``dilation`` supported as well).
+
+    >>> import numpy as np, cnnfast
+    >>> x = np.array([[[[2., 1, 1, 3], [4, 5, 2, 1], [1, 4, 5, 3], [5, 1, 7, 6]]]])
+    >>> cnnfast.avg_pool(x, 2, backend="numpy")[0, 0]
+    array([[3.  , 1.75],
+           [2.75, 5.25]])
+    """
+    return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, dilation, backend)
+
+
+def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None, *, dilation=1, backend=None):
+    """``avg_pool`` for ``x`` of shape (N, C, L)."""
+    return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, dilation, backend, rank=1)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None, *, dilation=1, backend=None):
+    """``avg_pool`` for ``x`` of shape (N, C, H, W)."""
+    return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, dilation, backend, rank=2)
+
+
+def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None, *, dilation=1, backend=None):
+    """``avg_pool`` for ``x`` of shape (N, C, D, H, W)."""
+    return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, dilation, backend, rank=3)
+
+
+def avg_pool_backward(grad_y, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+                      count_include_pad=True, divisor_override=None, *, dilation=1,
+                      backend=None):
+    """Gradient of ``avg_pool`` with respect to x."""
+    kind, dtype = _check_arrays(grad_y=grad_y)
+    x_shape = _check_x_shape(x_shape)
+    p = P.pool_params(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
+                      count_include_pad, divisor_override)
+    _check_grad_y(grad_y, x_shape[:2] + p.out_shape)
+    kernel = select("avg_pool_backward", kind, dtype, p, backend)
+    if grad_y.size == 0:
+        return _empty(kind, x_shape, dtype)
+    return kernel(_contiguous(grad_y, kind), p)

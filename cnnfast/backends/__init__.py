@@ -1,0 +1,1 @@
+"""Backends: one module each, registered by name in ``cnnfast.registry``."""

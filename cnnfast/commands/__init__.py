@@ -1,0 +1,1 @@
+"""One module per ``cnnfast`` sub-command (see ``cnnfast.cli``)."""

@@ -1,0 +1,361 @@
+"""Parameter normalisation, validation and output-shape arithmetic.
+
+This is the one place that knows the rules of ``../shared/API.md``. The dispatcher
+(``cnnfast.api``) calls these functions once per public call; backends receive the
+frozen dataclasses below and trust every field:
+
+* ``stride``, ``dilation``, ``kernel``, ``output_padding``: one int per spatial dim;
+* ``padding``: one ``(before, after)`` pair per spatial dim, already resolved from
+  ``"same"``/``"valid"``;
+* ``in_shape``/``out_shape``: the spatial extents of the input and the output.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+Ints = Tuple[int, ...]
+Pairs = Tuple[Tuple[int, int], ...]
+
+GRAD_NAMES = ("x", "weight", "bias")
+
+
+@dataclass(frozen=True)
+class ConvParams:
+    """Normalised parameters of a convolution or a transposed convolution."""
+
+    rank: int
+    stride: Ints
+    padding: Pairs
+    dilation: Ints
+    groups: int
+    kernel: Ints
+    in_shape: Ints  # spatial shape of x
+    out_shape: Ints  # spatial shape of y
+    output_padding: Ints  # all zeros for a plain convolution
+    transposed: bool = False
+
+
+@dataclass(frozen=True)
+class PoolParams:
+    """Normalised parameters of max or average pooling."""
+
+    rank: int
+    kernel: Ints
+    stride: Ints
+    padding: Pairs
+    dilation: Ints
+    ceil_mode: bool
+    in_shape: Ints
+    out_shape: Ints
+    count_include_pad: bool = True
+    divisor_override: Optional[int] = None
+
+
+# ----------------------------------------------------------------------------- scalars
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def per_dim(value, rank: int, name: str, *, minimum: int) -> Ints:
+    """An int, or one int per spatial dim, each ``>= minimum``."""
+    if _is_int(value):
+        values = (int(value),) * rank
+    elif isinstance(value, (tuple, list)):
+        if len(value) != rank:
+            raise ValueError(
+                f"{name}={value!r} has {len(value)} entries; expected an int or "
+                f"{rank} ints, one per spatial dim")
+        if not all(_is_int(v) for v in value):
+            raise TypeError(f"{name}={value!r} must contain ints only")
+        values = tuple(int(v) for v in value)
+    else:
+        raise TypeError(f"{name}={value!r} must be an int or a tuple of {rank} ints")
+    for v in values:
+        if v < minimum:
+            what = "positive" if minimum == 1 else f">= {minimum}"
+            raise ValueError(f"{name}={value!r}: every entry must be {what}")
+    return values
+
+
+def padding_pairs(value, rank: int, name: str = "padding") -> Pairs:
+    """An int, or per dim an int or a ``(before, after)`` pair; all ``>= 0``."""
+    if _is_int(value):
+        entries = [int(value)] * rank
+    elif isinstance(value, (tuple, list)):
+        if len(value) != rank:
+            raise ValueError(
+                f"{name}={value!r} has {len(value)} entries; expected an int, "
+                f"'same', 'valid', or {rank} entries (an int or a (before, after) "
+                f"pair per spatial dim)")
+        entries = list(value)
+    else:
+        raise TypeError(f"{name}={value!r} must be an int, a string or a tuple")
+    pairs = []
+    for entry in entries:
+        if _is_int(entry):
+            pair = (int(entry), int(entry))
+        elif (isinstance(entry, (tuple, list)) and len(entry) == 2
+              and all(_is_int(v) for v in entry)):
+            pair = (int(entry[0]), int(entry[1]))
+        else:
+            raise TypeError(
+                f"{name}={value!r}: each entry must be an int or a (before, after) "
+                f"pair of ints, got {entry!r}")
+        if pair[0] < 0 or pair[1] < 0:
+            raise ValueError(f"{name}={value!r}: padding must not be negative")
+        pairs.append(pair)
+    return tuple(pairs)
+
+
+def grad_needs(needs) -> frozenset:
+    """``needs`` as a set of names from ``GRAD_NAMES``."""
+    if isinstance(needs, str):
+        needs = (needs,)
+    try:
+        names = tuple(needs)
+    except TypeError:
+        raise TypeError(f"needs={needs!r} must be a tuple of names from {GRAD_NAMES}") from None
+    for n in names:
+        if n not in GRAD_NAMES:
+            raise ValueError(f"needs={needs!r}: unknown gradient name {n!r}; "
+                             f"expected names from {GRAD_NAMES}")
+    return frozenset(names)
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def check_rank(x, name: str, expected_rank: Optional[int] = None) -> int:
+    """Spatial rank of ``x`` (``x.ndim - 2``), checked against 1..3 or an alias."""
+    ndim = getattr(x, "ndim", None)
+    if ndim is None:
+        raise TypeError(f"{name} must be a numpy or cupy array, got {type(x).__name__}")
+    rank = ndim - 2
+    if expected_rank is not None and rank != expected_rank:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)} ({ndim} dims); a {expected_rank}d op "
+            f"expects (N, C, *spatial) with {expected_rank} spatial dims "
+            f"({expected_rank + 2} dims in all)")
+    if rank not in (1, 2, 3):
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}; expected (N, C, *spatial) with 1, 2 "
+            f"or 3 spatial dims (3 to 5 dims in all)")
+    return rank
+
+
+# ----------------------------------------------------------------------------- conv
+
+
+def _same_padding(rank, kernel, dilation, stride, name) -> Pairs:
+    if any(s != 1 for s in stride):
+        raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+    pairs = []
+    for k, d in zip(kernel, dilation):
+        total = d * (k - 1)
+        # ONNX SAME_UPPER: an odd total puts the extra element after.
+        pairs.append((total // 2, total - total // 2))
+    return tuple(pairs)
+
+
+def conv_params(x_shape, w_shape, stride, padding, dilation, groups) -> ConvParams:
+    rank = len(x_shape) - 2
+    if len(w_shape) != len(x_shape):
+        raise ValueError(
+            f"weight has shape {tuple(w_shape)}; for input shape {tuple(x_shape)} it "
+            f"must be (C_out, C_in // groups, *kernel) with {len(x_shape)} dims")
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"groups={groups!r} must be a positive int")
+    groups = int(groups)
+    c_in, c_out = x_shape[1], w_shape[0]
+    if c_in % groups:
+        raise ValueError(f"groups={groups} does not divide the {c_in} input channels")
+    if c_out % groups:
+        raise ValueError(f"groups={groups} does not divide the {c_out} output channels "
+                         f"(weight.shape[0])")
+    if w_shape[1] * groups != c_in:
+        raise ValueError(
+            f"weight.shape[1]={w_shape[1]} times groups={groups} must equal the "
+            f"{c_in} input channels of x (expected weight.shape[1]={c_in // groups})")
+    kernel = tuple(int(k) for k in w_shape[2:])
+    if min(kernel) < 1:
+        raise ValueError(f"weight has an empty kernel {kernel}")
+    stride = per_dim(stride, rank, "stride", minimum=1)
+    dilation = per_dim(dilation, rank, "dilation", minimum=1)
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = ((0, 0),) * rank
+        elif padding == "same":
+            pads = _same_padding(rank, kernel, dilation, stride, "padding")
+        else:
+            raise ValueError(f"padding={padding!r}: expected 'same', 'valid', an int "
+                             f"or per-dim ints/(before, after) pairs")
+    else:
+        pads = padding_pairs(padding, rank)
+    in_shape = tuple(int(v) for v in x_shape[2:])
+    out = []
+    for i in range(rank):
+        extent = in_shape[i] + pads[i][0] + pads[i][1] - dilation[i] * (kernel[i] - 1)
+        if extent < 1:
+            raise ValueError(
+                f"kernel {kernel} with dilation {dilation} is larger than the padded "
+                f"input {tuple(in_shape[j] + sum(pads[j]) for j in range(rank))} "
+                f"(spatial dim {i}): the output would be empty")
+        out.append((extent - 1) // stride[i] + 1)
+    return ConvParams(rank, stride, pads, dilation, groups, kernel, in_shape, tuple(out),
+                      (0,) * rank, False)
+
+
+def conv_transpose_params(x_shape, w_shape, stride, padding, output_padding, groups,
+                          dilation) -> ConvParams:
+    rank = len(x_shape) - 2
+    if len(w_shape) != len(x_shape):
+        raise ValueError(
+            f"weight has shape {tuple(w_shape)}; for input shape {tuple(x_shape)} it "
+            f"must be (C_in, C_out // groups, *kernel) with {len(x_shape)} dims")
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"groups={groups!r} must be a positive int")
+    groups = int(groups)
+    c_in = x_shape[1]
+    if c_in % groups:
+        raise ValueError(f"groups={groups} does not divide the {c_in} input channels")
+    if w_shape[0] != c_in:
+        raise ValueError(
+            f"weight.shape[0]={w_shape[0]} must equal the {c_in} input channels of x "
+            f"(transposed-convolution weight is (C_in, C_out // groups, *kernel))")
+    kernel = tuple(int(k) for k in w_shape[2:])
+    if min(kernel) < 1:
+        raise ValueError(f"weight has an empty kernel {kernel}")
+    stride = per_dim(stride, rank, "stride", minimum=1)
+    dilation = per_dim(dilation, rank, "dilation", minimum=1)
+    opad = per_dim(output_padding, rank, "output_padding", minimum=0)
+    for op, s, d in zip(opad, stride, dilation):
+        if op >= s and op >= d:
+            raise ValueError(
+                f"output_padding={output_padding!r} must be smaller than either the "
+                f"stride {stride} or the dilation {dilation} in every dim")
+    in_shape = tuple(int(v) for v in x_shape[2:])
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = ((0, 0),) * rank
+        elif padding == "same":
+            # Extension (ONNX ConvTranspose auto_pad=SAME_UPPER): output = input *
+            # stride; the crop total is split with the extra element after.
+            pairs = []
+            for i in range(rank):
+                total = (stride[i] * (in_shape[i] - 1) + opad[i]
+                         + dilation[i] * (kernel[i] - 1) + 1 - in_shape[i] * stride[i])
+                if total < 0:
+                    raise ValueError(
+                        f"padding='same' cannot give output size input*stride in dim "
+                        f"{i}: the kernel extent is smaller than the stride")
+                pairs.append((total // 2, total - total // 2))
+            pads = tuple(pairs)
+        else:
+            raise ValueError(f"padding={padding!r}: expected 'same', 'valid', an int "
+                             f"or per-dim ints/(before, after) pairs")
+    else:
+        pads = padding_pairs(padding, rank)
+    out = []
+    for i in range(rank):
+        size = ((in_shape[i] - 1) * stride[i] - pads[i][0] - pads[i][1]
+                + dilation[i] * (kernel[i] - 1) + opad[i] + 1)
+        if size < 1:
+            raise ValueError(
+                f"padding={padding!r} crops the whole output in spatial dim {i} "
+                f"(output size would be {size})")
+        out.append(size)
+    return ConvParams(rank, stride, pads, dilation, groups, kernel, in_shape, tuple(out),
+                      opad, True)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def pool_out_size(size, k, s, lo, hi, d, ceil_mode) -> int:
+    """Output length of one pooled dim (API.md: torch's and ONNX's rule)."""
+    extent = size + lo + hi - d * (k - 1) - 1
+    if extent < 0:
+        return 0
+    if not ceil_mode:
+        return extent // s + 1
+    out = -(-extent // s) + 1
+    # Drop the last window when it would start at or past the end of the input
+    # plus the leading padding.
+    if (out - 1) * s >= size + lo:
+        out -= 1
+    return out
+
+
+def pool_params(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
+                count_include_pad=True, divisor_override=None) -> PoolParams:
+    rank = len(x_shape) - 2
+    kernel = per_dim(kernel_size, rank, "kernel_size", minimum=1)
+    stride = kernel if stride is None else per_dim(stride, rank, "stride", minimum=1)
+    dilation = per_dim(dilation, rank, "dilation", minimum=1)
+    if isinstance(padding, str):
+        raise ValueError(f"padding={padding!r}: pooling takes an int or per-dim "
+                         f"ints/(before, after) pairs, not a string")
+    pads = padding_pairs(padding, rank)
+    if not isinstance(ceil_mode, (bool,)) and not _is_bool_like(ceil_mode):
+        raise TypeError(f"ceil_mode={ceil_mode!r} must be a bool")
+    if not isinstance(count_include_pad, bool) and not _is_bool_like(count_include_pad):
+        raise TypeError(f"count_include_pad={count_include_pad!r} must be a bool")
+    if divisor_override is not None:
+        if not _is_int(divisor_override):
+            raise TypeError(f"divisor_override={divisor_override!r} must be an int or None")
+        if divisor_override < 1:
+            raise ValueError(f"divisor_override={divisor_override!r} must be positive")
+        divisor_override = int(divisor_override)
+    in_shape = tuple(int(v) for v in x_shape[2:])
+    out = []
+    for i in range(rank):
+        n = pool_out_size(in_shape[i], kernel[i], stride[i], pads[i][0], pads[i][1],
+                          dilation[i], bool(ceil_mode))
+        if n < 1:
+            raise ValueError(
+                f"kernel_size={kernel} with dilation {dilation} is larger than the "
+                f"padded input in spatial dim {i} (size {in_shape[i]} + padding "
+                f"{pads[i]}): the output would be empty")
+        # Every window must have at least one tap inside the input (a window lying
+        # wholly in the padding has no defined max or average).
+        for o in range(n):
+            start = o * stride[i] - pads[i][0]
+            if not any(0 <= start + t * dilation[i] < in_shape[i] for t in range(kernel[i])):
+                raise ValueError(
+                    f"padding={padding!r} is too large: window {o} of spatial dim {i} "
+                    f"lies wholly in the padding; reduce the padding (or the dilation)")
+        out.append(n)
+    return PoolParams(rank, kernel, stride, pads, dilation, bool(ceil_mode), in_shape,
+                      tuple(out), bool(count_include_pad), divisor_override)
+
+
+def _is_bool_like(v) -> bool:
+    try:
+        import numpy as np
+        return isinstance(v, np.bool_)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def pool_window_counts(p: PoolParams, dim: int):
+    """Per output position along ``dim``: (taps inside the input, taps inside
+    input-plus-padding). The ceil_mode overhang past the padding counts in neither."""
+    size, k, s, d = p.in_shape[dim], p.kernel[dim], p.stride[dim], p.dilation[dim]
+    lo, hi = p.padding[dim]
+    inside, padded = [], []
+    for o in range(p.out_shape[dim]):
+        start = o * s - lo
+        taps = [start + t * d for t in range(k)]
+        inside.append(sum(1 for c in taps if 0 <= c < size))
+        padded.append(sum(1 for c in taps if -lo <= c < size + hi))
+    return inside, padded
+
+
+def prod(values) -> int:
+    return math.prod(values)

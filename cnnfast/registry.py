@@ -1,0 +1,218 @@
+"""The backend registry and backend selection.
+
+A backend is a module that exposes:
+
+* ``ARRAY``: ``"numpy"`` or ``"cupy"`` -- the kind of arrays it takes and returns;
+* ``DTYPES``: the dtype names it computes in (``("float32", "float64")``);
+* ``OPS``: a dict from op name (``"conv"``, ``"conv_backward"``, ...; see
+  ``OP_NAMES``) to a kernel function taking normalised parameters (see
+  ``cnnfast.params`` and ``cnnfast.backends.numpy_backend`` for the signatures);
+* optionally ``availability() -> None | str``: the reason it cannot run here;
+* optionally ``unsupported(op, params, dtype) -> None | str``: the reason a
+  particular case is not implemented.
+
+A module that fails to import is unavailable, with the import error as the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+OP_NAMES = ("conv", "conv_backward", "conv_transpose", "conv_transpose_backward",
+            "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward")
+
+_MODULES: Dict[str, str] = {
+    "numpy": "cnnfast.backends.numpy_backend",
+    "numba": "cnnfast.backends.numba_backend",
+    "cpp": "cnnfast.backends.cpp_backend",
+    "cupy": "cnnfast.backends.cupy_backend",
+    "cuda-emu": "cnnfast.backends.cuda_emu_backend",
+}
+# Automatic choice for numpy arrays, fastest first; cuda-emu is opt-in only.
+AUTO_CPU_ORDER = ("cpp", "numba", "numpy")
+
+_lock = threading.Lock()
+_loaded: Dict[str, "Backend"] = {}
+_global_choice: Optional[str] = None
+_context_choice: contextvars.ContextVar = contextvars.ContextVar("cnnfast_backend",
+                                                                 default=None)
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised when a named backend cannot run on this machine."""
+
+
+@dataclass
+class Backend:
+    name: str
+    module: object = None
+    reason: Optional[str] = None  # why it is unavailable; None when usable
+    ops: Dict[str, Callable] = field(default_factory=dict)
+    array: str = "numpy"
+    dtypes: tuple = ("float32", "float64")
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None
+
+    def unsupported(self, op, params, dtype) -> Optional[str]:
+        if op not in self.ops:
+            return f"backend {self.name!r} does not implement {op}"
+        if dtype not in self.dtypes:
+            return f"backend {self.name!r} does not compute in {dtype}"
+        check = getattr(self.module, "unsupported", None)
+        return check(op, params, dtype) if check else None
+
+
+def register_backend(name: str, module_path: str) -> None:
+    """Register (or replace) a backend implemented by the module ``module_path``."""
+    with _lock:
+        _MODULES[name] = module_path
+        _loaded.pop(name, None)
+
+
+def backend_names():
+    return tuple(_MODULES)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend object for ``name``, importing its module on first use."""
+    if name not in _MODULES:
+        raise ValueError(f"backend={name!r} is unknown; expected one of "
+                         f"{', '.join(map(repr, _MODULES))}")
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        backend = Backend(name)
+        try:
+            module = importlib.import_module(_MODULES[name])
+        except ImportError as exc:
+            backend.reason = f"cannot import {_MODULES[name]}: {exc}"
+        else:
+            backend.module = module
+            backend.array = getattr(module, "ARRAY", "numpy")
+            backend.dtypes = tuple(getattr(module, "DTYPES", ("float32", "float64")))
+            backend.ops = dict(getattr(module, "OPS", {}))
+            check = getattr(module, "availability", None)
+            try:
+                backend.reason = check() if check else None
+            except Exception as exc:  # a broken driver must not break the library
+                backend.reason = f"{type(exc).__name__}: {exc}"
+        _loaded[name] = backend
+        return backend
+
+
+def available_backends(with_reasons: bool = False):
+    """Names of the backends usable here.
+
+    With ``with_reasons=True``, a dict from every known backend name to ``None``
+    (usable) or the reason it is unavailable.
+    """
+    status = {name: get_backend(name).reason for name in _MODULES}
+    if with_reasons:
+        return status
+    return [name for name, reason in status.items() if reason is None]
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Make ``name`` the default backend (``None`` or ``"auto"`` restores the
+    automatic choice). Checked at once: unknown or unavailable names raise."""
+    global _global_choice
+    _global_choice = _checked_choice(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]):
+    """Context manager: use backend ``name`` inside the ``with`` block (per thread
+    and per asyncio task)."""
+    token = _context_choice.set(_checked_choice(name))
+    try:
+        yield
+    finally:
+        _context_choice.reset(token)
+
+
+def _checked_choice(name):
+    if name is None or name == "auto":
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"backend={name!r} must be a backend name (str) or None")
+    backend = get_backend(name)
+    if not backend.available:
+        raise BackendUnavailable(f"backend {name!r} is unavailable: {backend.reason}")
+    return name
+
+
+def current_choice() -> Optional[str]:
+    """The backend the user asked for outside a call: context, global, env."""
+    choice = _context_choice.get()
+    if choice is None:
+        choice = _global_choice
+    if choice is None:
+        env = os.environ.get("CNNFAST_BACKEND", "").strip()
+        if env and env != "auto":
+            choice = env
+    return choice
+
+
+def select(op: str, array_kind: str, dtype: str, params, requested: Optional[str]):
+    """The kernel for ``op``: the backend asked for (argument, context, global or
+    ``CNNFAST_BACKEND``), else the automatic choice for the array kind."""
+    if requested is not None and not isinstance(requested, str):
+        raise TypeError(f"backend={requested!r} must be a backend name (str) or None")
+    name = requested if requested not in (None, "auto") else None
+    if name is None and requested is None:
+        name = current_choice()
+    if name is not None:
+        backend = get_backend(name)
+        if not backend.available:
+            raise BackendUnavailable(
+                f"backend {name!r} is unavailable: {backend.reason}")
+        if backend.array != array_kind:
+            raise TypeError(
+                f"backend {name!r} takes {backend.array} arrays but got {array_kind} "
+                f"arrays; no silent transfer between devices (convert the inputs, "
+                f"or pick a backend for {array_kind} arrays)")
+        reason = backend.unsupported(op, params, dtype)
+        if reason is not None:
+            others = [n for n in _MODULES if n != name and _can_run(n, op, array_kind,
+                                                                      dtype, params)]
+            hint = (f"; backends that can: {', '.join(others)}" if others
+                    else "; no available backend can")
+            raise NotImplementedError(f"{reason} for this case{hint}")
+        return backend.ops[op]
+    # Automatic choice: the user asked for it, so falling back is allowed.
+    order = ("cupy",) if array_kind == "cupy" else AUTO_CPU_ORDER
+    reasons = []
+    for candidate in order:
+        backend = get_backend(candidate)
+        if not backend.available:
+            reasons.append(f"{candidate}: {backend.reason}")
+            continue
+        reason = backend.unsupported(op, params, dtype)
+        if reason is None:
+            return backend.ops[op]
+        reasons.append(f"{candidate}: {reason}")
+    raise NotImplementedError(f"no available backend runs {op} on {array_kind} "
+                              f"{dtype} arrays here ({'; '.join(reasons)})")
+
+
+def _can_run(name, op, array_kind, dtype, params) -> bool:
+    backend = get_backend(name)
+    return (backend.available and backend.array == array_kind
+            and backend.unsupported(op, params, dtype) is None)
+
+
+def backend_for(op: str, array_kind: str, dtype: str, params, requested=None) -> str:
+    """Name of the backend ``select`` would use (for reports and tests)."""
+    kernel = select(op, array_kind, dtype, params, requested)
+    for name, backend in _loaded.items():
+        if backend.ops.get(op) is kernel:
+            return name
+    raise AssertionError("selected kernel belongs to no loaded backend")

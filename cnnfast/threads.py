@@ -1,0 +1,37 @@
+"""The CPU backends' thread count (numba and cpp alike)."""
+
+from __future__ import annotations
+
+import os
+
+_num_threads = None
+
+
+def _default_threads() -> int:
+    env = os.environ.get("CNNFAST_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"CNNFAST_NUM_THREADS={env!r} must be a positive int") from None
+        if n < 1:
+            raise ValueError(f"CNNFAST_NUM_THREADS={env!r} must be a positive int")
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_num_threads(n: int) -> None:
+    """Set the thread count of the CPU backends (numba and cpp)."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads(n={n!r}): n must be a positive int")
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """The CPU backends' thread count: set_num_threads, else CNNFAST_NUM_THREADS,
+    else the cores this process may run on."""
+    return _num_threads if _num_threads is not None else _default_threads()

@@ -1,0 +1,54 @@
+"""Builds the pybind11 extension cnnfast._cpp from csrc/.
+
+The extension is compiled for the baseline ISA of the target (no -march=native):
+AVX2+FMA code sits in files that enable it with `#pragma GCC target`, and is
+chosen at run time by CPU-feature detection (csrc/cpu_features.cpp).
+
+CNNFAST_DEBUG=1 builds with -O1 -g -fsanitize=address,undefined and bounds checks.
+"""
+
+import glob
+import os
+import re
+import sys
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def version():
+    text = open(os.path.join(HERE, "cnnfast", "_version.py")).read()
+    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+
+
+DEBUG = os.environ.get("CNNFAST_DEBUG", "") == "1"
+SOURCES = sorted(glob.glob("csrc/*.cpp"))
+
+compile_args, link_args = [], []
+if sys.platform != "win32":
+    compile_args += ["-fopenmp", "-fno-math-errno", "-Wall"]
+    link_args += ["-fopenmp"]
+    if DEBUG:
+        compile_args += ["-O1", "-g", "-fno-omit-frame-pointer",
+                         "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+        link_args += ["-fsanitize=address,undefined"]
+    else:
+        compile_args += ["-O3"]
+else:  # pragma: no cover - MSVC
+    compile_args += ["/openmp", "/O2"]
+
+ext = Pybind11Extension(
+    "cnnfast._cpp",
+    SOURCES,
+    cxx_std=17,
+    include_dirs=["csrc"],
+    define_macros=[("CNNFAST_VERSION", f'"{version()}"')]
+    + ([("CNNFAST_DEBUG", "1")] if DEBUG else []),
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
+    depends=sorted(glob.glob("csrc/*.h")),
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})
