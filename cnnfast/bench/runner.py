@@ -1,0 +1,179 @@
+"""Timing: every implementation of one (case, op) measured in one process, interleaved.
+
+For each (case, op):
+
+1. every implementation prepares its call (inputs converted once) and runs it once
+   (the warm-up: JIT compilation, kernel caches, first-touch allocation; its time is
+   kept as ``first_call_s``), then once more to calibrate ``number``, the calls per
+   sample, so that a sample lasts at least ``min_time`` seconds;
+2. ``repeat`` rounds follow; each round times one sample of every implementation in
+   turn (A B C A B C ...), so slow drift (turbo, thermal, a neighbour process) hits
+   all of them alike, with a short sleep before each sample so that the spinning
+   worker threads of the previous implementation (OpenMP, TBB, numba) have gone idle;
+3. the result of the warm-up call is checked against the numpy reference backend (or
+   torch when numpy is not run), so a fast wrong kernel cannot go unnoticed.
+
+The API allocates its outputs, so there is nothing to reuse between calls; the
+warm-up pre-faults the allocator's pages instead. GPU samples are timed with CUDA
+events around the ``number`` calls (CuPy's or torch's).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .impls import Inputs, pick_output
+from .suite import Case
+
+MISMATCH_TOL = {"float16": 2e-2, "float32": 1e-4, "float64": 1e-10}
+
+
+@dataclass
+class Settings:
+    repeat: int = 7
+    min_time: float = 0.02  # seconds per sample, at least
+    pause: float = 0.02  # seconds of sleep before each sample
+    threads: Optional[int] = None
+    peak_gflops: Optional[float] = None  # CPU
+    peak_gbs: Optional[float] = None
+    gpu_peak_gflops: Optional[float] = None
+    gpu_peak_gbs: Optional[float] = None
+    max_number: int = 10000
+    seed: int = 0
+
+
+def stats(samples) -> dict:
+    a = np.asarray(samples, dtype=float)
+    q1, med, q3 = np.percentile(a, [25, 50, 75])
+    return {"median_s": float(med), "q1_s": float(q1), "q3_s": float(q3),
+            "min_s": float(a.min()), "max_s": float(a.max())}
+
+
+def run_cases(cases, ops, impls, settings: Settings, *, progress=None,
+              device_names=None) -> list:
+    """Measure every (case, op) of ``cases`` (ops filtered by ``ops`` when given) on
+    every implementation of ``impls``; returns one result row per (case, op, impl)."""
+    progress = progress or (lambda msg: None)
+    device_names = device_names or {}
+    work = [(c, op) for c in cases for op in c.ops if not ops or op in ops]
+    rows = []
+    for i, (case, op) in enumerate(work, 1):
+        progress(f"[{i}/{len(work)}] {case.name} {op} ({case.describe()})")
+        inputs = Inputs(case, settings.seed)
+        case_rows = measure(case, op, impls, inputs, settings)
+        for row in case_rows:
+            row["device_name"] = device_names.get(row["device"])
+        rows.extend(case_rows)
+        progress("    " + "  ".join(_short(r) for r in case_rows))
+    return rows
+
+
+def _short(row) -> str:
+    if row["status"] != "ok":
+        return f"{row['impl']}: {row['status']}"
+    flag = " MISMATCH" if row["check"] == "mismatch" else ""
+    return f"{row['impl']} {format_time(row['median_s'])}{flag}"
+
+
+def format_time(seconds: Optional[float]) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale or unit == "us":
+            value = seconds / scale
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
+    return f"{seconds} s"  # pragma: no cover
+
+
+def measure(case: Case, op: str, impls, inputs: Inputs, settings: Settings) -> list:
+    flops, nbytes = case.flops(op), case.bytes(op)
+    base = {"case": case.name, "group": case.group, "kind": case.kind, "op": op,
+            "flops": flops, "bytes": nbytes}
+    rows, live = [], []
+    for impl in impls:
+        row = dict(base, impl=impl.name, device=impl.device, status="ok", reason=None,
+                   reference=None, times_s=[], number=0, first_call_s=None,
+                   median_s=None, q1_s=None, q3_s=None, min_s=None, max_s=None,
+                   gflops=None, gbs=None, peak_fraction=None, vs_reference=None,
+                   check="unchecked", max_rel_error=None)
+        rows.append(row)
+        try:
+            fn = impl.prepare(case, op, inputs)
+            timer = impl.timer()
+            t0 = time.perf_counter()
+            out = fn()
+            impl.synchronize()
+            row["first_call_s"] = time.perf_counter() - t0
+            result = impl.to_numpy(pick_output(case, op, out))
+            del out
+            t = timer(fn, 1)
+        except NotImplementedError as exc:
+            row.update(status="n/a", reason=str(exc) or "not implemented")
+            continue
+        except Exception as exc:  # noqa: BLE001 - one broken kernel must not stop a run
+            row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
+            continue
+        number = 1 if t >= settings.min_time else min(
+            settings.max_number, math.ceil(settings.min_time / max(t, 1e-9)))
+        row["number"] = number
+        live.append((impl, row, fn, timer, result))
+    _check(case, live)
+    # Drop the checked outputs before timing (large arrays would crowd the caches).
+    live = [(impl, row, fn, timer) for impl, row, fn, timer, _ in live]
+    for _ in range(settings.repeat):
+        for impl, row, fn, timer in live:
+            if settings.pause > 0:
+                time.sleep(settings.pause)
+            row["times_s"].append(timer(fn, row["number"]) / row["number"])
+    for impl, row, _, _ in live:
+        row.update(stats(row["times_s"]))
+        gpu = row["device"] == "gpu"
+        if flops:
+            row["gflops"] = flops / row["median_s"] / 1e9
+            peak = settings.gpu_peak_gflops if gpu else settings.peak_gflops
+            if peak:
+                row["peak_fraction"] = row["gflops"] / peak
+        if nbytes:
+            row["gbs"] = nbytes / row["median_s"] / 1e9
+            peak = settings.gpu_peak_gbs if gpu else settings.peak_gbs
+            if peak:
+                row["peak_fraction"] = row["gbs"] / peak
+    refs = {impl.device: row for impl, row, _, _ in live if impl.is_reference}
+    for impl, row, _, _ in live:
+        ref = refs.get(impl.device)
+        if ref is not None and not impl.is_reference:
+            row["reference"] = ref["impl"]
+            row["vs_reference"] = ref["median_s"] / row["median_s"]
+    return rows
+
+
+def _check(case, live):
+    """Compare each output with the oracle's: the numpy backend when it ran, else the
+    first reference (torch). The error is relative to the oracle's largest value."""
+    oracle = next((r for i, row, f, t, r in live if i.name == "numpy"), None)
+    if oracle is None:
+        oracle = next((r for i, row, f, t, r in live if i.is_reference), None)
+    if oracle is None:
+        return
+    scale = float(np.max(np.abs(oracle))) if oracle.size else 0.0
+    tol = MISMATCH_TOL.get(case.dtype, 1e-4)
+    for impl, row, _, _, result in live:
+        if result.shape != oracle.shape:
+            row.update(check="mismatch", max_rel_error=None)
+            continue
+        err = float(np.max(np.abs(result.astype(np.float64) - oracle))) if result.size else 0.0
+        rel = err / scale if scale > 0 else err
+        # NaN/inf (a kernel writing garbage) is a mismatch; JSON keeps it as null.
+        row["max_rel_error"] = rel if math.isfinite(rel) else None
+        row["check"] = "ok" if rel <= tol else "mismatch"
+
+
+def stderr_progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+

@@ -1,0 +1,285 @@
+"""``Sequential``: a stack of layers with forward, backward, summary, freezing and
+(de)serialisation of its configuration and weights."""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional
+
+import numpy as np
+
+from .base import Layer, array_module, layer_from_config, to_device, to_numpy
+
+
+def _xp_for(device):
+    if device in ("cpu", "numpy"):
+        return np
+    if device in ("gpu", "cuda", "cupy"):
+        import cupy
+
+        return cupy
+    raise ValueError(f"device={device!r}: expected 'cpu' or 'gpu'")
+
+
+class Sequential:
+    """Layers applied in order. ``input_shape`` is per sample, channels first
+    (e.g. ``(1, 28, 28)``); given it, the model is built at once (parameters created
+    from ``seed``), else call ``build(input_shape)``.
+
+    >>> from cnnfast import nn
+    >>> m = nn.Sequential([nn.Flatten(), nn.Dense(3)], input_shape=(1, 2, 2), seed=0)
+    >>> m.output_shape, m.param_count()
+    ((3,), 15)
+    """
+
+    def __init__(self, layers: Iterable[Layer], input_shape=None, *, dtype="float32",
+                 seed: Optional[int] = None, name: str = "sequential",
+                 backend: Optional[str] = None):
+        self.layers: List[Layer] = list(layers)
+        for layer in self.layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"{layer!r} is not a cnnfast.nn Layer")
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype={dtype!r}: expected float32 or float64")
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)  # initial weights, then dropout masks
+        self.input_shape = None
+        self.output_shape = None
+        self.xp = np
+        self._assign_names()
+        self.set_backend(backend)
+        if input_shape is not None:
+            self.build(input_shape)
+
+    def _assign_names(self):
+        seen = {}
+        used = {layer.name for layer in self.layers if layer.name is not None}
+        for layer in self.layers:
+            if layer.name is not None:
+                continue
+            base = layer.default_name()
+            i = seen.get(base, 0)
+            candidate = base if i == 0 else f"{base}_{i}"
+            while candidate in used:
+                i += 1
+                candidate = f"{base}_{i}"
+            seen[base] = i + 1
+            used.add(candidate)
+            layer.name = candidate
+        names = [layer.name for layer in self.layers]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"layer names must be unique; repeated: {sorted(dupes)}")
+
+    # -- building -------------------------------------------------------------------
+    def build(self, input_shape):
+        shape = tuple(int(v) for v in input_shape)
+        self.input_shape = shape
+        for layer in self.layers:
+            layer.build(shape, self.rng, self.dtype)
+            if hasattr(layer, "rng"):
+                layer.rng = self.rng
+            shape = tuple(layer.output_shape(shape))
+        self.output_shape = shape
+        return self
+
+    def _check_built(self):
+        if self.input_shape is None:
+            raise RuntimeError("the model is not built: pass input_shape or call build()")
+
+    def set_backend(self, backend: Optional[str]):
+        """Kernel backend for every layer (``None``: the automatic choice)."""
+        self.backend = backend
+        for layer in self.layers:
+            layer.backend = backend
+        return self
+
+    def to(self, device: str):
+        """Move the weights to ``'cpu'`` (numpy) or ``'gpu'`` (cupy)."""
+        self.xp = _xp_for(device)
+        for layer in self.layers:
+            layer.to(self.xp)
+        return self
+
+    # -- computation ----------------------------------------------------------------
+    def forward(self, x, training: bool = False):
+        self._check_built()
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"input has shape {tuple(x.shape)}; the model expects "
+                             f"(N, {', '.join(map(str, self.input_shape))})")
+        if x.dtype != self.dtype:
+            raise TypeError(f"input dtype {x.dtype} != model dtype {self.dtype} "
+                            f"(cast the batch explicitly)")
+        if array_module(x) is not self.xp:
+            raise TypeError(f"input is a {array_module(x).__name__} array but the model "
+                            f"weights live in {self.xp.__name__} (use model.to(...))")
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    __call__ = forward
+
+    def backward(self, grad):
+        """Back-propagate ``grad`` (d loss / d output); fills each trainable layer's
+        ``grads``. Layers before the first trainable one are skipped, and that one
+        computes no input gradient."""
+        first = next((i for i, layer in enumerate(self.layers)
+                      if layer.needs_param_grads), None)
+        if first is None:
+            for layer in self.layers:
+                layer._cache = None
+            return
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            grad = self.layers[i].backward(grad, need_input_grad=i > first)
+        for layer in self.layers[:first]:
+            layer._cache = None
+
+    def predict(self, x, batch_size: int = 256):
+        """Forward in evaluation mode, in batches; returns the stacked outputs."""
+        outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return self.xp.concatenate(outs) if outs else None
+
+    # -- parameters -----------------------------------------------------------------
+    def trainable_params(self):
+        """``(key, layer, param_name)`` for every parameter the optimizer updates."""
+        for layer in self.layers:
+            if layer.trainable:
+                for pname in layer.params:
+                    yield f"{layer.name}.{pname}", layer, pname
+
+    def param_count(self, trainable: Optional[bool] = None) -> int:
+        """Parameters (plus buffers, as non-trainable, like Keras)."""
+        total = 0
+        for layer in self.layers:
+            if trainable in (None, layer.trainable):
+                total += layer.param_count()
+            if trainable in (None, False):
+                total += layer.buffer_count()
+        return total
+
+    def get_layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named {name!r}; layers: {[l.name for l in self.layers]}")
+
+    def freeze(self, layers=None):
+        """Freeze layers: ``None`` all; an int ``k`` the first ``k`` (negative: all but
+        the last ``-k``, as slicing); or an iterable of layer names."""
+        for layer in self._select(layers):
+            layer.trainable = False
+        return self
+
+    def unfreeze(self, layers=None):
+        for layer in self._select(layers):
+            layer.trainable = True
+        return self
+
+    def _select(self, which):
+        if which is None:
+            return list(self.layers)
+        if isinstance(which, (int, np.integer)) and not isinstance(which, bool):
+            return self.layers[:which]
+        if isinstance(which, str):
+            which = [which]
+        return [self.get_layer(n) for n in which]
+
+    def state_dict(self) -> dict:
+        """Weights and buffers as numpy arrays: ``{"param/<layer>.<name>": ...,
+        "buffer/<layer>.<name>": ...}``."""
+        out = {}
+        for layer in self.layers:
+            for k, v in layer.params.items():
+                out[f"param/{layer.name}.{k}"] = to_numpy(v)
+            for k, v in layer.buffers.items():
+                out[f"buffer/{layer.name}.{k}"] = to_numpy(v)
+        return out
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> List[str]:
+        """Copy weights from ``state`` (as from ``state_dict``). With
+        ``strict=False``, entries missing from ``state`` or of another shape are left
+        as they are; returns the keys that were loaded."""
+        self._check_built()
+        loaded, problems, known = [], [], set()
+        for layer in self.layers:
+            for kind, d in (("param", layer.params), ("buffer", layer.buffers)):
+                for k in list(d):
+                    key = f"{kind}/{layer.name}.{k}"
+                    known.add(key)
+                    if key not in state:
+                        problems.append(f"{key} missing")
+                        continue
+                    value = np.asarray(state[key])
+                    if value.shape != tuple(d[k].shape):
+                        problems.append(f"{key} has shape {value.shape}, the model "
+                                        f"expects {tuple(d[k].shape)}")
+                        continue
+                    d[k] = to_device(value.astype(self.dtype), self.xp)
+                    loaded.append(key)
+        problems += [f"{k} unexpected" for k in state
+                     if k.startswith(("param/", "buffer/")) and k not in known]
+        if strict and problems:
+            raise ValueError("weights do not match the model: " + "; ".join(problems))
+        return loaded
+
+    def load_weights(self, path, strict: bool = True) -> List[str]:
+        """Load weights from a checkpoint file (see ``cnnfast.nn.checkpoint``)."""
+        from .checkpoint import read_arrays
+
+        return self.load_state_dict(read_arrays(path), strict=strict)
+
+    # -- configuration --------------------------------------------------------------
+    def config(self) -> dict:
+        return {"name": self.name, "input_shape": list(self.input_shape or ()),
+                "dtype": self.dtype.name, "layers": [l.full_config() for l in self.layers],
+                "trainable": [l.trainable for l in self.layers]}
+
+    @classmethod
+    def from_config(cls, cfg: dict, seed=None, backend=None) -> "Sequential":
+        layers = [layer_from_config(entry) for entry in cfg["layers"]]
+        model = cls(layers, input_shape=cfg.get("input_shape") or None, dtype=cfg["dtype"],
+                    seed=seed, name=cfg.get("name", "sequential"), backend=backend)
+        for layer, flag in zip(model.layers, cfg.get("trainable", [])):
+            layer.trainable = bool(flag)
+        return model
+
+    # -- summary --------------------------------------------------------------------
+    def summary_rows(self):
+        """``(name, type, output shape with None batch, parameter count)`` per layer."""
+        self._check_built()
+        rows, shape = [], self.input_shape
+        for layer in self.layers:
+            shape = tuple(layer.output_shape(shape))
+            rows.append((layer.name, type(layer).__name__, (None,) + shape,
+                         layer.param_count() + layer.buffer_count()))
+        return rows
+
+    def summary(self, print_fn=print) -> str:
+        """A Keras-like table: layer, output shape, parameter count, with totals."""
+        rows = self.summary_rows()
+        cells = [(f"{n} ({t})" + ("" if self.get_layer(n).trainable or not
+                                   self.get_layer(n).params else " [frozen]"),
+                  str(s).replace("None,)", "None)"), f"{c:,}") for n, t, s, c in rows]
+        w0 = max([len("Layer (type)")] + [len(c[0]) for c in cells]) + 2
+        w1 = max([len("Output Shape")] + [len(c[1]) for c in cells]) + 2
+        w2 = max([len("Param #")] + [len(c[2]) for c in cells])
+        width = w0 + w1 + w2 + 1
+        lines = [f'Model: "{self.name}"', "_" * width,
+                 f" {'Layer (type)':<{w0}}{'Output Shape':<{w1}}{'Param #':>{w2}}",
+                 "=" * width]
+        for i, (a, b, c) in enumerate(cells):
+            lines.append(f" {a:<{w0}}{b:<{w1}}{c:>{w2}}")
+            lines.append(("_" if i < len(cells) - 1 else "=") * width)
+        if not cells:
+            lines.append("=" * width)
+        total, trainable = self.param_count(), self.param_count(trainable=True)
+        lines += [f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {total - trainable:,}", "_" * width]
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def __repr__(self):
+        return f"Sequential({self.layers!r})"
