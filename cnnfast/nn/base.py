@@ -153,6 +153,12 @@ class Layer:
     def __call__(self, x, training: bool = False):
         return self.forward(x, training)
 
+    def _require_built(self):
+        if not self.built:
+            raise RuntimeError(f"{self.name or type(self).__name__} is not built: put it in a "
+                               f"Sequential with an input_shape, or call "
+                               f"build(input_shape, rng, dtype)")
+
     def _need_cache(self):
         if self._cache is None:
             raise RuntimeError(f"{self.name or type(self).__name__}.backward called "

@@ -136,6 +136,7 @@ class _Conv(Layer):
                     dilation=_tuple(self.dilation, rank, "dilation"), groups=self.groups)
 
     def forward(self, x, training=False):
+        self._require_built()
         y = api.conv(x, self.params["weight"], self.params.get("bias"),
                      backend=self.backend, **self._kernel_args())
         if training:
@@ -231,6 +232,7 @@ class _ConvTranspose(_Conv):
                     dilation=_tuple(self.dilation, rank, "dilation"), groups=self.groups)
 
     def forward(self, x, training=False):
+        self._require_built()
         y = api.conv_transpose(x, self.params["weight"], self.params.get("bias"),
                                backend=self.backend, **self._kernel_args())
         if training:
@@ -336,6 +338,7 @@ class _MaxPool(_Pool):
     """Max pooling; ``'same'`` padding as TensorFlow (padding never wins a max)."""
 
     def forward(self, x, training=False):
+        self._require_built()
         k, s, pads, d = self._args
         if not training:
             return api.max_pool(x, k, s, pads, d, self.ceil_mode, backend=self.backend)
@@ -389,6 +392,7 @@ class _AvgPool(_Pool):
                     count_include_pad=self._extra()[0], dilation=d, backend=self.backend)
 
     def forward(self, x, training=False):
+        self._require_built()
         y = api.avg_pool(x, **self._kw())
         if training:
             self._cache = tuple(x.shape)
@@ -599,6 +603,7 @@ class Linear(Layer):
         return (self.out_features,)
 
     def forward(self, x, training=False):
+        self._require_built()
         if x.ndim != 2:
             raise ValueError(f"{self.name or 'Linear'} expects (N, features), got "
                              f"shape {tuple(x.shape)}")
@@ -684,6 +689,7 @@ class BatchNorm(Layer):
         super().build(input_shape, rng, dtype)
 
     def forward(self, x, training=False):
+        self._require_built()
         shape = (1, -1) + (1,) * (x.ndim - 2)
         axes = (0,) + tuple(range(2, x.ndim))
         gamma = self.params["weight"].reshape(shape)

@@ -186,14 +186,14 @@ class Sequential:
         return [self.get_layer(n) for n in which]
 
     def state_dict(self) -> dict:
-        """Weights and buffers as numpy arrays: ``{"param/<layer>.<name>": ...,
-        "buffer/<layer>.<name>": ...}``."""
+        """Copies of the weights and buffers as numpy arrays:
+        ``{"param/<layer>.<name>": ..., "buffer/<layer>.<name>": ...}``."""
         out = {}
         for layer in self.layers:
             for k, v in layer.params.items():
-                out[f"param/{layer.name}.{k}"] = to_numpy(v)
+                out[f"param/{layer.name}.{k}"] = np.array(to_numpy(v))
             for k, v in layer.buffers.items():
-                out[f"buffer/{layer.name}.{k}"] = to_numpy(v)
+                out[f"buffer/{layer.name}.{k}"] = np.array(to_numpy(v))
         return out
 
     def load_state_dict(self, state: dict, strict: bool = True) -> List[str]:

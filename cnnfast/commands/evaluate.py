@@ -1,0 +1,71 @@
+"""``cnnfast evaluate CHECKPOINT``: test accuracy, per-class accuracy and the
+confusion matrix of a model trained with ``cnnfast train``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+HELP = "evaluate a checkpoint on the Fashion-MNIST test set (accuracy, confusion matrix)"
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", help="a checkpoint.npz written by cnnfast train")
+    parser.add_argument("--data", default=None,
+                        help="Fashion-MNIST folder (else $CNNFAST_DATA, else "
+                             "/usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--backend", default=None, help="kernel backend (default: automatic)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default=None)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--limit", type=int, default=None, help="first N test images only")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+
+
+def format_report(result, class_names) -> str:
+    conf = result["confusion"]
+    k = conf.shape[0]
+    names = list(class_names) if class_names and len(class_names) == k else [
+        str(i) for i in range(k)]
+    lines = [f"accuracy: {result['accuracy']:.4f} ({int(conf.trace())}/{int(conf.sum())})  "
+             f"loss: {result['loss']:.4f}", "", "per-class accuracy:"]
+    width = max(len(n) for n in names)
+    for i, (name, acc) in enumerate(zip(names, result["per_class"])):
+        lines.append(f"  {i:>2} {name:<{width}}  {acc:.4f}  ({int(conf[i, i])}/"
+                     f"{int(conf[i].sum())})")
+    cell = max(len(str(int(conf.max()))) if conf.size else 1, 3) + 1
+    lines += ["", "confusion matrix (rows: true class, columns: predicted):",
+              " " * (width + 5) + "".join(f"{j:>{cell}}" for j in range(k))]
+    for i in range(k):
+        lines.append(f"  {i:>2} {names[i]:<{width}}" + "".join(
+            f"{int(v):>{cell}}" for v in conf[i]))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from .. import nn
+    from ..nn.data import CLASS_NAMES, load_fashion_mnist
+    from ..nn.training import evaluate
+    from .train import backend_problem
+
+    if args.backend is not None and backend_problem(args.backend):
+        print(f"cnnfast evaluate: {backend_problem(args.backend)}", file=sys.stderr)
+        return 2
+    device = args.device or ("gpu" if args.backend == "cupy" else "cpu")
+    try:
+        model, _, extra = nn.load_checkpoint(args.checkpoint, backend=args.backend,
+                                             device=device)
+        images, labels = load_fashion_mnist("test", args.data, args.limit)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"cnnfast evaluate: {exc}", file=sys.stderr)
+        return 2
+    result = evaluate(model, images, labels, args.batch_size)
+    if args.json:
+        out = dict(result, confusion=result["confusion"].tolist(),
+                   epochs=len(extra.get("trainer", {}).get("history", [])))
+        print(json.dumps(out))
+    else:
+        epochs = len(extra.get("trainer", {}).get("history", []))
+        print(f"{args.checkpoint}: model {model.name!r} after {epochs} epoch(s), "
+              f"{len(images)} test images")
+        print(format_report(result, CLASS_NAMES))
+    return 0

@@ -1,0 +1,210 @@
+"""Data: an IDX file reader/writer (the MNIST format, gzipped or not) and the
+Fashion-MNIST loader.
+
+IDX layout: two zero bytes, a dtype code, the number of dims, then one big-endian
+uint32 per dim, then the values, big-endian, in C order.
+
+Fashion-MNIST (Zalando Research, MIT licence) is looked for in ``data`` (an
+argument, ``--data`` on the command line), then ``$CNNFAST_DATA``, then
+``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``); in each,
+the standard file names ``train-images-idx3-ubyte[.gz]`` and so on, directly or
+in a ``fashion-mnist/`` subfolder. Images stay ``uint8`` (47 MB for the training
+set) and are scaled to float in [0, 1] one batch at a time (``to_float``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import struct
+import zlib
+from typing import Optional
+
+import numpy as np
+
+# IDX dtype code -> big-endian numpy dtype
+IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_CODES = {np.dtype(v).newbyteorder("="): k for k, v in IDX_DTYPES.items()}
+
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot")
+
+DEFAULT_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+class IDXError(ValueError):
+    """A file that is not a valid IDX file (wrong magic, truncated, corrupt)."""
+
+
+def _open(path):
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"\x1f\x8b":  # gzip magic, whatever the file name says
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _read_exact(f, n, path, what):
+    try:
+        data = f.read(n)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise IDXError(f"{path}: corrupt or truncated gzip stream while reading {what} "
+                       f"({type(exc).__name__}: {exc})") from exc
+    if len(data) != n:
+        raise IDXError(f"{path}: truncated: expected {n} bytes of {what}, found "
+                       f"{len(data)}")
+    return data
+
+
+def _read_into(f, buf, path, what):
+    done = 0
+    while done < len(buf):
+        try:
+            n = f.readinto(buf[done:])
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+            raise IDXError(f"{path}: corrupt or truncated gzip stream while reading "
+                           f"{what} ({type(exc).__name__}: {exc})") from exc
+        if not n:
+            raise IDXError(f"{path}: truncated: expected {len(buf)} bytes of {what}, "
+                           f"found {done}")
+        done += n
+
+
+def read_idx(path, limit: Optional[int] = None) -> np.ndarray:
+    """Read an IDX file (gzipped or not) into a native-endian numpy array. With
+    ``limit``, only the first ``limit`` entries along axis 0 are read (the rest of
+    the file is not checked)."""
+    path = os.fspath(path)
+    with _open(path) as f:
+        header = _read_exact(f, 4, path, "the header")
+        if header[0] != 0 or header[1] != 0:
+            raise IDXError(f"{path}: bad magic number {header[:2].hex()} (an IDX file "
+                           f"starts with two zero bytes); not an IDX file")
+        code, ndim = header[2], header[3]
+        if code not in IDX_DTYPES:
+            raise IDXError(f"{path}: unknown IDX dtype code 0x{code:02x}; expected one "
+                           f"of {', '.join(f'0x{c:02x}' for c in IDX_DTYPES)}")
+        if ndim == 0:
+            raise IDXError(f"{path}: the header declares 0 dims")
+        dims = list(struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path,
+                                                           "the dimensions")))
+        dtype = IDX_DTYPES[code]
+        if limit is not None:
+            if limit < 0:
+                raise ValueError(f"limit={limit!r} must be >= 0")
+            dims[0] = min(dims[0], int(limit))
+        count = int(np.prod(dims, dtype=np.int64))
+        # Straight into the array's memory: no second copy of a 47 MB file, and the
+        # result is writable.
+        arr = np.empty(count, dtype)
+        _read_into(f, memoryview(arr).cast("B"), path,
+                   f"data for shape {tuple(dims)} ({dtype.name})")
+        if limit is None:
+            try:
+                rest = f.read(1)
+            except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+                raise IDXError(f"{path}: corrupt gzip stream after the data "
+                               f"({type(exc).__name__}: {exc})") from exc
+            if rest:
+                raise IDXError(f"{path}: trailing bytes after the {count} values the "
+                               f"header declares for shape {tuple(dims)}; wrong or "
+                               f"corrupt file")
+    return arr.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def write_idx(path, array, compress: Optional[bool] = None) -> None:
+    """Write ``array`` as IDX (gzipped when ``compress`` or the name ends in .gz)."""
+    path = os.fspath(path)
+    array = np.asarray(array)
+    code = _CODES.get(array.dtype.newbyteorder("="))
+    if code is None:
+        raise TypeError(f"dtype {array.dtype} has no IDX code")
+    if array.ndim == 0 or array.ndim > 255:
+        raise ValueError("IDX holds arrays of 1 to 255 dims")
+    payload = (bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+               + array.astype(IDX_DTYPES[code], copy=False).tobytes())
+    if compress is None:
+        compress = path.endswith(".gz")
+    if compress:
+        buf = io.BytesIO()
+        # mtime=0: the same array gives the same bytes
+        with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as g:
+            g.write(payload)
+        payload = buf.getvalue()
+    with open(path, "wb") as f:
+        f.write(payload)
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+
+def _candidates(data):
+    dirs = []
+    if data:
+        dirs.append(("--data", os.fspath(data)))
+    env = os.environ.get("CNNFAST_DATA", "").strip()
+    if env:
+        dirs.append(("$CNNFAST_DATA", env))
+    dirs += [("default", d) for d in DEFAULT_DIRS]
+    return dirs
+
+
+def _find_file(directory, stem):
+    for sub in ("", "fashion-mnist"):
+        for suffix in (".gz", ""):
+            p = os.path.join(directory, sub, stem + suffix)
+            if os.path.isfile(p):
+                return p
+    return None
+
+
+def find_fashion_mnist(data=None) -> str:
+    """The first directory holding all four Fashion-MNIST files (see module doc).
+    An explicit ``data`` that lacks them is an error (no silent fallback)."""
+    tried = []
+    for origin, d in _candidates(data):
+        stems = FILES["train"] + FILES["test"]
+        missing = [s for s in stems if _find_file(d, s) is None]
+        if not missing:
+            return d
+        tried.append(f"{d} ({origin}): missing {', '.join(missing)}")
+        if origin == "--data":
+            break
+    raise FileNotFoundError(
+        "Fashion-MNIST not found. Looked in:\n  " + "\n  ".join(tried)
+        + "\nPass --data DIR (or set CNNFAST_DATA) to a folder with the four files "
+          "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+          "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (Debian: apt install "
+          "dataset-fashion-mnist).")
+
+
+def load_fashion_mnist(split: str = "train", data=None, limit: Optional[int] = None):
+    """``(images, labels)``: images uint8 (N, 1, 28, 28), labels int64 (N,)."""
+    if split not in FILES:
+        raise ValueError(f"split={split!r}: expected 'train' or 'test'")
+    directory = find_fashion_mnist(data)
+    img_path, lab_path = (_find_file(directory, s) for s in FILES[split])
+    images = read_idx(img_path, limit)
+    labels = read_idx(lab_path, limit)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise IDXError(f"{img_path}: expected uint8 images (N, rows, cols), got "
+                       f"{images.dtype} {images.shape}")
+    if labels.ndim != 1:
+        raise IDXError(f"{lab_path}: expected labels (N,), got shape {labels.shape}")
+    if len(labels) != len(images):
+        raise IDXError(f"{lab_path} has {len(labels)} labels but {img_path} has "
+                       f"{len(images)} images")
+    if labels.size and labels.max() >= len(CLASS_NAMES):
+        raise IDXError(f"{lab_path}: label {labels.max()} out of range [0, 10)")
+    return images[:, None], labels.astype(np.int64)
+
+
+def to_float(batch, dtype=np.float32, xp=np):
+    """uint8 pixels -> ``dtype`` in [0, 1], as an array of module ``xp`` (the
+    uint8 batch travels to the GPU, a quarter of the float bytes)."""
+    dt = np.dtype(dtype)
+    return xp.asarray(batch).astype(dt) / dt.type(255)
