@@ -38,7 +38,8 @@ def _check_arrays(**arrays):
         k = _array_kind(a, name)
         d = str(a.dtype)
         if d not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} has dtype {d}; expected float32 or float64")
+            raise TypeError(f"{name} has dtype {d}; expected float32 or float64 (or float16 "
+                            f"on the CUDA backends)")
         if kind is None:
             kind, dtype, first = k, d, name
             continue

@@ -2,8 +2,10 @@
 //
 // Included (g++ -include cuda_emu.h) in front of a .cu file. The CUDA keywords are
 // defined away, threadIdx/blockIdx/blockDim/gridDim become per-fiber state, and every
-// CUDA thread of a block runs as a fiber (ucontext) that yields at __syncthreads()
-// and at warp collectives. Blocks run one after another on the calling OS thread.
+// CUDA thread of a block runs as a fiber (64 KiB stack, reused across blocks; a small
+// assembly context switch on x86-64, ucontext elsewhere) that yields at
+// __syncthreads() and at warp collectives. Blocks run one after another on the
+// calling OS thread.
 //
 // __shared__ is defined as `static`: a block-scope __shared__ array is then one
 // object shared by every fiber of the block -- exactly CUDA's semantics, because the
@@ -14,6 +16,7 @@
 // (extern __shared__), __constant__ memory written from the host, inline PTX,
 // tensor-core intrinsics, grid-wide synchronisation, textures.
 #pragma once
+#define __CUDA_EMU__ 1
 
 #include <cfloat>
 #include <climits>
@@ -55,10 +58,13 @@ extern uint3 g_block_idx;
 extern dim3 g_block_dim;
 extern dim3 g_grid_dim;
 
-void syncthreads(int line);
+void syncthreads(const char* file, int line);
 unsigned long long warp_collective(int op, unsigned mask, unsigned long long bits, int arg,
-                                   int width, int line);
-[[noreturn]] void kernel_trap(const char* what, int line);
+                                   int width, const char* file, int line);
+[[noreturn]] void kernel_trap(const char* what, const char* file, int line);
+// The running fiber's state; a relaxed atomic load so that ThreadSanitizer does not
+// see the scheduler's pointer updates as a race with the kernel's reads.
+inline ThreadState* current() { return __atomic_load_n(&g_cur, __ATOMIC_RELAXED); }
 
 template <class T>
 inline unsigned long long to_bits(T v) {
@@ -76,33 +82,33 @@ inline T from_bits(unsigned long long b) {
 
 }  // namespace cuda_emu
 
-#define threadIdx (::cuda_emu::g_cur->tid)
+#define threadIdx (::cuda_emu::current()->tid)
 #define blockIdx (::cuda_emu::g_block_idx)
 #define blockDim (::cuda_emu::g_block_dim)
 #define gridDim (::cuda_emu::g_grid_dim)
 #define warpSize 32
-#define __syncthreads() ::cuda_emu::syncthreads(__LINE__)
-#define __syncwarp(...) ::cuda_emu::warp_collective(::cuda_emu::W_SYNCWARP, ::cuda_emu::syncwarp_mask(__VA_ARGS__), 0, 0, 32, __LINE__)
-#define __trap() ::cuda_emu::kernel_trap("__trap()", __LINE__)
+#define __syncthreads() ::cuda_emu::syncthreads(__FILE__, __LINE__)
+#define __syncwarp(...) ::cuda_emu::warp_collective(::cuda_emu::W_SYNCWARP, ::cuda_emu::syncwarp_mask(__VA_ARGS__), 0, 0, 32, __FILE__, __LINE__)
+#define __trap() ::cuda_emu::kernel_trap("__trap()", __FILE__, __LINE__)
 
 namespace cuda_emu {
 inline unsigned syncwarp_mask(unsigned m = 0xffffffffu) { return m; }
 }
 
-// Warp collectives: the line of the call site is recorded through a default argument
-// trick-free macro layer, so a deadlock report can name it.
+// Warp collectives: the macros record the call site, so a deadlock report names it.
 template <class T>
-inline T cuda_emu_shfl(int op, unsigned mask, T v, int arg, int width, int line) {
+inline T cuda_emu_shfl(int op, unsigned mask, T v, int arg, int width, const char* file,
+                       int line) {
     return ::cuda_emu::from_bits<T>(
-        ::cuda_emu::warp_collective(op, mask, ::cuda_emu::to_bits(v), arg, width, line));
+        ::cuda_emu::warp_collective(op, mask, ::cuda_emu::to_bits(v), arg, width, file, line));
 }
-#define __shfl_sync(mask, v, src, ...) cuda_emu_shfl(::cuda_emu::W_SHFL_IDX, mask, v, src, cuda_emu_width(__VA_ARGS__), __LINE__)
-#define __shfl_up_sync(mask, v, d, ...) cuda_emu_shfl(::cuda_emu::W_SHFL_UP, mask, v, d, cuda_emu_width(__VA_ARGS__), __LINE__)
-#define __shfl_down_sync(mask, v, d, ...) cuda_emu_shfl(::cuda_emu::W_SHFL_DOWN, mask, v, d, cuda_emu_width(__VA_ARGS__), __LINE__)
-#define __shfl_xor_sync(mask, v, m, ...) cuda_emu_shfl(::cuda_emu::W_SHFL_XOR, mask, v, m, cuda_emu_width(__VA_ARGS__), __LINE__)
-#define __ballot_sync(mask, p) ((unsigned)::cuda_emu::warp_collective(::cuda_emu::W_BALLOT, mask, (p) ? 1 : 0, 0, 32, __LINE__))
-#define __any_sync(mask, p) ((int)::cuda_emu::warp_collective(::cuda_emu::W_ANY, mask, (p) ? 1 : 0, 0, 32, __LINE__))
-#define __all_sync(mask, p) ((int)::cuda_emu::warp_collective(::cuda_emu::W_ALL, mask, (p) ? 1 : 0, 0, 32, __LINE__))
+#define __shfl_sync(mask, v, src, ...) cuda_emu_shfl(::cuda_emu::W_SHFL_IDX, mask, v, src, cuda_emu_width(__VA_ARGS__), __FILE__, __LINE__)
+#define __shfl_up_sync(mask, v, d, ...) cuda_emu_shfl(::cuda_emu::W_SHFL_UP, mask, v, d, cuda_emu_width(__VA_ARGS__), __FILE__, __LINE__)
+#define __shfl_down_sync(mask, v, d, ...) cuda_emu_shfl(::cuda_emu::W_SHFL_DOWN, mask, v, d, cuda_emu_width(__VA_ARGS__), __FILE__, __LINE__)
+#define __shfl_xor_sync(mask, v, m, ...) cuda_emu_shfl(::cuda_emu::W_SHFL_XOR, mask, v, m, cuda_emu_width(__VA_ARGS__), __FILE__, __LINE__)
+#define __ballot_sync(mask, p) ((unsigned)::cuda_emu::warp_collective(::cuda_emu::W_BALLOT, mask, (p) ? 1 : 0, 0, 32, __FILE__, __LINE__))
+#define __any_sync(mask, p) ((int)::cuda_emu::warp_collective(::cuda_emu::W_ANY, mask, (p) ? 1 : 0, 0, 32, __FILE__, __LINE__))
+#define __all_sync(mask, p) ((int)::cuda_emu::warp_collective(::cuda_emu::W_ALL, mask, (p) ? 1 : 0, 0, 32, __FILE__, __LINE__))
 inline int cuda_emu_width(int w = 32) { return w; }
 
 // Read-only loads and fences.
@@ -146,6 +152,8 @@ inline int atomicExch(int* a, int v) { return __atomic_exchange_n(a, v, __ATOMIC
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __int_as_float(int v) { return cuda_emu::from_bits<float>((unsigned)v); }
 inline int __float_as_int(float v) { return (int)cuda_emu::to_bits(v); }
+inline unsigned int __float_as_uint(float v) { return (unsigned int)cuda_emu::to_bits(v); }
+inline float __uint_as_float(unsigned int v) { return cuda_emu::from_bits<float>(v); }
 
 // ------------------------------------------------------------------ launch shims
 // A generated translation unit instantiates each kernel (from the same name
@@ -161,6 +169,8 @@ int launch(const unsigned* grid, const unsigned* block, unsigned shared_mem, Bod
 
 template <class T> struct TypeCode;
 #define CUDA_EMU_CODE(T, s) template <> struct TypeCode<T> { static constexpr const char* code = s; };
+// For a kernel's own types (at global scope), e.g. CUDA_EMU_TYPE_CODE(half_t, "f2").
+#define CUDA_EMU_TYPE_CODE(T, s) namespace cuda_emu { CUDA_EMU_CODE(T, s) }
 CUDA_EMU_CODE(float, "f4")
 CUDA_EMU_CODE(double, "f8")
 CUDA_EMU_CODE(int, "i4")
@@ -171,7 +181,6 @@ CUDA_EMU_CODE(unsigned long long, "u8")
 CUDA_EMU_CODE(signed char, "i1")
 CUDA_EMU_CODE(unsigned char, "u1")
 CUDA_EMU_CODE(bool, "b1")
-#undef CUDA_EMU_CODE
 
 // A parameter's code: "s:f4" (a float scalar), "p:f4" (float*), "c:f4" (const float*).
 template <class A> struct ParamCode { static std::string get() { return std::string("s:") + TypeCode<A>::code; } };

@@ -1,0 +1,122 @@
+"""The ``cupy`` backend: cnnfast's CUDA kernels on cupy arrays.
+
+The kernels are the CUDA C++ files of ``cnnfast/cuda`` (package data), compiled at
+run time by NVRTC through ``cupy.RawModule`` with the template instantiations of
+``cnnfast.cuda_launch.name_expressions`` -- one module per source file, memoized per
+device. The source string handed to CuPy has its headers inlined
+(``cuda_launch.source_text``) and is the same in every process, so CuPy's on-disk
+kernel cache (``~/.cupy/kernel_cache``, ``CUPY_CACHE_DIR``) is hit from the second run
+on. The operations themselves are ``cnnfast.cuda_launch``'s, shared with the
+``cuda-emu`` backend that runs the same kernels on the CPU for testing.
+
+Install with ``pip install cnnfast[gpu]`` (CuPy for CUDA 12); this module imports
+without CuPy and ``availability()`` then says why it cannot run.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .. import cuda_launch
+
+ARRAY = "cupy"
+DTYPES = cuda_launch.DTYPES
+
+try:  # CuPy is optional: the registry reports availability() instead.
+    import cupy
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    cupy = None
+    _IMPORT_ERROR = exc
+else:
+    _IMPORT_ERROR = None
+
+
+def availability():
+    if cupy is None:
+        return f"CuPy is not installed ({_IMPORT_ERROR}); pip install cnnfast[gpu]"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver, no device, broken installation
+        return f"CuPy cannot reach a CUDA device: {type(exc).__name__}: {exc}"
+    if count < 1:
+        return "CuPy found no CUDA device"
+    return None
+
+
+def unsupported(op, params, dtype):
+    return cuda_launch.unsupported(op, params, dtype)
+
+
+class CupyRuntime:
+    """The runtime object of ``cnnfast.cuda_launch`` on the current CuPy device."""
+
+    def __init__(self):
+        self.xp = cupy
+        self._modules = {}  # (device id, file, options) -> RawModule
+        self._functions = {}  # (device id, name) -> RawKernel
+        self._geo = {}  # (device id, geometry) -> device int32 array
+        self._lock = threading.Lock()
+
+    def module(self, file, device=None):
+        dev = cupy.cuda.Device().id if device is None else device
+        key = (dev, file, cuda_launch.NVRTC_OPTIONS)
+        with self._lock:
+            mod = self._modules.get(key)
+            if mod is None:
+                with cupy.cuda.Device(dev):
+                    mod = cupy.RawModule(code=cuda_launch.source_text(file),
+                                         options=cuda_launch.NVRTC_OPTIONS,
+                                         name_expressions=cuda_launch.name_expressions(file))
+                    mod.compile()
+                self._modules[key] = mod
+            return mod
+
+    def function(self, file, name):
+        dev = cupy.cuda.Device().id
+        k = self._functions.get((dev, name))
+        if k is None:
+            k = self._functions[(dev, name)] = self.module(file, dev).get_function(name)
+        return k
+
+    def int32_array(self, values):
+        # Geometry arrays are tiny and repeat across calls: keep them on the device
+        # (bounded) instead of copying them at every launch.
+        key = (cupy.cuda.Device().id, tuple(values))
+        arr = self._geo.get(key)
+        if arr is None:
+            if len(self._geo) > 1024:
+                self._geo.clear()
+            arr = self._geo[key] = cupy.asarray(np.asarray(values, np.int32))
+        return arr
+
+
+_runtime = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> CupyRuntime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            if cupy is None:
+                raise RuntimeError(availability())
+            _runtime = CupyRuntime()
+        return _runtime
+
+
+def warmup(devices=None):
+    """Compile (or load from CuPy's cache) every kernel module on ``devices``
+    (default: the current device); returns the seconds it took."""
+    import time
+
+    rt = runtime()
+    t0 = time.perf_counter()
+    for dev in devices if devices is not None else [cupy.cuda.Device().id]:
+        for file in cuda_launch.SOURCE_FILES:
+            rt.module(file, dev)
+    return time.perf_counter() - t0
+
+
+OPS = cuda_launch.make_ops(runtime)
