@@ -55,18 +55,30 @@ def stats(samples) -> dict:
             "min_s": float(a.min()), "max_s": float(a.max())}
 
 
+class Interrupted(Exception):
+    """Raised by ``run_cases`` on Ctrl-C (or SIGTERM, via the CLI): ``rows`` holds the
+    (case, op) measurements that completed, so they can still be saved."""
+
+    def __init__(self, rows):
+        super().__init__(f"interrupted after {len(rows)} results")
+        self.rows = rows
+
+
 def run_cases(cases, ops, impls, settings: Settings, *, progress=None,
               device_names=None) -> list:
     """Measure every (case, op) of ``cases`` (ops filtered by ``ops`` when given) on
     every implementation of ``impls``; returns one result row per (case, op, impl)."""
     progress = progress or (lambda msg: None)
     device_names = device_names or {}
-    work = [(c, op) for c in cases for op in c.ops if not ops or op in ops]
+    work = [(c, op) for c in cases for op in c.ops if not ops or op in ops] if impls else []
     rows = []
     for i, (case, op) in enumerate(work, 1):
         progress(f"[{i}/{len(work)}] {case.name} {op} ({case.describe()})")
-        inputs = Inputs(case, settings.seed)
-        case_rows = measure(case, op, impls, inputs, settings)
+        try:
+            inputs = Inputs(case, settings.seed)
+            case_rows = measure(case, op, impls, inputs, settings)
+        except KeyboardInterrupt:
+            raise Interrupted(rows) from None
         for row in case_rows:
             row["device_name"] = device_names.get(row["device"])
         rows.extend(case_rows)
@@ -156,14 +168,18 @@ def measure(case: Case, op: str, impls, inputs: Inputs, settings: Settings) -> l
 def _check(case, live):
     """Compare each output with the oracle's: the numpy backend when it ran, else the
     first reference (torch). The error is relative to the oracle's largest value."""
-    oracle = next((r for i, row, f, t, r in live if i.name == "numpy"), None)
-    if oracle is None:
-        oracle = next((r for i, row, f, t, r in live if i.is_reference), None)
-    if oracle is None:
+    source = next((e for e in live if e[0].name == "numpy"), None)
+    if source is None:
+        source = next((e for e in live if e[0].is_reference), None)
+    if source is None:
         return
+    oracle = source[4]
     scale = float(np.max(np.abs(oracle))) if oracle.size else 0.0
     tol = MISMATCH_TOL.get(case.dtype, 1e-4)
     for impl, row, _, _, result in live:
+        if row is source[1]:
+            row["check"] = "oracle"
+            continue
         if result.shape != oracle.shape:
             row.update(check="mismatch", max_rel_error=None)
             continue

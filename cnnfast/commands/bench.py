@@ -1,0 +1,290 @@
+"""``cnnfast bench``: time every op on every backend over the shape suite, against torch.
+
+    cnnfast bench --quick                          # the quick subset, all backends
+    cnnfast bench --backend numba,cpp --op forward --shape resnet
+    cnnfast bench --json run.json --markdown run.md --plot run.png
+    cnnfast bench --compare before.json after.json # what moved beyond the noise
+    cnnfast bench --load cpu.json gpu.json --markdown both.md --plot both.png
+
+The library code is in ``cnnfast.bench``; the suite is ``cnnfast/bench/suite.toml``.
+Progress goes to stderr, the table to stdout. Exit status: 0 when every timing ran
+and every result matched the reference, 1 when some implementation raised an error
+or computed a wrong result (the outputs are written all the same), 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+HELP = "benchmark the kernels on every backend against torch (table, JSON, Markdown, plot)"
+
+# This development machine's figures (AMD EPYC Zen 4 at ~3.06 GHz: two 256-bit FMA
+# pipes = 32 fp32 flops per cycle per core); override them on other hardware.
+PEAK_GFLOPS_PER_THREAD = 98.0
+PEAK_GBS = 32.0
+
+
+def _csv(value):
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_arguments(parser):
+    sel = parser.add_argument_group("what to run")
+    sel.add_argument("--suite", metavar="PATH",
+                     help="suite file (TOML; default: the suite shipped with cnnfast)")
+    sel.add_argument("--quick", action="store_true",
+                     help="only the cases marked quick (about 1-2 minutes on 2 cores)")
+    sel.add_argument("--shape", action="append", type=_csv, metavar="PATTERN",
+                     help="cases whose name contains PATTERN (or matches a glob, or "
+                          "whose group is PATTERN); repeatable or comma-separated")
+    sel.add_argument("--op", action="append", type=_csv, metavar="OP",
+                     help="forward, backward_input, backward_weight (convolutions), "
+                          "backward (poolings); repeatable or comma-separated")
+    sel.add_argument("--backend", action="append", type=_csv, metavar="NAME",
+                     help="cnnfast backends and/or torch, torch-cuda (default: every "
+                          "backend but cuda-emu, plus torch); repeatable or comma-separated")
+    sel.add_argument("--no-reference", action="store_true",
+                     help="do not add torch as the reference")
+    sel.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    how = parser.add_argument_group("how to time")
+    how.add_argument("--repeat", type=int, metavar="N",
+                     help="samples per implementation (default 7; 5 with --quick)")
+    how.add_argument("--min-time", type=float, default=0.02, metavar="S",
+                     help="each sample repeats the call until it lasts S seconds "
+                          "(default 0.02)")
+    how.add_argument("--pause", type=float, default=0.02, metavar="S",
+                     help="sleep before each sample so other thread pools go idle "
+                          "(default 0.02)")
+    how.add_argument("--threads", type=int, metavar="N",
+                     help="CPU threads for cnnfast and torch (default: cnnfast's, "
+                          "i.e. CNNFAST_NUM_THREADS or the cores available)")
+    how.add_argument("--seed", type=int, default=0, help="input generator seed")
+    how.add_argument("--peak-gflops", type=float, metavar="X",
+                     help=f"CPU fp32 peak for %%peak (default {PEAK_GFLOPS_PER_THREAD:g} "
+                          f"per thread: this development box)")
+    how.add_argument("--peak-gbs", type=float, default=PEAK_GBS, metavar="X",
+                     help=f"CPU memory bandwidth for %%peak of poolings (default {PEAK_GBS:g})")
+    how.add_argument("--gpu-peak-gflops", type=float, metavar="X",
+                     help="GPU fp32 peak for %%peak (default: none)")
+    how.add_argument("--gpu-peak-gbs", type=float, metavar="X",
+                     help="GPU memory bandwidth for %%peak (default: none)")
+    out = parser.add_argument_group("outputs and other modes")
+    out.add_argument("--json", metavar="PATH", help="write the results document (atomically)")
+    out.add_argument("--markdown", metavar="PATH", help="write a Markdown table")
+    out.add_argument("--plot", metavar="PATH",
+                     help="write a chart (PNG/SVG/PDF by extension; needs matplotlib)")
+    out.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                     help="compare two saved runs instead of running; changes beyond "
+                          "the noise are flagged")
+    out.add_argument("--noise-floor", type=float, default=None, metavar="T",
+                     help="smallest relative change --compare flags (default 0.05)")
+    out.add_argument("--load", nargs="+", metavar="JSON",
+                     help="report saved runs (side by side) instead of running")
+    out.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _flat(lists):
+    return [v for sub in (lists or []) for v in sub] or None
+
+
+def _error(msg: str) -> int:
+    print(f"cnnfast bench: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(args) -> int:
+    from ..bench import report
+    from ..bench.results import ResultsError, load_json, write_text_atomic
+
+    if args.compare:
+        try:
+            a, b = (load_json(p) for p in args.compare)
+        except ResultsError as exc:
+            return _error(str(exc))
+        floor = report.NOISE_FLOOR if args.noise_floor is None else args.noise_floor
+        entries = report.compare(a, b, floor=floor)
+        if a["machine"]["cpu"] != b["machine"]["cpu"] or (
+                a["machine"]["threads"] != b["machine"]["threads"]):
+            print("note: the two runs come from different machines or thread counts",
+                  file=sys.stderr)
+        print(f"A = {args.compare[0]} ({a['created']}), B = {args.compare[1]} "
+              f"({b['created']})")
+        print(report.compare_text(entries, color=sys.stdout.isatty()))
+        if args.markdown:
+            write_text_atomic(args.markdown, report.compare_markdown(entries))
+        return 0
+    if args.load:
+        try:
+            docs = [load_json(p) for p in args.load]
+        except ResultsError as exc:
+            return _error(str(exc))
+        for doc in docs:
+            print("\n".join(report.summary_lines(doc)))
+            print(report.text_table(doc))
+        return _write_outputs(args, docs, json_doc=None)
+    return _run_suite(args)
+
+
+def _run_suite(args) -> int:
+    from .. import registry
+    from ..bench import impls as I
+    from ..bench import report
+    from ..bench.results import machine, make_document
+    from ..bench.runner import Interrupted, Settings, run_cases, stderr_progress
+    from ..bench.suite import ALL_OPS, SuiteError, default_suite_path, load_suite, \
+        select_cases
+    from ..threads import get_num_threads, set_num_threads
+
+    suite_path = args.suite or default_suite_path()
+    try:
+        cases = load_suite(suite_path)
+    except SuiteError as exc:
+        return _error(str(exc))
+    shapes, ops, backends = _flat(args.shape), _flat(args.op), _flat(args.backend)
+    for op in ops or []:
+        if op not in ALL_OPS:
+            return _error(f"--op {op!r}: expected one of {', '.join(ALL_OPS)}")
+    known = list(registry.backend_names()) + list(I.REFERENCES)
+    for name in backends or []:
+        if name not in known:
+            return _error(f"--backend {name!r}: expected one of {', '.join(known)}")
+    cases = select_cases(cases, quick=args.quick, shapes=shapes)
+    if ops:
+        cases = [c for c in cases if any(op in c.ops for op in ops)]
+    if not cases:
+        return _error("no case of the suite matches --quick/--shape/--op")
+    if args.list:
+        for c in cases:
+            print(f"{c.name:<28} {c.kind:<15} {','.join(c.ops):<42} "
+                  f"{'quick' if c.quick else '':<6}{c.describe()}")
+        return 0
+    for name, value in (("--repeat", args.repeat), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            return _error(f"{name} {value}: must be a positive int")
+    if args.min_time < 0 or args.pause < 0:
+        return _error("--min-time and --pause must not be negative")
+
+    threads = args.threads or get_num_threads()
+    set_num_threads(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    settings = Settings(
+        repeat=args.repeat or (5 if args.quick else 7), min_time=args.min_time,
+        pause=args.pause, threads=threads,
+        peak_gflops=args.peak_gflops or PEAK_GFLOPS_PER_THREAD * threads,
+        peak_gbs=args.peak_gbs, gpu_peak_gflops=args.gpu_peak_gflops,
+        gpu_peak_gbs=args.gpu_peak_gbs, seed=args.seed)
+    impls, skipped = I.make_impls(backends, reference=not args.no_reference)
+    progress = (lambda msg: None) if args.quiet else stderr_progress
+    for name, reason in skipped.items():
+        progress(f"skipped {name}: {reason}")
+    if not impls:
+        # Not an error: e.g. `--backend cupy` on a machine without a GPU. The outputs
+        # still say what was skipped and why.
+        progress("nothing to run: every implementation asked for is skipped here")
+    machine_info = machine(threads)
+    device_names = {"cpu": f"{machine_info['cpu']} ({threads} threads)",
+                    "gpu": machine_info["gpu"]}
+    n_ops = sum(1 for c in cases for op in c.ops if not ops or op in ops)
+    progress(f"{n_ops} (case, op) pairs from {len(cases)} cases on "
+             f"{', '.join(i.name for i in impls) or 'nothing'}; {settings.repeat} samples "
+             f"each, {threads} threads")
+    interrupted = False
+    in_main = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
+    try:
+        rows = run_cases(cases, ops, impls, settings, progress=progress,
+                         device_names=device_names)
+    except Interrupted as exc:  # keep what was measured
+        rows, interrupted = exc.rows, True
+        print(f"interrupted: writing the {len(rows)} results measured so far",
+              file=sys.stderr)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, old_handler)
+    doc = make_document(rows, cases=cases, settings=settings, impls=impls,
+                        skipped=skipped, command=_command(args), suite=suite_path,
+                        quick=args.quick, machine_info=machine_info)
+    doc["settings"]["interrupted"] = interrupted
+    print("\n".join(report.summary_lines(doc)))
+    print(report.text_table(doc))
+    status = _write_outputs(args, [doc], json_doc=doc)
+    bad = [r for r in rows if r["status"] == "error" or r["check"] == "mismatch"]
+    for r in bad:
+        what = r["reason"] if r["status"] == "error" else (
+            f"result differs from the reference (max relative error "
+            f"{r['max_rel_error']})")
+        print(f"FAILED {r['case']} {r['op']} {r['impl']}: {what}", file=sys.stderr)
+    if interrupted:
+        return 130
+    return status or (1 if bad else 0)
+
+
+def _sigterm(signum, frame):
+    # timeout(1) and job schedulers send SIGTERM: stop like Ctrl-C, saving results.
+    raise KeyboardInterrupt
+
+
+def _write_outputs(args, docs, json_doc) -> int:
+    from ..bench import report
+    from ..bench.results import write_json, write_text_atomic
+
+    if json_doc is not None and args.json:
+        write_json(json_doc, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    elif args.json:
+        return _error("--json writes a new run; with --load the files are already saved")
+    if args.markdown:
+        write_text_atomic(args.markdown, report.markdown(docs))
+        print(f"wrote {args.markdown}", file=sys.stderr)
+    if args.plot:
+        if not any(r["status"] == "ok" for doc in docs for r in doc["results"]):
+            print(f"no plot written to {args.plot}: nothing was timed", file=sys.stderr)
+            return 0
+        try:
+            report.plot(docs, args.plot)
+        except RuntimeError as exc:
+            return _error(str(exc))
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _command(args) -> list:
+    """The command line, rebuilt from the parsed options (what the run did)."""
+    cmd = ["cnnfast", "bench"]
+    for name in ("suite", "repeat", "threads", "seed", "peak_gflops", "peak_gbs",
+                 "gpu_peak_gflops", "gpu_peak_gbs", "json", "markdown", "plot"):
+        value = getattr(args, name)
+        if value is not None and not (name == "seed" and value == 0) and not (
+                name == "peak_gbs" and value == PEAK_GBS):
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    for name in ("min_time", "pause"):
+        value = getattr(args, name)
+        if value != 0.02:
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    if args.quick:
+        cmd.append("--quick")
+    if args.no_reference:
+        cmd.append("--no-reference")
+    for name in ("shape", "op", "backend"):
+        values = _flat(getattr(args, name))
+        if values:
+            cmd += [f"--{name}", ",".join(values)]
+    return cmd
+
+
+def main(argv=None) -> int:  # pragma: no cover - ``python -m cnnfast.commands.bench``
+    parser = argparse.ArgumentParser(prog="cnnfast bench", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
