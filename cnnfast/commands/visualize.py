@@ -1,0 +1,102 @@
+"""``cnnfast visualize CHECKPOINT --out DIR``: PNG pictures of a trained model.
+
+Writes into DIR: ``filters.png`` (first-layer filters), ``features_NN_<layer>.png``
+(the feature maps of every convolution for one test image), ``curves.png`` (loss
+and accuracy per epoch, from ``metrics.jsonl`` next to the checkpoint or the
+history stored in it), and for a classifier ``gradcam.png`` (Grad-CAM heatmaps of
+the predicted or chosen class) and ``confusion.png``; for an encoder-decoder
+model ``denoising.png`` (noisy / output / clean). Needs matplotlib
+(``pip install cnnfast[viz]``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+HELP = "draw filters, feature maps, Grad-CAM, curves and the confusion matrix of a checkpoint"
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", help="a checkpoint.npz written by cnnfast train")
+    parser.add_argument("--out", required=True, help="folder for the PNG files")
+    parser.add_argument("--image", type=int, default=0,
+                        help="index of the test image for feature maps and Grad-CAM (0); "
+                             "Grad-CAM and the denoising grid show it and the next 7")
+    parser.add_argument("--class", dest="class_index", type=int, default=None,
+                        help="explain this class in Grad-CAM (default: the predicted one)")
+    parser.add_argument("--metrics", default=None,
+                        help="metrics JSON-lines file (default: metrics.jsonl next to the "
+                             "checkpoint, else the history stored in the checkpoint)")
+    parser.add_argument("--data", default=None,
+                        help="Fashion-MNIST folder (else $CNNFAST_DATA, else "
+                             "/usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use the first N test images only (confusion matrix)")
+    parser.add_argument("--noise", type=float, default=None,
+                        help="noise std for the denoising grid (default: the one stored "
+                             "in the checkpoint, else 0.3)")
+    parser.add_argument("--backend", default=None, help="kernel backend (default: automatic)")
+
+
+def _history(args, extra):
+    from ..viz import read_metrics
+
+    path = args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
+                                        "metrics.jsonl")
+    if os.path.exists(path):
+        history = read_metrics(path)
+        if history:
+            return history
+    elif args.metrics:
+        raise FileNotFoundError(f"--metrics {args.metrics!r} does not exist")
+    return list((extra.get("trainer") or {}).get("history") or extra.get("history") or [])
+
+
+def run(args) -> int:
+    from .. import nn
+    from ..nn import encdec, resample  # noqa: F401  (registers Upsample, SkipConcat, ...)
+    from ..nn.data import CLASS_NAMES, load_fashion_mnist
+    from ..viz import require_matplotlib, visualize
+
+    try:
+        require_matplotlib()
+    except ImportError as exc:
+        print(f"cnnfast visualize: {exc}", file=sys.stderr)
+        return 2
+    if args.backend is not None:
+        from .train import backend_problem
+
+        problem = backend_problem(args.backend)
+        if problem:
+            print(f"cnnfast visualize: {problem}", file=sys.stderr)
+            return 2
+    try:
+        model, _, extra = nn.load_checkpoint(args.checkpoint, backend=args.backend,
+                                             device="gpu" if args.backend == "cupy" else "cpu")
+        images, labels = load_fashion_mnist("test", args.data, args.limit)
+        history = _history(args, extra)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"cnnfast visualize: {exc}", file=sys.stderr)
+        return 2
+    if tuple(images.shape[1:]) != tuple(model.input_shape):
+        print(f"cnnfast visualize: the model expects {model.input_shape} images, the "
+              f"data has {images.shape[1:]}", file=sys.stderr)
+        return 2
+    noise = args.noise if args.noise is not None else float(extra.get("noise_std", 0.3))
+    k = int(model.output_shape[0]) if len(model.output_shape) == 1 else None
+    if args.class_index is not None and (k is None or not 0 <= args.class_index < k):
+        print(f"cnnfast visualize: --class {args.class_index} needs a classifier with "
+              f"classes 0..{(k or 1) - 1}", file=sys.stderr)
+        return 2
+    try:
+        paths = visualize(model, images, args.out, labels=labels, image_index=args.image,
+                          class_index=args.class_index, history=history,
+                          class_names=CLASS_NAMES if k == len(CLASS_NAMES) else None,
+                          noise_std=noise)
+    except ValueError as exc:
+        print(f"cnnfast visualize: {exc}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    return 0

@@ -1,0 +1,232 @@
+"""Encoder-decoder models and a denoising training routine.
+
+* :func:`autoencoder`: a convolutional denoising autoencoder -- strided (or
+  max-pooled) convolutions down, ``ConvTranspose2d`` up, a ``Sigmoid`` output in
+  [0, 1].
+* :func:`unet`: a small U-Net, built recursively from ``SkipConcat`` blocks
+  (``cnnfast.nn.resample``); the decoder upsamples with ``ConvTranspose2d`` or
+  ``Upsample`` + convolution.
+* :func:`train_denoiser`: trains either on (noisy -> clean) pairs with the mean
+  squared error and Adam, and reports the PSNR of noisy and denoised held-out
+  images (:func:`psnr`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from .base import array_module
+from .layers import Conv2d, ConvTranspose2d, MaxPool2d, ReLU, Sigmoid
+from .losses import mse
+from .model import Sequential
+from .optim import Adam
+from .resample import SkipConcat, Upsample
+
+ENCDEC_MODELS = ("autoencoder", "unet")
+
+
+def _check_shape(input_shape, levels, what):
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"{what}: input_shape={input_shape!r} must be (C, H, W)")
+    f = 2 ** levels
+    if shape[1] % f or shape[2] % f:
+        raise ValueError(f"{what}: H and W of {shape} must be divisible by {f} "
+                         f"({levels} halvings)")
+    return shape
+
+
+def autoencoder(input_shape=(1, 28, 28), channels=(16, 32), downsample="stride", *,
+                dtype="float32", seed: Optional[int] = None,
+                backend: Optional[str] = None) -> Sequential:
+    """A convolutional denoising autoencoder. Each entry of ``channels`` is one
+    encoder stage halving H and W: a 3x3 convolution with stride 2
+    (``downsample="stride"``) or a 3x3 convolution and a 2x2 max-pool
+    (``"maxpool"``), then ReLU. The decoder mirrors it with 3x3 stride-2
+    ``ConvTranspose2d`` (padding 1, output_padding 1: exactly doubles), and ends
+    in ``input_shape[0]`` channels and a Sigmoid.
+
+    28x28 with ``channels=(16, 32)``: 28 -> 14 -> 7 -> 14 -> 28."""
+    if downsample not in ("stride", "maxpool"):
+        raise ValueError(f"downsample={downsample!r}: expected 'stride' or 'maxpool'")
+    channels = tuple(int(c) for c in channels)
+    if not channels or min(channels) < 1:
+        raise ValueError(f"channels={channels!r} must be positive ints, at least one")
+    shape = _check_shape(input_shape, len(channels), "autoencoder")
+    layers = []
+    for c in channels:
+        if downsample == "stride":
+            layers += [Conv2d(c, 3, stride=2, padding=1), ReLU()]
+        else:
+            layers += [Conv2d(c, 3, padding=1), ReLU(), MaxPool2d(2)]
+    ups = list(channels[-2::-1]) + [shape[0]]
+    for i, c in enumerate(ups):
+        layers.append(ConvTranspose2d(c, 3, stride=2, padding=1, output_padding=1))
+        layers.append(ReLU() if i < len(ups) - 1 else Sigmoid())
+    return Sequential(layers, input_shape=shape, dtype=dtype, seed=seed,
+                      name="autoencoder", backend=backend)
+
+
+def unet(input_shape=(1, 28, 28), base_channels=16, depth=2, up="transpose", *,
+         dtype="float32", seed: Optional[int] = None,
+         backend: Optional[str] = None) -> Sequential:
+    """A small U-Net: at each of ``depth`` levels, a 3x3 convolution + ReLU, then a
+    ``SkipConcat`` whose inner chain is 2x2 max-pool, the next level, and an
+    upsampling back (``up="transpose"``: 2x2 stride-2 ``ConvTranspose2d``;
+    ``"bilinear"`` / ``"nearest"``: ``Upsample`` then a 3x3 convolution); after the
+    concatenation a 3x3 convolution + ReLU merges the skip and the upsampled
+    features. The bottom level doubles the channels; the head is a 1x1
+    convolution to ``input_shape[0]`` channels and a Sigmoid."""
+    if up not in ("transpose", "bilinear", "nearest"):
+        raise ValueError(f"up={up!r}: expected 'transpose', 'bilinear' or 'nearest'")
+    if int(depth) < 1 or int(base_channels) < 1:
+        raise ValueError(f"depth={depth!r} and base_channels={base_channels!r} must be "
+                         f"positive ints")
+    depth, base = int(depth), int(base_channels)
+    shape = _check_shape(input_shape, depth, "unet")
+
+    def upsample(c):
+        if up == "transpose":
+            return [ConvTranspose2d(c, 2, stride=2)]
+        return [Upsample(2, mode=up), Conv2d(c, 3, padding=1)]
+
+    def level(d):
+        c = base * 2 ** d
+        if d == depth:  # the bottleneck
+            return [Conv2d(c, 3, padding=1), ReLU()]
+        inner = [MaxPool2d(2)] + level(d + 1) + upsample(c) + [ReLU()]
+        return [Conv2d(c, 3, padding=1), ReLU(), SkipConcat(inner),
+                Conv2d(c, 3, padding=1), ReLU()]
+
+    layers = level(0) + [Conv2d(shape[0], 1), Sigmoid()]
+    return Sequential(layers, input_shape=shape, dtype=dtype, seed=seed, name="unet",
+                      backend=backend)
+
+
+def build_encdec(name: str, input_shape=(1, 28, 28), **kwargs) -> Sequential:
+    """``autoencoder`` or ``unet`` by name (what ``cnnfast train --model`` uses)."""
+    if name == "autoencoder":
+        return autoencoder(input_shape, **kwargs)
+    if name == "unet":
+        return unet(input_shape, **kwargs)
+    raise ValueError(f"model {name!r}: expected one of {', '.join(ENCDEC_MODELS)}")
+
+
+def is_encdec(model) -> bool:
+    """True for a model whose output has its input's shape (an image-to-image model)."""
+    return model.input_shape is not None and tuple(model.output_shape) == tuple(
+        model.input_shape)
+
+
+# ----------------------------------------------------------------------------- denoising
+
+
+def psnr(a, b, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB: ``10 log10(data_range^2 / mean((a-b)^2))``
+    over all elements (``inf`` for identical arrays)."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"psnr: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
+    xp = array_module(a)
+    diff = a.astype(np.float64) - xp.asarray(b).astype(np.float64)
+    m = float((diff * diff).mean())
+    if m == 0:
+        return math.inf
+    return 10.0 * math.log10(float(data_range) ** 2 / m)
+
+
+def add_noise(clean, std: float, rng: np.random.Generator):
+    """``clip(clean + std * N(0, 1), 0, 1)``, noise drawn on the CPU (seeded, the
+    same on every device); returns a new array of ``clean``'s module and dtype."""
+    xp = array_module(clean)
+    noise = rng.standard_normal(clean.shape).astype(clean.dtype) * clean.dtype.type(std)
+    return xp.clip(clean + xp.asarray(noise), 0, 1)
+
+
+def _as_float(images, dtype, xp):
+    images = np.asarray(images) if array_module(images) is np else images
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W) or (N, H, W), got shape "
+                         f"{tuple(images.shape)}")
+    if images.dtype == np.uint8:
+        return xp.asarray(images).astype(dtype) / dtype.type(255)
+    return xp.asarray(images).astype(dtype, copy=False)
+
+
+def evaluate_denoiser(model, clean, noise_std: float, seed: int = 0,
+                      batch_size: int = 256) -> dict:
+    """PSNR of noisy and of denoised ``clean`` images (float in [0, 1]; noise from
+    ``seed``): ``{"psnr_noisy", "psnr_denoised", "mse_denoised"}``."""
+    xp = model.xp
+    clean = _as_float(clean, model.dtype, xp)
+    noisy = add_noise(clean, noise_std, np.random.default_rng(seed))
+    out = model.predict(noisy, batch_size)
+    return {"psnr_noisy": psnr(noisy, clean), "psnr_denoised": psnr(out, clean),
+            "mse_denoised": float(((out - clean) ** 2).mean())}
+
+
+def train_denoiser(model: Sequential, images, epochs: int = 1, batch_size: int = 64,
+                   lr: float = 1e-3, noise_std: float = 0.3, seed: int = 0,
+                   backend: Optional[str] = None, progress: Optional[Callable] = None,
+                   *, test_images=None, augment=None, optimizer=None) -> dict:
+    """Train ``model`` to map ``clip(x + noise_std * N(0,1), 0, 1)`` to ``x`` with the
+    mean squared error and Adam (``lr``), ``epochs`` passes over ``images`` (uint8
+    or float in [0, 1], (N, C, H, W) or (N, H, W)) in shuffled batches.
+
+    ``backend`` (when not None) is set on the model's layers. ``augment`` is an
+    optional ``cnnfast.augment.Pipeline`` applied to the clean batch before the
+    noise. ``progress(step, steps, loss)`` is called after every step.
+    ``test_images`` default to the last 10% of ``images``, which are then left
+    out of training. Returns ``{"history": [mean loss per epoch], "psnr_noisy",
+    "psnr_denoised", "mse_denoised", "seconds", "steps", "train_images",
+    "test_images"}`` (PSNR in dB, on the test images, noise seeded by ``seed``)."""
+    if not is_encdec(model):
+        raise ValueError(f"train_denoiser needs an image-to-image model; this one maps "
+                         f"{model.input_shape} to {model.output_shape}")
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"epochs={epochs!r} must be >= 0 and batch_size={batch_size!r} >= 1")
+    if backend is not None:
+        model.set_backend(backend)
+    n_all = len(images)
+    if test_images is None:
+        n_test = max(1, n_all // 10)
+        if n_all - n_test < 1:
+            raise ValueError(f"need at least 2 images to hold some out, got {n_all}")
+        test_images, images = images[n_all - n_test:], images[:n_all - n_test]
+    xp = model.xp
+    dtype = model.dtype
+    rng = np.random.default_rng(seed)
+    opt = optimizer if optimizer is not None else Adam(lr=lr)
+    n = len(images)
+    steps_per_epoch = math.ceil(n / batch_size)
+    steps, step = epochs * steps_per_epoch, 0
+    history = []
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        total = 0.0
+        for start in range(0, n, batch_size):
+            idx = np.sort(order[start:start + batch_size])
+            clean = _as_float(images[idx], dtype, xp)
+            if augment is not None:
+                clean = augment(clean)
+            noisy = add_noise(clean, noise_std, rng)
+            out = model.forward(noisy, training=True)
+            loss, grad = mse(out, clean)
+            model.backward(grad)
+            opt.step(model)
+            total += loss * len(idx)
+            step += 1
+            if progress is not None:
+                progress(step, steps, loss)
+        history.append(total / n)
+    seconds = time.perf_counter() - t0
+    result = evaluate_denoiser(model, test_images, noise_std, seed=seed + 1)
+    result.update(history=history, seconds=seconds, steps=steps, train_images=n,
+                  test_images=len(test_images))
+    return result

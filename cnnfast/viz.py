@@ -1,0 +1,465 @@
+"""Pictures of a trained model: first-layer filters, feature maps, Grad-CAM,
+training curves, the confusion matrix and, for encoder-decoder models, denoising
+examples.
+
+The computations (:func:`grad_cam`, :func:`feature_maps`) need only numpy (or
+cupy); the drawing needs matplotlib (``pip install cnnfast[viz]``), imported
+lazily with the Agg backend (no display). Every PNG is written atomically: to a
+temporary file in the target folder, then ``os.replace``.
+
+Grad-CAM (Selvaraju et al., 2017) with the layers' own backward passes: the
+gradient of the class logit with respect to the last convolution's output
+feature maps ``A`` (N, K, h, w) (optionally after the ReLU that follows it);
+channel weights ``alpha_k`` = the spatial mean of
+that gradient; the map ``ReLU(sum_k alpha_k A_k)``, upsampled bilinearly to the
+image size and divided by its maximum (so it lies in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import List, Optional
+
+import numpy as np
+
+from .nn.base import to_numpy
+from .nn.layers import Dropout, LeakyReLU, ReLU, _Conv, _ConvTranspose
+from .nn.resample import _Block, resize_bilinear
+
+
+def require_matplotlib():
+    """``matplotlib.pyplot`` with the Agg backend, or an ImportError that says how
+    to install it."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("cnnfast's pictures need matplotlib: pip install "
+                          "'cnnfast[viz]' (or pip install matplotlib)") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_figure(fig, path, dpi: int = 100) -> str:
+    """Save ``fig`` as a PNG at ``path`` atomically, then close it."""
+    plt = require_matplotlib()
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a PNG is not
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- model walks
+
+
+def walk_layers(layers):
+    """Every layer, depth first, blocks' inner layers right after the block."""
+    for _, layer in named_layers(layers):
+        yield layer
+
+
+def named_layers(layers, prefix=""):
+    """``(qualified name, layer)`` depth first; an inner layer of block ``skip`` is
+    ``"skip.conv2d"`` (names are unique only within their block)."""
+    for layer in layers:
+        name = f"{prefix}{layer.name}"
+        yield name, layer
+        if isinstance(layer, _Block):
+            yield from named_layers(layer.layers, name + ".")
+
+
+def _is_conv(layer, transposed):
+    return isinstance(layer, _Conv) and (transposed or not isinstance(layer, _ConvTranspose))
+
+
+def conv_layers(model, transposed: bool = True):
+    """The convolution layers of ``model`` in forward order (inside blocks too)."""
+    return [layer for layer in walk_layers(model.layers) if _is_conv(layer, transposed)]
+
+
+def feature_maps(model, x, transposed: bool = True):
+    """``{qualified layer name: output}`` of every convolution (and transposed
+    convolution, unless ``transposed=False``) for the batch ``x``, from one
+    evaluation-mode forward pass."""
+    targets = [(n, l) for n, l in named_layers(model.layers) if _is_conv(l, transposed)]
+    outputs = {}
+
+    def recorder(name, layer):
+        forward = type(layer).forward
+
+        def wrapped(x, training=False):
+            y = forward(layer, x, training)
+            outputs[name] = y
+            return y
+        return wrapped
+
+    try:
+        for name, layer in targets:
+            layer.forward = recorder(name, layer)  # an instance attribute shadows the method
+        model.forward(x)
+    finally:
+        for _, layer in targets:
+            layer.__dict__.pop("forward", None)
+    return outputs
+
+
+@contextlib.contextmanager
+def _evaluation_with_caches(layers):
+    """Run ``forward(x, training=True)`` with evaluation semantics, so that the
+    layers keep what their backward needs: every layer frozen (BatchNorm then uses
+    its running statistics, no parameter gradients are computed) and dropout off."""
+    saved = []
+    for layer in walk_layers(layers):
+        own = layer.__dict__.get("_trainable", layer.trainable) if isinstance(
+            layer, _Block) else layer.trainable
+        saved.append((layer, own, getattr(layer, "rate", None)))
+    try:
+        for layer, _, rate in saved:
+            layer.trainable = False
+            if isinstance(layer, Dropout):
+                layer.rate = 0.0
+        yield
+    finally:
+        for layer, own, rate in saved:  # outer blocks first: they push their flag down
+            layer.trainable = own
+            if isinstance(layer, Dropout):
+                layer.rate = rate
+            layer._cache = None
+            layer.grads = {}
+
+
+def grad_cam(model, x, class_index=None, layer=None, rectified: bool = False):
+    """Grad-CAM heatmaps for the batch ``x`` (N, C, H, W).
+
+    ``class_index``: None (each image's predicted class), an int, or one per image.
+    ``layer``: the name of a top-level convolution (default: the last one).
+    ``rectified``: when a ReLU (or LeakyReLU) follows that convolution directly,
+    use its output as the feature maps ``A`` instead of the convolution's raw
+    output (the default). On small Fashion-MNIST CNNs with a dense head, the
+    rectified maps more often give an all-zero heatmap.
+    Returns ``(heatmaps (N, H, W) float64 numpy in [0, 1], classes (N,) int,
+    logits (N, classes) numpy)``. An image whose map is zero everywhere (no
+    positive evidence) gets an all-zero heatmap."""
+    layers = model.layers
+    candidates = [i for i, l in enumerate(layers) if isinstance(l, _Conv)]
+    if layer is not None:
+        candidates = [i for i in candidates if layers[i].name == layer]
+        if not candidates:
+            raise ValueError(f"layer={layer!r} is not a top-level convolution of the model")
+    if not candidates:
+        raise ValueError("Grad-CAM needs a model with a convolution layer at the top level")
+    k = candidates[-1]
+    if rectified and k + 1 < len(layers) and isinstance(layers[k + 1], (ReLU, LeakyReLU)):
+        k += 1  # the rectified feature maps, as the paper's VGG "relu5_3"
+    if len(model.output_shape) != 1:
+        raise ValueError(f"Grad-CAM needs a classifier (output (classes,)), this model "
+                         f"outputs {model.output_shape}")
+    xp = model.xp
+    n = x.shape[0]
+    a = x
+    for l in layers[:k + 1]:
+        a = l.forward(a, training=False)
+    with _evaluation_with_caches(layers[k + 1:]):
+        out = a
+        for l in layers[k + 1:]:
+            out = l.forward(out, training=True)
+        logits = to_numpy(out)
+        if class_index is None:
+            classes = logits.argmax(axis=1)
+        else:
+            classes = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (n,)).copy()
+            if classes.min() < 0 or classes.max() >= logits.shape[1]:
+                raise ValueError(f"class_index={class_index!r} outside [0, {logits.shape[1]})")
+        onehot = np.zeros(logits.shape, np.dtype(model.dtype))
+        onehot[np.arange(n), classes] = 1
+        grad = xp.asarray(onehot)
+        for l in reversed(layers[k + 1:]):
+            grad = l.backward(grad, need_input_grad=True)
+    alpha = grad.mean(axis=(2, 3), keepdims=True)
+    cam = xp.maximum((alpha * a).sum(axis=1), 0).astype(np.float64)
+    cam = xp.maximum(resize_bilinear(cam, x.shape[2:]), 0)
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    cam = xp.where(peak > 0, cam / xp.where(peak > 0, peak, 1), 0)
+    return to_numpy(cam), classes, logits
+
+
+def heat_inside_outside(heatmaps, images, threshold: float = 0.1):
+    """Per image, the mean heat on the object's pixels (``image > threshold``) and
+    the mean heat on the background: two (N,) arrays (NaN where a region is empty).
+    ``images``: (N, H, W) in [0, 1]."""
+    inside, outside = [], []
+    for h, img in zip(np.asarray(heatmaps), np.asarray(images)):
+        mask = img > threshold
+        inside.append(h[mask].mean() if mask.any() else np.nan)
+        outside.append(h[~mask].mean() if not mask.all() else np.nan)
+    return np.asarray(inside, np.float64), np.asarray(outside, np.float64)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def _grid(count, max_cols=8):
+    cols = min(count, max_cols)
+    return (count + cols - 1) // cols, cols
+
+
+def plot_filters(model, path, max_filters: int = 64) -> str:
+    """The first convolution's filters, one panel each (first input channel, or RGB
+    for 3 input channels), on a symmetric colour scale per filter."""
+    plt = require_matplotlib()
+    convs = conv_layers(model, transposed=False)
+    if not convs:
+        raise ValueError("the model has no convolution")
+    first = convs[0]
+    w = to_numpy(first.params["weight"]).astype(np.float64)
+    if w.ndim != 4:
+        raise NotImplementedError(f"filters of a {w.ndim - 2}-D convolution are not drawn")
+    count = min(w.shape[0], max_filters)
+    rows, cols = _grid(count)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.4), squeeze=False,
+                             layout="constrained")
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= count:
+            continue
+        if w.shape[1] == 3:
+            f = w[i].transpose(1, 2, 0)
+            f = (f - f.min()) / max(f.max() - f.min(), 1e-12)
+            ax.imshow(f, interpolation="nearest")
+        else:
+            lim = max(np.abs(w[i, 0]).max(), 1e-12)
+            ax.imshow(w[i, 0], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    fig.suptitle(f"{first.name}: {w.shape[0]} filters {w.shape[2]}x{w.shape[3]}"
+                 + (f" (first {count})" if count < w.shape[0] else "")
+                 + ("" if w.shape[1] in (1, 3) else ", input channel 0"), fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_feature_maps(name, maps, image, path, max_maps: int = 32) -> str:
+    """One convolution's output channels for one image (``maps`` (K, h, w))."""
+    plt = require_matplotlib()
+    maps = np.asarray(maps, dtype=np.float64)
+    count = min(maps.shape[0], max_maps)
+    rows, cols = _grid(count + 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows + 0.4), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes.flat[0].set_title("input", fontsize=7)
+    for i in range(count):
+        ax = axes.flat[i + 1]
+        ax.imshow(maps[i], cmap="viridis", interpolation="nearest")
+        ax.set_title(f"ch {i}", fontsize=7)
+    fig.suptitle(f"{name}: {maps.shape[0]} maps {maps.shape[1]}x{maps.shape[2]}"
+                 + (f" (first {count})" if count < maps.shape[0] else ""), fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_grad_cam(images, heatmaps, titles, path) -> str:
+    """Each image above its Grad-CAM overlay (``images``, ``heatmaps``: (N, H, W))."""
+    plt = require_matplotlib()
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    for i in range(n):
+        top, bottom = axes[0, i], axes[1, i]
+        top.imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        top.set_title(titles[i][0], fontsize=7)
+        bottom.imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        bottom.imshow(heatmaps[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        bottom.set_title(titles[i][1], fontsize=7)
+        top.axis("off")
+        bottom.axis("off")
+    fig.suptitle("Grad-CAM (top: image, true class; bottom: heatmap for the explained class)",
+                 fontsize=9)
+    return save_figure(fig, path)
+
+
+def read_metrics(path) -> List[dict]:
+    """The JSON lines of a ``metrics.jsonl`` file (blank lines skipped)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(history: List[dict], path) -> str:
+    """Loss, accuracy and PSNR per epoch from ``cnnfast train``'s metrics (keys
+    ``epoch``, ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``,
+    ``psnr_noisy``, ``psnr_denoised``; a panel whose keys are all missing is left
+    out)."""
+    plt = require_matplotlib()
+    if not history:
+        raise ValueError("no metrics to plot")
+    epochs = [m.get("epoch", i + 1) for i, m in enumerate(history)]
+    panels = [("loss", ("train_loss", "test_loss")), ("accuracy", ("train_acc", "test_acc")),
+              ("PSNR (dB)", ("psnr_noisy", "psnr_denoised"))]
+    panels = [(t, [k for k in keys if any(k in m for m in history)]) for t, keys in panels]
+    panels = [(t, keys) for t, keys in panels if keys]
+    if not panels:
+        raise ValueError(f"no known metric in the history (keys: {sorted(history[0])})")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for key in keys:
+            pts = [(e, m[key]) for e, m in zip(epochs, history) if key in m]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                    label=key.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_confusion(confusion, class_names, path) -> str:
+    """The confusion matrix (rows: true class, columns: predicted), row-normalised
+    colours with the counts written in."""
+    plt = require_matplotlib()
+    conf = np.asarray(confusion)
+    k = conf.shape[0]
+    names = (list(class_names) if class_names and len(class_names) == k
+             else [str(i) for i in range(k)])
+    rates = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(0.55 * k + 2.5, 0.55 * k + 1.8))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if conf[i, j]:
+                ax.text(j, i, str(int(conf[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc = conf.trace() / max(conf.sum(), 1)
+    ax.set_title(f"confusion matrix: accuracy {acc:.4f} on {int(conf.sum())} images",
+                 fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_denoising(noisy, output, clean, path) -> str:
+    """Rows: noisy input, model output, clean image (each (N, H, W) in [0, 1]),
+    with each image's PSNR in the titles."""
+    from .nn.encdec import psnr
+
+    plt = require_matplotlib()
+    n = len(clean)
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.4), squeeze=False)
+    for i in range(n):
+        for r, (img, label) in enumerate(((noisy[i], "noisy"), (output[i], "output"),
+                                          (clean[i], "clean"))):
+            ax = axes[r, i]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.axis("off")
+            if r < 2:
+                ax.set_title(f"{label} {psnr(img, clean[i]):.1f} dB", fontsize=7)
+            else:
+                ax.set_title(label, fontsize=7)
+    fig.suptitle(f"denoising: PSNR noisy {psnr(noisy, clean):.2f} dB -> output "
+                 f"{psnr(output, clean):.2f} dB", fontsize=9)
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- everything
+
+
+def _first_channel(batch):
+    return np.asarray(to_numpy(batch))[:, 0]
+
+
+def visualize(model, images, out_dir, *, labels=None, image_index: int = 0,
+              class_index: Optional[int] = None, history: Optional[List[dict]] = None,
+              class_names=None, noise_std: float = 0.3, seed: int = 0,
+              cam_images: int = 8, denoise_images: int = 8, log=print) -> List[str]:
+    """Write every picture that applies to ``model`` into ``out_dir``; returns the
+    paths. ``images``: uint8 or float (N, C, H, W) test images (float in [0, 1]);
+    ``labels`` (N,) for the confusion matrix and titles; ``history``: the metrics
+    per epoch. Classifiers get filters, feature maps, Grad-CAM, curves and the
+    confusion matrix; image-to-image models get filters, feature maps, curves and
+    the denoising grid."""
+    from .nn.data import to_float
+    from .nn.encdec import add_noise, is_encdec
+
+    require_matplotlib()
+    if not 0 <= image_index < len(images):
+        raise ValueError(f"image index {image_index} outside [0, {len(images)})")
+    xp = model.xp
+
+    def as_float(batch):
+        if np.asarray(to_numpy(batch)).dtype == np.uint8:
+            return to_float(batch, model.dtype, xp)
+        return xp.asarray(batch).astype(model.dtype, copy=False)
+
+    written = []
+    os.makedirs(out_dir, exist_ok=True)
+    encdec = is_encdec(model)
+    if conv_layers(model, transposed=False):
+        written.append(plot_filters(model, os.path.join(out_dir, "filters.png")))
+    one = as_float(images[image_index:image_index + 1])
+    if encdec:  # what the model sees when it denoises
+        one = add_noise(one, noise_std, np.random.default_rng(seed))
+    maps = feature_maps(model, one)
+    for i, (name, fmap) in enumerate(maps.items()):
+        written.append(plot_feature_maps(name, to_numpy(fmap)[0], _first_channel(one)[0],
+                                         os.path.join(out_dir, f"features_{i:02d}_{name}.png")))
+    if history:
+        written.append(plot_curves(history, os.path.join(out_dir, "curves.png")))
+    else:
+        log("no metrics history: curves.png skipped")
+    if encdec:
+        sel = slice(image_index, min(image_index + denoise_images, len(images)))
+        clean = as_float(images[sel])
+        noisy = add_noise(clean, noise_std, np.random.default_rng(seed))
+        out = model.predict(noisy)
+        written.append(plot_denoising(_first_channel(noisy), _first_channel(out),
+                                      _first_channel(clean),
+                                      os.path.join(out_dir, "denoising.png")))
+        return written
+    sel = slice(image_index, min(image_index + cam_images, len(images)))
+    batch = as_float(images[sel])
+    heat, classes, logits = grad_cam(model, batch, class_index)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    names = list(class_names) if class_names else [str(i) for i in range(logits.shape[1])]
+    titles = []
+    for j, c in enumerate(classes):
+        i = image_index + j
+        true = f"#{i} {names[int(labels[i])]}" if labels is not None else f"#{i}"
+        pred = int(logits[j].argmax())
+        what = "pred" if class_index is None else "class"
+        titles.append((true, f"{what} {names[int(c)]} {probs[j, int(c)]:.2f}"
+                       + ("" if class_index is None or pred == c else f"\n(pred {names[pred]})")))
+    written.append(plot_grad_cam(_first_channel(batch), heat, titles,
+                                 os.path.join(out_dir, "gradcam.png")))
+    if labels is not None:
+        from .nn.training import evaluate
+
+        images_u8 = np.asarray(to_numpy(images))
+        if images_u8.dtype != np.uint8:
+            images_u8 = np.clip(np.rint(images_u8 * 255), 0, 255).astype(np.uint8)
+        result = evaluate(model, images_u8, np.asarray(to_numpy(labels)))
+        written.append(plot_confusion(result["confusion"], class_names,
+                                      os.path.join(out_dir, "confusion.png")))
+    return written
