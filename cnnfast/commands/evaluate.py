@@ -58,6 +58,8 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"cnnfast evaluate: {exc}", file=sys.stderr)
         return 2
+    if extra.get("task") == "denoise":
+        return _report_denoiser(args, model, images, extra)
     result = evaluate(model, images, labels, args.batch_size)
     if args.json:
         out = dict(result, confusion=result["confusion"].tolist(),
@@ -68,4 +70,22 @@ def run(args) -> int:
         print(f"{args.checkpoint}: model {model.name!r} after {epochs} epoch(s), "
               f"{len(images)} test images")
         print(format_report(result, CLASS_NAMES))
+    return 0
+
+
+def _report_denoiser(args, model, images, extra) -> int:
+    """A denoising model has no classes: report the PSNR of noisy and denoised test
+    images at the noise level it was trained with."""
+    from ..nn.encdec import evaluate_denoiser
+
+    noise = float(extra.get("noise_std", 0.3))
+    result = evaluate_denoiser(model, images, noise, batch_size=args.batch_size)
+    result = {k: float(v) for k, v in result.items()}
+    if args.json:
+        print(json.dumps(dict(result, noise_std=noise)))
+    else:
+        print(f"{args.checkpoint}: denoiser {model.name!r}, {len(images)} test images, "
+              f"noise std {noise}")
+        print(f"PSNR noisy {result['psnr_noisy']:.2f} dB -> denoised "
+              f"{result['psnr_denoised']:.2f} dB (MSE {result['mse_denoised']:.5f})")
     return 0

@@ -29,6 +29,9 @@ from .layers import (
 from .losses import log_softmax, mse, softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, Adam, AdamW, CosineLR, Schedule, StepLR, make_optimizer, make_schedule
+# Imported here so that their layers are registered: load_checkpoint rebuilds U-Nets.
+from .resample import Residual, SkipConcat, Upsample
+from .encdec import autoencoder, build_encdec, psnr, train_denoiser, unet
 
 __all__ = [
     "Layer", "array_module", "layer_class", "layer_from_config", "register_layer",
@@ -39,5 +42,6 @@ __all__ = [
     "Linear", "MaxPool", "MaxPool1d", "MaxPool2d", "MaxPool3d", "ReLU", "Sigmoid", "Tanh",
     "tf_same_pads", "log_softmax", "mse", "softmax_cross_entropy", "Sequential",
     "SGD", "Adam", "AdamW", "CosineLR", "Schedule", "StepLR", "make_optimizer",
-    "make_schedule",
+    "make_schedule", "Upsample", "SkipConcat", "Residual", "autoencoder", "unet",
+    "build_encdec", "train_denoiser", "psnr",
 ]

@@ -5,6 +5,9 @@ so that an interrupted or resumed run continues bit for bit where it stopped.
 Two generators: the model's (initial weights, then dropout masks) and the data
 one (the per-epoch shuffle). The data generator's state is recorded at the start
 of each epoch; resuming mid-epoch restores it and redraws the same permutation.
+An optional augmentation pipeline (``cnnfast.augment``) has a third generator; its
+state is recorded after every batch (the batches already trained are not
+redrawn on resume, so the next batch continues its sequence).
 """
 
 from __future__ import annotations
@@ -42,7 +45,13 @@ def dense_model(input_shape=(1, 28, 28), classes=10, seed=0, dtype="float32", ba
                       input_shape, seed=seed, dtype=dtype, backend=backend, name="dense")
 
 
-MODELS = {"cnn": cnn_model, "dense": dense_model}
+MODELS = {"cnn": cnn_model, "dense": dense_model}  # the classifiers
+
+
+def augment_seed(seed: int) -> int:
+    """The augmentation pipeline's seed for training seed ``seed`` (a stream
+    independent of the weight, shuffle and noise generators)."""
+    return int(np.random.SeedSequence([int(seed), 3]).generate_state(1)[0])
 
 
 # ----------------------------------------------------------------------------- progress
@@ -92,13 +101,23 @@ class Trainer:
     [0, 1]; ``labels`` int (N,). Set ``stop_requested = True`` (e.g. from a SIGINT
     handler) to end the epoch after the current batch; ``fit`` then returns early
     and ``position`` says where it stopped.
+
+    ``augment`` (a ``cnnfast.augment.Pipeline``, optional) transforms every float
+    training batch (never evaluation batches); its generator state is part of
+    :meth:`state`, so a resumed run draws the same augmentations.
     """
 
     def __init__(self, model: Sequential, optimizer, schedule: Optional[Schedule] = None,
-                 batch_size: int = 64, seed: int = 0, loss: Callable = softmax_cross_entropy):
+                 batch_size: int = 64, seed: int = 0, loss: Callable = softmax_cross_entropy,
+                 augment=None):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be positive")
+        if augment is not None and not all(hasattr(augment, a) for a in
+                                           ("__call__", "spec", "get_state", "set_state")):
+            raise TypeError(f"augment={augment!r} must be a cnnfast.augment.Pipeline")
         self.model, self.optimizer, self.loss = model, optimizer, loss
+        # An empty pipeline is no augmentation (and records none).
+        self.augment = augment if augment is not None and augment.spec else None
         self.schedule = schedule or Schedule(optimizer.lr)
         self.batch_size = int(batch_size)
         self.data_rng = np.random.default_rng([int(seed), 1])
@@ -116,12 +135,30 @@ class Trainer:
                 "epoch_rng_state": _jsonable_state(self._epoch_rng_state),
                 "model_rng_state": _jsonable_state(self.model.rng.bit_generator.state),
                 "running": dict(self.running), "history": list(self.history),
-                "batch_size": self.batch_size, "schedule": self.schedule.config()}
+                "batch_size": self.batch_size, "schedule": self.schedule.config(),
+                "augment": self.augment.spec if self.augment is not None else None,
+                "augment_state": (_jsonable_state(self.augment.get_state())
+                                  if self.augment is not None else None)}
 
     def restore(self, state: dict):
+        """Continue from ``state`` (see :meth:`state`). A state with augmentation
+        builds the pipeline from its spec when this trainer has none."""
+        spec = state.get("augment")
+        if spec and self.augment is None:
+            from ..augment import pipeline_from_spec
+
+            self.augment = pipeline_from_spec(spec)
+        elif not spec and self.augment is not None:
+            raise ValueError(f"the state has no augmentation but this trainer has "
+                             f"{self.augment.spec!r}")
+        elif spec and self.augment.spec != spec:
+            raise ValueError(f"the state's augmentation {spec!r} differs from this "
+                             f"trainer's {self.augment.spec!r}")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         self._epoch_rng_state = state["epoch_rng_state"]  # train_epoch restores it
         self.model.rng.bit_generator.state = state["model_rng_state"]
+        if self.augment is not None:
+            self.augment.set_state(state["augment_state"])
         self.running = dict(state["running"])
         self.history = list(state["history"])
 
@@ -154,6 +191,8 @@ class Trainer:
                 return {"interrupted": True}
             idx = np.sort(perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size])
             x = to_float(images[idx], model.dtype, xp)
+            if self.augment is not None:
+                x = self.augment(x)
             y = xp.asarray(labels[idx])
             self.optimizer.lr = self.schedule(self.epoch + self.batch / nb)
             loss, correct = self.train_step(x, y)
