@@ -3,29 +3,63 @@
 Three primitives carry the four convolution ops (the algebra is in the docstring of
 ``cnnfast.backends.numpy_backend``):
 
-* ``correlate``: ``y[n, o, q] = b[o] + sum_{c, t} w[o, c, t] * x[n, g*CG + c, q*s - p + t*d]``
-  -- conv forward, and the input gradient of conv_transpose.
-* ``correlate_t``: its adjoint with respect to ``x``, written as a gather into each
-  output row -- conv_transpose forward, and the input gradient of conv.
-* ``weight_grad``: ``gw[o, c, t] = sum_{n, q} b[n, o, q] * a[n, g*CG + c, q*s - p + t*d]``.
+* correlation, ``y[n, o, q] = b[o] + sum_{c, t} w[o, c, t] * x[n, g*CG + c, q*s - p + t*d]``
+  -- conv forward, the input gradient of conv_transpose, and (stride 1) the input
+  gradient of conv and conv_transpose forward through the flipped weight. Kernels:
 
-Every parallel task owns a disjoint block of the output and sums in a fixed order,
-so results are bit-identical from run to run and for any thread count (no atomics,
-no scattering across tasks).
+  - ``correlate_wide`` (stride 1): im2col of a tile of "wide" output rows over a
+    zero-padded input (``pad_input``), where every panel row is one contiguous
+    copy, then a register-blocked product (``_micro``: MR x NR accumulators in
+    registers). 1x1 convolutions take this path with no padding and no waste: a
+    plain product of the packed input.
+  - ``correlate_gemm`` (any stride): the same product after a general im2col.
+  - ``correlate_direct`` (output row innermost) for depthwise-like cases (fewer
+    than MR output channels per group), where a product has nothing to reuse.
+
+* ``correlate_t``: the adjoint of correlation with respect to ``x`` for any
+  stride, written so that every task owns whole output rows and gathers every
+  (input channel, tap) contribution into them.
+* weight gradient, ``gw[o, c, t] = sum_{n, q} b[n, o, q] * a[n, g*CG + c, q*s - p + t*d]``:
+  ``weight_grad_gemm`` (products over pixel tiles, one task per chunk of weight
+  columns) and ``weight_grad`` (one fixed-order sum per (o, c) pair, depthwise).
+
+Paddings may be negative (a negative pad crops), which the adjoint needs.
+
+Every parallel task owns a disjoint block of the output and sums every element in
+a fixed order that does not depend on the task split, so results are
+bit-identical from run to run and for any thread count (no atomics, no scattering
+across tasks).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange, types, uint64
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import JIT
 
-# Output channels computed together: one input row load feeds this many FMAs.
+# Register tile of the product: MR output channels x NR output pixels. 4 x 32
+# accumulators are 8 AVX-512 (16 AVX2) float32 registers; measured best here.
+MR = 4
+NR = 32
+# Output channels computed together by the direct kernel.
 OB = 4
-# Output rows per tile: keeps OB x TH output rows hot in L1 while the
-# (input channel, tap) loop sweeps over them.
-TH = 8
+# Elements of output rows per tile of the direct kernel (16 KB of float32): the
+# tile stays in L1 while the (input channel, tap) loop sweeps over it.
+TILE_ELEMS = 4096
+
+
+@intrinsic
+def _stack_tile(typingctx, dtype):
+    """A pointer to MR*NR elements on the stack. Heap arrays (np.empty) cannot be
+    kept in registers by LLVM; a fixed-size alloca can (3x faster measured)."""
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(dtype.dtype)
+        return cgutils.alloca_once(builder, ty,
+                                   size=context.get_constant(types.intp, MR * NR))
+    return types.CPointer(dtype.dtype)(dtype), codegen
 
 
 @njit(cache=True, inline="always")
@@ -42,16 +76,455 @@ def span(n_out, s, off, size):
     return lo, hi
 
 
-# ----------------------------------------------------------------------------- forward
+# ----------------------------------------------------------------------------- product
+
+
+def pick_tile(k, positions):
+    """Output pixels per im2col tile for a reduction of length ``k``: the tile
+    (k x PT, at most ~512 KB of float32) stays in L2 while every block of MR output
+    channels sweeps it; a small image is taken whole (one task, no ragged tile)."""
+    cap = min(max((131072 // max(k, 1)) // NR * NR, NR), 256)
+    whole = (positions + NR - 1) // NR * NR
+    return int(whole if whole <= cap else cap)
+
+
+@njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
+def _micro(cp, wp, g, ob, K, tile):
+    """``tile[i, j] = sum_k wp[g, ob, k, i] * cp[k, j]`` for one MR x NR tile;
+    ``cp`` is one packed panel (K, NR) of the im2col buffer.
+
+    The accumulators live on the stack and are only ever indexed with constants
+    (the loops below have fixed trip counts), so LLVM keeps them in registers.
+    Every index is a plain range variable: numba's negative-index wraparound on
+    an offset index (``j0 + j``) would block vectorisation, hence the panels.
+    """
+    acc = carray(_stack_tile(cp.dtype), (MR, NR))
+    for i in range(MR):
+        for j in range(NR):
+            acc[i, j] = 0
+    for k in range(K):
+        a0 = wp[g, ob, k, 0]
+        a1 = wp[g, ob, k, 1]
+        a2 = wp[g, ob, k, 2]
+        a3 = wp[g, ob, k, 3]
+        for j in range(NR):
+            v = cp[k, j]
+            acc[0, j] += a0 * v
+            acc[1, j] += a1 * v
+            acc[2, j] += a2 * v
+            acc[3, j] += a3 * v
+    for i in range(MR):
+        for j in range(NR):
+            tile[i, j] = acc[i, j]
+
+
+@njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
+def _im2col(xf, x_shape, n, c0, CG, kshape, out_shape, stride, pad, dil, p0, pn, cf, K,
+            spans):
+    """Fill the panels ``cf`` (flat (PT/NR, K, NR)): element ``[j // NR, k, j % NR]``
+    is the input value tap ``k`` = (c, kd, kh, kw) reads for output pixel ``p0 + j``,
+    0 in the padding and past ``pn``. ``spans[kw]`` = the valid output columns of
+    tap kw. ``xf`` is the input, flat (no views in loops: see "rows" below).
+
+    Work is split into segments (one output row within one panel) so that the
+    per-segment index arithmetic is paid once for all K taps.
+    """
+    C, D, H, W = x_shape[1], x_shape[2], x_shape[3], x_shape[4]
+    KD, KH, KW = kshape
+    OD, OH, OW = out_shape
+    sd, sh, sw = stride
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    npan = (pn + NR - 1) // NR
+    tail = pn - (npan - 1) * NR
+    if tail < NR:  # zero the tail of the last panel
+        for k in range(K):
+            fill(cf, ((npan - 1) * K + k) * NR + tail, NR - tail, 0)
+    j = 0
+    while j < pn:
+        p = p0 + j
+        ow0 = p % OW
+        r = p // OW
+        oh = r % OH
+        od = r // OH
+        jb = j // NR
+        jj = j - jb * NR
+        seg = min(OW - ow0, NR - jj, pn - j)
+        k = 0
+        for c in range(CG):
+            for kd in range(KD):
+                idd = od * sd - pd + kd * dd
+                for kh in range(KH):
+                    ih = oh * sh - ph + kh * dh
+                    inside = 0 <= idd < D and 0 <= ih < H
+                    xrow = (((n * C + c0 + c) * D + idd) * H + ih) * W
+                    for kw in range(KW):
+                        d0 = (jb * K + k) * NR + jj
+                        if not inside:
+                            fill(cf, d0, seg, 0)
+                        else:
+                            lo = min(max(spans[kw, 0] - ow0, 0), seg)
+                            hi = max(min(spans[kw, 1] - ow0, seg), lo)
+                            fill(cf, d0, lo, 0)
+                            if hi > lo:
+                                copy_strided(cf, d0 + lo, xf,
+                                             xrow + (ow0 + lo) * sw + kw * dw - pw, sw,
+                                             hi - lo)
+                            fill(cf, d0 + hi, seg - hi, 0)
+                        k += 1
+        j += seg
 
 
 @njit(**JIT)
-def correlate(x, w, b, y, stride, pad, dil, groups):
+def correlate_gemm(x, wp, b, y, kshape, stride, pad, dil, groups, PT, nthreads):
+    """Correlation as tiled products: task = (n, group, tile of PT output pixels).
+
+    ``wp`` is the weight packed as (G, ceil(OG/MR), K, MR) (zero rows past OG):
+    the MR values one reduction step needs sit together. Each task im2col's its
+    tile into a private buffer of NR-wide panels, then sweeps every block of MR
+    output channels over it.
+    """
+    N, C = x.shape[0], x.shape[1]
+    O = y.shape[1]
+    OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
+    KD, KH, KW = kshape
+    CG = C // groups
+    OG = O // groups
+    K = CG * KD * KH * KW
+    OGB = wp.shape[1]
+    P = OD * OH * OW
+    ntile = (P + PT - 1) // PT
+    yf = y.reshape(y.size)
+    xf = x.reshape(x.size)
+    spans = np.empty((KW, 2), np.int64)
+    for kw in range(KW):
+        lo, hi = span(OW, stride[2], kw * dil[2] - pad[2], x.shape[4])
+        spans[kw, 0] = lo
+        spans[kw, 1] = hi
+    ntask = N * groups * ntile
+    # Tasks run in chunks so that a chunk allocates its buffers once (a fresh
+    # ~100 KB buffer per task costs page faults); each task is computed the same
+    # way whatever its chunk, so the split does not change any result.
+    nchunk = min(ntask, 4 * nthreads)
+    for chunk in prange(nchunk):
+        col = np.empty((PT // NR, K, NR), x.dtype)
+        colf = col.reshape(col.size)
+        acc = np.empty((MR, NR), x.dtype)
+        accf = acc.reshape(MR * NR)
+        for task in range(chunk * ntask // nchunk, (chunk + 1) * ntask // nchunk):
+            tile = task % ntile
+            r = task // ntile
+            g = r % groups
+            n = r // groups
+            p0 = tile * PT
+            pn = min(PT, P - p0)
+            npan = (pn + NR - 1) // NR
+            _im2col(xf, x.shape, n, g * CG, CG, kshape, (OD, OH, OW), stride, pad, dil,
+                    p0, pn, colf, K, spans)
+            for ob in range(OGB):
+                for jb in range(npan):
+                    _micro(col[jb], wp, g, ob, K, acc)
+                    j0 = jb * NR
+                    cols = min(NR, pn - j0)
+                    for i in range(min(MR, OG - ob * MR)):
+                        o = g * OG + ob * MR + i
+                        bv = b[o]
+                        y0 = uint64((n * O + o) * P + p0 + j0)
+                        a0 = uint64(i * NR)
+                        for j in range(uint64(cols)):
+                            yf[y0 + j] = accf[a0 + j] + bv
+
+
+@njit(**JIT)
+def pad_input(x, xp, pad):
+    """``xp[n, c, u, v, w] = x[n, c, u - pd, v - ph, w - pw]`` inside ``x``, else 0
+    (a negative pad crops). One task per (n, c, depth slice)."""
+    N, C, D, H, W = x.shape
+    Dp, Hp, Wp = xp.shape[2], xp.shape[3], xp.shape[4]
+    pd, ph, pw = pad
+    lo, hi = span(Wp, 1, -pw, W)
+    for task in prange(N * C * Dp):
+        u = task % Dp
+        r = task // Dp
+        c = r % C
+        n = r // C
+        for v in range(Hp):
+            row = xp[n, c, u, v]
+            iu = u - pd
+            iv = v - ph
+            if iu < 0 or iu >= D or iv < 0 or iv >= H:
+                for t in range(Wp):
+                    row[t] = 0
+                continue
+            for t in range(lo):
+                row[t] = 0
+            src = x[n, c, iu, iv, lo - pw:]
+            dst = row[lo:]
+            for t in range(hi - lo):
+                dst[t] = src[t]
+            for t in range(hi, Wp):
+                row[t] = 0
+
+
+@njit(**JIT)
+def correlate_wide(xp, wp, b, y, kshape, dil, groups, PT, nthreads, nr_runtime):
+    """Stride-1 correlation of a zero-padded input ``xp`` as tiled products.
+
+    The output is computed over "wide" rows as long as ``xp``'s rows: for wide
+    position ``q = (od*Hp + oh)*Wp + ow`` every tap reads ``xp``'s flat plane at
+    ``q + offset(tap)``, so an im2col panel row is one contiguous copy (no
+    per-row index arithmetic). Positions with ``ow >= OW`` or ``oh >= OH`` are
+    computed and dropped (waste ``Wp/OW``, chosen by the caller).
+    ``nr_runtime`` is NR, passed at run time on purpose (see the copy loop).
+    """
+    N, C, Dp, Hp, Wp = xp.shape
+    O = y.shape[1]
+    OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
+    KD, KH, KW = kshape
+    dd, dh, dw = dil
+    CG = C // groups
+    OG = O // groups
+    T = KD * KH * KW
+    K = CG * T
+    OGB = wp.shape[1]
+    plane = Dp * Hp * Wp
+    Qn = ((OD - 1) * Hp + OH) * Wp
+    ntile = (Qn + PT - 1) // PT
+    xflat = xp.reshape(xp.size)
+    yflat = y.reshape(y.size)
+    unr = uint64(nr_runtime)
+    offs = np.empty(T, np.int64)
+    t = 0
+    for kd in range(KD):
+        for kh in range(KH):
+            for kw in range(KW):
+                offs[t] = (kd * dd * Hp + kh * dh) * Wp + kw * dw
+                t += 1
+    ntask = N * groups * ntile
+    # Chunks allocate their buffers once; results do not depend on the split.
+    nchunk = min(ntask, 4 * nthreads)
+    for chunk in prange(nchunk):
+        col = np.empty((PT // NR, K, NR), xp.dtype)
+        acc = np.empty((MR, NR), xp.dtype)
+        accf = acc.reshape(MR * NR)
+        for task in range(chunk * ntask // nchunk, (chunk + 1) * ntask // nchunk):
+            tile = task % ntile
+            r = task // ntile
+            g = r % groups
+            n = r // groups
+            q0 = tile * PT
+            qn = min(PT, Qn - q0)
+            npan = (qn + NR - 1) // NR
+            # Flat, unsigned indices and a runtime trip count: no array views
+            # (each costs atomic reference counting), no wraparound selects, no
+            # full unrolling into scalar code (LLVM cannot prove that col and xf
+            # do not overlap) -- 3x faster than the obvious loop (measured).
+            cf = col.reshape(col.size)
+            for jb in range(npan):
+                qs = q0 + jb * NR
+                k = 0
+                for c in range(CG):
+                    sbase = (n * C + g * CG + c) * plane
+                    for t in range(T):
+                        st = qs + offs[t]
+                        d0 = uint64((jb * K + k) * NR)
+                        if st + NR <= plane:
+                            s0 = uint64(sbase + st)
+                            for j in range(unr):
+                                cf[d0 + j] = xflat[s0 + j]
+                        else:  # past the plane: only dropped positions read here
+                            for j in range(NR):
+                                cf[d0 + uint64(j)] = (xflat[sbase + st + j]
+                                                      if st + j < plane else 0)
+                        k += 1
+            for ob in range(OGB):
+                rows = min(MR, OG - ob * MR)
+                for jb in range(npan):
+                    _micro(col[jb], wp, g, ob, K, acc)
+                    qs = q0 + jb * NR
+                    cols = min(NR, qn - jb * NR)
+                    j = 0
+                    while j < cols:
+                        q = qs + j
+                        ow = q % Wp
+                        rr = q // Wp
+                        oh = rr % Hp
+                        od = rr // Hp
+                        seg = min(Wp - ow, cols - j)
+                        if oh < OH and ow < OW:
+                            m = uint64(min(seg, OW - ow))
+                            for i in range(rows):
+                                o = g * OG + ob * MR + i
+                                bv = b[o]
+                                y0 = uint64((((n * O + o) * OD + od) * OH + oh) * OW + ow)
+                                a0 = uint64(i * NR + j)
+                                for u in range(m):
+                                    yflat[y0 + u] = accf[a0 + u] + bv
+                        j += seg
+
+
+def pack_weight(w, groups, dtype):
+    """(O, CG, *k) -> (G, ceil(OG/MR), K, MR), zero rows past OG (a small copy)."""
+    o = w.shape[0]
+    og = o // groups
+    k = int(np.prod(w.shape[1:]))
+    ogb = (og + MR - 1) // MR
+    wp = np.zeros((groups, ogb * MR, k), dtype)
+    wp[:, :og] = w.reshape(groups, og, k)
+    return np.ascontiguousarray(wp.reshape(groups, ogb, MR, k).transpose(0, 1, 3, 2))
+
+
+# ----------------------------------------------------------------------------- rows
+#
+# The kernels below address their arrays through flat 1-D views made once per
+# call, with unsigned offsets. Two numba costs are avoided that way (measured):
+# an array view made inside a loop does atomic reference counting on the parent
+# (shared by every thread), and a signed offset index (``ow*s + off``) gets a
+# negative-index wraparound select per element, which blocks vectorisation.
+# Step 1 and 2 get loops with a constant stride, so LLVM vectorises them.
+
+_ROW = dict(cache=True, fastmath=JIT["fastmath"], error_model="numpy", inline="always")
+
+
+@njit(**_ROW)
+def fill(f, start, m, value):
+    """``f[start:start+m] = value``."""
+    s0 = uint64(start)
+    for t in range(uint64(m)):
+        f[s0 + t] = value
+
+
+@njit(**_ROW)
+def copy_strided(df, ds, sf, ss, step, m):
+    """``df[ds + t] = sf[ss + t*step]`` for t < m."""
+    d0 = uint64(ds)
+    s0 = uint64(ss)
+    mu = uint64(m)
+    if step == 1:
+        for t in range(mu):
+            df[d0 + t] = sf[s0 + t]
+    elif step == 2:
+        for t in range(mu):
+            df[d0 + t] = sf[s0 + uint64(2) * t]
+    else:
+        su = uint64(step)
+        for t in range(mu):
+            df[d0 + t] = sf[s0 + su * t]
+
+
+@njit(**_ROW)
+def copy_strided2(df, ds, dstep, sf, ss, sstep, m):
+    """``df[ds + t*dstep] = sf[ss + t*sstep]`` for t < m (transposing copies)."""
+    d0 = uint64(ds)
+    s0 = uint64(ss)
+    du = uint64(dstep)
+    su = uint64(sstep)
+    for t in range(uint64(m)):
+        df[d0 + du * t] = sf[s0 + su * t]
+
+
+@njit(**_ROW)
+def fill_strided(df, ds, dstep, m, value):
+    """``df[ds + t*dstep] = value`` for t < m."""
+    d0 = uint64(ds)
+    du = uint64(dstep)
+    for t in range(uint64(m)):
+        df[d0 + du * t] = value
+
+
+@njit(**_ROW)
+def axpy(yf, ys, xf, xs, step, m, a):
+    """``yf[ys + t] += a * xf[xs + t*step]`` for t < m."""
+    y0 = uint64(ys)
+    x0 = uint64(xs)
+    mu = uint64(m)
+    if step == 1:
+        for t in range(mu):
+            yf[y0 + t] += a * xf[x0 + t]
+    elif step == 2:
+        for t in range(mu):
+            yf[y0 + t] += a * xf[x0 + uint64(2) * t]
+    else:
+        su = uint64(step)
+        for t in range(mu):
+            yf[y0 + t] += a * xf[x0 + su * t]
+
+
+@njit(**_ROW)
+def axpy4(yf, ys, ystride, xf, xs, step, m, w0, w1, w2, w3):
+    """Four ``axpy`` into rows ``ys + i*ystride`` sharing each input load."""
+    y0 = uint64(ys)
+    y1 = uint64(ys + ystride)
+    y2 = uint64(ys + 2 * ystride)
+    y3 = uint64(ys + 3 * ystride)
+    x0 = uint64(xs)
+    mu = uint64(m)
+    if step == 1:
+        for t in range(mu):
+            v = xf[x0 + t]
+            yf[y0 + t] += w0 * v
+            yf[y1 + t] += w1 * v
+            yf[y2 + t] += w2 * v
+            yf[y3 + t] += w3 * v
+    else:
+        su = uint64(step)
+        for t in range(mu):
+            v = xf[x0 + su * t]
+            yf[y0 + t] += w0 * v
+            yf[y1 + t] += w1 * v
+            yf[y2 + t] += w2 * v
+            yf[y3 + t] += w3 * v
+
+
+@njit(**_ROW)
+def scatter_axpy(yf, ys, step, m, a, xf, xs):
+    """``yf[ys + t*step] += a * xf[xs + t]`` (rows owned by the caller's task)."""
+    y0 = uint64(ys)
+    x0 = uint64(xs)
+    mu = uint64(m)
+    if step == 1:
+        for t in range(mu):
+            yf[y0 + t] += a * xf[x0 + t]
+    elif step == 2:
+        for t in range(mu):
+            yf[y0 + uint64(2) * t] += a * xf[x0 + t]
+    else:
+        su = uint64(step)
+        for t in range(mu):
+            yf[y0 + su * t] += a * xf[x0 + t]
+
+
+@njit(**_ROW)
+def mul_add(pf, ps, bf, bs, af, as_, step, m):
+    """``pf[ps + t] += bf[bs + t] * af[as_ + t*step]`` for t < m."""
+    p0 = uint64(ps)
+    b0 = uint64(bs)
+    a0 = uint64(as_)
+    mu = uint64(m)
+    if step == 1:
+        for t in range(mu):
+            pf[p0 + t] += bf[b0 + t] * af[a0 + t]
+    elif step == 2:
+        for t in range(mu):
+            pf[p0 + t] += bf[b0 + t] * af[a0 + uint64(2) * t]
+    else:
+        su = uint64(step)
+        for t in range(mu):
+            pf[p0 + t] += bf[b0 + t] * af[a0 + su * t]
+
+
+# ----------------------------------------------------------------------------- direct
+
+
+@njit(**JIT)
+def correlate_direct(x, w, b, y, stride, pad, dil, groups):
     """Direct grouped correlation, ``y`` (N, O, OD, OH, OW) written in full.
 
-    Task = (n, group, block of OB output channels, output depth slice). The
-    innermost loop runs along an output row (contiguous in ``y``; contiguous in
-    ``x`` for stride 1) and feeds OB accumulator rows from one input load.
+    For depthwise-like convolutions (few output channels per group), where an
+    im2col product would have nothing to reuse. Task = (n, group, block of OB
+    output channels, output depth slice). The innermost loop runs along an output
+    row and feeds OB accumulator rows from one input load; rows are tiled so the
+    tile stays in L1 while the (input channel, tap) loop sweeps over it.
     """
     N, C, D, H, W = x.shape
     O, CG, KD, KH, KW = w.shape
@@ -61,6 +534,9 @@ def correlate(x, w, b, y, stride, pad, dil, groups):
     dd, dh, dw = dil
     OG = O // groups
     NB = (OG + OB - 1) // OB
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    ych = OD * OH * OW  # distance between output channels in yf
     for task in prange(N * groups * NB * OD):
         od = task % OD
         r = task // OD
@@ -70,19 +546,19 @@ def correlate(x, w, b, y, stride, pad, dil, groups):
         n = r // groups
         o0 = g * OG + ob * OB
         nb = min(OB, OG - ob * OB)
+        ybase = ((n * O + o0) * OD + od) * OH * OW
         for i in range(nb):
-            bv = b[o0 + i]
-            for oh in range(OH):
-                for ow in range(OW):
-                    y[n, o0 + i, od, oh, ow] = bv
-        for oh0 in range(0, OH, TH):
-            oh1 = min(oh0 + TH, OH)
+            fill(yf, ybase + i * ych, OH * OW, b[o0 + i])
+        th = max(1, TILE_ELEMS // (nb * OW))
+        for oh0 in range(0, OH, th):
+            oh1 = min(oh0 + th, OH)
             for c in range(CG):
                 ci = g * CG + c
                 for kd in range(KD):
                     idd = od * sd - pd + kd * dd
                     if idd < 0 or idd >= D:
                         continue
+                    xplane = ((n * C + ci) * D + idd) * H
                     for kh in range(KH):
                         offh = kh * dh - ph
                         lo_h, hi_h = span(OH, sh, offh, H)
@@ -91,28 +567,287 @@ def correlate(x, w, b, y, stride, pad, dil, groups):
                         for kw in range(KW):
                             offw = kw * dw - pw
                             lo_w, hi_w = span(OW, sw, offw, W)
+                            m = hi_w - lo_w
+                            if m <= 0:
+                                continue
+                            start = lo_w * sw + offw
                             if nb == OB:
                                 w0 = w[o0, c, kd, kh, kw]
                                 w1 = w[o0 + 1, c, kd, kh, kw]
                                 w2 = w[o0 + 2, c, kd, kh, kw]
                                 w3 = w[o0 + 3, c, kd, kh, kw]
                                 for oh in range(lo_h, hi_h):
-                                    xr = x[n, ci, idd, oh * sh + offh]
-                                    y0 = y[n, o0, od, oh]
-                                    y1 = y[n, o0 + 1, od, oh]
-                                    y2 = y[n, o0 + 2, od, oh]
-                                    y3 = y[n, o0 + 3, od, oh]
-                                    for ow in range(lo_w, hi_w):
-                                        v = xr[ow * sw + offw]
-                                        y0[ow] += w0 * v
-                                        y1[ow] += w1 * v
-                                        y2[ow] += w2 * v
-                                        y3[ow] += w3 * v
+                                    axpy4(yf, ybase + oh * OW + lo_w, ych, xf,
+                                          (xplane + oh * sh + offh) * W + start, sw, m,
+                                          w0, w1, w2, w3)
                             else:
                                 for i in range(nb):
                                     wv = w[o0 + i, c, kd, kh, kw]
                                     for oh in range(lo_h, hi_h):
-                                        xr = x[n, ci, idd, oh * sh + offh]
-                                        yr = y[n, o0 + i, od, oh]
-                                        for ow in range(lo_w, hi_w):
-                                            yr[ow] += wv * xr[ow * sw + offw]
+                                        axpy(yf, ybase + i * ych + oh * OW + lo_w, xf,
+                                             (xplane + oh * sh + offh) * W + start, sw, m,
+                                             wv)
+
+
+# ----------------------------------------------------------------------------- adjoint
+
+
+@njit(**JIT)
+def correlate_t(x, w, b, y, stride, pad, dil, groups):
+    """Transposed correlation: ``x`` (N, Ci, ID, IH, IW), ``w`` (Ci, OG, *k) in
+    transposed-conv layout, ``y`` (N, G*OG, OD, OH, OW) written in full, with
+    ``y[n, g*OG + o, i*s - p + t*d] += x[n, g*CG + c, i] * w[g*CG + c, o, t]``.
+
+    Task = (n, output channel, output depth slice): it owns those output rows and
+    gathers every (input channel, tap) that lands in them, in a fixed order.
+    """
+    N, Ci, ID, IH, IW = x.shape
+    OG, KD, KH, KW = w.shape[1], w.shape[2], w.shape[3], w.shape[4]
+    O, OD, OH, OW = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
+    sd, sh, sw = stride
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    CG = Ci // groups
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    for task in prange(N * O * OD):
+        od = task % OD
+        r = task // OD
+        o = r % O
+        n = r // O
+        g = o // OG
+        oo = o - g * OG
+        ybase = ((n * O + o) * OD + od) * OH
+        fill(yf, ybase * OW, OH * OW, b[o])
+        for c in range(CG):
+            ci = g * CG + c
+            for kd in range(KD):
+                # the input depth i with i*sd - pd + kd*dd == od, if any
+                num = od + pd - kd * dd
+                if num < 0 or num % sd != 0 or num // sd >= ID:
+                    continue
+                xplane = ((n * Ci + ci) * ID + num // sd) * IH
+                for kh in range(KH):
+                    offh = kh * dh - ph
+                    lo_h, hi_h = span(IH, sh, offh, OH)
+                    for kw in range(KW):
+                        offw = kw * dw - pw
+                        lo_w, hi_w = span(IW, sw, offw, OW)
+                        m = hi_w - lo_w
+                        if m <= 0:
+                            continue
+                        start = lo_w * sw + offw
+                        wv = w[ci, oo, kd, kh, kw]
+                        for ih in range(lo_h, hi_h):
+                            scatter_axpy(yf, (ybase + ih * sh + offh) * OW + start, sw, m,
+                                         wv, xf, (xplane + ih) * IW + lo_w)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@njit(**JIT)
+def weight_grad(a, bg, gw, stride, pad, dil, groups):
+    """``gw[o, c, t] = sum_{n, q} bg[n, o, q] * a[n, g*CG + c, q*s - p + t*d]``.
+
+    ``a`` (N, C, *in), ``bg`` (N, O, *out), ``gw`` (O, CG, *k). For depthwise-like
+    cases. Task = one (o, c) pair. Each tap accumulates elementwise products into
+    its own row of partial sums (a vector loop with no per-row horizontal sum;
+    one ``bg`` row feeds all KW taps while in L1), summed once at the end, in a
+    fixed order.
+    """
+    N, C, D, H, W = a.shape
+    O, OD, OH, OW = bg.shape[1], bg.shape[2], bg.shape[3], bg.shape[4]
+    CG, KD, KH, KW = gw.shape[1], gw.shape[2], gw.shape[3], gw.shape[4]
+    sd, sh, sw = stride
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    OG = O // groups
+    T = KD * KH * KW
+    af = a.reshape(a.size)
+    bf = bg.reshape(bg.size)
+    gwf = gw.reshape(gw.size)
+    spans = np.empty((KW, 2), np.int64)
+    for kw in range(KW):
+        lo, hi = span(OW, sw, kw * dw - pw, W)
+        spans[kw, 0] = lo
+        spans[kw, 1] = hi
+    for task in prange(O * CG):
+        c = task % CG
+        o = task // CG
+        ci = (o // OG) * CG + c
+        part = np.zeros(T * OW, gw.dtype)
+        for n in range(N):
+            for kd in range(KD):
+                offd = kd * dd - pd
+                lo_d, hi_d = span(OD, sd, offd, D)
+                for od in range(lo_d, hi_d):
+                    arow = ((n * C + ci) * D + od * sd + offd) * H
+                    brow = ((n * O + o) * OD + od) * OH
+                    for kh in range(KH):
+                        offh = kh * dh - ph
+                        lo_h, hi_h = span(OH, sh, offh, H)
+                        for oh in range(lo_h, hi_h):
+                            b0 = (brow + oh) * OW
+                            a0 = (arow + oh * sh + offh) * W
+                            for kw in range(KW):
+                                lo_w = spans[kw, 0]
+                                m = spans[kw, 1] - lo_w
+                                if m > 0:
+                                    t = (kd * KH + kh) * KW + kw
+                                    mul_add(part, t * OW + lo_w, bf, b0 + lo_w, af,
+                                            a0 + lo_w * sw + kw * dw - pw, sw, m)
+        for t in range(T):
+            acc = gw.dtype.type(0)
+            for i in range(OW):
+                acc += part[t * OW + i]
+            gwf[task * T + t] = acc
+
+
+@njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
+def _micro_t(cp, ap, K, tile):
+    """``tile[i, j] = sum_k ap[k, i] * cp[k, j]`` (k < K) for one MR x NR tile:
+    ``_micro`` with the left operand as a plain (K', MR) array."""
+    acc = carray(_stack_tile(cp.dtype), (MR, NR))
+    for i in range(MR):
+        for j in range(NR):
+            acc[i, j] = 0
+    for k in range(K):
+        a0 = ap[k, 0]
+        a1 = ap[k, 1]
+        a2 = ap[k, 2]
+        a3 = ap[k, 3]
+        for j in range(NR):
+            v = cp[k, j]
+            acc[0, j] += a0 * v
+            acc[1, j] += a1 * v
+            acc[2, j] += a2 * v
+            acc[3, j] += a3 * v
+    for i in range(MR):
+        for j in range(NR):
+            tile[i, j] = acc[i, j]
+
+
+@njit(**JIT)
+def weight_grad_gemm(a, bg, gw, kshape, stride, pad, dil, groups, PT, nthreads):
+    """``weight_grad`` as tiled products, for groups with enough output channels.
+
+    ``gw`` is written as (G, ceil(OG/MR)*MR, ceil(K/NR)*NR) (padded; the caller
+    crops): ``gw[g, o, k] = sum_{n, q} bg[n, g*OG + o, q] * col[n, k, q]`` where
+    ``col`` is the im2col of ``a``. Task = (group, chunk of NR-wide k panels); it
+    loops over every image and pixel tile in a fixed order, packing the pixels x
+    k panel of ``col`` (transposed) and the pixels x MR panels of ``bg`` into
+    private buffers, so each weight element is one fixed-order sum whatever the
+    thread count.
+    """
+    N, C = a.shape[0], a.shape[1]
+    O = bg.shape[1]
+    OD, OH, OW = bg.shape[2], bg.shape[3], bg.shape[4]
+    KD, KH, KW = kshape
+    sd, sh, sw = stride
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    D, H, W = a.shape[2], a.shape[3], a.shape[4]
+    CG = C // groups
+    OG = O // groups
+    T = KD * KH * KW
+    K = CG * T
+    OGB = (OG + MR - 1) // MR
+    NP = (K + NR - 1) // NR
+    P = OD * OH * OW
+    ntile = (P + PT - 1) // PT
+    af = a.reshape(a.size)
+    bf = bg.reshape(bg.size)
+    spans = np.empty((KW, 2), np.int64)
+    for kw in range(KW):
+        lo, hi = span(OW, sw, kw * dw - pw, W)
+        spans[kw, 0] = lo
+        spans[kw, 1] = hi
+    nkc = min(NP, max(1, (4 * nthreads + groups - 1) // groups))
+    for task in prange(groups * nkc):
+        kc = task % nkc
+        g = task // nkc
+        kp0 = kc * NP // nkc
+        kp1 = (kc + 1) * NP // nkc
+        npk = kp1 - kp0
+        cpt = np.zeros((npk, PT, NR), a.dtype)  # zeros: k past K stays 0
+        cptf = cpt.reshape(cpt.size)
+        apk = np.zeros((OGB, PT, MR), a.dtype)  # zeros: o past OG stays 0
+        apkf = apk.reshape(apk.size)
+        gacc = np.zeros((OGB, npk, MR, NR), a.dtype)
+        acc = np.empty((MR, NR), a.dtype)
+        for n in range(N):
+            for tile in range(ntile):
+                p0 = tile * PT
+                pn = min(PT, P - p0)
+                # bg panels: apk[ob, q, i] = bg[n, g*OG + ob*MR + i, p0 + q]
+                for o in range(OG):
+                    ob = o // MR
+                    copy_strided2(apkf, (ob * PT) * MR + (o - ob * MR), MR, bf,
+                                  (n * O + g * OG + o) * P + p0, 1, pn)
+                # col panels, transposed: cpt[kp, q, kk] = col[k = (kp0+kp)*NR + kk, p0 + q]
+                for kp in range(npk):
+                    for kk in range(NR):
+                        k = (kp0 + kp) * NR + kk
+                        if k >= K:
+                            break
+                        c = k // T
+                        t = k - c * T
+                        kd = t // (KH * KW)
+                        kh = (t // KW) % KH
+                        kw = t % KW
+                        lo_w = spans[kw, 0]
+                        hi_w = spans[kw, 1]
+                        cbase = (n * C + g * CG + c) * D
+                        dbase = kp * PT * NR + kk
+                        j = 0
+                        while j < pn:
+                            p = p0 + j
+                            ow0 = p % OW
+                            r = p // OW
+                            oh = r % OH
+                            od = r // OH
+                            seg = min(OW - ow0, pn - j)
+                            idd = od * sd - pd + kd * dd
+                            ih = oh * sh - ph + kh * dh
+                            d0 = dbase + j * NR
+                            if 0 <= idd < D and 0 <= ih < H:
+                                lo = min(max(lo_w - ow0, 0), seg)
+                                hi = max(min(hi_w - ow0, seg), lo)
+                                fill_strided(cptf, d0, NR, lo, 0)
+                                if hi > lo:
+                                    copy_strided2(cptf, d0 + lo * NR, NR, af,
+                                                  ((cbase + idd) * H + ih) * W
+                                                  + (ow0 + lo) * sw + kw * dw - pw, sw,
+                                                  hi - lo)
+                                fill_strided(cptf, d0 + hi * NR, NR, seg - hi, 0)
+                            else:
+                                fill_strided(cptf, d0, NR, seg, 0)
+                            j += seg
+                for ob in range(OGB):
+                    for kp in range(npk):
+                        _micro_t(cpt[kp], apk[ob], pn, acc)
+                        ga = gacc[ob, kp]
+                        for i in range(MR):
+                            for jj in range(NR):
+                                ga[i, jj] += acc[i, jj]
+        for ob in range(OGB):
+            for kp in range(npk):
+                for i in range(MR):
+                    for jj in range(NR):
+                        gw[g, ob * MR + i, (kp0 + kp) * NR + jj] = gacc[ob, kp, i, jj]
+
+
+@njit(**JIT)
+def bias_grad(gy, gb):
+    """``gb[o] = sum over n and space of gy[n, o]``; one task per channel."""
+    N, O = gy.shape[0], gy.shape[1]
+    P = gy.shape[2] * gy.shape[3] * gy.shape[4]
+    gf = gy.reshape(gy.size)
+    for o in prange(O):
+        acc = gb.dtype.type(0)
+        for n in range(N):
+            base = uint64((n * O + o) * P)
+            for p in range(uint64(P)):
+                acc += gf[base + p]
+        gb[o] = acc

@@ -1,0 +1,244 @@
+"""Pooling kernels on 5-D arrays (see the package docstring).
+
+Forward kernels work one output row at a time: for each tap the whole row of
+outputs is updated in one vectorisable sweep over a (strided) input row, so each
+input row is streamed from cache once per tap instead of once per window cell.
+Backward kernels own whole ``(n, c)`` planes of the input gradient: every
+contribution to a plane is added by one task in a fixed order (no atomics, no
+races, bit-identical results for any thread count).
+
+Semantics (API.md): NaN wins a max and the first NaN gives the index; ties keep
+the first maximum in scan order; a window of only ``-inf`` returns its first
+in-bounds cell. Taps are visited in scan order (kd, kh, kw) and only inside the
+input, so "first" is the first visit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, uint64
+
+from . import JIT
+from .conv import fill, scatter_axpy, span
+
+
+_ROW = dict(cache=True, fastmath=JIT["fastmath"], error_model="numpy", inline="always")
+
+# Row helpers over ``xf[xs + t*step]``, t < m, with flat unsigned offsets (see the
+# note in ``conv``: no views in loops, no wraparound selects; step 1 and 2 get a
+# constant stride so that LLVM vectorises).
+
+
+@njit(**_ROW)
+def _max_row(yf, ys, xf, xs, step, m):
+    """``y = max(y, x)`` where a NaN, once in, stays (``v > NaN`` is false)."""
+    y0 = uint64(ys)
+    x0 = uint64(xs)
+    mu = uint64(m)
+    if step == 1:
+        for t in range(mu):
+            v = xf[x0 + t]
+            if v > yf[y0 + t] or v != v:
+                yf[y0 + t] = v
+    elif step == 2:
+        for t in range(mu):
+            v = xf[x0 + uint64(2) * t]
+            if v > yf[y0 + t] or v != v:
+                yf[y0 + t] = v
+    else:
+        su = uint64(step)
+        for t in range(mu):
+            v = xf[x0 + su * t]
+            if v > yf[y0 + t] or v != v:
+                yf[y0 + t] = v
+
+
+@njit(**_ROW)
+def _max_row_idx(yf, idf, ys, xf, xs, step, m, base):
+    """As ``_max_row`` with the winner's flat offset ``base + t*step`` in ``idf``.
+    Strictly greater keeps the first max; the first NaN wins and stays; the first
+    in-bounds tap (index still -1) is always taken, for windows of -inf only."""
+    y0 = uint64(ys)
+    x0 = uint64(xs)
+    su = uint64(step)
+    for t in range(uint64(m)):
+        v = xf[x0 + su * t]
+        cur = yf[y0 + t]
+        if v > cur or (v != v and cur == cur) or idf[y0 + t] < 0:
+            yf[y0 + t] = v
+            idf[y0 + t] = base + np.int64(t) * step
+
+
+@njit(**_ROW)
+def _sum_row(yf, ys, xf, xs, step, m):
+    """``yf[ys + t] += xf[xs + t*step]``."""
+    y0 = uint64(ys)
+    x0 = uint64(xs)
+    mu = uint64(m)
+    if step == 1:
+        for t in range(mu):
+            yf[y0 + t] += xf[x0 + t]
+    elif step == 2:
+        for t in range(mu):
+            yf[y0 + t] += xf[x0 + uint64(2) * t]
+    else:
+        su = uint64(step)
+        for t in range(mu):
+            yf[y0 + t] += xf[x0 + su * t]
+
+
+@njit(**JIT)
+def max_pool(x, y, idx, want_idx, kernel, stride, pad, dil):
+    """``y`` (N, C, OD, OH, OW) and, when ``want_idx``, ``idx`` (same shape, int64
+    flat offsets into each (n, c) plane of ``x``); ``idx`` may be a dummy otherwise.
+
+    Task = (plane, output depth slice).
+    """
+    N, C, D, H, W = x.shape
+    OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
+    KD, KH, KW = kernel
+    sd, sh, sw = stride
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    idf = idx.reshape(idx.size)
+    ninf = -np.inf
+    for task in prange(N * C * OD):
+        od = task % OD
+        nc = task // OD
+        ybase = (nc * OD + od) * OH
+        fill(yf, ybase * OW, OH * OW, ninf)
+        if want_idx:
+            fill(idf, ybase * OW, OH * OW, -1)
+        for oh in range(OH):
+            yrow = (ybase + oh) * OW
+            for kd in range(KD):
+                idd = od * sd - pd + kd * dd
+                if idd < 0 or idd >= D:
+                    continue
+                for kh in range(KH):
+                    ih = oh * sh - ph + kh * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    xrow = ((nc * D + idd) * H + ih) * W
+                    for kw in range(KW):
+                        offw = kw * dw - pw
+                        lo, hi = span(OW, sw, offw, W)
+                        m = hi - lo
+                        if m <= 0:
+                            continue
+                        start = lo * sw + offw
+                        if want_idx:
+                            _max_row_idx(yf, idf, yrow + lo, xf, xrow + start, sw, m,
+                                         (idd * H + ih) * W + start)
+                        else:
+                            _max_row(yf, yrow + lo, xf, xrow + start, sw, m)
+
+
+@njit(**JIT)
+def max_pool_backward(gy, idx, gx):
+    """``gx[n, c].flat[idx[n, c, q]] += gy[n, c, q]``; one task per (n, c) plane."""
+    N, C = gx.shape[0], gx.shape[1]
+    plane = gx.shape[2] * gx.shape[3] * gx.shape[4]
+    Q = gy.shape[2] * gy.shape[3] * gy.shape[4]
+    gxf = gx.reshape(gx.size)
+    gyf = gy.reshape(gy.size)
+    idf = idx.reshape(idx.size)
+    for task in prange(N * C):
+        p0 = task * plane
+        fill(gxf, p0, plane, 0)
+        q0 = task * Q
+        for q in range(Q):
+            gxf[p0 + idf[q0 + q]] += gyf[q0 + q]
+
+
+@njit(**JIT)
+def avg_pool(x, y, kernel, stride, pad, dil, div_d, div_h, div_w, override):
+    """``y`` = window sums over the divisor: ``override`` when > 0, else
+    ``div_d[od] * div_h[oh] * div_w[ow]`` (per-dim cell counts, in y's dtype).
+
+    Task = (plane, output depth slice).
+    """
+    N, C, D, H, W = x.shape
+    OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
+    KD, KH, KW = kernel
+    sd, sh, sw = stride
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    for task in prange(N * C * OD):
+        od = task % OD
+        nc = task // OD
+        ybase = (nc * OD + od) * OH
+        fill(yf, ybase * OW, OH * OW, 0)
+        for oh in range(OH):
+            yrow = (ybase + oh) * OW
+            for kd in range(KD):
+                idd = od * sd - pd + kd * dd
+                if idd < 0 or idd >= D:
+                    continue
+                for kh in range(KH):
+                    ih = oh * sh - ph + kh * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    xrow = ((nc * D + idd) * H + ih) * W
+                    for kw in range(KW):
+                        offw = kw * dw - pw
+                        lo, hi = span(OW, sw, offw, W)
+                        if hi > lo:
+                            _sum_row(yf, yrow + lo, xf, xrow + lo * sw + offw, sw, hi - lo)
+            y0 = uint64(yrow)
+            if override > 0:
+                dv = y.dtype.type(override)
+                for ow in range(uint64(OW)):
+                    yf[y0 + ow] = yf[y0 + ow] / dv
+            else:
+                dv = div_d[od] * div_h[oh]
+                for ow in range(OW):
+                    yf[y0 + uint64(ow)] = yf[y0 + uint64(ow)] / (dv * div_w[ow])
+
+
+@njit(**JIT)
+def avg_pool_backward(gy, gx, kernel, stride, pad, dil, div_d, div_h, div_w, override):
+    """The adjoint of ``avg_pool``: each output's share ``gy / divisor`` added to
+    every in-bounds cell of its window. One task per (n, c) plane of ``gx``."""
+    N, C, D, H, W = gx.shape
+    OD, OH, OW = gy.shape[2], gy.shape[3], gy.shape[4]
+    KD, KH, KW = kernel
+    sd, sh, sw = stride
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    gxf = gx.reshape(gx.size)
+    gyf = gy.reshape(gy.size)
+    for task in prange(N * C):
+        fill(gxf, task * D * H * W, D * H * W, 0)
+        share = np.empty(OW, gy.dtype)
+        one = gy.dtype.type(1)
+        for od in range(OD):
+            for oh in range(OH):
+                g0 = ((task * OD + od) * OH + oh) * OW
+                if override > 0:
+                    dv = gy.dtype.type(override)
+                    for ow in range(OW):
+                        share[ow] = gyf[g0 + ow] / dv
+                else:
+                    dv = div_d[od] * div_h[oh]
+                    for ow in range(OW):
+                        share[ow] = gyf[g0 + ow] / (dv * div_w[ow])
+                for kd in range(KD):
+                    idd = od * sd - pd + kd * dd
+                    if idd < 0 or idd >= D:
+                        continue
+                    for kh in range(KH):
+                        ih = oh * sh - ph + kh * dh
+                        if ih < 0 or ih >= H:
+                            continue
+                        grow = ((task * D + idd) * H + ih) * W
+                        for kw in range(KW):
+                            offw = kw * dw - pw
+                            lo, hi = span(OW, sw, offw, W)
+                            if hi > lo:
+                                scatter_axpy(gxf, grow + lo * sw + offw, sw, hi - lo, one,
+                                             share, lo)
