@@ -1,0 +1,203 @@
+"""The C++ backend: the kernels of ``csrc/`` through the pybind11 module ``cnnfast._cpp``.
+
+Every convolution op is one of three C++ kernels on a "forward" geometry ``x (N, C,
+*in) -> y (N, O, *out)`` with weight ``(O, C/G, *k)`` (see ``csrc/kernels_impl.h``):
+
+* ``conv_forward``: ``y = conv(x, w) + b``;
+* ``conv_backward_data``: the adjoint of the above in ``x`` (``gx`` from ``gy``);
+* ``conv_backward_weight``: the gradient in ``w``.
+
+A transposed convolution ``x (N, C_in, *in) -> y (N, C_out, *out)`` with weight
+``(C_in, C_out/G, *k)`` is the adjoint of the convolution ``y-space -> x-space`` whose
+weight is that same array (see ``numpy_backend``'s docstring): its forward pass is
+``conv_backward_data``, its input gradient ``conv_forward`` and its weight gradient
+``conv_backward_weight`` with the roles of ``x`` and ``gy`` swapped.
+
+Rank 1 and 2 are run as rank 3 with leading extent-1 dims. Outputs are allocated here
+with numpy and filled in place; the inputs (C-contiguous from the dispatcher) are
+read without copies. The GIL is released inside every kernel. Thread count:
+``cnnfast.get_num_threads()`` per call (``OMP_NUM_THREADS`` is honoured when neither
+``set_num_threads`` nor ``CNNFAST_NUM_THREADS`` chose one).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import threads as _threads
+from ..params import ConvParams, PoolParams, pool_window_counts
+
+try:
+    from .. import _cpp
+    _IMPORT_ERROR = None
+except ImportError as exc:  # not built
+    _cpp = None
+    _IMPORT_ERROR = str(exc)
+
+ARRAY = "numpy"
+DTYPES = ("float32", "float64")
+
+
+def availability():
+    if _cpp is None:
+        return (f"the C++ extension cnnfast._cpp is not built ({_IMPORT_ERROR}); build it "
+                f"with `pip install --no-build-isolation -e .`")
+    if not hasattr(_cpp, "conv_forward"):
+        return ("cnnfast._cpp was built without kernels (csrc/kernels*.cpp missing from "
+                "the build); rebuild with `pip install --no-build-isolation -e .`")
+    return None
+
+
+def num_threads() -> int:
+    """Threads for the next kernel call."""
+    if (_threads._num_threads is None and not os.environ.get("CNNFAST_NUM_THREADS", "").strip()
+            and os.environ.get("OMP_NUM_THREADS", "").strip()):
+        try:
+            n = int(os.environ["OMP_NUM_THREADS"].split(",")[0])
+            if n >= 1:
+                return n
+        except ValueError:
+            pass
+    return _threads.get_num_threads()
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _pad3(values, fill):
+    values = tuple(values)
+    return (fill,) * (3 - len(values)) + values
+
+
+def _conv_geo(n, c, o, groups, p: ConvParams, in_shape, out_shape):
+    """[N, C, O, G, in*3, out*3, k*3, stride*3, dilation*3, pad_before*3]."""
+    return ([n, c, o, groups] + list(_pad3(in_shape, 1)) + list(_pad3(out_shape, 1))
+            + list(_pad3(p.kernel, 1)) + list(_pad3(p.stride, 1))
+            + list(_pad3(p.dilation, 1)) + list(_pad3((lo for lo, _ in p.padding), 0)))
+
+
+def _pool_geo(planes, p: PoolParams):
+    return ([planes] + list(_pad3(p.in_shape, 1)) + list(_pad3(p.out_shape, 1))
+            + list(_pad3(p.kernel, 1)) + list(_pad3(p.stride, 1))
+            + list(_pad3(p.dilation, 1)) + list(_pad3((lo for lo, _ in p.padding), 0)))
+
+
+# ----------------------------------------------------------------------------- conv
+
+
+def conv(x, w, b, p: ConvParams):
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    y = np.empty((n, o) + tuple(p.out_shape), x.dtype)
+    geo = _conv_geo(n, c, o, p.groups, p, p.in_shape, p.out_shape)
+    _cpp.conv_forward(x, w, b, y, geo, num_threads())
+    return y
+
+
+def conv_backward(gy, x, w, p: ConvParams, needs):
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    geo = _conv_geo(n, c, o, p.groups, p, p.in_shape, p.out_shape)
+    nt = num_threads()
+    gx = gw = gb = None
+    if "x" in needs:
+        gx = np.empty(x.shape, x.dtype)
+        _cpp.conv_backward_data(gy, w, None, gx, geo, nt)
+    if "weight" in needs:
+        gw = np.empty(w.shape, x.dtype)
+        _cpp.conv_backward_weight(x, gy, gw, geo, nt)
+    if "bias" in needs:
+        gb = np.empty((o,), gy.dtype)
+        _cpp.bias_grad(gy, gb, nt)
+    return gx, gw, gb
+
+
+def _transposed_geo(n, c_in, c_out, p: ConvParams):
+    # The convolution from y-space (c_out channels, p.out_shape) to x-space
+    # (c_in channels, p.in_shape) whose adjoint is this transposed convolution.
+    return _conv_geo(n, c_out, c_in, p.groups, p, p.out_shape, p.in_shape)
+
+
+def conv_transpose(x, w, b, p: ConvParams):
+    n, c_in = x.shape[:2]
+    c_out = w.shape[1] * p.groups
+    y = np.empty((n, c_out) + tuple(p.out_shape), x.dtype)
+    _cpp.conv_backward_data(x, w, b, y, _transposed_geo(n, c_in, c_out, p), num_threads())
+    return y
+
+
+def conv_transpose_backward(gy, x, w, p: ConvParams, needs):
+    n, c_in = x.shape[:2]
+    c_out = w.shape[1] * p.groups
+    geo = _transposed_geo(n, c_in, c_out, p)
+    nt = num_threads()
+    gx = gw = gb = None
+    if "x" in needs:
+        gx = np.empty(x.shape, x.dtype)
+        _cpp.conv_forward(gy, w, None, gx, geo, nt)
+    if "weight" in needs:
+        gw = np.empty(w.shape, x.dtype)
+        _cpp.conv_backward_weight(gy, x, gw, geo, nt)
+    if "bias" in needs:
+        gb = np.empty((c_out,), gy.dtype)
+        _cpp.bias_grad(gy, gb, nt)
+    return gx, gw, gb
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def max_pool(x, p: PoolParams, return_indices):
+    n, c = x.shape[:2]
+    y = np.empty((n, c) + tuple(p.out_shape), x.dtype)
+    idx = np.empty(y.shape, np.int64) if return_indices else None
+    _cpp.max_pool(x, y, idx, _pool_geo(n * c, p), num_threads())
+    return y, idx
+
+
+def max_pool_backward(gy, indices, x_shape):
+    gx = np.empty(tuple(x_shape), gy.dtype)
+    _cpp.max_pool_backward(gy, np.ascontiguousarray(indices, np.int64), gx, num_threads())
+    return gx
+
+
+def _divisor_args(p: PoolParams):
+    """Per-dim window counts (padded to 3 dims) and the override (0: none)."""
+    if p.divisor_override is not None:
+        return [], [], [], float(p.divisor_override)
+    counts = []
+    for i in range(p.rank):
+        inside, padded = pool_window_counts(p, i)
+        counts.append([float(v) for v in (padded if p.count_include_pad else inside)])
+    counts = [[1.0]] * (3 - p.rank) + counts
+    return counts[0], counts[1], counts[2], 0.0
+
+
+def avg_pool(x, p: PoolParams):
+    n, c = x.shape[:2]
+    y = np.empty((n, c) + tuple(p.out_shape), x.dtype)
+    cz, cy, cx, ov = _divisor_args(p)
+    _cpp.avg_pool(x, y, cz, cy, cx, ov, _pool_geo(n * c, p), num_threads())
+    return y
+
+
+def avg_pool_backward(gy, p: PoolParams):
+    n, c = gy.shape[:2]
+    gx = np.empty((n, c) + tuple(p.in_shape), gy.dtype)
+    cz, cy, cx, ov = _divisor_args(p)
+    _cpp.avg_pool_backward(gy, gx, cz, cy, cx, ov, _pool_geo(n * c, p), num_threads())
+    return gx
+
+
+OPS = {
+    "conv": conv,
+    "conv_backward": conv_backward,
+    "conv_transpose": conv_transpose,
+    "conv_transpose_backward": conv_transpose_backward,
+    "max_pool": max_pool,
+    "max_pool_backward": max_pool_backward,
+    "avg_pool": avg_pool,
+    "avg_pool_backward": avg_pool_backward,
+}

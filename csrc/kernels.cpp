@@ -1,0 +1,429 @@
+// The cpp backend's driver: per-thread workspace, the choice of the SIMD variant,
+// and the Python bindings of the kernels (registered into cnnfast._cpp by
+// register_kernels, which module.cpp calls).
+//
+// Arrays arrive C-contiguous from cnnfast/backends/cpp_backend.py, outputs
+// preallocated there with numpy; nothing is copied here. Dtypes, contiguity and
+// sizes are checked (cheap) before the GIL is released around every kernel.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu_features.h"
+#include "kernels.h"
+
+namespace py = pybind11;
+
+namespace cnnfast {
+
+// ----------------------------------------------------------------------------- workspace
+
+namespace {
+std::atomic<long long> g_ws_bytes{0};
+std::atomic<long long> g_ws_peak{0};
+
+struct Scratch {
+    void* p[kScratchSlots] = {};
+    std::size_t n[kScratchSlots] = {};
+    ~Scratch() {
+        for (int i = 0; i < kScratchSlots; ++i) {
+            std::free(p[i]);
+            g_ws_bytes -= (long long)n[i];
+        }
+    }
+};
+thread_local Scratch t_scratch;
+}  // namespace
+
+void* scratch(int slot, std::size_t bytes) {
+    Scratch& s = t_scratch;
+    if (bytes > s.n[slot]) {
+        const std::size_t nb = (bytes + 4095) / 4096 * 4096;
+        std::free(s.p[slot]);
+        g_ws_bytes -= (long long)s.n[slot];
+        s.p[slot] = std::aligned_alloc(64, nb);
+        if (!s.p[slot]) {
+            s.n[slot] = 0;
+            std::fprintf(stderr, "cnnfast: out of memory for a %zu-byte workspace\n", nb);
+            std::abort();  // inside an OpenMP region: an exception cannot escape
+        }
+        s.n[slot] = nb;
+        const long long now = (g_ws_bytes += (long long)nb);
+        long long peak = g_ws_peak.load();
+        while (now > peak && !g_ws_peak.compare_exchange_weak(peak, now)) {
+        }
+    }
+    return s.p[slot];
+}
+
+// ----------------------------------------------------------------------------- SIMD choice
+
+namespace {
+int g_simd_override = 0;  // 0: cpu_features' choice, 1: portable, 2: avx2 (test switch)
+
+bool run_avx2() {
+#if defined(__x86_64__)
+    if (g_simd_override == 1) return false;
+    if (g_simd_override == 2) return true;
+    return use_avx2();
+#else
+    return false;
+#endif
+}
+
+template <class T>
+const KernelTable<T>& table();
+template <>
+const KernelTable<float>& table<float>() {
+#if defined(__x86_64__)
+    if (run_avx2()) return avx2_table_f32();
+#endif
+    return portable_table_f32();
+}
+template <>
+const KernelTable<double>& table<double>() {
+#if defined(__x86_64__)
+    if (run_avx2()) return avx2_table_f64();
+#endif
+    return portable_table_f64();
+}
+
+// ----------------------------------------------------------------------------- arrays
+
+enum class DT { F32, F64 };
+
+DT dtype_of(const py::array& a, const char* name) {
+    if (a.dtype().is(py::dtype::of<float>())) return DT::F32;
+    if (a.dtype().is(py::dtype::of<double>())) return DT::F64;
+    throw py::type_error(std::string(name) + " must be float32 or float64");
+}
+
+void check_array(const py::array& a, const char* name, long size, bool writable) {
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(std::string(name) + " must be C-contiguous");
+    if (writable && !a.writeable()) throw py::value_error(std::string(name) + " is read-only");
+    if ((long)a.size() != size)
+        throw py::value_error(std::string(name) + " has " + std::to_string(a.size()) +
+                              " elements; expected " + std::to_string(size));
+}
+
+template <class T>
+const T* in_ptr(const py::array& a, const char* name, long size) {
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw py::type_error(std::string(name) + " has a different dtype from the other arrays");
+    check_array(a, name, size, false);
+    return static_cast<const T*>(a.data());
+}
+
+template <class T>
+T* out_ptr(py::array& a, const char* name, long size) {
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw py::type_error(std::string(name) + " has a different dtype from the other arrays");
+    check_array(a, name, size, true);
+    return static_cast<T*>(a.mutable_data());
+}
+
+ConvGeo conv_geo(const std::vector<long>& v) {
+    if (v.size() != 22) throw py::value_error("conv geometry must have 22 entries");
+    ConvGeo g;
+    g.N = v[0];
+    g.C = v[1];
+    g.O = v[2];
+    g.G = v[3];
+    for (int i = 0; i < 3; ++i) {
+        g.in[i] = v[4 + i];
+        g.out[i] = v[7 + i];
+        g.k[i] = v[10 + i];
+        g.s[i] = v[13 + i];
+        g.d[i] = v[16 + i];
+        g.lo[i] = v[19 + i];
+    }
+    for (int i = 0; i < 3; ++i)
+        if (g.in[i] < 1 || g.out[i] < 1 || g.k[i] < 1 || g.s[i] < 1 || g.d[i] < 1)
+            throw py::value_error("conv geometry: extents, strides and dilations must be >= 1");
+    if (g.N < 1 || g.G < 1 || g.C < 1 || g.O < 1 || g.C % g.G || g.O % g.G)
+        throw py::value_error("conv geometry: bad channel or group counts");
+    g.finish();
+    return g;
+}
+
+PoolGeo pool_geo(const std::vector<long>& v) {
+    if (v.size() != 19) throw py::value_error("pool geometry must have 19 entries");
+    PoolGeo g;
+    g.planes = v[0];
+    for (int i = 0; i < 3; ++i) {
+        g.in[i] = v[1 + i];
+        g.out[i] = v[4 + i];
+        g.k[i] = v[7 + i];
+        g.s[i] = v[10 + i];
+        g.d[i] = v[13 + i];
+        g.lo[i] = v[16 + i];
+    }
+    for (int i = 0; i < 3; ++i)
+        if (g.in[i] < 1 || g.out[i] < 1 || g.k[i] < 1 || g.s[i] < 1 || g.d[i] < 1)
+            throw py::value_error("pool geometry: extents, strides and dilations must be >= 1");
+    return g;
+}
+
+int threads_arg(int nt) { return nt < 1 ? 1 : nt; }
+
+// ----------------------------------------------------------------------------- bindings
+
+template <class T>
+void conv_forward_t(const py::array& x, const py::array& w, const py::object& b, py::array& y,
+                    const ConvGeo& g, int nt) {
+    const T* xp = in_ptr<T>(x, "x", g.N * g.C * g.Pin);
+    const T* wp = in_ptr<T>(w, "weight", g.O * g.Kw);
+    const T* bp = nullptr;
+    if (!b.is_none()) bp = in_ptr<T>(b.cast<py::array>(), "bias", g.O);
+    T* yp = out_ptr<T>(y, "y", g.N * g.O * g.Pout);
+    py::gil_scoped_release nogil;
+    table<T>().conv_fwd(g, xp, wp, bp, yp, nt);
+}
+
+template <class T>
+void conv_backward_data_t(const py::array& gy, const py::array& w, const py::object& b,
+                          py::array& gx, const ConvGeo& g, int nt) {
+    const T* gyp = in_ptr<T>(gy, "grad_y", g.N * g.O * g.Pout);
+    const T* wp = in_ptr<T>(w, "weight", g.O * g.Kw);
+    const T* bp = nullptr;
+    if (!b.is_none()) bp = in_ptr<T>(b.cast<py::array>(), "bias", g.C);
+    T* gxp = out_ptr<T>(gx, "grad_x", g.N * g.C * g.Pin);
+    py::gil_scoped_release nogil;
+    table<T>().conv_bwd_data(g, gyp, wp, bp, gxp, nt);
+}
+
+template <class T>
+void conv_backward_weight_t(const py::array& x, const py::array& gy, py::array& gw,
+                            const ConvGeo& g, int nt) {
+    const T* xp = in_ptr<T>(x, "x", g.N * g.C * g.Pin);
+    const T* gyp = in_ptr<T>(gy, "grad_y", g.N * g.O * g.Pout);
+    T* gwp = out_ptr<T>(gw, "grad_weight", g.O * g.Kw);
+    py::gil_scoped_release nogil;
+    table<T>().conv_bwd_weight(g, xp, gyp, gwp, nt);
+}
+
+template <class T>
+void bias_grad_t(const py::array& gy, py::array& gb, int nt) {
+    if (gy.ndim() < 2) throw py::value_error("grad_y must be (N, C, ...)");
+    const long N = (long)gy.shape(0), O = (long)gy.shape(1);
+    const long P = N * O ? (long)gy.size() / (N * O) : 0;
+    const T* gyp = in_ptr<T>(gy, "grad_y", N * O * P);
+    T* gbp = out_ptr<T>(gb, "grad_bias", O);
+    py::gil_scoped_release nogil;
+    table<T>().bias_grad(N, O, P, gyp, gbp, nt);
+}
+
+template <class T>
+void max_pool_t(const py::array& x, py::array& y, const py::object& idx, const PoolGeo& g,
+                int nt) {
+    const T* xp = in_ptr<T>(x, "x", g.planes * g.Pin());
+    T* yp = out_ptr<T>(y, "y", g.planes * g.Pout());
+    std::int64_t* ip = nullptr;
+    if (!idx.is_none()) {
+        py::array ia = idx.cast<py::array>();
+        if (!ia.dtype().is(py::dtype::of<std::int64_t>()))
+            throw py::type_error("indices must be int64");
+        check_array(ia, "indices", g.planes * g.Pout(), true);
+        ip = static_cast<std::int64_t*>(ia.mutable_data());
+    }
+    py::gil_scoped_release nogil;
+    table<T>().max_pool(g, xp, yp, ip, nt);
+}
+
+template <class T>
+void max_pool_backward_t(const py::array& gy, const py::array& idx, py::array& gx, int nt) {
+    if (gx.ndim() < 3 || gy.ndim() != gx.ndim())
+        throw py::value_error("grad_y and grad_x must be (N, C, *spatial) of one rank");
+    const long planes = (long)(gx.shape(0) * gx.shape(1));
+    if (planes == 0) return;
+    if ((long)(gy.shape(0) * gy.shape(1)) != planes)
+        throw py::value_error("grad_y and grad_x differ in (N, C)");
+    const long Pin = (long)gx.size() / planes, Pout = (long)gy.size() / planes;
+    const T* gyp = in_ptr<T>(gy, "grad_y", planes * Pout);
+    if (!idx.dtype().is(py::dtype::of<std::int64_t>()))
+        throw py::type_error("indices must be int64");
+    check_array(idx, "indices", planes * Pout, false);
+    const std::int64_t* ip = static_cast<const std::int64_t*>(idx.data());
+    T* gxp = out_ptr<T>(gx, "grad_x", planes * Pin);
+    long bad;
+    {
+        py::gil_scoped_release nogil;
+        bad = table<T>().max_pool_bwd(planes, Pin, Pout, gyp, ip, gxp, nt);
+    }
+    if (bad)
+        throw py::value_error(std::to_string(bad) + " indices lie outside their (n, c) plane of " +
+                              std::to_string(Pin) + " elements");
+}
+
+struct Counts {
+    std::vector<double> z, y, x;
+};
+
+Counts counts_of(const PoolGeo& g, const std::vector<double>& cz, const std::vector<double>& cy,
+                 const std::vector<double>& cx, double ov) {
+    if (ov <= 0 && ((long)cz.size() != g.out[0] || (long)cy.size() != g.out[1] ||
+                    (long)cx.size() != g.out[2]))
+        throw py::value_error("avg_pool divisor counts must have one entry per output position");
+    Counts c{cz, cy, cx};
+    if (c.z.empty()) c.z.push_back(1.0);
+    if (c.y.empty()) c.y.push_back(1.0);
+    if (c.x.empty()) c.x.push_back(1.0);
+    return c;
+}
+
+template <class T>
+void avg_pool_t(const py::array& x, py::array& y, const Counts& c, double ov, const PoolGeo& g,
+                int nt) {
+    const T* xp = in_ptr<T>(x, "x", g.planes * g.Pin());
+    T* yp = out_ptr<T>(y, "y", g.planes * g.Pout());
+    py::gil_scoped_release nogil;
+    table<T>().avg_pool(g, xp, c.z.data(), c.y.data(), c.x.data(), ov, yp, nt);
+}
+
+template <class T>
+void avg_pool_backward_t(const py::array& gy, py::array& gx, const Counts& c, double ov,
+                         const PoolGeo& g, int nt) {
+    const T* gyp = in_ptr<T>(gy, "grad_y", g.planes * g.Pout());
+    T* gxp = out_ptr<T>(gx, "grad_x", g.planes * g.Pin());
+    py::gil_scoped_release nogil;
+    table<T>().avg_pool_bwd(g, gyp, c.z.data(), c.y.data(), c.x.data(), ov, gxp, nt);
+}
+
+}  // namespace
+
+void register_kernels(py::module_& m) {
+    m.def("conv_forward",
+          [](const py::array& x, const py::array& w, const py::object& b, py::array& y,
+             const std::vector<long>& geo, int nt) {
+              const ConvGeo g = conv_geo(geo);
+              if (dtype_of(x, "x") == DT::F32)
+                  conv_forward_t<float>(x, w, b, y, g, threads_arg(nt));
+              else
+                  conv_forward_t<double>(x, w, b, y, g, threads_arg(nt));
+          },
+          py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("geometry"),
+          py::arg("threads"),
+          "y = conv(x, weight) (+ bias) into the preallocated y. geometry: [N, C, O, G, "
+          "in*3, out*3, kernel*3, stride*3, dilation*3, pad_before*3].");
+    m.def("conv_backward_data",
+          [](const py::array& gy, const py::array& w, const py::object& b, py::array& gx,
+             const std::vector<long>& geo, int nt) {
+              const ConvGeo g = conv_geo(geo);
+              if (dtype_of(gy, "grad_y") == DT::F32)
+                  conv_backward_data_t<float>(gy, w, b, gx, g, threads_arg(nt));
+              else
+                  conv_backward_data_t<double>(gy, w, b, gx, g, threads_arg(nt));
+          },
+          py::arg("grad_y"), py::arg("weight"), py::arg("bias"), py::arg("grad_x"),
+          py::arg("geometry"), py::arg("threads"),
+          "grad_x = the adjoint of conv wrt x applied to grad_y (+ bias per x channel); "
+          "also the forward pass of a transposed convolution.");
+    m.def("conv_backward_weight",
+          [](const py::array& x, const py::array& gy, py::array& gw, const std::vector<long>& geo,
+             int nt) {
+              const ConvGeo g = conv_geo(geo);
+              if (dtype_of(x, "x") == DT::F32)
+                  conv_backward_weight_t<float>(x, gy, gw, g, threads_arg(nt));
+              else
+                  conv_backward_weight_t<double>(x, gy, gw, g, threads_arg(nt));
+          },
+          py::arg("x"), py::arg("grad_y"), py::arg("grad_weight"), py::arg("geometry"),
+          py::arg("threads"), "grad_weight of conv into the preallocated array.");
+    m.def("bias_grad",
+          [](const py::array& gy, py::array& gb, int nt) {
+              if (dtype_of(gy, "grad_y") == DT::F32)
+                  bias_grad_t<float>(gy, gb, threads_arg(nt));
+              else
+                  bias_grad_t<double>(gy, gb, threads_arg(nt));
+          },
+          py::arg("grad_y"), py::arg("grad_bias"), py::arg("threads"),
+          "grad_bias[c] = sum of grad_y over every axis but the channel axis.");
+    m.def("max_pool",
+          [](const py::array& x, py::array& y, const py::object& idx, const std::vector<long>& geo,
+             int nt) {
+              const PoolGeo g = pool_geo(geo);
+              if (dtype_of(x, "x") == DT::F32)
+                  max_pool_t<float>(x, y, idx, g, threads_arg(nt));
+              else
+                  max_pool_t<double>(x, y, idx, g, threads_arg(nt));
+          },
+          py::arg("x"), py::arg("y"), py::arg("indices"), py::arg("geometry"), py::arg("threads"),
+          "Max pooling into y (and int64 indices when given). geometry: [planes, in*3, "
+          "out*3, kernel*3, stride*3, dilation*3, pad_before*3].");
+    m.def("max_pool_backward",
+          [](const py::array& gy, const py::array& idx, py::array& gx, int nt) {
+              if (dtype_of(gy, "grad_y") == DT::F32)
+                  max_pool_backward_t<float>(gy, idx, gx, threads_arg(nt));
+              else
+                  max_pool_backward_t<double>(gy, idx, gx, threads_arg(nt));
+          },
+          py::arg("grad_y"), py::arg("indices"), py::arg("grad_x"), py::arg("threads"),
+          "grad_x = grad_y scattered to the indices of max_pool.");
+    m.def("avg_pool",
+          [](const py::array& x, py::array& y, const std::vector<double>& cz,
+             const std::vector<double>& cy, const std::vector<double>& cx, double ov,
+             const std::vector<long>& geo, int nt) {
+              const PoolGeo g = pool_geo(geo);
+              const Counts c = counts_of(g, cz, cy, cx, ov);
+              if (dtype_of(x, "x") == DT::F32)
+                  avg_pool_t<float>(x, y, c, ov, g, threads_arg(nt));
+              else
+                  avg_pool_t<double>(x, y, c, ov, g, threads_arg(nt));
+          },
+          py::arg("x"), py::arg("y"), py::arg("count_z"), py::arg("count_y"), py::arg("count_x"),
+          py::arg("divisor_override"), py::arg("geometry"), py::arg("threads"),
+          "Average pooling; divisor = divisor_override if > 0 else the product of the "
+          "per-dim counts.");
+    m.def("avg_pool_backward",
+          [](const py::array& gy, py::array& gx, const std::vector<double>& cz,
+             const std::vector<double>& cy, const std::vector<double>& cx, double ov,
+             const std::vector<long>& geo, int nt) {
+              const PoolGeo g = pool_geo(geo);
+              const Counts c = counts_of(g, cz, cy, cx, ov);
+              if (dtype_of(gy, "grad_y") == DT::F32)
+                  avg_pool_backward_t<float>(gy, gx, c, ov, g, threads_arg(nt));
+              else
+                  avg_pool_backward_t<double>(gy, gx, c, ov, g, threads_arg(nt));
+          },
+          py::arg("grad_y"), py::arg("grad_x"), py::arg("count_z"), py::arg("count_y"),
+          py::arg("count_x"), py::arg("divisor_override"), py::arg("geometry"),
+          py::arg("threads"), "Gradient of avg_pool.");
+    m.def("workspace_bytes",
+          [] { return py::make_tuple(g_ws_bytes.load(), g_ws_peak.load()); },
+          "(bytes held now, peak bytes) of the kernels' reusable per-thread workspace.");
+    m.def("kernel_path", [] { return std::string(run_avx2() ? "avx2" : "portable"); },
+          "The SIMD variant the kernels run now ('avx2' or 'portable').");
+    m.def("set_simd_path",
+          [](const std::string& path) {
+              if (path == "auto") {
+                  g_simd_override = 0;
+              } else if (path == "portable") {
+                  g_simd_override = 1;
+              } else if (path == "avx2") {
+                  const CpuFeatures f = detect_cpu_features();
+#if defined(__x86_64__)
+                  if (!(f.avx2 && f.fma))
+                      throw py::value_error("set_simd_path('avx2'): this CPU lacks AVX2+FMA");
+                  g_simd_override = 2;
+#else
+                  (void)f;
+                  throw py::value_error("set_simd_path('avx2'): not an x86-64 build");
+#endif
+              } else {
+                  throw py::value_error("set_simd_path(" + path +
+                                        "): expected 'auto', 'portable' or 'avx2'");
+              }
+          },
+          py::arg("path"),
+          "Test switch: force the 'portable' or 'avx2' kernels, or 'auto' (CNNFAST_SIMD / CPU).");
+}
+
+}  // namespace cnnfast
