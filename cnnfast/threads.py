@@ -17,6 +17,10 @@ def _default_threads() -> int:
         if n < 1:
             raise ValueError(f"CNNFAST_NUM_THREADS={env!r} must be a positive int")
         return n
+    # OMP_NUM_THREADS (its first entry, as OpenMP reads nested lists) when set.
+    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if omp.isdigit() and int(omp) >= 1:
+        return int(omp)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -33,5 +37,5 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """The CPU backends' thread count: set_num_threads, else CNNFAST_NUM_THREADS,
-    else the cores this process may run on."""
+    else OMP_NUM_THREADS, else the cores this process may run on."""
     return _num_threads if _num_threads is not None else _default_threads()

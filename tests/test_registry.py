@@ -144,3 +144,16 @@ def test_threads_environment():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "3"
+
+
+def test_omp_num_threads_is_honoured_after_cnnfast_num_threads():
+    code = "import cnnfast; print(cnnfast.get_num_threads())"
+    env = {k: v for k, v in os.environ.items() if k != "CNNFAST_NUM_THREADS"}
+    env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "1"
+    env["CNNFAST_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "2"

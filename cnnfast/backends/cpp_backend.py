@@ -16,8 +16,8 @@ weight is that same array (see ``numpy_backend``'s docstring): its forward pass 
 Rank 1 and 2 are run as rank 3 with leading extent-1 dims. Outputs are allocated here
 with numpy and filled in place; the inputs (C-contiguous from the dispatcher) are
 read without copies. The GIL is released inside every kernel. Thread count:
-``cnnfast.get_num_threads()`` per call (``OMP_NUM_THREADS`` is honoured when neither
-``set_num_threads`` nor ``CNNFAST_NUM_THREADS`` chose one).
+``cnnfast.get_num_threads()`` per call (``set_num_threads``, else
+``CNNFAST_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the cores available).
 """
 
 from __future__ import annotations
@@ -51,15 +51,7 @@ def availability():
 
 
 def num_threads() -> int:
-    """Threads for the next kernel call."""
-    if (_threads._num_threads is None and not os.environ.get("CNNFAST_NUM_THREADS", "").strip()
-            and os.environ.get("OMP_NUM_THREADS", "").strip()):
-        try:
-            n = int(os.environ["OMP_NUM_THREADS"].split(",")[0])
-            if n >= 1:
-                return n
-        except ValueError:
-            pass
+    """Threads for the next kernel call (``cnnfast.get_num_threads()``)."""
     return _threads.get_num_threads()
 
 
