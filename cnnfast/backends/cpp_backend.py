@@ -22,8 +22,6 @@ read without copies. The GIL is released inside every kernel. Thread count:
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .. import threads as _threads
