@@ -167,6 +167,10 @@ class SingleProcessComm(Communicator):
         return True
 
 
+# Seconds between printing a failure and MPI_Abort (see MPIComm.abort).
+ABORT_GRACE_S = 0.5
+
+
 def _import_mpi():
     try:
         from mpi4py import MPI
@@ -260,6 +264,10 @@ class MPIComm(Communicator):
     def abort(self, code=1):
         sys.stdout.flush()
         sys.stderr.flush()
+        # The launcher forwards each rank's output through pipes and tears the job
+        # down on MPI_Abort, dropping what it has not forwarded yet: give it a moment
+        # to deliver the failure message (seen lost under load).
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(int(code))
         # MPICH's MPI_Abort may return before the launcher kills this process: never
         # run (and print) anything more.

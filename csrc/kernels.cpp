@@ -214,7 +214,7 @@ template <class T>
 void bias_grad_t(const py::array& gy, py::array& gb, int nt) {
     if (gy.ndim() < 2) throw py::value_error("grad_y must be (N, C, ...)");
     const long N = (long)gy.shape(0), O = (long)gy.shape(1);
-    const long P = N * O ? (long)gy.size() / (N * O) : 0;
+    const long P = (N * O) != 0 ? (long)gy.size() / (N * O) : 0;
     const T* gyp = in_ptr<T>(gy, "grad_y", N * O * P);
     T* gbp = out_ptr<T>(gb, "grad_bias", O);
     py::gil_scoped_release nogil;

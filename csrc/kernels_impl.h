@@ -1185,6 +1185,16 @@ static void avg_pool(const PoolGeo& g, const T* x, const double* cz, const doubl
                             const long iy = oy * g.s[1] + ky * g.d[1] - g.lo[1];
                             if (iy < 0 || iy >= g.in[1]) continue;
                             const T* xr = xp + (iz * g.in[1] + iy) * g.in[2];
+                            if (W == 1 && g.d[2] == 1) {
+                                // One output per row (global pooling): the row's taps are
+                                // contiguous; a per-tap loop would cost more than the adds.
+                                const long a = 0;  // the only window starts at -lo <= 0
+                                const long e = g.k[2] - g.lo[2] < g.in[2] ? g.k[2] - g.lo[2] : g.in[2];
+                                T sum = T(0);
+                                for (long i = a; i < e; ++i) sum += xr[i];
+                                acc[0] += sum;
+                                continue;
+                            }
                             for (long kx = 0; kx < g.k[2]; ++kx) {
                                 const long off = kx * g.d[2] - g.lo[2];
                                 long a, e;
@@ -1229,6 +1239,12 @@ static void avg_pool_bwd(const PoolGeo& g, const T* gy, const double* cz, const 
                             const long iy = oy * g.s[1] + ky * g.d[1] - g.lo[1];
                             if (iy < 0 || iy >= g.in[1]) continue;
                             T* xr = xp + (iz * g.in[1] + iy) * g.in[2];
+                            if (W == 1 && g.d[2] == 1) {  // global pooling, as forward
+                                const long a = 0;  // the only window starts at -lo <= 0
+                                const long e = g.k[2] - g.lo[2] < g.in[2] ? g.k[2] - g.lo[2] : g.in[2];
+                                for (long i = a; i < e; ++i) xr[i] += gr[0];
+                                continue;
+                            }
                             for (long kx = 0; kx < g.k[2]; ++kx) {
                                 const long off = kx * g.d[2] - g.lo[2];
                                 long a, e;
