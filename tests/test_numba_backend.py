@@ -1,7 +1,7 @@
 """The numba backend beyond the shared grid: determinism (run to run and across
 thread counts), thread safety, NaN/inf semantics of max pooling, the code paths
-the backend picks (product, direct, gather, flipped-weight adjoint), threads and
-compile flags, and the ``cnnfast warmup`` command.
+the backend picks (product, direct, gather, flipped-weight adjoint, stride
+phases), threads and compile flags, and the ``cnnfast warmup`` command.
 
 Shapes are small: every kernel is compiled once per session (or loaded from
 numba's on-disk cache) and each test then runs in milliseconds.
@@ -249,6 +249,64 @@ def test_adjoint_with_padding_beyond_kernel_extent():
     p = P.conv_transpose_params(x.shape, wt.shape, 1, 1, 0, 1, 1)
     y = cnnfast.conv_transpose(x, wt, padding=1, backend="numba")
     np.testing.assert_allclose(y, ref.conv_transpose(x, wt, None, p), rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", [
+    # (x spatial, kernel, stride, padding, dilation, output_padding, groups, out/group)
+    ((5, 6), (4, 4), 2, 1, 1, 0, 1, 6),          # every phase has 2x2 taps
+    ((4, 5), (2, 3), 3, (0, 1), 1, (2, 1), 2, 3),  # stride > kernel: tap-less phases
+    ((5, 4), (3, 2), (2, 3), (2, 1), 2, 1, 1, 2),  # gcd(d, s) = 2: tap-less phases
+    ((6, 5), (3, 3), 3, 1, 2, 1, 3, 1),          # tap spacing d (gcd 1), depthwise-like
+    ((3, 4, 3), (2, 3, 2), (2, 1, 3), (1, 0, 1), 1, (1, 0, 2), 1, 5),
+])
+def test_strided_adjoint_by_stride_phases(case):
+    """Strided transposed conv (and so the input gradient of strided conv) runs
+    as one stride-1 correlation per stride phase: phases with no tap get the
+    bias alone, tap spacing is d / gcd(d, s), padding and output padding shift
+    the phases."""
+    sp, k, s, pad, d, op, groups, og = case
+    rng = np.random.default_rng(11)
+    x = _rand(rng, (2, 2 * groups) + sp, np.float64)
+    wt = _rand(rng, (2 * groups, og) + k, np.float64)
+    b = _rand(rng, (og * groups,), np.float64)
+    p = P.conv_transpose_params(x.shape, wt.shape, s, pad, op, groups, d)
+    y = cnnfast.conv_transpose(x, wt, b, stride=s, padding=pad, output_padding=op,
+                               groups=groups, dilation=d, backend="numba")
+    np.testing.assert_allclose(y, ref.conv_transpose(x, wt, b, p), rtol=1e-10, atol=1e-10)
+    # The same kernel as the input gradient of the strided conv.
+    w = _rand(rng, (og * groups, 2) + k, np.float64)
+    xc = _rand(rng, (2, 2 * groups) + tuple(v + 5 for v in sp), np.float64)
+    pc = P.conv_params(xc.shape, w.shape, s, pad, d, groups)
+    gy = _rand(rng, (2, og * groups) + tuple(pc.out_shape), np.float64)
+    gx = cnnfast.conv_backward(gy, xc, w, stride=s, padding=pad, dilation=d, groups=groups,
+                               needs=("x",), backend="numba")[0]
+    want = ref.conv_backward(gy, xc, w, pc, frozenset({"x"}))[0]
+    np.testing.assert_allclose(gx, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape, kw", [
+    ((7, 7), dict(kernel_size=7)),                                   # global: whole rows
+    ((6, 7), dict(kernel_size=(3, 7), stride=2, padding=(1, 0))),   # whole rows, padded h
+    ((6, 9), dict(kernel_size=(2, 5), stride=(1, 9), padding=(0, 2),
+                  count_include_pad=False)),                         # partial rows, padded w
+    ((5, 9), dict(kernel_size=3, stride=(2, 9), dilation=(1, 3))),  # strided taps
+    ((3, 4, 5), dict(kernel_size=(2, 4, 5), stride=1, ceil_mode=True, divisor_override=7)),
+])
+def test_avg_pool_single_output_column(shape, kw):
+    """Output width 1 (global average pooling and the like): forward and backward
+    handle each input row's taps in one loop (whole rows: one run per depth
+    slice) instead of one row sweep per tap."""
+    rng = np.random.default_rng(12)
+    x = _rand(rng, (2, 3) + shape, np.float64)
+    y = cnnfast.avg_pool(x, backend="numba", **kw)
+    assert y.shape[-1] == 1
+    np.testing.assert_allclose(y, cnnfast.avg_pool(x, backend="numpy", **kw), rtol=1e-12,
+                               atol=1e-12)
+    gy = _rand(rng, y.shape, np.float64)
+    args = (gy, x.shape, kw.pop("kernel_size"))
+    np.testing.assert_allclose(cnnfast.avg_pool_backward(*args, backend="numba", **kw),
+                               cnnfast.avg_pool_backward(*args, backend="numpy", **kw),
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("rank", [1, 3])

@@ -13,7 +13,9 @@ launches:
   (depthwise) use ``correlate_direct``;
 * input gradient of conv / conv_transpose forward: for stride 1 the same
   correlation with the flipped, per-group transposed weight (the algebra is in
-  ``numpy_backend``); for other strides ``correlate_t``, a gather into output rows;
+  ``numpy_backend``), or ``correlate_t`` (a gather into output rows) when a
+  group has few output channels; for other strides one such stride-1
+  correlation per stride phase ("sub-pixel" decomposition, a sub-kernel each);
 * weight gradient: ``weight_grad_gemm`` (products over pixel tiles), or
   ``weight_grad`` for depthwise; bias gradient: one task per channel;
 * pooling: row-vectorised forward kernels, plane-owning backward kernels.
@@ -26,6 +28,8 @@ every launch (numba's setting is per calling thread).
 
 from __future__ import annotations
 
+import itertools
+import math
 import threading
 
 import numpy as np
@@ -49,6 +53,8 @@ DTYPES = ("float32", "float64")
 # A group needs this many output channels for the im2col product to pay
 # (below, each loaded column would feed too few multiply-adds).
 GEMM_MIN_OG = 4
+# The same for the stride phases of a transposed correlation (see there).
+PHASE_MIN_OG = 2
 
 
 def availability():
@@ -117,11 +123,12 @@ def _zeros_bias(b, channels, dtype):
 # ----------------------------------------------------------------------------- primitives
 
 
-def _correlate(x5, w5, b, y5, stride, pad, dil, groups):
+def _correlate(x5, w5, b, y5, stride, pad, dil, groups, min_og=GEMM_MIN_OG):
     """``y5`` <- grouped correlation (see ``numba_kernels.conv``); ``pad`` = the
-    leading pads (may be negative)."""
+    leading pads (may be negative). Groups with at least ``min_og`` output
+    channels take the product paths."""
     og = w5.shape[0] // groups
-    if og >= GEMM_MIN_OG:
+    if og >= min_og:
         k = int(np.prod(w5.shape[1:]))
         kshape = tuple(int(v) for v in w5.shape[2:])
         wp = _conv.pack_weight(w5, groups, x5.dtype)
@@ -167,7 +174,52 @@ def _correlate_t(x5, w5, b, y5, stride, pad, dil, groups):
         adj_pad = tuple(d * (k - 1) - p for d, k, p in zip(dil, w5.shape[2:], pad))
         return _correlate(x5, _flipped_adjoint_weight(w5, groups), b, y5, (1, 1, 1),
                           adj_pad, dil, groups)
+    if any(s > 1 for s in stride):
+        return _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups)
     _launch(_conv.correlate_t, x5, w5, b, y5, stride, pad, dil, groups)
+    return y5
+
+
+def _phase_taps(r, s, p, d, k):
+    """For the outputs ``j = r + s*m`` of one dim of a transposed correlation
+    (``j = i*s - p + t*d``): the contributing taps ``t`` (a slice), the tap
+    spacing seen by the input (``d / gcd(d, s)``) and the input offset of the
+    last tap (``i = m + off`` for it). ``None`` when no tap lands on the phase."""
+    step = s // math.gcd(d, s)
+    t0 = next((t for t in range(min(step, k)) if (t * d - r - p) % s == 0), None)
+    if t0 is None:
+        return None
+    t_last = t0 + (k - 1 - t0) // step * step
+    return slice(t0, t_last + 1, step), d // math.gcd(d, s), (r + p - t_last * d) // s
+
+
+def _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups):
+    """Strided transposed correlation by stride phases ("sub-pixel"): the outputs
+    whose index is ``r`` modulo the stride in every dim receive only the taps with
+    ``t*d == r + p`` (mod s), as a stride-1 correlation of ``x5`` with that
+    sub-kernel (flipped, transposed per group). Each phase runs on the product
+    paths into a contiguous buffer, then is copied into its strided view of
+    ``y5``; every output element is one phase's fixed-order sum."""
+    out = y5.shape[2:]
+    kshape = w5.shape[2:]
+    phases = [[(r, _phase_taps(r, s, p, d, k)) for r in range(min(s, o))]
+              for s, p, d, k, o in zip(stride, pad, dil, kshape, out)]
+    for (rd, td), (rh, th), (rw, tw) in itertools.product(*phases):
+        view = y5[:, :, rd::stride[0], rh::stride[1], rw::stride[2]]
+        if td is None or th is None or tw is None:  # no tap: bias only
+            view[...] = b.reshape((1, -1, 1, 1, 1))
+            continue
+        wsub = _flipped_adjoint_weight(
+            np.ascontiguousarray(w5[:, :, td[0], th[0], tw[0]]), groups)
+        sub_dil = (td[1], th[1], tw[1])
+        sub_pad = (-td[2], -th[2], -tw[2])
+        buf = np.empty(view.shape, y5.dtype)
+        # The sum over (input channel, taps) is long even for few output
+        # channels per group (e.g. the input gradient of a stem conv), so the
+        # product path pays from 2 output channels (the register tile is MR).
+        _correlate(x5, wsub, b, buf, (1, 1, 1), sub_pad, sub_dil, groups,
+                   min_og=PHASE_MIN_OG)
+        view[...] = buf
     return y5
 
 

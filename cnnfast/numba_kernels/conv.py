@@ -18,7 +18,9 @@ Three primitives carry the four convolution ops (the algebra is in the docstring
 
 * ``correlate_t``: the adjoint of correlation with respect to ``x`` for any
   stride, written so that every task owns whole output rows and gathers every
-  (input channel, tap) contribution into them.
+  (input channel, tap) contribution into them. The backend uses it for stride 1
+  with few output channels per group only: a strided adjoint is split into
+  stride phases, each a stride-1 correlation on the paths above.
 * weight gradient, ``gw[o, c, t] = sum_{n, q} b[n, o, q] * a[n, g*CG + c, q*s - p + t*d]``:
   ``weight_grad_gemm`` (products over pixel tiles, one task per chunk of weight
   columns) and ``weight_grad`` (one fixed-order sum per (o, c) pair, depthwise).

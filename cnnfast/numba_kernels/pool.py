@@ -168,6 +168,13 @@ def avg_pool(x, y, kernel, stride, pad, dil, div_d, div_h, div_w, override):
     dd, dh, dw = dil
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
+    # One output column (e.g. global pooling): a row of outputs is a single cell,
+    # so instead of one row sweep per tap, each input row's in-bounds taps
+    # [kw_lo, kw_hi) are summed in one vectorisable loop into a register.
+    kw_lo, kw_hi = span(KW, dw, -pw, W)
+    # ... and when those taps are whole input rows (dense in w and h), the rows
+    # of one depth slice are one contiguous run: a single loop.
+    whole_rows = dw == 1 and dh == 1 and kw_lo == pw and kw_hi - kw_lo == W
     for task in prange(N * C * OD):
         od = task % OD
         nc = task // OD
@@ -175,20 +182,40 @@ def avg_pool(x, y, kernel, stride, pad, dil, div_d, div_h, div_w, override):
         fill(yf, ybase * OW, OH * OW, 0)
         for oh in range(OH):
             yrow = (ybase + oh) * OW
+            cell = y.dtype.type(0)
             for kd in range(KD):
                 idd = od * sd - pd + kd * dd
                 if idd < 0 or idd >= D:
+                    continue
+                if OW == 1 and whole_rows:
+                    lo_h, hi_h = span(KH, 1, oh * sh - ph, H)
+                    x0 = uint64(((nc * D + idd) * H + oh * sh - ph + lo_h) * W)
+                    for t in range(uint64(max(hi_h - lo_h, 0) * W)):
+                        cell += xf[x0 + t]
                     continue
                 for kh in range(KH):
                     ih = oh * sh - ph + kh * dh
                     if ih < 0 or ih >= H:
                         continue
                     xrow = ((nc * D + idd) * H + ih) * W
+                    if OW == 1:
+                        if kw_hi > kw_lo:
+                            x0 = uint64(xrow + kw_lo * dw - pw)
+                            mu = uint64(kw_hi - kw_lo)
+                            if dw == 1:
+                                for t in range(mu):
+                                    cell += xf[x0 + t]
+                            else:
+                                for t in range(mu):
+                                    cell += xf[x0 + uint64(dw) * t]
+                        continue
                     for kw in range(KW):
                         offw = kw * dw - pw
                         lo, hi = span(OW, sw, offw, W)
                         if hi > lo:
                             _sum_row(yf, yrow + lo, xf, xrow + lo * sw + offw, sw, hi - lo)
+            if OW == 1:
+                yf[yrow] = cell
             y0 = uint64(yrow)
             if override > 0:
                 dv = y.dtype.type(override)
@@ -212,6 +239,10 @@ def avg_pool_backward(gy, gx, kernel, stride, pad, dil, div_d, div_h, div_w, ove
     dd, dh, dw = dil
     gxf = gx.reshape(gx.size)
     gyf = gy.reshape(gy.size)
+    # One output column: per input row, add the share to the in-bounds taps in
+    # one loop (whole rows: one run per depth slice), as in ``avg_pool``.
+    kw_lo, kw_hi = span(KW, dw, -pw, W)
+    whole_rows = dw == 1 and dh == 1 and kw_lo == pw and kw_hi - kw_lo == W
     for task in prange(N * C):
         fill(gxf, task * D * H * W, D * H * W, 0)
         share = np.empty(OW, gy.dtype)
@@ -231,11 +262,25 @@ def avg_pool_backward(gy, gx, kernel, stride, pad, dil, div_d, div_h, div_w, ove
                     idd = od * sd - pd + kd * dd
                     if idd < 0 or idd >= D:
                         continue
+                    if OW == 1 and whole_rows:
+                        lo_h, hi_h = span(KH, 1, oh * sh - ph, H)
+                        g1 = uint64(((task * D + idd) * H + oh * sh - ph + lo_h) * W)
+                        sv = share[0]
+                        for t in range(uint64(max(hi_h - lo_h, 0) * W)):
+                            gxf[g1 + t] += sv
+                        continue
                     for kh in range(KH):
                         ih = oh * sh - ph + kh * dh
                         if ih < 0 or ih >= H:
                             continue
                         grow = ((task * D + idd) * H + ih) * W
+                        if OW == 1:
+                            if kw_hi > kw_lo:
+                                g1 = uint64(grow + kw_lo * dw - pw)
+                                sv = share[0]
+                                for t in range(uint64(kw_hi - kw_lo)):
+                                    gxf[g1 + uint64(dw) * t] += sv
+                            continue
                         for kw in range(KW):
                             offw = kw * dw - pw
                             lo, hi = span(OW, sw, offw, W)
