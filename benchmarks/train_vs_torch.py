@@ -168,13 +168,19 @@ def main(argv=None):
     trainer = _cnnfast_setup(args.backend, 0)
     tsetup = _torch_setup(0) if torch is not None else None
     warm = batches[:max(args.warmup, 0)]
-    _cnnfast_run(trainer, warm)  # JIT compilation, caches, allocator
+    # cnnfast runs as `cnnfast train` does: numpy's BLAS on one thread (its spinning
+    # workers would take the convolution kernels' cores; cnnfast.threads).
+    from cnnfast.threads import single_threaded_blas
+
+    with single_threaded_blas():
+        _cnnfast_run(trainer, warm)  # JIT compilation, caches, allocator
     if tsetup:
         _torch_run(tsetup, warm)
 
     ours, theirs = [], []
     for _ in range(args.rounds):
-        ours.append(_cnnfast_run(trainer, batches))
+        with single_threaded_blas():
+            ours.append(_cnnfast_run(trainer, batches))
         if tsetup:
             theirs.append(_torch_run(tsetup, batches))
     result = {"backend": args.backend or "auto", "threads": args.threads,
@@ -196,7 +202,8 @@ def main(argv=None):
         print(f"  ratio cnnfast / torch: {result['ratio']:.2f}")
 
     if args.profile_steps > 0:
-        times, total = layer_profile(trainer, batches[:args.profile_steps])
+        with single_threaded_blas():
+            times, total = layer_profile(trainer, batches[:args.profile_steps])
         result["layer_shares"] = {f"{k[0]} {k[1]}".strip(): v / total
                                   for k, v in times.items()}
         print(f"  cnnfast time per layer ({args.profile_steps} instrumented steps, "

@@ -157,3 +157,19 @@ def test_omp_num_threads_is_honoured_after_cnnfast_num_threads():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "2"
+
+
+def test_single_threaded_blas_limits_numpy_blas():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from cnnfast.threads import single_threaded_blas
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl here")
+    with single_threaded_blas():
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before

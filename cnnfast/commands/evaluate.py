@@ -42,6 +42,13 @@ def format_report(result, class_names) -> str:
 
 
 def run(args) -> int:
+    from ..threads import single_threaded_blas
+
+    with single_threaded_blas():  # as in cnnfast train
+        return _run(args)
+
+
+def _run(args) -> int:
     from .. import nn
     from ..nn.data import CLASS_NAMES, load_fashion_mnist
     from ..nn.training import evaluate

@@ -153,6 +153,15 @@ def _build(args):
 
 
 def run(args) -> int:
+    from ..threads import single_threaded_blas
+
+    # numpy's BLAS (dense layers) on one thread: its spinning workers would take the
+    # cores of the convolution kernels (see single_threaded_blas).
+    with single_threaded_blas():
+        return _run_any(args)
+
+
+def _run_any(args) -> int:
     if not getattr(args, "distributed", None):
         return _run(args)
     from .. import distributed as D
