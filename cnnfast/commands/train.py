@@ -210,6 +210,20 @@ def _install_sigint(handler):
         return None
 
 
+def _fresh_model(args, device):
+    """A new model for ``args`` (no --resume): built, ``--weights`` loaded,
+    ``--freeze`` applied, moved to the device; with its optimizer and schedule."""
+    model, opt, schedule = _build(args)
+    if args.weights:
+        loaded = model.load_weights(args.weights, strict=False)
+        print(f"loaded {len(loaded)} arrays from {args.weights}")
+    if args.freeze is not None:
+        model.freeze(args.freeze)
+    if device == "gpu":
+        model.to("gpu")
+    return model, opt, schedule
+
+
 def _run(args, comm=None) -> int:
     from .. import nn
     from ..nn.data import find_fashion_mnist, load_fashion_mnist
@@ -301,14 +315,7 @@ def _run(args, comm=None) -> int:
         return _run_denoiser(args, comm, device, data_dir, train_x, test_x,
                              augment=augment)
     else:
-        model, opt, schedule = _build(args)
-        if args.weights:
-            loaded = model.load_weights(args.weights, strict=False)
-            print(f"loaded {len(loaded)} arrays from {args.weights}")
-        if args.freeze is not None:
-            model.freeze(args.freeze)
-        if device == "gpu":
-            model.to("gpu")
+        model, opt, schedule = _fresh_model(args, device)
         trainer = Trainer(model, opt, schedule, batch_size=args.batch_size, seed=args.seed,
                           augment=augment)
         if root:
@@ -435,15 +442,8 @@ def _run_denoiser(args, comm, device, data_dir, train_x, test_x, *, resumed=None
                 f.write(json.dumps(m) + "\n")
         print(f"resuming from {ckpt_path}: {model_name}, epoch {epoch + 1}")
     else:
-        model, opt, schedule = _build(args)
+        model, opt, schedule = _fresh_model(args, device)
         model_name = args.model
-        if args.weights:
-            loaded = model.load_weights(args.weights, strict=False)
-            print(f"loaded {len(loaded)} arrays from {args.weights}")
-        if args.freeze is not None:
-            model.freeze(args.freeze)
-        if device == "gpu":
-            model.to("gpu")
         noise = getattr(args, "noise", None)
         noise = DEFAULT_NOISE if noise is None else noise
         seed, batch_size, epoch, history = args.seed, args.batch_size, 0, []
