@@ -13,6 +13,14 @@ from . import params as P
 from .registry import select
 
 _FLOAT_DTYPES = ("float16", "float32", "float64")
+# dtype -> name without str(dtype), which costs microseconds per call (as much as a
+# small GPU kernel); cupy arrays carry numpy dtypes too.
+_DTYPE_NAME = {np.dtype(n): n for n in _FLOAT_DTYPES + ("int64",)}
+
+
+def _dtype_name(dtype) -> str:
+    name = _DTYPE_NAME.get(dtype)
+    return name if name is not None else str(dtype)
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -36,7 +44,7 @@ def _check_arrays(**arrays):
         if a is None:
             continue
         k = _array_kind(a, name)
-        d = str(a.dtype)
+        d = _dtype_name(a.dtype)
         if d not in _FLOAT_DTYPES:
             raise TypeError(f"{name} has dtype {d}; expected float32 or float64 (or float16 "
                             f"on the CUDA backends)")
@@ -297,7 +305,7 @@ def max_pool_backward(grad_y, indices, x_shape, *, backend=None):
     if _array_kind(indices, "indices") != kind:
         raise TypeError(f"indices is a {_array_kind(indices, 'indices')} array but grad_y "
                         f"is a {kind} array; mixed devices are not allowed")
-    if str(indices.dtype) != "int64":
+    if _dtype_name(indices.dtype) != "int64":
         raise TypeError(f"indices has dtype {indices.dtype}; expected int64 (as returned "
                         f"by max_pool(..., return_indices=True))")
     if tuple(indices.shape) != tuple(grad_y.shape):

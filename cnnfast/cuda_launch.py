@@ -10,7 +10,9 @@ GPU (``cnnfast.backends.cupy_backend``) and in the CPU emulator
 * ``xp``: the array module (``cupy`` or ``numpy``);
 * ``function(file, name_expression)``: a kernel callable as CuPy's
   ``k(grid, block, args, shared_mem=0)``;
-* ``int32_array(values)``: a device array of int32 (geometry).
+* ``int32_array(values)``: a device array of int32 (geometry);
+* ``cached(key, build)``: the device copies of the numpy int32 arrays ``build()``
+  returns (a tuple), built once per ``key`` (index tables of a geometry).
 
 Scalars are always passed as explicitly typed numpy scalars: CuPy sends a bare Python
 int as a 64-bit integer, which an ``int`` parameter would misread (the emulator
@@ -21,13 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .params import ConvParams, PoolParams
+from .params import ConvParams
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 SOURCE_FILES = ("conv.cu", "pool.cu")
@@ -38,20 +41,51 @@ NVRTC_OPTIONS = ("--std=c++17",)
 # float16 is stored as half_t (common.cuh) and accumulated in float.
 CTYPES = {"float32": "float", "float64": "double", "float16": "half_t"}
 DTYPES = tuple(CTYPES)
+# numpy dtype -> C type, without str(dtype) (microseconds per call).
+_CTYPE_OF = {np.dtype(k): v for k, v in CTYPES.items()}
+
+
+def ctype(dtype) -> str:
+    """The kernels' C type for a numpy (or cupy) dtype."""
+    return _CTYPE_OF[dtype]
 
 MODE_CORR, MODE_ADJ, MODE_WGRAD = 0, 1, 2
-GEMM_BM, GEMM_BN, GEMM_BK, GEMM_THREADS = 64, 64, 16, 256
+GEMM_THREADS = 256
+# conv_gemm tile shapes (BM rows x BN columns, THR_M thread rows, BK reduction steps
+# per shared-memory tile; a thread computes BM/THR_M x BN/(256/THR_M) outputs). Rows
+# are output channels per group (M): the tile is fitted to M. Measured on an H100
+# (benchmarks/gpu_probe.py tiles): 64 x 64 beat 128 x 128 and 64 x 256 tiles with
+# 8 x 8 per thread on every ResNet layer at batch 8 and 32 (more resident warps hide
+# the gather latency better), so the larger tiles are gone; BK = 16 beat BK = 8 by
+# 5-35% on 27 of those 30 layer/pass pairs.
+GEMM_TILES = {
+    "small": (64, 64, 16, 8),    # 4 x 4 per thread
+    "small16": (64, 64, 16, 16),  # the same, 16 reduction steps per tile
+    "thin": (32, 256, 8, 8),     # 4 x 8, for M <= 32
+    "sliver": (16, 256, 4, 8),   # 4 x 4, for M <= 16 (e.g. gradients into RGB images)
+}
+GEMM_BK_MAX = 16  # split-K slices are multiples of every tile's BK
+# Blocks that keep a big GPU busy (an H100 has 132 SMs; two waves).
+TARGET_BLOCKS = 264
+# Row/phase table layouts (ROW_*/PH_* in conv.cu).
+ROW_STRIDE, PH_STRIDE = 8, 8
+DW_TAPS = 16
+# conv_direct instantiations: 0 = any kernel size, 3 = 3x3 in the last two dims
+# (unrolled taps).
+DIRECT_FIXED_K = (0, 3)
 
 # Test hooks (see tests/test_cuda_emu.py): force a convolution path or a split-K count.
-_overrides = {"path": None, "splits": None}
+_overrides = {"path": None, "splits": None, "tile": None}
 
 
 @contextlib.contextmanager
-def override(path=None, splits=None):
-    """Force ``path`` ("gemm" or "direct") for forward-type convolutions and/or the
-    number of split-K slices of weight gradients (testing aid)."""
+def override(path=None, splits=None, tile=None):
+    """Force ``path`` ("gemm" or "direct") for every convolution kernel (weight
+    gradients included), the number of reduction slices (``splits``: split-K of every
+    GEMM and of the direct weight gradient), and/or the GEMM ``tile`` (a GEMM_TILES
+    name) -- a testing aid."""
     old = dict(_overrides)
-    _overrides.update(path=path, splits=splits)
+    _overrides.update(path=path, splits=splits, tile=tile)
     try:
         yield
     finally:
@@ -61,20 +95,34 @@ def override(path=None, splits=None):
 # ----------------------------------------------------------------------------- sources
 
 
-def name_expressions(file: str) -> tuple:
-    """Every template instantiation of ``file``, as NVRTC name expressions."""
+def name_expressions(file: str, ctype: str = None) -> tuple:
+    """Every template instantiation of ``file`` (those for C type ``ctype`` only, when
+    given), as NVRTC name expressions."""
     names = []
-    for ct in CTYPES.values():
+    for ct in CTYPES.values() if ctype is None else (ctype,):
         if file == "conv.cu":
-            names += [f"conv_gemm<{ct},{m}>" for m in (MODE_CORR, MODE_ADJ, MODE_WGRAD)]
-            names += [f"conv_direct<{ct},{m}>" for m in (MODE_CORR, MODE_ADJ)]
-            names += [f"sum_splits<{ct}>", f"channel_sum<{ct}>"]
+            names += [_gemm_name(ct, m, tile) for m in (MODE_CORR, MODE_ADJ, MODE_WGRAD)
+                      for tile in GEMM_TILES]
+            names += [f"conv_direct<{ct},{m},{k},{k}>" for m in (MODE_CORR, MODE_ADJ)
+                      for k in DIRECT_FIXED_K]
+            names += [f"conv_wgrad_direct<{ct}>", f"sum_splits<{ct}>", f"channel_sum<{ct}>"]
         elif file == "pool.cu":
-            names += [f"{k}<{ct}>" for k in ("max_pool_fwd", "max_pool_bwd", "avg_pool_fwd",
-                                             "avg_pool_bwd")]
+            from .cuda_pool_ops import KERNELS
+            names += [f"{k}<{ct}>" for k in KERNELS]
         else:
             raise ValueError(f"unknown kernel file {file!r}; expected one of {SOURCE_FILES}")
     return tuple(names)
+
+
+def template_ctype(name: str) -> str:
+    """The C type a kernel's name expression is instantiated for (its first template
+    argument): ``conv_gemm<float,0,128,128,16>`` -> ``float``."""
+    return name.split("<", 1)[1].split(",", 1)[0].rstrip(">")
+
+
+def _gemm_name(ct, mode, tile):
+    bm, bn, thr_m, bk = GEMM_TILES[tile]
+    return f"conv_gemm<{ct},{mode},{bm},{bn},{thr_m},{bk}>"
 
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
@@ -157,31 +205,162 @@ def _check_int32_extent(*arrays):
 # ----------------------------------------------------------------------------- conv
 
 
+def _geo_array(rt, n, groups, ci, co, ishape, oshape, p: ConvParams, has_bias=False,
+               splits=1, kchunk=0, ksplits=1):
+    """The device geometry array of ``_conv_geo``, built once per distinct geometry:
+    packing it costs more host time than a small kernel takes on a GPU."""
+    key = ("geo", n, groups, ci, co, ishape, oshape, p, bool(has_bias), splits, kchunk,
+           ksplits)
+    return rt.cached(key, lambda: (np.asarray(_conv_geo(
+        n, groups, ci, co, ishape, oshape, p, has_bias, splits, kchunk, ksplits),
+        np.int32),))[0]
+
+
 def _conv_geo(n, groups, ci, co, ishape, oshape, p: ConvParams, has_bias=False, splits=1,
-              kchunk=0):
+              kchunk=0, ksplits=1):
     return _pack(CONV_FIELDS, "CG_", N=n, G=groups, CI=ci, CO=co, I=_lift(ishape, 1),
                  O=_lift(oshape, 1), K=_lift(p.kernel, 1), S=_lift(p.stride, 1),
                  P=_lift([lo for lo, _ in p.padding], 0), D=_lift(p.dilation, 1),
-                 HAS_BIAS=has_bias, SPLITS=splits, KCHUNK=kchunk)
+                 HAS_BIAS=has_bias, SPLITS=splits, KCHUNK=kchunk, KSPLITS=ksplits)
 
 
-def _forward_like(rt, mode, a, x, bias, out, geo, groups, m_per_group, ncols):
+def _taps(p: ConvParams):
+    """(KT, 3) array: every tap's per-dim offset t*d, row-major over the kernel."""
+    k, d = _lift(p.kernel, 1), _lift(p.dilation, 1)
+    t = np.stack(np.meshgrid(*(np.arange(e) for e in k), indexing="ij"), -1).reshape(-1, 3)
+    return t * np.asarray(d)
+
+
+def _rows_corr(cg, ip, p):
+    """Row table of MODE_CORR: k = (c, tap)."""
+    taps = _taps(p)
+    kt = len(taps)
+    rows = np.zeros((cg * kt, ROW_STRIDE), np.int64)
+    c = np.repeat(np.arange(cg), kt)
+    rows[:, 0] = c * ip
+    rows[:, 1:4] = np.tile(taps, (cg, 1))
+    rows[:, 4] = np.arange(cg * kt)
+    return rows
+
+
+def _rows_wgrad(n, ci, co, ishape, oshape, p):
+    """Row table of MODE_WGRAD: k = (n, output position)."""
+    o3, s3 = np.asarray(_lift(oshape, 1)), np.asarray(_lift(p.stride, 1))
+    p3 = np.asarray(_lift([lo for lo, _ in p.padding], 0))
+    op, ip = int(np.prod(o3)), int(np.prod(_lift(ishape, 1)))
+    pos = np.stack(np.meshgrid(*(np.arange(e) for e in o3), indexing="ij"), -1).reshape(-1, 3)
+    rows = np.zeros((n * op, ROW_STRIDE), np.int64)
+    nn = np.repeat(np.arange(n), op)
+    rows[:, 0] = nn * ci * ip
+    rows[:, 1:4] = np.tile(pos * s3 - p3, (n, 1))
+    rows[:, 4] = nn * co * op + np.tile(np.arange(op), n)
+    return rows
+
+
+@lru_cache(maxsize=128)
+def _host_tables(mode, n, groups, ci, co, ishape, oshape, p: ConvParams):
+    """The row and phase tables of a geometry (numpy int32), with the host-side facts
+    a launch needs: (rows, phases, phase count, padded rows per phase, widest phase's
+    column count)."""
+    cg, m = ci // groups, co // groups
+    ip = math.prod(ishape)
+    o3 = _lift(oshape, 1)
+    if mode == MODE_WGRAD:
+        rows = _rows_wgrad(n, ci, co, ishape, oshape, p)
+        phases = [[1, 1, 1, 0, 0, 0, len(rows), cg * int(np.prod(p.kernel))]]
+    elif mode == MODE_CORR:
+        rows = _rows_corr(cg, ip, p)
+        phases = [[o3[0], o3[1], o3[2], 0, 0, 0, len(rows), n * int(np.prod(o3))]]
+    else:
+        taps = _taps(p)
+        kt = len(taps)
+        s3 = np.asarray(_lift(p.stride, 1))
+        pad3 = _lift([lo for lo, _ in p.padding], 0)
+        phases, blocks = [], []
+        for r in np.ndindex(*s3):
+            # Outputs q = u*s + q0 have (q + pad) mod s == r: taps with t*d = r (mod s).
+            q0 = [int((r[d] - pad3[d]) % s3[d]) for d in range(3)]
+            u = [max(0, -(-(o3[d] - q0[d]) // int(s3[d]))) for d in range(3)]
+            sel = np.flatnonzero(np.all(taps % s3 == np.asarray(r), axis=1))
+            c = np.repeat(np.arange(cg), len(sel))
+            t = np.tile(sel, cg)
+            blk = np.zeros((len(c), ROW_STRIDE), np.int64)
+            blk[:, 0] = c * ip
+            # (q0 + pad - tap) / s, exact in this phase: the kernel adds it to u.
+            blk[:, 1:4] = (np.asarray(q0) + np.asarray(pad3) - taps[t]) // s3
+            blk[:, 4] = c * m * kt + t
+            blocks.append(blk)
+            phases.append(u + q0 + [len(blk), n * int(np.prod(u))])
+        kp = max(1, max(len(b) for b in blocks))
+        rows = np.zeros((len(blocks), kp, ROW_STRIDE), np.int64)
+        rows[:, :, 0] = -1  # padding rows: never read (kend stops first)
+        for i, b in enumerate(blocks):
+            rows[i, :len(b)] = b
+        rows = rows.reshape(-1, ROW_STRIDE)
+    if len(rows) == 0:
+        rows = np.full((1, ROW_STRIDE), -1, np.int64)
+    if np.abs(rows).max() >= 2 ** 31:
+        raise NotImplementedError("a tensor offset exceeds the int32 range of the CUDA "
+                                  "kernels")
+    kp = len(rows) // len(phases)
+    return (rows.astype(np.int32).ravel(), np.asarray(phases, np.int32).ravel(), len(phases),
+            kp, max(ph[PH_STRIDE - 1] for ph in phases))
+
+
+def _tables(rt, mode, n, groups, ci, co, ishape, oshape, p: ConvParams):
+    """(device row table, device phase table, phase count, padded rows per phase,
+    widest phase's columns), cached per geometry: no host work or transfer on a
+    repeated call."""
+    host = _host_tables(mode, n, groups, ci, co, ishape, oshape, p)
+    rows, phases = rt.cached(("tables", mode, n, groups, ci, co, ishape, oshape, p),
+                             lambda: host[:2])
+    return (rows, phases) + host[2:]
+
+
+def _pick_tile(m):
+    """The GEMM tile for M rows (output channels per group)."""
+    if _overrides["tile"]:
+        return _overrides["tile"]
+    return "sliver" if m <= 16 else "thin" if m <= 32 else "small16"
+
+
+def _forward_like(rt, mode, a, x, bias, out, n, groups, ci, co, ishape, oshape, p):
     """out = MODE_CORR or MODE_ADJ of (a, x) (+ bias): GEMM, or direct for groups
-    with few output channels (a 64-row tile would mostly idle)."""
+    with few output channels (a GEMM tile would mostly idle)."""
     if out.size == 0:  # zero output channels: nothing to launch
         return
-    ct = CTYPES[str(out.dtype)]
-    path = _overrides["path"] or ("direct" if groups > 1 and m_per_group < 16 else "gemm")
-    g = rt.int32_array(geo)
+    ct = ctype(out.dtype)
+    m = co // groups
+    path = _overrides["path"] or ("direct" if groups > 1 and m < 16 else "gemm")
     b = bias if bias is not None else a  # never read when HAS_BIAS is 0
     if path == "direct":
+        geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None)
+        op = math.prod(oshape)
+        grid = (-(-op // 256), min(n * co, 65535))
+        k = 3 if p.rank >= 2 and p.kernel[-2:] == (3, 3) else 0
+        rt.function("conv.cu", f"conv_direct<{ct},{mode},{k},{k}>")(
+            grid, (256,), (a, x, b, out, geo))
+        return
+    rows, phases, nphase, kp, ncols = _tables(rt, mode, n, groups, ci, co, ishape, oshape, p)
+    tile = _pick_tile(m)
+    bm, bn = GEMM_TILES[tile][:2]
+    blocks = -(-ncols // bn) * -(-m // bm) * groups * nphase
+    ksplits = _overrides["splits"]
+    if ksplits is None:
+        # Too few output tiles to fill the GPU: split the reduction (slices >= 256).
+        ksplits = max(1, min(-(-2 * TARGET_BLOCKS // blocks), kp // 256, 16))
+    ksplits = max(1, min(int(ksplits), kp, 65535 // (groups * nphase)))
+    geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None, nphase, kp,
+                     ksplits)
+    grid = (-(-ncols // bn), -(-m // bm), groups * nphase * ksplits)
+    _check_grid(grid)
+    target = out if ksplits == 1 else rt.xp.empty((ksplits,) + out.shape, out.dtype)
+    rt.function("conv.cu", _gemm_name(ct, mode, tile))(
+        grid, (GEMM_THREADS,), (a, x, b, target, geo, rows, phases))
+    if ksplits > 1:
         grid, block = _launch_1d(out.size)
-        rt.function("conv.cu", f"conv_direct<{ct},{mode}>")(grid, block, (a, x, b, out, g))
-    else:
-        grid = (-(-ncols // GEMM_BN), -(-m_per_group // GEMM_BM), groups)
-        _check_grid(grid)
-        rt.function("conv.cu", f"conv_gemm<{ct},{mode}>")(grid, (GEMM_THREADS,),
-                                                          (a, x, b, out, g))
+        rt.function("conv.cu", f"sum_splits<{ct}>")(
+            grid, block, (target, out, np.int32(ksplits), np.int64(out.size)))
 
 
 def _check_grid(grid):
@@ -192,29 +371,54 @@ def _check_grid(grid):
 
 def _weight_grad(rt, a, x, out, n, groups, ci, co, ishape, oshape, p):
     """out (CO, CI/G, *k) = MODE_WGRAD of grad_y-like ``a`` (N, CO, *oshape) and data
-    ``x`` (N, CI, *ishape); split-K when there are few output tiles."""
+    ``x`` (N, CI, *ishape): a per-channel reduction kernel for groups with few output
+    channels, else the GEMM, split over K when there are few output tiles."""
     xp = rt.xp
     if out.size == 0:
         return
-    ct = CTYPES[str(out.dtype)]
+    ct = ctype(out.dtype)
     m = co // groups
-    ncols = (ci // groups) * int(np.prod(p.kernel))
-    k_total = n * int(np.prod(oshape))
-    tiles = -(-ncols // GEMM_BN) * -(-m // GEMM_BM) * groups
+    cg = ci // groups
+    kt = math.prod(p.kernel)
+    path = _overrides["path"] or ("direct" if groups > 1 and m < 16 else "gemm")
+    if path == "direct":
+        geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p)
+        blocks = co * cg * -(-kt // DW_TAPS)
+        total = n * math.prod(oshape)
+        # Slices of the (n, position) range until the GPU has two waves of blocks,
+        # each slice >= 1024 long; added in slice order afterwards.
+        splits = _overrides["splits"] or max(1, min(-(-2 * TARGET_BLOCKS // blocks),
+                                                    total // 1024, 64))
+        splits = max(1, min(int(splits), total, 65535))
+        grid = (co * cg, -(-kt // DW_TAPS), splits)
+        _check_grid(grid)
+        target = out if splits == 1 else xp.empty((splits, out.size), out.dtype)
+        rt.function("conv.cu", f"conv_wgrad_direct<{ct}>")(grid, (256,), (a, x, target, geo))
+        if splits > 1:
+            grid, block = _launch_1d(out.size)
+            rt.function("conv.cu", f"sum_splits<{ct}>")(
+                grid, block, (target, out, np.int32(splits), np.int64(out.size)))
+        return
+    ncols = cg * kt
+    k_total = n * math.prod(oshape)
+    rows, phases, _, _, _ = _tables(rt, MODE_WGRAD, n, groups, ci, co, ishape, oshape, p)
+    tile = _pick_tile(m)
+    bm, bn = GEMM_TILES[tile][:2]
+    tiles = -(-ncols // bn) * -(-m // bm) * groups
     splits = _overrides["splits"]
     if splits is None:
-        # Enough blocks to fill a GPU (~100+ SMs), each slice at least 1024 long.
-        splits = max(1, min(k_total // 1024, 256 // tiles if tiles < 256 else 1))
+        # Split K until the GPU has two waves of blocks, each slice >= 256 long.
+        splits = max(1, min(-(-2 * TARGET_BLOCKS // tiles), k_total // 256))
     splits = max(1, min(int(splits), k_total, 65535 // groups))
     kchunk = -(-k_total // splits)
-    kchunk = -(-kchunk // GEMM_BK) * GEMM_BK
+    kchunk = -(-kchunk // GEMM_BK_MAX) * GEMM_BK_MAX
     splits = -(-k_total // kchunk)
-    geo = _conv_geo(n, groups, ci, co, ishape, oshape, p, splits=splits, kchunk=kchunk)
+    geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, splits=splits, kchunk=kchunk)
     target = out if splits == 1 else xp.empty((splits, out.size), out.dtype)
-    grid = (-(-ncols // GEMM_BN), -(-m // GEMM_BM), groups * splits)
+    grid = (-(-ncols // bn), -(-m // bm), groups * splits)
     _check_grid(grid)
-    rt.function("conv.cu", f"conv_gemm<{ct},{MODE_WGRAD}>")(
-        grid, (GEMM_THREADS,), (a, x, a, target, rt.int32_array(geo)))
+    rt.function("conv.cu", _gemm_name(ct, MODE_WGRAD, tile))(
+        grid, (GEMM_THREADS,), (a, x, a, target, geo, rows, phases))
     if splits > 1:
         grid, block = _launch_1d(out.size)
         rt.function("conv.cu", f"sum_splits<{ct}>")(
@@ -222,12 +426,12 @@ def _weight_grad(rt, a, x, out, n, groups, ci, co, ishape, oshape, p):
 
 
 def _bias_grad(rt, gy):
-    ct = CTYPES[str(gy.dtype)]
+    ct = ctype(gy.dtype)
     n, c = gy.shape[:2]
     out = rt.xp.empty((c,), gy.dtype)
     if c == 0:
         return out
-    plane = int(np.prod(gy.shape[2:]))
+    plane = math.prod(gy.shape[2:])
     rt.function("conv.cu", f"channel_sum<{ct}>")((c,), (256,), (
         gy, out, np.int32(n), np.int32(c), np.int64(plane)))
     return out
@@ -239,9 +443,7 @@ def conv(rt, x, w, b, p: ConvParams):
     o = w.shape[0]
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
     _check_int32_extent(y)
-    geo = _conv_geo(n, p.groups, c, o, p.in_shape, p.out_shape, p, has_bias=b is not None)
-    _forward_like(rt, MODE_CORR, w, x, b, y, geo, p.groups, o // p.groups,
-                  n * int(np.prod(p.out_shape)))
+    _forward_like(rt, MODE_CORR, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape, p)
     return y
 
 
@@ -254,9 +456,8 @@ def conv_backward(rt, gy, x, w, p: ConvParams, needs):
         # The adjoint gathers grad_y (O channels) through w read as a transposed-conv
         # weight (O, C/G, *k): the two layouts coincide.
         gx = rt.xp.empty(x.shape, x.dtype)
-        geo = _conv_geo(n, p.groups, o, c, p.out_shape, p.in_shape, p)
-        _forward_like(rt, MODE_ADJ, w, gy, None, gx, geo, p.groups, c // p.groups,
-                      n * int(np.prod(p.in_shape)))
+        _forward_like(rt, MODE_ADJ, w, gy, None, gx, n, p.groups, o, c, p.out_shape,
+                      p.in_shape, p)
     if "weight" in needs:
         gw = rt.xp.empty(w.shape, w.dtype)
         _weight_grad(rt, gy, x, gw, n, p.groups, c, o, p.in_shape, p.out_shape, p)
@@ -271,9 +472,7 @@ def conv_transpose(rt, x, w, b, p: ConvParams):
     o = w.shape[1] * p.groups
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
     _check_int32_extent(y)
-    geo = _conv_geo(n, p.groups, c, o, p.in_shape, p.out_shape, p, has_bias=b is not None)
-    _forward_like(rt, MODE_ADJ, w, x, b, y, geo, p.groups, o // p.groups,
-                  n * int(np.prod(p.out_shape)))
+    _forward_like(rt, MODE_ADJ, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape, p)
     return y
 
 
@@ -286,9 +485,8 @@ def conv_transpose_backward(rt, gy, x, w, p: ConvParams, needs):
         # A plain convolution of grad_y: w (C_in, C_out/G, *k) is a conv weight from
         # C_out to C_in channels.
         gx = rt.xp.empty(x.shape, x.dtype)
-        geo = _conv_geo(n, p.groups, o, c, p.out_shape, p.in_shape, p)
-        _forward_like(rt, MODE_CORR, w, gy, None, gx, geo, p.groups, c // p.groups,
-                      n * int(np.prod(p.in_shape)))
+        _forward_like(rt, MODE_CORR, w, gy, None, gx, n, p.groups, o, c, p.out_shape,
+                      p.in_shape, p)
     if "weight" in needs:
         # Roles swapped: grad_y is the data read through the window, x the "output".
         gw = rt.xp.empty(w.shape, w.dtype)
@@ -296,73 +494,6 @@ def conv_transpose_backward(rt, gy, x, w, p: ConvParams, needs):
     if "bias" in needs:
         gb = _bias_grad(rt, gy)
     return gx, gw, gb
-
-
-# ----------------------------------------------------------------------------- pooling
-
-
-def _pool_geo(nc, ishape, oshape, p: PoolParams = None, segments=1):
-    if p is None:  # max-pool backward: only the plane sizes matter
-        return _pack(POOL_FIELDS, "PG_", NC=nc, I=_lift(ishape, 1), O=_lift(oshape, 1),
-                     K=(1, 1, 1), S=(1, 1, 1), D=(1, 1, 1), SEGMENTS=segments)
-    return _pack(POOL_FIELDS, "PG_", NC=nc, I=_lift(ishape, 1), O=_lift(oshape, 1),
-                 K=_lift(p.kernel, 1), S=_lift(p.stride, 1),
-                 P=_lift([lo for lo, _ in p.padding], 0),
-                 Q=_lift([hi for _, hi in p.padding], 0), D=_lift(p.dilation, 1),
-                 INCLUDE_PAD=p.count_include_pad, DIVISOR=p.divisor_override or 0,
-                 SEGMENTS=segments)
-
-
-def max_pool(rt, x, p: PoolParams, return_indices):
-    _check_int32_extent(x)
-    ct = CTYPES[str(x.dtype)]
-    nc = x.shape[0] * x.shape[1]
-    y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
-    idx = rt.xp.empty(y.shape if return_indices else (1,), np.int64)
-    grid, block = _launch_1d(y.size)
-    rt.function("pool.cu", f"max_pool_fwd<{ct}>")(grid, block, (
-        x, y, idx, rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p)),
-        np.int32(bool(return_indices))))
-    return y, (idx if return_indices else None)
-
-
-def max_pool_backward(rt, gy, indices, x_shape):
-    _check_int32_extent(gy)
-    ct = CTYPES[str(gy.dtype)]
-    nc = int(x_shape[0]) * int(x_shape[1])
-    plane = int(np.prod(x_shape[2:]))
-    gx = rt.xp.empty(tuple(x_shape), gy.dtype)
-    _check_int32_extent(gx)
-    # Slices per plane: enough threads to fill a GPU, each slice >= 16 cells.
-    segments = max(1, min(-(-65536 // max(nc, 1)), plane // 16, 64))
-    geo = _pool_geo(nc, x_shape[2:], gy.shape[2:], None, segments)
-    grid, block = _launch_1d(nc * segments)
-    rt.function("pool.cu", f"max_pool_bwd<{ct}>")(grid, block, (
-        gy, rt.xp.ascontiguousarray(indices, np.int64), gx, rt.int32_array(geo)))
-    return gx
-
-
-def avg_pool(rt, x, p: PoolParams):
-    _check_int32_extent(x)
-    ct = CTYPES[str(x.dtype)]
-    nc = x.shape[0] * x.shape[1]
-    y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
-    grid, block = _launch_1d(y.size)
-    rt.function("pool.cu", f"avg_pool_fwd<{ct}>")(grid, block, (
-        x, y, rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p))))
-    return y
-
-
-def avg_pool_backward(rt, gy, p: PoolParams):
-    _check_int32_extent(gy)
-    ct = CTYPES[str(gy.dtype)]
-    nc = gy.shape[0] * gy.shape[1]
-    gx = rt.xp.empty(gy.shape[:2] + tuple(p.in_shape), gy.dtype)
-    _check_int32_extent(gx)
-    grid, block = _launch_1d(gx.size)
-    rt.function("pool.cu", f"avg_pool_bwd<{ct}>")(grid, block, (
-        gy, gx, rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p))))
-    return gx
 
 
 def unsupported(op, params, dtype):
@@ -375,7 +506,7 @@ def unsupported(op, params, dtype):
         return f"groups={groups} exceeds the 65535 groups one launch grid can hold"
     for name in ("in_shape", "out_shape"):
         shape = getattr(params, name, None)
-        if shape is not None and int(np.prod(shape)) >= 2 ** 31:
+        if shape is not None and math.prod(shape) >= 2 ** 31:
             return "a spatial plane of 2**31 elements or more (int32 indexing)"
     return None
 
@@ -396,3 +527,7 @@ def make_ops(rt_getter):
         ("conv_transpose_backward", conv_transpose_backward), ("max_pool", max_pool),
         ("max_pool_backward", max_pool_backward), ("avg_pool", avg_pool),
         ("avg_pool_backward", avg_pool_backward))}
+
+
+# Pooling launches live in their own module; re-exported for make_ops and tests.
+from .cuda_pool_ops import avg_pool, avg_pool_backward, max_pool, max_pool_backward  # noqa: E402

@@ -12,6 +12,7 @@ frozen dataclasses below and trust every field:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -53,6 +54,36 @@ class PoolParams:
     out_shape: Ints
     count_include_pad: bool = True
     divisor_override: Optional[int] = None
+
+
+# ----------------------------------------------------------------------------- memo
+
+
+def _memoized(fn):
+    """Cache the params of repeated calls (a training loop repeats the same few).
+
+    Validation costs tens of microseconds, as much as a whole small GPU kernel. The
+    key is the ``repr`` of the arguments, which tells ``True`` from ``1`` and ``1.0``,
+    so a cached answer is exactly what validation would return; only successful
+    results are stored (errors are raised afresh every time)."""
+    cache = {}
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        values = args + tuple(kwargs.values())
+        if any(hasattr(v, "__array__") for v in values):  # arrays: repr may elide
+            return fn(*args, **kwargs)
+        key = repr((args, sorted(kwargs.items())))
+        hit = cache.get(key)
+        if hit is None:
+            hit = fn(*args, **kwargs)
+            if len(cache) >= 4096:
+                cache.clear()
+            cache[key] = hit
+        return hit
+
+    wrapper.cache_clear = cache.clear
+    return wrapper
 
 
 # ----------------------------------------------------------------------------- scalars
@@ -163,6 +194,7 @@ def _same_padding(rank, kernel, dilation, stride, name) -> Pairs:
     return tuple(pairs)
 
 
+@_memoized
 def conv_params(x_shape, w_shape, stride, padding, dilation, groups) -> ConvParams:
     rank = len(x_shape) - 2
     if len(w_shape) != len(x_shape):
@@ -211,6 +243,7 @@ def conv_params(x_shape, w_shape, stride, padding, dilation, groups) -> ConvPara
                       (0,) * rank, False)
 
 
+@_memoized
 def conv_transpose_params(x_shape, w_shape, stride, padding, output_padding, groups,
                           dilation) -> ConvParams:
     rank = len(x_shape) - 2
@@ -292,6 +325,7 @@ def pool_out_size(size, k, s, lo, hi, d, ceil_mode) -> int:
     return out
 
 
+@_memoized
 def pool_params(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
                 count_include_pad=True, divisor_override=None) -> PoolParams:
     rank = len(x_shape) - 2

@@ -500,9 +500,11 @@ def test_gpu_path_with_a_fake_cupy(suite, tmp_path, monkeypatch):
     assert all(r["status"] == "ok" and r["check"] == "ok" for r in gpu_rows), gpu_rows
     assert all(r["device_name"] == "Fake GPU 9000" for r in gpu_rows)
     assert events >= 2 * 2 * 5  # start and end events around every timed sample
-    # The GPU's reference is torch-cuda, which cannot run here: skipped, with reason;
-    # the GPU rows then have no ratio (never a ratio to the CPU torch).
-    if "torch" in doc["backends"]["run"]:
+    # The GPU's reference is torch-cuda: where it cannot run, skipped with a reason,
+    # and the GPU rows then have no ratio (never a ratio to the CPU torch).
+    if "torch-cuda" in doc["backends"]["run"]:  # a real GPU and a CUDA torch here
+        assert all(r["vs_reference"] is not None for r in gpu_rows)
+    elif "torch" in doc["backends"]["run"]:
         assert "torch-cuda" in doc["backends"]["skipped"]
         assert all(r["vs_reference"] is None for r in gpu_rows)
         assert all(r["vs_reference"] is not None for r in _rows(doc, impl="numpy"))

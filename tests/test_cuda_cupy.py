@@ -83,3 +83,37 @@ def test_second_process_hits_cupys_kernel_cache(tmp_path):
     assert files1, "CuPy wrote nothing to its kernel cache"
     assert files1 == files2, "the second process compiled again (cache miss)"
     assert warm < cold
+
+
+@pytest.mark.parametrize("tile", ["small", "small16", "thin", "sliver"])
+def test_every_tile_and_phase_path_on_the_gpu(tile):
+    """The tile shapes and ADJ stride phases on the device, forced, against the numpy
+    reference (float64): shapes big enough for several blocks per dim."""
+    from cnnfast import cuda_launch
+    from cnnfast.backends import numpy_backend as ref
+
+    rt = cupy_backend.runtime()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 24, 19, 17))
+    w = rng.standard_normal((140, 12, 3, 3))
+    b = rng.standard_normal(140)
+    p = P.conv_params(x.shape, w.shape, (2, 1), ((1, 2), (1, 0)), (1, 2), 2)
+    wt = rng.standard_normal((24, 70, 3, 3))
+    pt = P.conv_transpose_params(x.shape, wt.shape, (3, 2), 1, (1, 0), 2, (2, 1))
+    dev = cupy.asarray
+    with cuda_launch.override(path="gemm", tile=tile):
+        y = cuda_launch.conv(rt, dev(x), dev(w), dev(b), p)
+        gy = rng.standard_normal(y.shape)
+        grads = cuda_launch.conv_backward(rt, dev(gy), dev(x), dev(w), p,
+                                          frozenset({"x", "weight", "bias"}))
+        yt = cuda_launch.conv_transpose(rt, dev(x), dev(wt), None, pt)
+        gyt = rng.standard_normal(yt.shape)
+        gt = cuda_launch.conv_transpose_backward(rt, dev(gyt), dev(x), dev(wt), pt,
+                                                 frozenset({"x", "weight"}))
+    np.testing.assert_allclose(y.get(), ref.conv(x, w, b, p), rtol=1e-10, atol=1e-10)
+    for got, exp in zip(grads, ref.conv_backward(gy, x, w, p, {"x", "weight", "bias"})):
+        np.testing.assert_allclose(got.get(), exp, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(yt.get(), ref.conv_transpose(x, wt, None, pt), rtol=1e-10,
+                               atol=1e-10)
+    for got, exp in zip(gt[:2], ref.conv_transpose_backward(gyt, x, wt, pt, {"x", "weight"})[:2]):
+        np.testing.assert_allclose(got.get(), exp, rtol=1e-10, atol=1e-9)

@@ -433,3 +433,100 @@ def test_unsupported_names_the_limit():
     p = P.conv_params((1, 70000, 4), (70000, 1, 1), 1, 0, 1, 70000)
     assert "groups" in cuda_launch.unsupported("conv", p, "float32")
     assert cuda_launch.unsupported("conv", _conv_case(2, 1)[3], "float32") is None
+
+
+# ----------------------------------------------------------------------------- tiles, phases
+
+
+def _all_conv_ops(rt, x, w, b, p, pt, wt):
+    """Every convolution kernel on (x, w, b, p) and the transposed case (pt, wt):
+    returns [(got, expected)]."""
+    rng = np.random.default_rng(11)
+    out = []
+    y = cuda_launch.conv(rt, x, w, b, p)
+    gy = rng.standard_normal(y.shape)
+    out.append((y, ref.conv(x, w, b, p)))
+    out += list(zip(cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"x", "weight", "bias"})),
+                    ref.conv_backward(gy, x, w, p, {"x", "weight", "bias"})))
+    yt = cuda_launch.conv_transpose(rt, x, wt, None, pt)
+    gyt = rng.standard_normal(yt.shape)
+    out.append((yt, ref.conv_transpose(x, wt, None, pt)))
+    out += list(zip(cuda_launch.conv_transpose_backward(rt, gyt, x, wt, pt,
+                                                        frozenset({"x", "weight"})),
+                    ref.conv_transpose_backward(gyt, x, wt, pt, {"x", "weight"})))
+    return [(g, e) for g, e in out if e is not None]
+
+
+@pytest.mark.parametrize("tile", sorted(cuda_launch.GEMM_TILES))
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_every_gemm_tile_on_every_mode(rt, tile, rank):
+    """Each tile shape, forced, on the three GEMM modes: rows and columns that do not
+    fill a tile, strided + dilated + asymmetric padding (several ADJ phases with
+    different tap counts, some empty), two groups, split-K weight gradients."""
+    rng = np.random.default_rng(rank)
+    spatial = (9, 7, 5)[-rank:] if rank > 1 else (13,)
+    x = rng.standard_normal((3, 6) + spatial)
+    k = (3, 2, 3)[:rank]
+    w = rng.standard_normal((40, 3) + k)
+    b = rng.standard_normal(40)
+    p = P.conv_params(x.shape, w.shape, (2, 3, 1)[:rank], ((1, 2), (0, 1), (2, 0))[:rank],
+                      (1, 2, 1)[:rank], 2)
+    wt = rng.standard_normal((6, 20) + k)
+    pt = P.conv_transpose_params(x.shape, wt.shape, (3, 2, 2)[:rank], ((1, 0), (2, 1), (0, 0))[:rank],
+                                 (1, 0, 1)[:rank], 2, (2, 1, 1)[:rank])
+    with cuda_launch.override(path="gemm", tile=tile, splits=3):
+        pairs = _all_conv_ops(rt, x, w, b, p, pt, wt)
+    for got, exp in pairs:
+        np.testing.assert_allclose(got, exp, rtol=1e-11, atol=1e-11)
+
+
+def test_adjoint_phases_cover_outputs_no_tap_reaches(rt):
+    """Stride larger than the dilated kernel: many outputs of a transposed convolution
+    receive no tap at all (their phase has an empty row table) and must be exactly
+    the bias."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 4, 5, 4))
+    wt = rng.standard_normal((4, 3, 2, 1))
+    b = rng.standard_normal(3)
+    pt = P.conv_transpose_params(x.shape, wt.shape, (4, 3), 0, (3, 2), 1, 1)
+    y = cuda_launch.conv_transpose(rt, x, wt, b, pt)
+    np.testing.assert_allclose(y, ref.conv_transpose(x, wt, b, pt), rtol=1e-12, atol=1e-12)
+    assert np.all(y[:, :, 2::4, :] == b[None, :, None, None])
+
+
+@pytest.mark.parametrize("splits", [None, 3])  # one slice of (n, position), and three
+@pytest.mark.parametrize("taps", [(3, 3), (7, 5)])  # one tap chunk, and several
+def test_direct_weight_gradient_of_depthwise(rt, taps, splits):
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 8, 11, 10))
+    w = rng.standard_normal((16, 1) + taps)
+    p = P.conv_params(x.shape, w.shape, (2, 1), (1, 2) if taps == (3, 3) else 1, (1, 2), 8)
+    gy = rng.standard_normal((3, 16) + p.out_shape)
+    with cuda_launch.override(path="direct", splits=splits):
+        _, gw, _ = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"weight"}))
+        _, gw2, _ = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"weight"}))
+    np.testing.assert_allclose(gw, ref.conv_backward(gy, x, w, p, {"weight"})[1],
+                               rtol=1e-12, atol=1e-12)
+    assert gw.tobytes() == gw2.tobytes()
+
+
+@pytest.mark.parametrize("stride", [1, (2, 1)])
+def test_direct_3x3_instantiation(rt, stride):
+    """The compile-time 3x3 conv_direct (unrolled taps) on forward, input gradient and
+    transposed convolution, with padding that cuts taps at every border."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 6, 9, 8))
+    w = rng.standard_normal((6, 1, 3, 3))
+    b = rng.standard_normal(6)
+    p = P.conv_params(x.shape, w.shape, stride, ((2, 0), (1, 2)), (1, 2), 6)
+    wt = rng.standard_normal((6, 2, 3, 3))
+    pt = P.conv_transpose_params(x.shape, wt.shape, stride, 1, 0, 6, (2, 1))
+    with cuda_launch.override(path="direct"):
+        y = cuda_launch.conv(rt, x, w, b, p)
+        gy = rng.standard_normal(y.shape)
+        gx, _, _ = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"x"}))
+        yt = cuda_launch.conv_transpose(rt, x, wt, None, pt)
+    np.testing.assert_allclose(y, ref.conv(x, w, b, p), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx, ref.conv_backward(gy, x, w, p, {"x"})[0], rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(yt, ref.conv_transpose(x, wt, None, pt), rtol=1e-12, atol=1e-12)

@@ -276,6 +276,7 @@ class EmuRuntime:
         self.module = EmuModule({f: cuda_launch.name_expressions(f)
                                  for f in cuda_launch.SOURCE_FILES}, flags)
         self._functions = {}
+        self._tables = {}
 
     def function(self, file, name):
         k = self._functions.get(name)
@@ -286,6 +287,25 @@ class EmuRuntime:
     @staticmethod
     def int32_array(values):
         return np.asarray(values, np.int32)
+
+    def cached(self, key, build):
+        hit = self._tables.get(key)
+        if hit is None:
+            if len(self._tables) > 256:
+                self._tables.clear()
+            hit = self._tables[key] = tuple(_aligned16(a) for a in build())
+        return hit
+
+
+def _aligned16(a):
+    """An int32 copy of ``a`` on a 16-byte boundary: kernels read index tables as
+    int4 (as CUDA allocations always are; numpy's small arrays need not be)."""
+    a = np.ascontiguousarray(a, np.int32).ravel()
+    buf = np.empty(a.size + 4, np.int32)
+    start = (-buf.ctypes.data % 16) // 4
+    out = buf[start:start + a.size]
+    out[:] = a
+    return out
 
 
 _runtime = None

@@ -54,21 +54,25 @@ class CupyRuntime:
 
     def __init__(self):
         self.xp = cupy
-        self._modules = {}  # (device id, file, options) -> RawModule
+        self._modules = {}  # (device id, file, C type, options) -> RawModule
         self._functions = {}  # (device id, name) -> RawKernel
         self._geo = {}  # (device id, geometry) -> device int32 array
+        self._tables = {}  # (device id, table key) -> device int32 arrays
         self._lock = threading.Lock()
 
-    def module(self, file, device=None):
+    def module(self, file, ctype, device=None):
+        """The compiled module of ``file``'s kernels for one C type: compiling per
+        dtype keeps a first call's NVRTC time to the kernels it can use."""
         dev = cupy.cuda.Device().id if device is None else device
-        key = (dev, file, cuda_launch.NVRTC_OPTIONS)
+        key = (dev, file, ctype, cuda_launch.NVRTC_OPTIONS)
         with self._lock:
             mod = self._modules.get(key)
             if mod is None:
                 with cupy.cuda.Device(dev):
                     mod = cupy.RawModule(code=cuda_launch.source_text(file),
                                          options=cuda_launch.NVRTC_OPTIONS,
-                                         name_expressions=cuda_launch.name_expressions(file))
+                                         name_expressions=cuda_launch.name_expressions(
+                                             file, ctype))
                     mod.compile()
                 self._modules[key] = mod
             return mod
@@ -77,7 +81,8 @@ class CupyRuntime:
         dev = cupy.cuda.Device().id
         k = self._functions.get((dev, name))
         if k is None:
-            k = self._functions[(dev, name)] = self.module(file, dev).get_function(name)
+            ctype = cuda_launch.template_ctype(name)
+            k = self._functions[(dev, name)] = self.module(file, ctype, dev).get_function(name)
         return k
 
     def int32_array(self, values):
@@ -90,6 +95,18 @@ class CupyRuntime:
                 self._geo.clear()
             arr = self._geo[key] = cupy.asarray(np.asarray(values, np.int32))
         return arr
+
+    def cached(self, key, build):
+        # Index tables of a geometry (up to a few MB for big weight gradients): built
+        # once with numpy, kept on the device (bounded).
+        key = (cupy.cuda.Device().id, key)
+        hit = self._tables.get(key)
+        if hit is None:
+            if len(self._tables) > 256:
+                self._tables.clear()
+            hit = self._tables[key] = tuple(cupy.asarray(np.ascontiguousarray(a, np.int32))
+                                            for a in build())
+        return hit
 
 
 _runtime = None
@@ -106,16 +123,19 @@ def runtime() -> CupyRuntime:
         return _runtime
 
 
-def warmup(devices=None):
-    """Compile (or load from CuPy's cache) every kernel module on ``devices``
-    (default: the current device); returns the seconds it took."""
+def warmup(devices=None, dtypes=None):
+    """Compile (or load from CuPy's cache) the kernel modules of ``dtypes`` (default:
+    all) on ``devices`` (default: the current device); returns the seconds it took."""
     import time
 
     rt = runtime()
     t0 = time.perf_counter()
+    ctypes = [cuda_launch.CTYPES[str(np.dtype(d))] for d in dtypes] if dtypes else \
+        list(cuda_launch.CTYPES.values())
     for dev in devices if devices is not None else [cupy.cuda.Device().id]:
         for file in cuda_launch.SOURCE_FILES:
-            rt.module(file, dev)
+            for ctype in ctypes:
+                rt.module(file, ctype, dev)
     return time.perf_counter() - t0
 
 

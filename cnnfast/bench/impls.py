@@ -226,6 +226,12 @@ class TorchImpl(Impl):
             return f"torch is not installed ({exc})"
         if self.cuda and not torch.cuda.is_available():
             return "torch has no usable CUDA device here"
+        if self.cuda:
+            # cuDNN and cuBLAS default to TF32 tensor cores for float32 (10-bit
+            # mantissa): a different, less accurate computation. The comparison is
+            # float32 against float32, so TF32 is off (cnnfast never uses it).
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         return None
 
     def _t(self, a):

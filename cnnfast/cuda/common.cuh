@@ -20,7 +20,9 @@ enum ConvGeoField {
     CG_P0, CG_P1, CG_P2,      // leading padding (the trailing one follows from shapes)
     CG_D0, CG_D1, CG_D2,
     CG_HAS_BIAS,
-    CG_SPLITS, CG_KCHUNK,     // split-K of the weight gradient (fixed-order reduction)
+    CG_SPLITS, CG_KCHUNK,     // split-K of the weight gradient (fixed-order reduction);
+                              // ADJ: stride phases and padded rows per phase (conv.cu)
+    CG_KSPLITS,               // CORR/ADJ: reduction slices, summed in order afterwards
     CG_COUNT
 };
 
@@ -36,6 +38,14 @@ enum PoolGeoField {
     PG_INCLUDE_PAD,
     PG_DIVISOR,               // divisor_override, 0 when none
     PG_SEGMENTS,              // max-pool backward: input segments per plane
+    PG_MODE,                  // max-pool backward: 0 auto, 1 gather, 2 segments (pool.cu)
+    // Division by invariant integers (pool.cu FastDiv): multiplier and shift for the
+    // per-dim extents I and O, the strides, and the plane sizes IP and OP.
+    PG_MI0, PG_MI1, PG_MI2, PG_HI0, PG_HI1, PG_HI2,
+    PG_MO0, PG_MO1, PG_MO2, PG_HO0, PG_HO1, PG_HO2,
+    PG_MS0, PG_MS1, PG_MS2, PG_HS0, PG_HS1, PG_HS2,
+    PG_MIP, PG_HIP, PG_MOP, PG_HOP,
+    PG_MCH, PG_HCH,           // max-pool backward: runs of cells per row (pool.cu MPB_RUN)
     PG_COUNT
 };
 
@@ -103,7 +113,7 @@ __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
 struct ConvGeo {
     int N, G, CI, CO;
     int I[3], O[3], K[3], S[3], P[3], D[3];
-    int has_bias, splits, kchunk;
+    int has_bias, splits, kchunk, ksplits;
     int KT;   // kernel taps
     int IP;   // input plane size
     int OP;   // output plane size
@@ -115,6 +125,7 @@ struct ConvGeo {
             S[d] = g[CG_S0 + d]; P[d] = g[CG_P0 + d]; D[d] = g[CG_D0 + d];
         }
         has_bias = g[CG_HAS_BIAS]; splits = g[CG_SPLITS]; kchunk = g[CG_KCHUNK];
+        ksplits = g[CG_KSPLITS];
         KT = K[0] * K[1] * K[2];
         IP = I[0] * I[1] * I[2];
         OP = O[0] * O[1] * O[2];

@@ -36,9 +36,13 @@
 #define __noinline__ __attribute__((noinline))
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 struct uint3 {
     unsigned int x, y, z;
+};
+struct alignas(16) int4 {
+    int x, y, z, w;
 };
 struct dim3 {
     unsigned int x, y, z;

@@ -1,0 +1,215 @@
+"""Pooling launches of the CUDA backends (``cupy`` and ``cuda-emu``): the host side
+of ``cnnfast/cuda/pool.cu``. Shared machinery (runtime protocol, geometry packing,
+template names) is ``cnnfast.cuda_launch``'s.
+
+Paths (see pool.cu for the kernels' design):
+
+* forward, max and average: one thread per output (windows up to 3x3 in the last two
+  dims unrolled), or one warp per output (``*_fwd_warp``) for large windows over few
+  outputs, where one thread per output would leave most of the GPU idle and walk its
+  window serially;
+* average backward: a gather, one thread per run of ``AVG_BWD_RUN`` input cells along
+  the last dim (one per cell when dilated);
+* max backward: a reach pre-pass (``max_pool_bwd_reach``: how far any winner lies from
+  its output's place in the input, an integer max into a 3-int device array, never
+  read back by the host), then ``max_pool_bwd``, which gathers from the few candidate
+  outputs of each run of ``MAX_BWD_RUN`` input cells, or, when outputs are far fewer
+  than inputs, ``max_pool_bwd_scatter`` (one thread per output over a zeroed grad_x;
+  the first output of each winner writes the sum). Both scan whole planes per slice
+  instead when the indices lie far from any window (chosen on the device from the
+  reach). Every path sums each cell's contributions in a fixed order: deterministic.
+
+Grids are capped (``MAX_BLOCKS``) and the kernels loop; geometry, with the
+multiply-shift dividers of its invariant extents, is computed once per shape."""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+
+import numpy as np
+
+from .params import PoolParams
+
+# The templates of pool.cu, each instantiated for every dtype (NVRTC name expressions).
+KERNELS = ("max_pool_fwd", "max_pool_fwd_warp", "max_pool_bwd_reach", "max_pool_bwd",
+           "max_pool_bwd_scatter", "avg_pool_fwd", "avg_pool_fwd_warp", "avg_pool_bwd")
+
+# Input cells per thread along the last dim in the backward gathers (pool.cu MPB_RUN
+# and POOL_RUN; the best measured on an H100).
+MAX_BWD_RUN = 4
+AVG_BWD_RUN = 8
+# PG_MODE of each max-pool backward path (pool.cu's MPB_* enum: 0 auto, 1 the box
+# path of the chosen kernel, 2 the plane scan).
+_MAX_BWD_MODES = {None: 0, "gather": 1, "segments": 2, "scatter": 1}
+# Test hooks: force the forward path ("thread" or "warp") or the max-pool backward
+# path ("gather", "segments" or "scatter"); None restores the automatic choice.
+_overrides = {"fwd": None, "max_bwd": None}
+
+
+@contextlib.contextmanager
+def override(fwd=None, max_bwd=None):
+    """Force pooling paths (testing aid): ``fwd`` in ("thread", "warp"), ``max_bwd``
+    in ("gather", "segments", "scatter")."""
+    if fwd not in (None, "thread", "warp"):
+        raise ValueError(f"fwd={fwd!r}: expected None, 'thread' or 'warp'")
+    if max_bwd not in _MAX_BWD_MODES:
+        raise ValueError(f"max_bwd={max_bwd!r}: expected None, 'gather', 'segments' "
+                         f"or 'scatter'")
+    old = dict(_overrides)
+    _overrides.update(fwd=fwd, max_bwd=max_bwd)
+    try:
+        yield
+    finally:
+        _overrides.update(old)
+
+
+def _fast_div(d):
+    """(multiplier, shift) of pool.cu's FastDiv: floor(n / d) == (n * m) >> s for every
+    0 <= n < 2**31. The multiplier travels as an int32 bit pattern."""
+    d = int(d)
+    if not 1 <= d < 2 ** 31:
+        raise ValueError(f"divisor {d} outside [1, 2**31)")
+    l = (d - 1).bit_length()  # ceil(log2 d)
+    if d & (d - 1) == 0:
+        return 1, l
+    m = -(-(1 << (31 + l)) // d)  # in (2**31, 2**32) for d not a power of two
+    return m - (1 << 32), 31 + l
+
+
+@lru_cache(maxsize=512)
+def _pool_geo(nc, ishape, oshape, p: PoolParams = None, segments=1, mode=0, run=1):
+    """The int32 geometry of pool.cu (a tuple; cached: a training loop repeats a few
+    shapes, and the divider arithmetic costs host time at every launch)."""
+    ishape, oshape = _lift(ishape, 1), _lift(oshape, 1)
+    if p is None:  # max-pool backward: only the shapes matter
+        fields = dict(K=(1, 1, 1), S=(1, 1, 1), D=(1, 1, 1))
+    else:
+        fields = dict(K=_lift(p.kernel, 1), S=_lift(p.stride, 1),
+                      P=_lift([lo for lo, _ in p.padding], 0),
+                      Q=_lift([hi for _, hi in p.padding], 0), D=_lift(p.dilation, 1),
+                      INCLUDE_PAD=p.count_include_pad, DIVISOR=p.divisor_override or 0)
+    for name, values in (("I", ishape), ("O", oshape), ("S", fields["S"])):
+        magic = [_fast_div(v) for v in values]
+        fields["M" + name] = tuple(m for m, _ in magic)
+        fields["H" + name] = tuple(h for _, h in magic)
+    (fields["MIP"], fields["HIP"]), (fields["MOP"], fields["HOP"]) = (
+        _fast_div(max(1, int(np.prod(ishape)))), _fast_div(max(1, int(np.prod(oshape)))))
+    fields["MCH"], fields["HCH"] = _fast_div(-(-ishape[2] // run))  # runs per row
+    return tuple(_pack(POOL_FIELDS, "PG_", NC=nc, I=ishape, O=oshape, SEGMENTS=segments,
+                       MODE=mode, **fields))
+
+
+def _forward_path(outputs, p: PoolParams):
+    """"warp" (one warp per output) for very large windows, or for large windows over
+    outputs too few to give a GPU enough threads (one thread would then walk its whole
+    window serially); "thread" otherwise. Measured on an H100: a global 7x7 pool of
+    32x512 planes took 7.3 us on the thread path and 9.2 us on the warp path (avg)."""
+    if _overrides["fwd"] is not None:
+        return _overrides["fwd"]
+    taps = int(np.prod(p.kernel))
+    if taps >= 256 or (taps >= 32 and outputs <= 4096):
+        return "warp"
+    return "thread"
+
+
+# Grid cap of the grid-stride kernels: ~8 waves of 256-thread blocks on a 132-SM GPU
+# (H100/H200). A thread then covers several elements, which spreads its geometry loads
+# (~45 uniform int loads) over them; 8 waves keep the last one's imbalance small.
+MAX_BLOCKS = 8192
+
+
+def _grid(threads, max_blocks=None):
+    grid, block = _launch_1d(threads)
+    return (min(grid[0], max_blocks or MAX_BLOCKS),), block
+
+
+def _launch_forward(rt, name, ct, outputs, p, args):
+    if _forward_path(outputs, p) == "warp":
+        grid = max(1, min(-(-outputs * 32 // 256), MAX_BLOCKS))  # warp-stride loops
+        rt.function("pool.cu", f"{name}_warp<{ct}>")((grid,), (256,), args)
+    else:
+        grid, block = _grid(outputs)
+        rt.function("pool.cu", f"{name}<{ct}>")(grid, block, args)
+
+
+def max_pool(rt, x, p: PoolParams, return_indices):
+    _check_int32_extent(x)
+    ct = CTYPES[str(x.dtype)]
+    nc = x.shape[0] * x.shape[1]
+    y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
+    idx = rt.xp.empty(y.shape if return_indices else (1,), np.int64)
+    _launch_forward(rt, "max_pool_fwd", ct, y.size, p, (
+        x, y, idx, rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p)),
+        np.int32(bool(return_indices))))
+    return y, (idx if return_indices else None)
+
+
+def max_pool_backward(rt, gy, indices, x_shape):
+    _check_int32_extent(gy)
+    ct = CTYPES[str(gy.dtype)]
+    nc = int(x_shape[0]) * int(x_shape[1])
+    plane = int(np.prod(x_shape[2:]))
+    scatter = _max_bwd_scatter(gy.size, int(np.prod(x_shape)))
+    gx = (rt.xp.zeros if scatter else rt.xp.empty)(tuple(x_shape), gy.dtype)
+    _check_int32_extent(gx)
+    # Slices per plane of the scanning fallback: enough threads to fill a GPU, each
+    # slice >= 16 cells.
+    segments = max(1, min(-(-65536 // max(nc, 1)), plane // 16, 64))
+    geo = rt.int32_array(_pool_geo(nc, tuple(x_shape[2:]), tuple(gy.shape[2:]), None, segments,
+                                   _MAX_BWD_MODES[_overrides["max_bwd"]], MAX_BWD_RUN))
+    ishape = _lift(x_shape[2:], 1)
+    runs = nc * ishape[0] * ishape[1] * -(-ishape[2] // MAX_BWD_RUN)
+    indices = rt.xp.ascontiguousarray(indices, np.int64)
+    # The reach is written with atomicMax: a fresh zeroed array each call (the
+    # runtime's int32_array may be a cached, shared geometry array).
+    reach = rt.xp.zeros(3, np.int32)
+    grid, block = _grid(gy.size, 1024)  # grid-stride; 3 atomics per block
+    rt.function("pool.cu", f"max_pool_bwd_reach<{ct}>")(grid, block, (indices, reach, geo))
+    if scatter:
+        grid, block = _grid(gy.size)
+        rt.function("pool.cu", f"max_pool_bwd_scatter<{ct}>")(grid, block, (
+            gy, indices, gx, reach, geo))
+        return gx
+    grid, block = _grid(runs)
+    rt.function("pool.cu", f"max_pool_bwd<{ct}>")(grid, block, (gy, indices, gx, reach, geo))
+    return gx
+
+
+def _max_bwd_scatter(outputs, inputs):
+    """One thread per output over a zeroed grad_x when outputs are far fewer than
+    inputs (3-D stride-2 pooling); the gather by runs of input cells otherwise."""
+    mode = _overrides["max_bwd"]
+    if mode is not None:
+        return mode == "scatter"
+    return outputs * 6 <= inputs
+
+
+def avg_pool(rt, x, p: PoolParams):
+    _check_int32_extent(x)
+    ct = CTYPES[str(x.dtype)]
+    nc = x.shape[0] * x.shape[1]
+    y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
+    _launch_forward(rt, "avg_pool_fwd", ct, y.size, p, (
+        x, y, rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p))))
+    return y
+
+
+def avg_pool_backward(rt, gy, p: PoolParams):
+    _check_int32_extent(gy)
+    ct = CTYPES[str(gy.dtype)]
+    nc = gy.shape[0] * gy.shape[1]
+    gx = rt.xp.empty(gy.shape[:2] + tuple(p.in_shape), gy.dtype)
+    _check_int32_extent(gx)
+    ishape = _lift(p.in_shape, 1)
+    runs = nc * ishape[0] * ishape[1] * -(-ishape[2] // AVG_BWD_RUN)  # undilated: runs
+    grid, block = _grid(runs if all(d == 1 for d in p.dilation) else gx.size)
+    rt.function("pool.cu", f"avg_pool_bwd<{ct}>")(grid, block, (
+        gy, gx, rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p, run=AVG_BWD_RUN))))
+    return gx
+
+
+# cuda_launch re-exports this module's launchers from its last line: importing it here,
+# after the definitions, lets either module be imported first.
+from .cuda_launch import (CTYPES, POOL_FIELDS, _check_int32_extent, _launch_1d,  # noqa: E402
+                          _lift, _pack)
