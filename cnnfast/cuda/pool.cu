@@ -67,6 +67,27 @@ struct PoolGeo {
     }
 };
 
+// A thread's unit in the gather kernels: a run of up to `run` cells along the last
+// dim of one input row. Element e is run (e mod chunks) of row (e / chunks); rows run
+// over (plane, i0, i1). `dch` divides by `chunks` (host constants PG_MCH/PG_HCH).
+struct RunPos {
+    unsigned plane;
+    int i0, i1, c0, n;  // row coordinates, first cell, cells in the run
+};
+
+__device__ __forceinline__ RunPos run_position(const PoolGeo& g, const FastDiv& dch,
+                                               unsigned e, unsigned chunks, int run) {
+    RunPos r;
+    const unsigned row = dch(e);
+    r.c0 = (int)(e - row * chunks) * run;
+    r.n = imin(run, g.I[2] - r.c0);
+    const unsigned q = g.dI[1](row);
+    r.i1 = (int)(row - q * (unsigned)g.I[1]);
+    r.plane = g.dI[0](q);
+    r.i0 = (int)(q - r.plane * (unsigned)g.I[0]);
+    return r;
+}
+
 // In-plane flat offset -> 3-D position (ext: the extents, dv: their dividers); lifted
 // rank-1/2 problems (leading extents 1) skip what they do not need (uniform branches).
 __device__ __forceinline__ void pool_decode(unsigned flat, const int* ext, const FastDiv* dv,
@@ -433,13 +454,9 @@ avg_pool_bwd(const T* __restrict__ gy, T* __restrict__ gx, const int* __restrict
         const unsigned chunks = (unsigned)((I2 + POOL_RUN - 1) / POOL_RUN);
         const unsigned total = (unsigned)g.NC * (unsigned)(g.I[0] * g.I[1]) * chunks;
         for (unsigned e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
-            const unsigned row = dch(e);
-            const int c0 = (int)(e - row * chunks) * POOL_RUN;
-            const int n = imin(POOL_RUN, I2 - c0);
-            const unsigned q = g.dI[1](row);
-            const int i1 = (int)(row - q * (unsigned)g.I[1]);
-            const unsigned plane = g.dI[0](q);
-            const int i0 = (int)(q - plane * (unsigned)g.I[0]);
+            const RunPos rp = run_position(g, dch, e, chunks, POOL_RUN);
+            const unsigned plane = rp.plane;
+            const int i0 = rp.i0, i1 = rp.i1, c0 = rp.c0, n = rp.n;
             int lo0, hi0, lo1, hi1, lo2, hi2, unused;
             avg_range(g, 0, i0, lo0, hi0);
             avg_range(g, 1, i1, lo1, hi1);
@@ -656,13 +673,9 @@ max_pool_bwd(const T* __restrict__ gy, const long long* __restrict__ idx, T* __r
     const unsigned chunks = (unsigned)((I2 + MPB_RUN - 1) / MPB_RUN);
     const unsigned total = (unsigned)g.NC * (unsigned)(g.I[0] * g.I[1]) * chunks;
     for (unsigned e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
-        const unsigned row = dch(e);
-        const int c0 = (int)(e - row * chunks) * MPB_RUN;
-        const int n = imin(MPB_RUN, I2 - c0);
-        const unsigned q = g.dI[1](row);
-        const int i1 = (int)(row - q * (unsigned)g.I[1]);
-        const unsigned plane = g.dI[0](q);
-        const int i0 = (int)(q - plane * (unsigned)g.I[0]);
+        const RunPos rp = run_position(g, dch, e, chunks, MPB_RUN);
+        const unsigned plane = rp.plane;
+        const int i0 = rp.i0, i1 = rp.i1, c0 = rp.c0, n = rp.n;
         const int lo0 = reach_lo(i0 - R[0], g.I[0], g.O[0], g.dI[0]);
         const int hi0 = reach_hi((long long)i0 + R[0], g.I[0], g.O[0], g.dI[0]);
         const int lo1 = reach_lo(i1 - R[1], g.I[1], g.O[1], g.dI[1]);
