@@ -53,6 +53,10 @@ DTYPES = ("float32", "float64")
 # A group needs this many output channels for the im2col product to pay
 # (below, each loaded column would feed too few multiply-adds).
 GEMM_MIN_OG = 4
+# A weight gradient whose rows are this short (input channels per group x taps) is a
+# few dot products per output channel: packing tiles for a product does not pay (the
+# Fashion-MNIST first layer: 1 x 9).
+WGRAD_GEMM_MIN_K = 16
 # The same for the stride phases of a transposed correlation (see there).
 PHASE_MIN_OG = 2
 
@@ -228,11 +232,12 @@ def _conv_geometry(p: ConvParams):
 
 
 def _weight_grad(a5, b5, w_shape, stride, pad, dil, groups, dtype):
-    """Weight gradient: tiled products when a group has enough output channels
-    to fill the register tile, else (depthwise) one fixed-order sum per element."""
+    """Weight gradient: tiled products when a group has enough output channels to
+    fill the register tile and long enough rows, else (depthwise, one-channel first
+    layers) one fixed-order sum per element."""
     og = w_shape[0] // groups
     k = int(np.prod(w_shape[1:]))
-    if og >= GEMM_MIN_OG:
+    if og >= GEMM_MIN_OG and k >= WGRAD_GEMM_MIN_K:
         mr, nr = _conv.MR, _conv.NR
         gwp = np.empty((groups, -(-og // mr) * mr, -(-k // nr) * nr), dtype)
         kshape = _shape5(w_shape)[2:]
