@@ -196,9 +196,11 @@ def _conv_job(x, w, reps=3):
 def test_gil_is_released_during_a_kernel(threads):
     """While one thread is inside a long kernel, another keeps running Python: the
     longest pause it sees is far shorter than the kernel (with the GIL held it would
-    be the whole kernel). Robust on a busy machine: it needs no spare core."""
+    be the whole kernel). Robust on a busy machine: it needs no spare core, and the
+    kernel (~25 ms alone) is long against a scheduler time slice (a 7.8 ms kernel once
+    saw a 4 ms stall in a loaded CI run)."""
     threads(1)
-    x = _arr((4, 64, 48, 48))
+    x = _arr((8, 64, 64, 64))
     w = _arr((64, 64, 3, 3))
     job = _conv_job(x, w, reps=1)
     job()
