@@ -47,7 +47,7 @@ run_tests() {
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=67" \
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
         CNNFAST_SANITIZE_EXPECT_DEBUG=1 \
-        "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cpp_kernels.py \
+        "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cpp_kernels.py tests/test_cpp_direct.py \
         tests/test_backend_grid.py -k cpp 2>&1 | tail -5; exit "${PIPESTATUS[0]}")
 }
 

@@ -468,14 +468,612 @@ static long col_tile(long K) {
 
 // ----------------------------------------------------------------------------- direct
 // One input channel per group: each output plane is a sum of shifted input planes
-// (depthwise convolution, 1-channel first layers). Rows are vectorised along x.
+// (depthwise convolution, 1-channel first layers).
+//
+// 1-d and 2-d convolutions with the common kernel sizes (d2_size_ok) take a fast
+// path, the d2_* kernels: each output row is made in one pass, a vector of outputs at
+// a time, with the tap weights held in registers (forward, input gradient) or one
+// vector accumulator per tap (weight gradient). With unit x stride and dilations,
+// several output rows are made per pass (d2_fwd_rows, d2_gw_rows): an input vector
+// is loaded once for all the output rows it feeds. The input rows a block of output
+// rows reads are first copied into a small zero-padded buffer (~4 KiB, in L1), where
+// an x stride sx becomes sx phase rows (phase r holds padded columns r, r + sx, ...):
+// every tap then reads a contiguous run at a fixed offset, and the loops have no
+// bounds tests. Input rows outside the plane read a row of zeros (as the zero
+// padding of the reference does). A row of Wo outputs is ceil(Wo / L) vectors of L
+// lanes, the last one overlapping the one before it (recomputed in the forward,
+// masked in the weight gradient). Stride 1 without column padding reads the input
+// rows in place. Work items are whole planes (forward, input gradient) or whole
+// output channels (weight gradient: the sum over n, rows and vectors has a fixed
+// order), so the bits never depend on the thread count.
+// The input gradient is the forward correlation of gy -- upsampled by the stride
+// (zeros between its rows and columns) -- with the flipped kernel, so it needs no
+// scatter; this wastes 1 - 1/(sy*sx) of the products for a strided convolution, but
+// they are vector products in cache.
+// Other shapes (3-d, other kernel sizes) use the generic row kernels (direct_*_rows).
 
+static inline bool d2_size_ok(long kh, long kw) {
+    return (kh == 1 && (kw == 3 || kw == 5)) || (kh == 3 && kw == 3) || (kh == 5 && kw == 5) ||
+           (kh == 7 && kw == 7);
+}
+static inline bool d2_ok(const ConvGeo& g) {
+    return g.cg == 1 && g.in[0] == 1 && g.out[0] == 1 && g.k[0] == 1 && d2_size_ok(g.k[1], g.k[2]);
+}
 // Direct kernels pay when a group has one input channel and few outputs (depthwise);
-// one input channel feeding many outputs (a first layer) is better as a product.
+// one input channel feeding many outputs (a first layer) is better as a product for
+// the input gradient (measured: Fashion-MNIST conv1, 1 -> 64 channels, 1.3 ms as a
+// product vs 1.7 ms with d2_bwd_data, 1 thread, batch 64).
 static inline bool use_direct(const ConvGeo& g) { return g.cg == 1 && g.og < 8; }
 
+// Vectors of CNN_DVB bytes (GCC vector extensions): 256-bit in the AVX2 build, 128-bit
+// (SSE2 / NEON) in the portable one.
+#if defined(CNNFAST_IMPL_AVX2)
+#define CNN_DVB 32
+#else
+#define CNN_DVB 16
+#endif
 template <class T>
-static void direct_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt) {
+struct DV;
+template <>
+struct DV<float> {
+    typedef float v __attribute__((vector_size(CNN_DVB)));
+    typedef int m __attribute__((vector_size(CNN_DVB)));
+    static constexpr int L = CNN_DVB / 4;
+};
+template <>
+struct DV<double> {
+    typedef double v __attribute__((vector_size(CNN_DVB)));
+    typedef long long m __attribute__((vector_size(CNN_DVB)));
+    static constexpr int L = CNN_DVB / 8;
+};
+#undef CNN_DVB
+
+template <class T>
+static inline typename DV<T>::v dload(const T* p) {
+    typename DV<T>::v r;
+    __builtin_memcpy(&r, p, sizeof r);
+    return r;
+}
+template <class T>
+static inline void dstore(T* p, typename DV<T>::v v) {
+    __builtin_memcpy(p, &v, sizeof v);
+}
+template <class T>
+static inline typename DV<T>::v dsplat(T s) {
+    typename DV<T>::v r;
+    for (int j = 0; j < DV<T>::L; ++j) r[j] = s;
+    return r;
+}
+// Sum of the lanes in a fixed pairwise order.
+template <class T>
+static inline T dhsum(typename DV<T>::v v) {
+    constexpr int L = DV<T>::L;
+    T t[L];
+    __builtin_memcpy(t, &v, sizeof v);
+    for (int h = L / 2; h >= 1; h /= 2)
+        for (int j = 0; j < h; ++j) t[j] += t[j + h];
+    return t[0];
+}
+
+// One plane of a 2-d correlation:
+//   y[oy][ox] (+)= sum_{ky,kx} w[ky][kx] * v[oy*sy + ky*dy - loy][ox*sx + kx*dx - lox]
+// where v is the input plane x (xh x xw) upsampled by (uy, ux): v[a][b] = x[a/uy][b/ux]
+// when uy | a and ux | b, else 0 (also 0 outside v, which is H x W).
+
+struct D2 {
+    long xh, xw, uy, ux, H, W, Ho, Wo, sy, sx, dy, dx, loy, lox, kh, kw;
+    // derived by d2_geo
+    long Wp;       // padded columns read: the buffer row is sx phase rows of Wq
+    long Wq, pitch;
+    bool inplace;  // x rows used as they are (no buffer)
+    long R, brows; // output rows per block, buffer rows per block
+    long zlen;     // length of the zero row
+};
+
+static inline D2 d2_geo(long xh, long xw, long uy, long ux, long Ho, long Wo, long sy, long sx,
+                        long dy, long dx, long loy, long lox, long kh, long kw, long tsize) {
+    D2 q;
+    q.xh = xh, q.xw = xw, q.uy = uy, q.ux = ux;
+    q.H = (xh - 1) * uy + 1, q.W = (xw - 1) * ux + 1;
+    q.Ho = Ho, q.Wo = Wo, q.sy = sy, q.sx = sx, q.dy = dy, q.dx = dx, q.loy = loy, q.lox = lox;
+    q.kh = kh, q.kw = kw;
+    q.Wp = (Wo - 1) * sx + (kw - 1) * dx + 1;
+    q.inplace = sx == 1 && ux == 1 && uy == 1 && lox == 0 && q.Wp <= q.W;
+    // buffer rows start on a cache line: fewer vector loads straddle two lines
+    q.Wq = q.inplace ? q.W : round_up(ceil_div(q.Wp, sx), 64 / tsize);
+    q.pitch = q.inplace ? q.W : sx * q.Wq;
+    const long ey = (kh - 1) * dy;
+    if (q.inplace) {
+        q.R = Ho;
+        q.brows = 0;
+    } else {
+        // blocks of ~4 KiB of buffer: measured faster than whole planes, whose
+        // copy is a long burst of loads before any arithmetic
+        const long cap = 4096 / (tsize * q.pitch);
+        long R = cap > ey + 1 ? (cap - ey - 1) / sy + 1 : 1;
+        R = imin(Ho, imax(1, R));
+        R = ceil_div(Ho, ceil_div(Ho, R));
+        q.R = R;
+        q.brows = (R - 1) * sy + ey + 1;
+    }
+    q.zlen = imax(q.Wq, Wo) + 64;
+    return q;
+}
+
+// Rows [iy0, iy0 + n) of v into the buffer (rows outside v or between upsampled rows
+// are left alone: they read the zero row). Only the positions holding v values are
+// written: the rest of the buffer (padding, upsampling zeros) is the same for every
+// row and block of a call, zeroed once by d2_buffers.
+template <class T>
+static void d2_fill(const D2& q, const T* x, long iy0, long n, T* buf) {
+    typedef typename DV<T>::v V;
+    constexpr int L = DV<T>::L;
+    const long Wfull = q.sx * q.Wq;
+    // padded column j holds v column j - lox; [ja, jb): the ones inside v
+    const long ja = imin(Wfull, imax(0, q.lox)), jb = imax(ja, imin(Wfull, q.W + q.lox));
+    for (long r = 0; r < n; ++r) {
+        const long iy = iy0 + r;
+        if (iy < 0 || iy >= q.H || (q.uy != 1 && iy % q.uy)) continue;
+        const T* s = x + (q.uy == 1 ? iy : iy / q.uy) * q.xw;
+        T* d = buf + r * q.pitch;
+        if (q.ux == 1 && q.sx == 1) {
+            const T* sj = s - q.lox;  // sj[j] = v column j - lox, for j in [ja, jb)
+            long j = ja;
+            for (; j + L <= jb; j += L) dstore<T>(d + j, dload<T>(sj + j));
+            for (; j < jb; ++j) d[j] = sj[j];
+        } else if (q.ux == 1) {
+            // phase ph, index i: padded column i*sx + ph
+            for (long ph = 0; ph < q.sx; ++ph) {
+                T* dp = d + ph * q.Wq;
+                const long ia = imin(q.Wq, imax(0, ceil_div(ja - ph, q.sx)));
+                const long ib = imax(ia, imin(q.Wq, ceil_div(jb - ph, q.sx)));
+                const T* sp = s + (ph - q.lox);  // sp[i*sx] = v column i*sx + ph - lox
+                if (q.sx == 2) {
+                    long i = ia;
+                    // deinterleave 2 vectors (their last element is not needed: stop
+                    // one short, so that it is never read past the row)
+                    for (; i + L < ib; i += L) {
+                        V a = dload<T>(sp + 2 * i), b = dload<T>(sp + 2 * i + L), e;
+                        for (int k = 0; k < L / 2; ++k) {
+                            e[k] = a[2 * k];
+                            e[k + L / 2] = b[2 * k];
+                        }
+                        dstore<T>(dp + i, e);
+                    }
+                    for (; i < ib; ++i) dp[i] = sp[2 * i];
+                } else {
+                    for (long i = ia; i < ib; ++i) dp[i] = sp[i * q.sx];
+                }
+            }
+        } else {
+            // upsampled columns (sx == 1 here): the real columns only
+            const long ka = ceil_div(ja - q.lox, q.ux), kb = ceil_div(jb - q.lox, q.ux);
+            for (long k = ka; k < kb; ++k) d[k * q.ux + q.lox] = s[k];
+        }
+    }
+}
+
+// The per-thread buffer (zeroed: see d2_fill) and zero row of a call.
+template <class T>
+static inline void d2_buffers(const D2& q, T*& buf, T*& zrow) {
+    buf = nullptr;
+    if (!q.inplace) {
+        buf = tscratch<T>(0, q.brows * q.pitch);
+        fill<T>(buf, q.brows * q.pitch, T(0));
+    }
+    zrow = tscratch<T>(1, q.zlen);
+    fill<T>(zrow, q.zlen, T(0));
+}
+
+// The next plane a thread reads, prefetched while it computes this one (the copy into
+// the buffer is a burst of loads that would otherwise wait for memory).
+struct D2Next {
+    const void* p[2] = {nullptr, nullptr};
+    long bytes[2] = {0, 0};
+};
+// Prefetch the part of `nx` that belongs to output rows [oy0, oy1) of Ho.
+static inline void d2_prefetch(const D2Next& nx, long oy0, long oy1, long Ho) {
+    for (int k = 0; k < 2; ++k) {
+        if (!nx.p[k]) continue;
+        const long lines = (nx.bytes[k] + 63) / 64, per = ceil_div(lines, Ho);
+        const char* c = static_cast<const char*>(nx.p[k]);
+        for (long l = oy0 * per; l < imin(lines, oy1 * per); ++l)
+            __builtin_prefetch(c + l * 64, 0, 3);
+    }
+}
+
+// Where tap row ky of output row oy reads (the zero row when outside v).
+template <class T>
+static inline const T* d2_row(const D2& q, const T* x, const T* buf, long oy, long ky,
+                              long iy0) {
+    const long iy = oy * q.sy + ky * q.dy - q.loy;
+    if (iy < 0 || iy >= q.H) return nullptr;
+    if (q.uy != 1 && iy % q.uy) return nullptr;  // (no division in the common case)
+    if (q.inplace) return x + iy * q.xw;         // uy == 1 here
+    return buf + (iy - iy0) * q.pitch;
+}
+
+// Offset of tap kx within its (phase-split) row: column phase (kx*dx mod sx) selects
+// the phase row, the quotient the position in it.
+template <int KW>
+static inline void d2_tap_offsets(const D2& q, long* toff) {
+    for (int kx = 0; kx < KW; ++kx) {
+        const long j = kx * q.dx;
+        toff[kx] = (j % q.sx) * q.Wq + j / q.sx;
+    }
+}
+
+// The (RB-1)*sy + KH input rows feeding output rows [oy, oy + RB) (dy == 1), the
+// zero row standing for rows outside the input.
+template <class T, int KH, int RB>
+static inline void d2_block_rows(const D2& q, const T* x, const T* buf, long oy, long iy0,
+                                 const T* zrow, const T** rp) {
+    for (long i = 0; i < (RB - 1) * q.sy + KH; ++i) {
+        const T* row = d2_row<T>(q, x, buf, oy, i, iy0);
+        rp[i] = row ? row : zrow;
+    }
+}
+
+// Where each of the KH x KW taps of output row oy starts reading.
+template <class T, int KH, int KW>
+static inline void d2_tap_rows(const D2& q, const T* x, const T* buf, long oy, long iy0,
+                               const T* zrow, const long* toff, const T** p) {
+    for (int ky = 0; ky < KH; ++ky) {
+        const T* row = d2_row<T>(q, x, buf, oy, ky, iy0);
+        for (int kx = 0; kx < KW; ++kx) p[ky * KW + kx] = row ? row + toff[kx] : zrow;
+    }
+}
+
+// RB output rows at once for unit dilation and x stride (tap kx reads column o + kx
+// of its row) and a y stride SY: input row i of the block (i < (RB-1)*SY + KH) feeds
+// output row j through tap row ky = i - j*SY, so each input vector is loaded once for
+// up to KH outputs, and the RB sums are independent chains. rp[i]: input row i.
+template <class T, int KH, int KW, int SY, int RB, bool ACC>
+static inline void d2_fwd_rows(const T* const* rp, const typename DV<T>::v* wv,
+                               typename DV<T>::v bv, T* y, long Wo) {
+    typedef typename DV<T>::v V;
+    constexpr int L = DV<T>::L, NRW = (RB - 1) * SY + KH;
+    const T* r[NRW];
+    for (int i = 0; i < NRW; ++i) r[i] = rp[i];
+    auto at = [&](long o, V* acc) {
+#pragma GCC unroll 8
+        for (int j = 0; j < RB; ++j) acc[j] = ACC ? dload<T>(y + j * Wo + o) : bv;
+#pragma GCC unroll 16
+        for (int i = 0; i < NRW; ++i)
+#pragma GCC unroll 8
+            for (int kx = 0; kx < KW; ++kx) {
+                const V xv = dload<T>(r[i] + o + kx);
+#pragma GCC unroll 8
+                for (int j = 0; j < RB; ++j) {
+                    const int ky = i - j * SY;
+                    if (ky >= 0 && ky < KH) acc[j] += wv[ky * KW + kx] * xv;
+                }
+            }
+    };
+    V tail[RB];
+    at(Wo - L, tail);  // first: with ACC it must read y before the others store
+    long o = 0;
+    for (; o + L <= Wo; o += L) {
+        V a[RB];
+        at(o, a);
+#pragma GCC unroll 8
+        for (int j = 0; j < RB; ++j) dstore<T>(y + j * Wo + o, a[j]);
+    }
+    if (o < Wo)
+#pragma GCC unroll 8
+        for (int j = 0; j < RB; ++j) dstore<T>(y + j * Wo + Wo - L, tail[j]);
+}
+
+// y = bias + correlation (ACC: y += correlation) of one plane; w holds KH*KW taps.
+// refill false: buf already holds this plane (one block only).
+template <class T, int KH, int KW, bool ACC>
+static void d2_fwd_plane(const D2& q, const T* x, const T* w, T bias, T* y, T* buf,
+                         const T* zrow, bool refill, const D2Next& nx) {
+    typedef typename DV<T>::v V;
+    constexpr int L = DV<T>::L, NT = KH * KW;
+    V wv[NT];
+    for (int t = 0; t < NT; ++t) wv[t] = dsplat<T>(w[t]);
+    const V bv = dsplat<T>(bias);
+    long toff[KW];
+    d2_tap_offsets<KW>(q, toff);
+    const long ey = (KH - 1) * q.dy, Wo = q.Wo;
+    // rows in blocks of RB (d2_fwd_rows) for unit x stride and dilations, y stride <= 2
+    constexpr int RB = KH == 1 ? 1 : KH <= 3 ? 4 : 2;
+    const bool blocked = RB > 1 && Wo >= L && q.sx == 1 && q.dx == 1 && q.dy == 1 &&
+                         (q.sy == 1 || q.sy == 2);
+    for (long r0 = 0; r0 < q.Ho; r0 += q.R) {
+        const long r1 = imin(q.Ho, r0 + q.R);
+        const long iy0 = r0 * q.sy - q.loy;
+        if (!q.inplace && refill) d2_fill<T>(q, x, iy0, (r1 - 1 - r0) * q.sy + ey + 1, buf);
+        for (long oy = r0; oy < r1; ++oy) {
+            if constexpr (RB > 1) {
+                if (blocked && oy + RB <= r1) {
+                    d2_prefetch(nx, oy, oy + RB, q.Ho);
+                    const T* rp[(RB - 1) * 2 + KH];
+                    d2_block_rows<T, KH, RB>(q, x, buf, oy, iy0, zrow, rp);
+                    if (q.sy == 1)
+                        d2_fwd_rows<T, KH, KW, 1, RB, ACC>(rp, wv, bv, y + oy * Wo, Wo);
+                    else
+                        d2_fwd_rows<T, KH, KW, 2, RB, ACC>(rp, wv, bv, y + oy * Wo, Wo);
+                    oy += RB - 1;
+                    continue;
+                }
+            }
+            d2_prefetch(nx, oy, oy + 1, q.Ho);
+            const T* p[NT];
+            d2_tap_rows<T, KH, KW>(q, x, buf, oy, iy0, zrow, toff, p);
+            T* yr = y + oy * Wo;
+            if (Wo >= L) {
+                // one chain of KW products per tap row, added at the end: the
+                // dependent chain is KW + KH long instead of KH * KW
+                auto at = [&](long o) {
+                    V r[KH];
+#pragma GCC unroll 8
+                    for (int ky = 0; ky < KH; ++ky) {
+                        V s = ky == 0 ? (ACC ? dload<T>(yr + o) : bv)
+                                      : wv[ky * KW] * dload<T>(p[ky * KW] + o);
+#pragma GCC unroll 8
+                        for (int kx = ky == 0 ? 0 : 1; kx < KW; ++kx)
+                            s += wv[ky * KW + kx] * dload<T>(p[ky * KW + kx] + o);
+                        r[ky] = s;
+                    }
+#pragma GCC unroll 8
+                    for (int ky = 1; ky < KH; ++ky) r[0] += r[ky];
+                    return r[0];
+                };
+                // the last vector first: with ACC it must read y before the others store
+                const V tail = at(Wo - L);
+                long o = 0;
+                for (; o + L <= Wo; o += L) dstore<T>(yr + o, at(o));
+                if (o < Wo) dstore<T>(yr + Wo - L, tail);
+            } else {
+                for (long o = 0; o < Wo; ++o) {
+                    T r[KH];
+                    for (int ky = 0; ky < KH; ++ky) {
+                        T s = ky == 0 ? (ACC ? yr[o] : bias) : w[ky * KW] * p[ky * KW][o];
+                        for (int kx = ky == 0 ? 0 : 1; kx < KW; ++kx)
+                            s += w[ky * KW + kx] * p[ky * KW + kx][o];
+                        r[ky] = s;
+                    }
+                    for (int ky = 1; ky < KH; ++ky) r[0] += r[ky];
+                    yr[o] = r[0];
+                }
+            }
+        }
+    }
+}
+
+// The weight gradient's counterpart of d2_fwd_rows: RB gy rows at once, each input
+// vector loaded once for every (output row, tap row) pair it meets.
+template <class T, int KH, int KW, int SY, int RB>
+static inline void d2_gw_rows(const T* const* rp, const T* gy, long Wo, typename DV<T>::v* a,
+                              typename DV<T>::m mk) {
+    typedef typename DV<T>::v V;
+    typedef typename DV<T>::m M;
+    constexpr int L = DV<T>::L, NRW = (RB - 1) * SY + KH;
+    const T* r[NRW];
+    for (int i = 0; i < NRW; ++i) r[i] = rp[i];
+    long o = 0;
+    for (; o + L <= Wo; o += L) {
+        V g[RB];
+#pragma GCC unroll 8
+        for (int j = 0; j < RB; ++j) g[j] = dload<T>(gy + j * Wo + o);
+#pragma GCC unroll 16
+        for (int i = 0; i < NRW; ++i)
+#pragma GCC unroll 8
+            for (int kx = 0; kx < KW; ++kx) {
+                const V xv = dload<T>(r[i] + o + kx);
+#pragma GCC unroll 8
+                for (int j = 0; j < RB; ++j) {
+                    const int ky = i - j * SY;
+                    if (ky >= 0 && ky < KH) a[ky * KW + kx] += g[j] * xv;
+                }
+            }
+    }
+    if (o < Wo) {  // the overlapping last vector, its old lanes masked
+        o = Wo - L;
+        V g[RB];
+#pragma GCC unroll 8
+        for (int j = 0; j < RB; ++j) g[j] = dload<T>(gy + j * Wo + o);
+        for (int i = 0; i < NRW; ++i)
+            for (int kx = 0; kx < KW; ++kx) {
+                const V xv = dload<T>(r[i] + o + kx);
+                for (int j = 0; j < RB; ++j) {
+                    const int ky = i - j * SY;
+                    if (ky >= 0 && ky < KH) a[ky * KW + kx] += (V)((M)(g[j] * xv) & mk);
+                }
+            }
+    }
+}
+
+// Weight gradient of one plane: acc[t] (vector partial sums) and sacc[t] (scalar,
+// rows shorter than a vector) += sum over the outputs of gy * the input tap t reads.
+template <class T, int KH, int KW>
+static void d2_gw_plane(const D2& q, const T* x, const T* gy, typename DV<T>::v* acc, T* sacc,
+                        T* buf, const T* zrow, const D2Next& nx) {
+    typedef typename DV<T>::v V;
+    typedef typename DV<T>::m M;
+    constexpr int L = DV<T>::L, NT = KH * KW;
+    V a[NT];
+    for (int t = 0; t < NT; ++t) a[t] = acc[t];
+    long toff[KW];
+    d2_tap_offsets<KW>(q, toff);
+    const long ey = (KH - 1) * q.dy, Wo = q.Wo;
+    // the overlapping last vector: only its lanes >= L - Wo % L are new
+    M mk;
+    for (int j = 0; j < L; ++j) mk[j] = j >= L - Wo % L ? -1 : 0;
+    // 2 rows: each accumulator then takes 2 products per step (a longer chain stalls)
+    constexpr int RB = KH == 1 ? 1 : 2;
+    const bool blocked = RB > 1 && Wo >= L && q.sx == 1 && q.dx == 1 && q.dy == 1 &&
+                         (q.sy == 1 || q.sy == 2);
+    for (long r0 = 0; r0 < q.Ho; r0 += q.R) {
+        const long r1 = imin(q.Ho, r0 + q.R);
+        const long iy0 = r0 * q.sy - q.loy;
+        if (!q.inplace) d2_fill<T>(q, x, iy0, (r1 - 1 - r0) * q.sy + ey + 1, buf);
+        for (long oy = r0; oy < r1; ++oy) {
+            if constexpr (RB > 1) {
+                if (blocked && oy + RB <= r1) {
+                    d2_prefetch(nx, oy, oy + RB, q.Ho);
+                    const T* rp[(RB - 1) * 2 + KH];
+                    d2_block_rows<T, KH, RB>(q, x, buf, oy, iy0, zrow, rp);
+                    if (q.sy == 1)
+                        d2_gw_rows<T, KH, KW, 1, RB>(rp, gy + oy * Wo, Wo, a, mk);
+                    else
+                        d2_gw_rows<T, KH, KW, 2, RB>(rp, gy + oy * Wo, Wo, a, mk);
+                    oy += RB - 1;
+                    continue;
+                }
+            }
+            d2_prefetch(nx, oy, oy + 1, q.Ho);
+            const T* p[NT];
+            d2_tap_rows<T, KH, KW>(q, x, buf, oy, iy0, zrow, toff, p);
+            const T* gr = gy + oy * Wo;
+            if (Wo >= L) {
+                long o = 0;
+                for (; o + L <= Wo; o += L) {
+                    const V gv = dload<T>(gr + o);
+#pragma GCC unroll 64
+                    for (int t = 0; t < NT; ++t) a[t] += gv * dload<T>(p[t] + o);
+                }
+                if (o < Wo) {
+                    o = Wo - L;
+                    const V gv = dload<T>(gr + o);
+#pragma GCC unroll 64
+                    for (int t = 0; t < NT; ++t) a[t] += (V)((M)(gv * dload<T>(p[t] + o)) & mk);
+                }
+            } else {
+                for (long o = 0; o < Wo; ++o)
+                    for (int t = 0; t < NT; ++t) sacc[t] += gr[o] * p[t][o];
+            }
+        }
+    }
+    for (int t = 0; t < NT; ++t) acc[t] = a[t];
+}
+
+template <class T, int KH, int KW>
+static void d2_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt) {
+    const D2 q = d2_geo(g.in[1], g.in[2], 1, 1, g.out[1], g.out[2], g.s[1], g.s[2], g.d[1],
+                        g.d[2], g.lo[1], g.lo[2], KH, KW, sizeof(T));
+    const long items = g.N * g.O;
+    const long chunk = g.og * imax(1, g.N * g.G / (16L * nt));
+#pragma omp parallel num_threads(nt)
+    {
+        FtzGuard ftz;
+        T *buf, *zrow;
+        d2_buffers<T>(q, buf, zrow);
+        long held = -1;  // the (n, c) plane in buf when it holds a whole plane
+        // chunks of whole groups, about 16 per thread: a thread slowed down by another
+        // process on its core hands work over (the output does not depend on who
+        // computes an item)
+#pragma omp for schedule(dynamic, chunk)
+        for (long it = 0; it < items; ++it) {
+            const long n = it / g.O, oc = it % g.O;
+            const long plane = n * g.C + oc / g.og;  // the group's only input channel
+            const bool refill = plane != held || q.R < q.Ho;
+            held = plane;
+            D2Next nx;  // the next item's plane (most often the same thread's)
+            if (!q.inplace && oc % g.og == g.og - 1 && it + 1 < items) {
+                nx.p[0] = x + (plane + 1) * g.Pin;
+                nx.bytes[0] = g.Pin * (long)sizeof(T);
+            }
+            d2_fwd_plane<T, KH, KW, false>(q, x + plane * g.Pin, w + oc * g.T, b ? b[oc] : T(0),
+                                           y + it * g.Pout, buf, zrow, refill, nx);
+        }
+    }
+}
+
+template <class T, int KH, int KW>
+static void d2_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T* gx, int nt) {
+    // gx = corr(gy upsampled by s, flipped w), padded by (k-1)*d - lo
+    const D2 q = d2_geo(g.out[1], g.out[2], g.s[1], g.s[2], g.in[1], g.in[2], 1, 1, g.d[1],
+                        g.d[2], (KH - 1) * g.d[1] - g.lo[1], (KW - 1) * g.d[2] - g.lo[2], KH,
+                        KW, sizeof(T));
+    constexpr int NT = KH * KW;
+    const long items = g.N * g.C;
+    const long chunk = imax(1, items / (16L * nt));  // as in d2_fwd
+#pragma omp parallel num_threads(nt)
+    {
+        FtzGuard ftz;
+        T *buf, *zrow;
+        d2_buffers<T>(q, buf, zrow);
+        T wf[NT];
+#pragma omp for schedule(dynamic, chunk)
+        for (long it = 0; it < items; ++it) {
+            const long n = it / g.C, c = it % g.C;  // c is also the group (cg == 1)
+            T* xp = gx + it * g.Pin;
+            for (long j = 0; j < g.og; ++j) {
+                const long oc = c * g.og + j;
+                for (int t = 0; t < NT; ++t) wf[t] = w[oc * NT + NT - 1 - t];
+                const T* yp = gy + (n * g.O + oc) * g.Pout;
+                D2Next nx;  // the next gy plane
+                if (!q.inplace && n * g.O + oc + 1 < g.N * g.O) {
+                    nx.p[0] = yp + g.Pout;
+                    nx.bytes[0] = g.Pout * (long)sizeof(T);
+                }
+                if (j == 0)
+                    d2_fwd_plane<T, KH, KW, false>(q, yp, wf, b ? b[c] : T(0), xp, buf, zrow, true,
+                                                   nx);
+                else
+                    d2_fwd_plane<T, KH, KW, true>(q, yp, wf, T(0), xp, buf, zrow, true, nx);
+            }
+        }
+    }
+}
+
+template <class T, int KH, int KW>
+static void d2_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt) {
+    typedef typename DV<T>::v V;
+    constexpr int NT = KH * KW;
+    const D2 q = d2_geo(g.in[1], g.in[2], 1, 1, g.out[1], g.out[2], g.s[1], g.s[2], g.d[1],
+                        g.d[2], g.lo[1], g.lo[2], KH, KW, sizeof(T));
+    // One work item per output channel, summing over n in order: the same bits for
+    // any thread count.
+#pragma omp parallel num_threads(nt)
+    {
+        FtzGuard ftz;
+        T *buf, *zrow;
+        d2_buffers<T>(q, buf, zrow);
+        V acc[NT];
+        T sacc[NT];
+#pragma omp for schedule(dynamic, 1)
+        for (long oc = 0; oc < g.O; ++oc) {
+            const long c = oc / g.og;
+            for (int t = 0; t < NT; ++t) {
+                acc[t] = dsplat<T>(T(0));
+                sacc[t] = T(0);
+            }
+            for (long n = 0; n < g.N; ++n) {
+                D2Next nx;  // the next x and gy planes (1.6 MB away for 128 channels)
+                if (n + 1 < g.N) {
+                    if (!q.inplace) {
+                        nx.p[0] = x + ((n + 1) * g.C + c) * g.Pin;
+                        nx.bytes[0] = g.Pin * (long)sizeof(T);
+                    }
+                    nx.p[1] = gy + ((n + 1) * g.O + oc) * g.Pout;
+                    nx.bytes[1] = g.Pout * (long)sizeof(T);
+                }
+                d2_gw_plane<T, KH, KW>(q, x + (n * g.C + c) * g.Pin, gy + (n * g.O + oc) * g.Pout,
+                                       acc, sacc, buf, zrow, nx);
+            }
+            for (int t = 0; t < NT; ++t) gw[oc * NT + t] = dhsum<T>(acc[t]) + sacc[t];
+        }
+    }
+}
+
+// return fn<T, KH, KW>(args...) for the fast-path kernel size of g (d2_ok(g)).
+// The generic row kernels below handle every other one-channel-per-group case.
+#define CNN_D2_DISPATCH(fn, g, ...)                                          \
+    do {                                                                     \
+        const long kh_ = (g).k[1], kw_ = (g).k[2];                           \
+        if (kh_ == 3 && kw_ == 3) return fn<T, 3, 3>(__VA_ARGS__);           \
+        if (kh_ == 1 && kw_ == 3) return fn<T, 1, 3>(__VA_ARGS__);           \
+        if (kh_ == 1 && kw_ == 5) return fn<T, 1, 5>(__VA_ARGS__);           \
+        if (kh_ == 5 && kw_ == 5) return fn<T, 5, 5>(__VA_ARGS__);           \
+        if (kh_ == 7 && kw_ == 7) return fn<T, 7, 7>(__VA_ARGS__);           \
+    } while (0)
+
+template <class T>
+static void direct_fwd_rows(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt) {
     const long items = g.N * g.O;
 #pragma omp parallel num_threads(nt)
     {
@@ -521,7 +1119,7 @@ static void direct_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* 
 }
 
 template <class T>
-static void direct_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T* gx,
+static void direct_bwd_data_rows(const ConvGeo& g, const T* gy, const T* w, const T* b, T* gx,
                             int nt) {
     const long items = g.N * g.C;
 #pragma omp parallel num_threads(nt)
@@ -568,7 +1166,7 @@ static void direct_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* 
 }
 
 template <class T>
-static void direct_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt) {
+static void direct_bwd_weight_rows(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt) {
     // One work item per output channel: every tap keeps 8 partial sums over all of
     // (n, rows, x) -- a fixed order set by the code -- reduced once at the end.
 #pragma omp parallel num_threads(nt)
@@ -617,6 +1215,26 @@ static void direct_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, 
         }
     }
 }
+
+template <class T>
+static void direct_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt) {
+    if (d2_ok(g)) CNN_D2_DISPATCH(d2_fwd, g, g, x, w, b, y, nt);
+    direct_fwd_rows<T>(g, x, w, b, y, nt);
+}
+
+template <class T>
+static void direct_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T* gx,
+                            int nt) {
+    if (d2_ok(g)) CNN_D2_DISPATCH(d2_bwd_data, g, g, gy, w, b, gx, nt);
+    direct_bwd_data_rows<T>(g, gy, w, b, gx, nt);
+}
+
+template <class T>
+static void direct_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt) {
+    if (d2_ok(g)) CNN_D2_DISPATCH(d2_bwd_weight, g, g, x, gy, gw, nt);
+    direct_bwd_weight_rows<T>(g, x, gy, gw, nt);
+}
+#undef CNN_D2_DISPATCH
 
 // ----------------------------------------------------------------------------- stride 1
 // Convolutions with stride 1 along y and x (rank 1 and 2): the input rows a tile
