@@ -34,7 +34,7 @@ TARGETS = {
         (lambda c, g, k, o: True, 0.8),  # "never below 0.8 anywhere"
     ],
     "numba": [
-        (lambda c, g, k, o: g == "resnet" and c != "resnet.stem7x7", 0.5),
+        (lambda c, g, k, o: g == "resnet", 0.5),
         (lambda c, g, k, o: g in ("fashion-mnist", "pool") or c.startswith("depthwise"), 1.0),
     ],
 }
