@@ -1782,16 +1782,42 @@ static inline T divisor_at(const double* cz, const double* cy, const double* cx,
     return T(cz[oz]) * T(cy[oy]) * T(cx[ox]);
 }
 
+// Global pooling: one output whose window is the whole plane, unpadded and undilated.
+static inline bool whole_plane_window(const PoolGeo& g) {
+    if (g.Pout() != 1) return false;
+    for (int d = 0; d < 3; ++d)
+        if (g.lo[d] != 0 || g.k[d] != g.in[d] || g.d[d] != 1) return false;
+    return true;
+}
+
+// Sum of a contiguous run in eight interleaved partial sums (vectorised; a single
+// running sum is a chain of dependent adds), combined in a fixed order.
+template <class T>
+static inline T sum_run(const T* p, long n) {
+    T part[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+    long i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; ++j) part[j] += p[i + j];
+    for (int j = 0; i < n; ++i, ++j) part[j] += p[i];
+    return ((part[0] + part[1]) + (part[2] + part[3])) +
+           ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
 template <class T>
 static void avg_pool(const PoolGeo& g, const T* x, const double* cz, const double* cy,
                      const double* cx, double ov, T* y, int nt) {
     const long Pin = g.Pin(), Pout = g.Pout(), W = g.out[2];
+    const bool global = whole_plane_window(g);
 #pragma omp parallel num_threads(nt)
     {
         FtzGuard ftz;
 #pragma omp for schedule(static)
         for (long pl = 0; pl < g.planes; ++pl) {
             const T* xp = x + pl * Pin;
+            if (global) {
+                y[pl] = sum_run<T>(xp, Pin) / divisor_at<T>(cz, cy, cx, ov, 0, 0, 0);
+                continue;
+            }
             for (long oz = 0; oz < g.out[0]; ++oz)
                 for (long oy = 0; oy < g.out[1]; ++oy) {
                     T* acc = y + pl * Pout + (oz * g.out[1] + oy) * W;
@@ -1837,6 +1863,7 @@ template <class T>
 static void avg_pool_bwd(const PoolGeo& g, const T* gy, const double* cz, const double* cy,
                          const double* cx, double ov, T* gx, int nt) {
     const long Pin = g.Pin(), Pout = g.Pout(), W = g.out[2];
+    const bool global = whole_plane_window(g);
 #pragma omp parallel num_threads(nt)
     {
         FtzGuard ftz;
@@ -1844,6 +1871,10 @@ static void avg_pool_bwd(const PoolGeo& g, const T* gy, const double* cz, const 
 #pragma omp for schedule(static)
         for (long pl = 0; pl < g.planes; ++pl) {
             T* xp = gx + pl * Pin;
+            if (global) {  // every cell gets the one output's share
+                fill<T>(xp, Pin, gy[pl] / divisor_at<T>(cz, cy, cx, ov, 0, 0, 0));
+                continue;
+            }
             fill<T>(xp, Pin, T(0));
             for (long oz = 0; oz < g.out[0]; ++oz)
                 for (long oy = 0; oy < g.out[1]; ++oy) {

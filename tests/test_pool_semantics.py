@@ -75,3 +75,28 @@ def test_max_pool_backward_accumulates_overlapping_winners(backend):
     gx = cnnfast.max_pool_backward(backend.asarray(np.ones_like(y)), backend.asarray(idx),
                                    x.shape, backend=backend.name)
     np.testing.assert_array_equal(backend.numpy(gx)[0, 0], [0, 2, 1, 0])
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (2, 4, 13), (2, 3, 3, 4, 5), (2, 2, 1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("divisor", [None, 3])
+def test_global_average_pooling(backend, shape, dtype, divisor):
+    """A window covering the whole plane (global pooling, dedicated paths on the CPU
+    backends) agrees with the reference forward and backward; so does the same window
+    with padding, which must not take those paths."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    k = shape[2:]
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    kws = [dict(divisor_override=divisor)]
+    if min(k) >= 2:
+        kws.append(dict(stride=k, padding=1, ceil_mode=True, divisor_override=divisor))
+    for kw in kws:
+        y = cnnfast.avg_pool(backend.asarray(x), k, **kw, backend=backend.name)
+        yr = cnnfast.avg_pool(x, k, **kw, backend="numpy")
+        np.testing.assert_allclose(backend.numpy(y), yr, rtol=tol, atol=tol)
+        gy = rng.standard_normal(yr.shape).astype(dtype)
+        gx = cnnfast.avg_pool_backward(backend.asarray(gy), x.shape, k, **kw,
+                                       backend=backend.name)
+        gxr = cnnfast.avg_pool_backward(gy, x.shape, k, **kw, backend="numpy")
+        np.testing.assert_allclose(backend.numpy(gx), gxr, rtol=tol, atol=tol)

@@ -243,7 +243,18 @@ def avg_pool_backward(gy, gx, kernel, stride, pad, dil, div_d, div_h, div_w, ove
     # one loop (whole rows: one run per depth slice), as in ``avg_pool``.
     kw_lo, kw_hi = span(KW, dw, -pw, W)
     whole_rows = dw == 1 and dh == 1 and kw_lo == pw and kw_hi - kw_lo == W
+    # Global pooling (one output, its window the whole unpadded plane): every cell
+    # gets the same share, written once instead of zeroed and then added to.
+    whole_plane = (OD * OH * OW == 1 and pd == 0 and ph == 0 and pw == 0 and KD == D
+                   and KH == H and KW == W and dd == 1 and dh == 1 and dw == 1)
     for task in prange(N * C):
+        if whole_plane:
+            if override > 0:
+                sv = gyf[task] / gy.dtype.type(override)
+            else:
+                sv = gyf[task] / (div_d[0] * div_h[0] * div_w[0])
+            fill(gxf, task * D * H * W, D * H * W, sv)
+            continue
         fill(gxf, task * D * H * W, D * H * W, 0)
         share = np.empty(OW, gy.dtype)
         one = gy.dtype.type(1)
