@@ -345,22 +345,39 @@ def _forward_like(rt, mode, a, x, bias, out, n, groups, ci, co, ishape, oshape, 
     tile = _pick_tile(m)
     bm, bn = GEMM_TILES[tile][:2]
     blocks = -(-ncols // bn) * -(-m // bm) * groups * nphase
-    ksplits = _overrides["splits"]
-    if ksplits is None:
-        # Too few output tiles to fill the GPU: split the reduction (slices >= 256).
-        ksplits = max(1, min(-(-2 * TARGET_BLOCKS // blocks), kp // 256, 16))
-    ksplits = max(1, min(int(ksplits), kp, 65535 // (groups * nphase)))
+    # Too few output tiles to fill the GPU: split the reduction (slices >= 256).
+    ksplits = _slice_count(blocks, kp, 256, 16, min(kp, 65535 // (groups * nphase)))
     geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None, nphase, kp,
                      ksplits)
     grid = (-(-ncols // bn), -(-m // bm), groups * nphase * ksplits)
     _check_grid(grid)
-    target = out if ksplits == 1 else rt.xp.empty((ksplits,) + out.shape, out.dtype)
+    target = _slice_workspace(rt, out, ksplits)
     rt.function("conv.cu", _gemm_name(ct, mode, tile))(
         grid, (GEMM_THREADS,), (a, x, b, target, geo, rows, phases))
-    if ksplits > 1:
+    _add_slices(rt, target, out, ksplits)
+
+
+def _slice_count(blocks, length, min_slice, cap, limit):
+    """Reduction slices for a launch of ``blocks`` output blocks over a reduction of
+    ``length``: the override, else enough slices for two waves of blocks on a big GPU,
+    each at least ``min_slice`` long and at most ``cap`` of them; within [1, limit]."""
+    splits = _overrides["splits"]
+    if splits is None:
+        splits = min(-(-2 * TARGET_BLOCKS // blocks), length // min_slice, cap)
+    return max(1, min(int(splits), limit))
+
+
+def _slice_workspace(rt, out, splits):
+    """Where the kernel writes: ``out`` itself, or one copy of it per slice."""
+    return out if splits == 1 else rt.xp.empty((splits,) + out.shape, out.dtype)
+
+
+def _add_slices(rt, slices, out, splits):
+    """out = the sum of the slices, added in slice order (deterministic)."""
+    if splits > 1:
         grid, block = _launch_1d(out.size)
-        rt.function("conv.cu", f"sum_splits<{ct}>")(
-            grid, block, (target, out, np.int32(ksplits), np.int64(out.size)))
+        rt.function("conv.cu", f"sum_splits<{ctype(out.dtype)}>")(
+            grid, block, (slices, out, np.int32(splits), np.int64(out.size)))
 
 
 def _check_grid(grid):
@@ -373,7 +390,6 @@ def _weight_grad(rt, a, x, out, n, groups, ci, co, ishape, oshape, p):
     """out (CO, CI/G, *k) = MODE_WGRAD of grad_y-like ``a`` (N, CO, *oshape) and data
     ``x`` (N, CI, *ishape): a per-channel reduction kernel for groups with few output
     channels, else the GEMM, split over K when there are few output tiles."""
-    xp = rt.xp
     if out.size == 0:
         return
     ct = ctype(out.dtype)
@@ -385,19 +401,13 @@ def _weight_grad(rt, a, x, out, n, groups, ci, co, ishape, oshape, p):
         geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p)
         blocks = co * cg * -(-kt // DW_TAPS)
         total = n * math.prod(oshape)
-        # Slices of the (n, position) range until the GPU has two waves of blocks,
-        # each slice >= 1024 long; added in slice order afterwards.
-        splits = _overrides["splits"] or max(1, min(-(-2 * TARGET_BLOCKS // blocks),
-                                                    total // 1024, 64))
-        splits = max(1, min(int(splits), total, 65535))
+        # Slices of the (n, position) range, each >= 1024 long.
+        splits = _slice_count(blocks, total, 1024, 64, min(total, 65535))
         grid = (co * cg, -(-kt // DW_TAPS), splits)
         _check_grid(grid)
-        target = out if splits == 1 else xp.empty((splits, out.size), out.dtype)
+        target = _slice_workspace(rt, out, splits)
         rt.function("conv.cu", f"conv_wgrad_direct<{ct}>")(grid, (256,), (a, x, target, geo))
-        if splits > 1:
-            grid, block = _launch_1d(out.size)
-            rt.function("conv.cu", f"sum_splits<{ct}>")(
-                grid, block, (target, out, np.int32(splits), np.int64(out.size)))
+        _add_slices(rt, target, out, splits)
         return
     ncols = cg * kt
     k_total = n * math.prod(oshape)
@@ -405,24 +415,17 @@ def _weight_grad(rt, a, x, out, n, groups, ci, co, ishape, oshape, p):
     tile = _pick_tile(m)
     bm, bn = GEMM_TILES[tile][:2]
     tiles = -(-ncols // bn) * -(-m // bm) * groups
-    splits = _overrides["splits"]
-    if splits is None:
-        # Split K until the GPU has two waves of blocks, each slice >= 256 long.
-        splits = max(1, min(-(-2 * TARGET_BLOCKS // tiles), k_total // 256))
-    splits = max(1, min(int(splits), k_total, 65535 // groups))
+    splits = _slice_count(tiles, k_total, 256, k_total, min(k_total, 65535 // groups))
     kchunk = -(-k_total // splits)
     kchunk = -(-kchunk // GEMM_BK_MAX) * GEMM_BK_MAX
     splits = -(-k_total // kchunk)
     geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, splits=splits, kchunk=kchunk)
-    target = out if splits == 1 else xp.empty((splits, out.size), out.dtype)
+    target = _slice_workspace(rt, out, splits)
     grid = (-(-ncols // bn), -(-m // bm), groups * splits)
     _check_grid(grid)
     rt.function("conv.cu", _gemm_name(ct, MODE_WGRAD, tile))(
         grid, (GEMM_THREADS,), (a, x, a, target, geo, rows, phases))
-    if splits > 1:
-        grid, block = _launch_1d(out.size)
-        rt.function("conv.cu", f"sum_splits<{ct}>")(
-            grid, block, (target, out, np.int32(splits), np.int64(out.size)))
+    _add_slices(rt, target, out, splits)
 
 
 def _bias_grad(rt, gy):
