@@ -496,8 +496,14 @@ static inline bool d2_size_ok(long kh, long kw) {
     return (kh == 1 && (kw == 3 || kw == 5)) || (kh == 3 && kw == 3) || (kh == 5 && kw == 5) ||
            (kh == 7 && kw == 7);
 }
+// The leading (z) dim is a no-op, so a 2-d kernel may ignore it: extent 1 in, out and
+// kernel, and no leading padding (with padding the one tap reads outside the input and
+// every output is zero -- e.g. conv3d with input depth 1, padding (1, 0, 0), stride 3).
+static inline bool z_collapsed(const ConvGeo& g) {
+    return g.in[0] == 1 && g.out[0] == 1 && g.k[0] == 1 && g.lo[0] == 0;
+}
 static inline bool d2_ok(const ConvGeo& g) {
-    return g.cg == 1 && g.in[0] == 1 && g.out[0] == 1 && g.k[0] == 1 && d2_size_ok(g.k[1], g.k[2]);
+    return g.cg == 1 && z_collapsed(g) && d2_size_ok(g.k[1], g.k[2]);
 }
 // Direct kernels pay when a group has one input channel and few outputs (depthwise);
 // one input channel feeding many outputs (a first layer) is better as a product for
@@ -1244,7 +1250,7 @@ static void direct_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, 
 // columns per row that are not outputs are computed and dropped.
 
 static inline bool s1_ok(const ConvGeo& g) {
-    return g.s[1] == 1 && g.s[2] == 1 && g.in[0] == 1 && g.out[0] == 1 && g.k[0] == 1;
+    return g.s[1] == 1 && g.s[2] == 1 && z_collapsed(g);
 }
 
 template <class T>
