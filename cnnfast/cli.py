@@ -1,7 +1,9 @@
 """The ``cnnfast`` command line: ``cnnfast COMMAND ...`` or ``python -m cnnfast COMMAND``.
 
 Each command lives in its own module that defines ``HELP`` (one line),
-``add_arguments(parser)`` and ``run(args) -> int``; this file only routes.
+``add_arguments(parser)`` and ``run(args) -> int``; this file routes, and turns a
+user error (``cnnfast.commands.common.CliError``, a bad option included) into one
+line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from .commands.common import CliError
 
 COMMANDS = {
     "info": "cnnfast.commands.info",
@@ -38,11 +42,25 @@ def _load(name):
 _PASSIVE_OPENMP = ("train", "evaluate", "visualize")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is a CliError too: one line, status 2, from ``main``."""
+
+    def error(self, message):
+        raise CliError(f"{message} (see {self.prog} --help)", prog=self.prog)
+
+
+def report_error(prog, exc) -> int:
+    """Print user error ``exc`` as one line on stderr; the exit status (2)."""
+    text = " ".join(str(exc).split())
+    print(f"{getattr(exc, 'prog', None) or prog}: {text}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in _PASSIVE_OPENMP:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = argparse.ArgumentParser(prog="cnnfast", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cnnfast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     modules = {}
@@ -52,8 +70,21 @@ def main(argv=None) -> int:
             continue
         modules[name] = module
         module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
-    args = parser.parse_args(argv)
-    return int(modules[args.command].run(args) or 0)
+    prog = "cnnfast"
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        prog = f"cnnfast {args.command}"
+        if unknown:  # reported for the command they were given to
+            raise CliError(f"unrecognized arguments: {' '.join(unknown)} (see {prog} "
+                           f"--help)")
+        return int(modules[args.command].run(args) or 0)
+    except CliError as exc:
+        return report_error(prog, exc)
+    except OSError as exc:  # the environment: disk full, permissions, a vanished file
+        return report_error(prog, exc)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -298,9 +298,21 @@ def plot_grad_cam(images, heatmaps, titles, path) -> str:
 
 
 def read_metrics(path) -> List[dict]:
-    """The JSON lines of a ``metrics.jsonl`` file (blank lines skipped)."""
+    """The JSON lines of a ``metrics.jsonl`` file (blank lines skipped); a line
+    that is not a JSON object is a ValueError naming the file and line."""
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}, line {number}: not JSON ({exc})") from exc
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: not a JSON object")
+            rows.append(row)
+    return rows
 
 
 def plot_curves(history: List[dict], path) -> str:
@@ -437,8 +449,28 @@ def visualize(model, images, out_dir, *, labels=None, image_index: int = 0,
                                       _first_channel(clean),
                                       os.path.join(out_dir, "denoising.png")))
         return written
-    sel = slice(image_index, min(image_index + cam_images, len(images)))
-    batch = as_float(images[sel])
+    if any(isinstance(layer, _Conv) for layer in model.layers):
+        written.append(_grad_cam_picture(model, images[image_index:image_index + cam_images],
+                                         image_index, as_float, labels, class_index,
+                                         class_names, out_dir))
+    else:  # a dense classifier: nothing for Grad-CAM to look at
+        log("no top-level convolution: gradcam.png skipped")
+    if labels is not None:
+        from .nn.training import evaluate
+
+        images_u8 = np.asarray(to_numpy(images))
+        if images_u8.dtype != np.uint8:
+            images_u8 = np.clip(np.rint(images_u8 * 255), 0, 255).astype(np.uint8)
+        result = evaluate(model, images_u8, np.asarray(to_numpy(labels)))
+        written.append(plot_confusion(result["confusion"], class_names,
+                                      os.path.join(out_dir, "confusion.png")))
+    return written
+
+
+def _grad_cam_picture(model, images, image_index, as_float, labels, class_index,
+                      class_names, out_dir):
+    """gradcam.png for the test images from ``image_index`` (``images`` is that slice)."""
+    batch = as_float(images)
     heat, classes, logits = grad_cam(model, batch, class_index)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
@@ -451,15 +483,5 @@ def visualize(model, images, out_dir, *, labels=None, image_index: int = 0,
         what = "pred" if class_index is None else "class"
         titles.append((true, f"{what} {names[int(c)]} {probs[j, int(c)]:.2f}"
                        + ("" if class_index is None or pred == c else f"\n(pred {names[pred]})")))
-    written.append(plot_grad_cam(_first_channel(batch), heat, titles,
-                                 os.path.join(out_dir, "gradcam.png")))
-    if labels is not None:
-        from .nn.training import evaluate
-
-        images_u8 = np.asarray(to_numpy(images))
-        if images_u8.dtype != np.uint8:
-            images_u8 = np.clip(np.rint(images_u8 * 255), 0, 255).astype(np.uint8)
-        result = evaluate(model, images_u8, np.asarray(to_numpy(labels)))
-        written.append(plot_confusion(result["confusion"], class_names,
-                                      os.path.join(out_dir, "confusion.png")))
-    return written
+    return plot_grad_cam(_first_channel(batch), heat, titles,
+                         os.path.join(out_dir, "gradcam.png"))

@@ -280,7 +280,7 @@ def test_wrong_results_and_errors_fail_the_run(suite, tmp_path, fake_backends, c
     (["--backend", "nosuch"], "--backend 'nosuch'"),
     (["--op", "sideways"], "--op 'sideways'"),
     (["--shape", "zzz-no-case"], "no case of the suite matches"),
-    (["--repeat", "0"], "--repeat 0"),
+    (["--repeat", "0"], "argument --repeat: expected an int >= 1"),
 ])
 def test_bad_usage_exits_2(suite, argv, message, capsys):
     assert main(["bench", "--suite", str(suite), *FAST, *argv]) == 2

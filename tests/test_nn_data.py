@@ -114,6 +114,44 @@ def test_fashion_label_count_mismatch(tmp_path):
         D.load_fashion_mnist("test", tmp_path)
 
 
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("dims", [(2 ** 32 - 1,) * 3, (60000, 28, 28), (2 ** 31, 2 ** 31)])
+def test_idx_header_is_checked_before_allocating(tmp_path, compress, dims):
+    """A corrupt or crafted header that declares more data than the file holds is
+    an IDXError naming the file, and nothing of the declared size is allocated
+    (four uint32 dims even overflow int64)."""
+    import tracemalloc
+
+    path = tmp_path / ("big.gz" if compress else "big")
+    content = _raw(code=0x0E, dims=(1,), payload=bytes(100))
+    content = content[:3] + bytes([len(dims)]) + struct.pack(f">{len(dims)}I", *dims) \
+        + bytes(100)
+    path.write_bytes(gzip.compress(content, mtime=0) if compress else content)
+    tracemalloc.start()
+    try:
+        with pytest.raises(D.IDXError, match="truncated") as info:
+            D.read_idx(path)
+        with pytest.raises(D.IDXError, match="truncated"):
+            D.read_idx(path, limit=5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value) and "found 100" in str(info.value)
+    assert peak < 2 ** 25
+
+
+def test_fashion_bad_labels(tmp_path):
+    for f in os.listdir(SLICE):
+        if f.endswith(".gz"):
+            (tmp_path / f).write_bytes(open(os.path.join(SLICE, f), "rb").read())
+    D.write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.full(256, -1, np.int8))
+    with pytest.raises(D.IDXError, match="label -1 out of range"):
+        D.load_fashion_mnist("test", tmp_path)
+    D.write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(256, np.float32))
+    with pytest.raises(D.IDXError, match="expected integer labels"):
+        D.load_fashion_mnist("test", tmp_path)
+
+
 @pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),
                     reason="Debian dataset-fashion-mnist not installed")
 def test_slice_equals_the_full_dataset_head():

@@ -237,3 +237,24 @@ def test_plot_curves_panels(tmp_path):
         plot_curves([{"epoch": 1, "foo": 1}], tmp_path / "x.png")
     with pytest.raises(ValueError, match="no metrics"):
         plot_curves([], tmp_path / "x.png")
+
+
+def test_visualize_dense_classifier_and_bad_metrics(tmp_path, capsys):
+    """A dense classifier (``cnnfast train --model dense``) has no convolution for
+    Grad-CAM: the other pictures are still drawn. A corrupt --metrics file is one
+    line naming the file and line, exit 2."""
+    pytest.importorskip("matplotlib")
+    from cnnfast.cli import main
+    from cnnfast.nn.training import dense_model
+
+    ckpt = save_checkpoint(tmp_path / "dense.npz", dense_model(seed=0))
+    out = tmp_path / "pics"
+    assert main(["visualize", str(ckpt), "--out", str(out), "--data", SLICE, "--limit",
+                 "16", "--backend", "numpy"]) == 0
+    assert "gradcam.png skipped" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["confusion.png"]
+    (tmp_path / "m.jsonl").write_text('{"epoch": 1}\n[1, 2]\n')
+    assert main(["visualize", str(ckpt), "--out", str(out), "--data", SLICE,
+                 "--metrics", str(tmp_path / "m.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "m.jsonl, line 2: not a JSON object" in err

@@ -19,6 +19,9 @@ import signal
 import sys
 import threading
 
+from .common import (non_negative_float, positive_float, positive_int, random_seed,
+                     set_threads)
+
 HELP = "benchmark the kernels on every backend against torch (table, JSON, Markdown, plot)"
 
 # This development machine's figures (AMD EPYC Zen 4 at ~3.06 GHz: two 256-bit FMA
@@ -50,26 +53,26 @@ def add_arguments(parser):
                      help="do not add torch as the reference")
     sel.add_argument("--list", action="store_true", help="list the selected cases and exit")
     how = parser.add_argument_group("how to time")
-    how.add_argument("--repeat", type=int, metavar="N",
+    how.add_argument("--repeat", type=positive_int, metavar="N",
                      help="samples per implementation (default 7; 5 with --quick)")
-    how.add_argument("--min-time", type=float, default=0.02, metavar="S",
+    how.add_argument("--min-time", type=non_negative_float, default=0.02, metavar="S",
                      help="each sample repeats the call until it lasts S seconds "
                           "(default 0.02)")
-    how.add_argument("--pause", type=float, default=0.02, metavar="S",
+    how.add_argument("--pause", type=non_negative_float, default=0.02, metavar="S",
                      help="sleep before each sample so other thread pools go idle "
                           "(default 0.02)")
-    how.add_argument("--threads", type=int, metavar="N",
+    how.add_argument("--threads", type=positive_int, metavar="N",
                      help="CPU threads for cnnfast and torch (default: cnnfast's, "
                           "i.e. CNNFAST_NUM_THREADS or the cores available)")
-    how.add_argument("--seed", type=int, default=0, help="input generator seed")
-    how.add_argument("--peak-gflops", type=float, metavar="X",
+    how.add_argument("--seed", type=random_seed, default=0, help="input generator seed")
+    how.add_argument("--peak-gflops", type=positive_float, metavar="X",
                      help=f"CPU fp32 peak for %%peak (default {PEAK_GFLOPS_PER_THREAD:g} "
                           f"per thread: this development box)")
-    how.add_argument("--peak-gbs", type=float, default=PEAK_GBS, metavar="X",
+    how.add_argument("--peak-gbs", type=positive_float, default=PEAK_GBS, metavar="X",
                      help=f"CPU memory bandwidth for %%peak of poolings (default {PEAK_GBS:g})")
-    how.add_argument("--gpu-peak-gflops", type=float, metavar="X",
+    how.add_argument("--gpu-peak-gflops", type=positive_float, metavar="X",
                      help="GPU fp32 peak for %%peak (default: none)")
-    how.add_argument("--gpu-peak-gbs", type=float, metavar="X",
+    how.add_argument("--gpu-peak-gbs", type=positive_float, metavar="X",
                      help="GPU memory bandwidth for %%peak (default: none)")
     out = parser.add_argument_group("outputs and other modes")
     out.add_argument("--json", metavar="PATH", help="write the results document (atomically)")
@@ -79,7 +82,7 @@ def add_arguments(parser):
     out.add_argument("--compare", nargs=2, metavar=("A", "B"),
                      help="compare two saved runs instead of running; changes beyond "
                           "the noise are flagged")
-    out.add_argument("--noise-floor", type=float, default=None, metavar="T",
+    out.add_argument("--noise-floor", type=non_negative_float, default=None, metavar="T",
                      help="smallest relative change --compare flags (default 0.05)")
     out.add_argument("--load", nargs="+", metavar="JSON",
                      help="report saved runs (side by side) instead of running")
@@ -136,7 +139,7 @@ def _run_suite(args) -> int:
     from ..bench.runner import Interrupted, Settings, run_cases, stderr_progress
     from ..bench.suite import ALL_OPS, SuiteError, default_suite_path, load_suite, \
         select_cases
-    from ..threads import get_num_threads, set_num_threads
+    from ..threads import get_num_threads
 
     suite_path = args.suite or default_suite_path()
     try:
@@ -161,14 +164,8 @@ def _run_suite(args) -> int:
             print(f"{c.name:<28} {c.kind:<15} {','.join(c.ops):<42} "
                   f"{'quick' if c.quick else '':<6}{c.describe()}")
         return 0
-    for name, value in (("--repeat", args.repeat), ("--threads", args.threads)):
-        if value is not None and value < 1:
-            return _error(f"{name} {value}: must be a positive int")
-    if args.min_time < 0 or args.pause < 0:
-        return _error("--min-time and --pause must not be negative")
-
     threads = args.threads or get_num_threads()
-    set_num_threads(threads)
+    set_threads(threads)
     try:
         import torch
 

@@ -7,12 +7,16 @@ import time
 
 import numpy as np
 
+from .common import positive_int, require_backend
+
 HELP = "run every op on every available backend and print times and errors"
 
 
 def add_arguments(parser):
-    parser.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per cell")
+    parser.add_argument("--batch", type=positive_int, default=64,
+                        help="batch size (default 64)")
+    parser.add_argument("--repeat", type=positive_int, default=3,
+                        help="timed runs per cell (default 3)")
     parser.add_argument("--backend", action="append",
                         help="backend to include (repeatable; default: all available "
                              "CPU backends except cuda-emu)")
@@ -60,16 +64,14 @@ def run(args) -> int:
     import cnnfast as cf
 
     available = cf.available_backends()
+    for name in args.backend or []:  # asked for by name: it must run here
+        require_backend(name)
     names = args.backend or [b for b in available if b not in ("cuda-emu", "cupy")]
     rng = np.random.default_rng(0)
     ops = _ops(rng, args.batch)
     print(f"cnnfast {cf.__version__} demo: batch {args.batch}, float32, "
           f"{cf.get_num_threads()} threads; median of {args.repeat} runs (ms), "
           f"max relative error vs the numpy reference")
-    unavailable = {n: r for n, r in cf.available_backends(with_reasons=True).items()
-                   if r is not None and n in (args.backend or [])}
-    for name, reason in unavailable.items():
-        print(f"  skipping {name}: {reason}")
     names = [n for n in names if n in available]
     header = f"{'op':<26}" + "".join(f"{n:>20}" for n in names)
     print(header)

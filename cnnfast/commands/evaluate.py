@@ -4,7 +4,9 @@ confusion matrix of a model trained with ``cnnfast train``."""
 from __future__ import annotations
 
 import json
-import sys
+
+from .common import (check_model_fits_data, load_data, load_model, positive_int,
+                     require_backend, stored_noise)
 
 HELP = "evaluate a checkpoint on the Fashion-MNIST test set (accuracy, confusion matrix)"
 
@@ -16,8 +18,9 @@ def add_arguments(parser):
                              "/usr/share/datasets/fashion-mnist)")
     parser.add_argument("--backend", default=None, help="kernel backend (default: automatic)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None)
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--limit", type=int, default=None, help="first N test images only")
+    parser.add_argument("--batch-size", type=positive_int, default=500, help="default 500")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="first N test images only")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
 
 
@@ -49,35 +52,36 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from .. import nn
-    from ..nn.data import CLASS_NAMES, load_fashion_mnist
+    from ..nn.data import CLASS_NAMES
     from ..nn.training import evaluate
-    from .train import backend_problem
 
-    if args.backend is not None and backend_problem(args.backend):
-        print(f"cnnfast evaluate: {backend_problem(args.backend)}", file=sys.stderr)
-        return 2
     device = args.device or ("gpu" if args.backend == "cupy" else "cpu")
-    try:
-        model, _, extra = nn.load_checkpoint(args.checkpoint, backend=args.backend,
-                                             device=device)
-        images, labels = load_fashion_mnist("test", args.data, args.limit)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"cnnfast evaluate: {exc}", file=sys.stderr)
-        return 2
-    if extra.get("task") == "denoise":
+    require_backend(args.backend, device)
+    model, _, extra = load_model(args.checkpoint, backend=args.backend,
+                                 device=device)
+    _, (images, labels) = load_data("test", args.data, args.limit)
+    check_model_fits_data(model, images, args.checkpoint)
+    if extra.get("task") == "denoise" or tuple(model.output_shape) == tuple(
+            model.input_shape):
         return _report_denoiser(args, model, images, extra)
     result = evaluate(model, images, labels, args.batch_size)
     if args.json:
         out = dict(result, confusion=result["confusion"].tolist(),
-                   epochs=len(extra.get("trainer", {}).get("history", [])))
+                   epochs=_epochs(extra))
         print(json.dumps(out))
     else:
-        epochs = len(extra.get("trainer", {}).get("history", []))
+        epochs = _epochs(extra)
         print(f"{args.checkpoint}: model {model.name!r} after {epochs} epoch(s), "
               f"{len(images)} test images")
         print(format_report(result, CLASS_NAMES))
     return 0
+
+
+def _epochs(extra) -> int:
+    """Epochs in the checkpoint's training history (0 when it has none)."""
+    history = (extra.get("trainer") or {}).get("history") if isinstance(
+        extra.get("trainer"), dict) else None
+    return len(history) if isinstance(history, list) else 0
 
 
 def _report_denoiser(args, model, images, extra) -> int:
@@ -85,7 +89,7 @@ def _report_denoiser(args, model, images, extra) -> int:
     images at the noise level it was trained with."""
     from ..nn.encdec import evaluate_denoiser
 
-    noise = float(extra.get("noise_std", 0.3))
+    noise = stored_noise(extra, args.checkpoint)
     result = evaluate_denoiser(model, images, noise, batch_size=args.batch_size)
     result = {k: float(v) for k, v in result.items()}
     if args.json:

@@ -4,9 +4,11 @@ or a denoising autoencoder / U-Net (``--model autoencoder|unet``).
 Prints the model summary, a progress bar per epoch on stderr, and the test
 accuracy after each epoch; writes ``OUT/metrics.jsonl`` (one JSON object per epoch)
 and ``OUT/checkpoint.npz`` (atomically, every epoch). ``--resume`` continues from
-``OUT/checkpoint.npz`` exactly where it stopped. Ctrl-C finishes the current batch,
-saves a checkpoint and exits with status 130 (a second Ctrl-C aborts at once).
-``--augment SPEC`` (``cnnfast.augment``) transforms the training batches only.
+``OUT/checkpoint.npz`` exactly where it stopped: the options the checkpoint fixes
+(``RESUME_FIXED``) take its values, and one given explicitly must match them. Ctrl-C
+finishes the current batch, saves a checkpoint and exits with status 130 (a second
+Ctrl-C aborts at once). ``--augment SPEC`` (``cnnfast.augment``) transforms the
+training batches only.
 
 Denoisers learn to map ``clip(x + noise * N(0, 1), 0, 1)`` to ``x`` (mean squared
 error) with ``cnnfast.nn.encdec.train_denoiser``, one epoch per call: they resume
@@ -24,6 +26,10 @@ import signal
 import sys
 import time
 
+from .common import (CliError, check_model_fits_data, fraction, load_data, load_model,
+                     non_negative_float, positive_float, positive_int, prepare_out,
+                     random_seed, require_backend, set_threads)
+
 HELP = ("train a CNN on Fashion-MNIST (no autograd; any backend), or a denoising "
         "autoencoder / U-Net, with checkpoints")
 ENCDEC = ("autoencoder", "unet")  # cnnfast.nn.encdec.ENCDEC_MODELS, without importing it
@@ -32,9 +38,21 @@ DEFAULT_NOISE = 0.3
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 
+# The options a checkpoint fixes, with their defaults for a new run. Their parser
+# default is None, so that --resume tells an option the user gave (it must match
+# the checkpoint) from one left out (it takes the checkpoint's value). lr and
+# weight_decay default by optimizer (_apply_defaults).
+RESUME_FIXED = {"model": "cnn", "batch_size": 64, "optimizer": "adam", "lr": None,
+                "momentum": 0.9, "nesterov": False, "weight_decay": None,
+                "schedule": "constant", "step_size": 3, "gamma": 0.1,
+                "dtype": "float32", "seed": 0}
+# Options that only mean something with another one.
+ONLY_WITH = {"momentum": ("optimizer", "sgd"), "nesterov": ("optimizer", "sgd"),
+             "step_size": ("schedule", "step"), "gamma": ("schedule", "step")}
+
 
 def add_arguments(parser):
-    parser.add_argument("--model", choices=("cnn", "dense") + ENCDEC, default="cnn",
+    parser.add_argument("--model", choices=("cnn", "dense") + ENCDEC, default=None,
                         help="cnn: 2x(Conv 64 3x3, ReLU, MaxPool 2), Dense 128, Dense 10; "
                              "dense: Dense 128, Dense 10; autoencoder / unet: denoisers "
                              "(image to image, MSE; resume at epoch boundaries; "
@@ -44,35 +62,43 @@ def add_arguments(parser):
                              "'rotate=10,noise=0.05' (transforms: flip, rotate, translate, "
                              "crop, zoom, brightness, contrast, noise; default: none). "
                              "Fixed by the checkpoint on --resume")
-    parser.add_argument("--noise", type=float, default=None, metavar="STD",
+    parser.add_argument("--noise", type=non_negative_float, default=None, metavar="STD",
                         help=f"denoisers: std of the Gaussian noise added to the inputs "
                              f"(default {DEFAULT_NOISE}; fixed by the checkpoint on --resume)")
-    parser.add_argument("--epochs", type=int, default=10, help="total epochs (default 10)")
-    parser.add_argument("--batch-size", type=int, default=64, help="default 64")
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=10,
+                        help="total epochs (default 10)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="default 64")
+    parser.add_argument("--lr", type=positive_float, default=None,
                         help="learning rate (default: 1e-3 for adam/adamw, 0.05 for sgd)")
-    parser.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0.9)")
-    parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    parser.add_argument("--weight-decay", type=float, default=None,
+    parser.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=None,
+                        help="default adam")
+    parser.add_argument("--momentum", type=fraction, default=None,
+                        help="SGD momentum (0.9)")
+    parser.add_argument("--nesterov", action="store_true", default=None,
+                        help="Nesterov momentum (SGD)")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=None,
                         help="weight decay (default: 0; 0.01 for adamw)")
     parser.add_argument("--schedule", choices=("constant", "step", "cosine"),
-                        default="constant",
+                        default=None,
                         help="learning-rate schedule (step: per epoch; cosine: per "
-                             "batch, over --epochs)")
-    parser.add_argument("--step-size", type=int, default=3,
+                             "batch, over --epochs) (default constant)")
+    parser.add_argument("--step-size", type=positive_int, default=None,
                         help="epochs between decays for --schedule step (3)")
-    parser.add_argument("--gamma", type=float, default=0.1, help="decay for --schedule step")
+    parser.add_argument("--gamma", type=positive_float, default=None,
+                        help="decay for --schedule step (0.1)")
     parser.add_argument("--backend", default=None,
                         help="kernel backend: numpy, numba, cpp, cupy (default: automatic)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
                         help="where the model lives (default: gpu for --backend cupy)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU backend threads")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--seed", type=int, default=0, help="weights, shuffling, dropout")
-    parser.add_argument("--limit", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU backend threads")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                        help="default float32")
+    parser.add_argument("--seed", type=random_seed, default=None,
+                        help="weights, shuffling, dropout (default 0)")
+    parser.add_argument("--limit", type=positive_int, default=None,
                         help="train on the first N training images only")
-    parser.add_argument("--test-limit", type=int, default=None,
+    parser.add_argument("--test-limit", type=positive_int, default=None,
                         help="evaluate on the first N test images only")
     parser.add_argument("--data", default=None,
                         help="Fashion-MNIST folder (else $CNNFAST_DATA, else "
@@ -96,6 +122,10 @@ def add_arguments(parser):
                              "--batch-size is the global batch (each rank takes 1/N)")
 
 
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
 def _auto_backend_name(device):
     from ..registry import AUTO_CPU_ORDER, get_backend
 
@@ -115,15 +145,72 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def backend_problem(name):
-    """Why backend ``name`` cannot be used here (None when it can)."""
-    from ..registry import get_backend
+def _apply_defaults(args):
+    """A new run: every RESUME_FIXED option left out takes its default; one that
+    means nothing with the chosen optimizer or schedule is an error."""
+    for name, (other, needed) in ONLY_WITH.items():
+        chosen = getattr(args, other) or RESUME_FIXED[other]
+        if getattr(args, name) is not None and chosen != needed:
+            raise CliError(f"{_flag(name)} applies to {_flag(other)} {needed}, not "
+                           f"{_flag(other)} {chosen}")
+    for name, default in RESUME_FIXED.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.lr is None:
+        args.lr = 0.05 if args.optimizer == "sgd" else 1e-3
+    if args.weight_decay is None:
+        args.weight_decay = 0.01 if args.optimizer == "adamw" else 0.0
 
-    try:
-        backend = get_backend(name)
-    except ValueError as exc:
-        return str(exc)
-    return None if backend.available else f"backend {name!r} is unavailable: {backend.reason}"
+
+def _saved_options(model, opt, extra) -> dict:
+    """The RESUME_FIXED options a checkpoint was trained with (None where one does
+    not apply, e.g. --momentum for Adam)."""
+    state = extra["trainer"]
+    sched, ocfg = state["schedule"], opt.config()
+    return {"model": extra.get("model") if extra.get("task") == "denoise" else model.name,
+            "batch_size": state["batch_size"], "optimizer": ocfg.get("name"),
+            "lr": sched.get("base_lr"), "momentum": ocfg.get("momentum"),
+            "nesterov": ocfg.get("nesterov"), "weight_decay": ocfg.get("weight_decay"),
+            "schedule": sched.get("name"), "step_size": sched.get("step_size"),
+            "gamma": sched.get("gamma"), "dtype": model.dtype.name,
+            "seed": extra.get("seed", 0)}
+
+
+def _conflict(flag, given, saved, path) -> CliError:
+    """The --resume error for an option that differs from the checkpoint's."""
+    if saved is None:
+        return CliError(f"--resume: {flag} {given} conflicts with {path}, whose run does "
+                        f"not use {flag}")
+    return CliError(f"--resume: {flag} {given} conflicts with {path}, trained with "
+                    f"{flag} {saved} (drop {flag} to continue with the checkpoint's)")
+
+
+def _check_resume_options(args, saved, path):
+    """--resume: an option given explicitly must be the checkpoint's; one left out
+    takes the checkpoint's value (so the same command line + --resume works)."""
+    for name in RESUME_FIXED:
+        given = getattr(args, name)
+        if given is None:
+            setattr(args, name, saved[name])
+        elif given != saved[name]:
+            raise _conflict(_flag(name), given, saved[name], path)
+
+
+def _check_freeze(args, model, resumed_path=None):
+    """--freeze K: |K| at most the number of layers; on --resume, the layers the
+    checkpoint has frozen must be those K freezes."""
+    if args.freeze is None:
+        return
+    n = len(model.layers)
+    if abs(args.freeze) > n:
+        raise CliError(f"--freeze {args.freeze}: the model has {n} layers (use -{n} to "
+                       f"{n})")
+    if resumed_path is not None:
+        frozen = set(range(n)[:args.freeze])
+        if [not layer.trainable for layer in model.layers] != [i in frozen
+                                                              for i in range(n)]:
+            raise CliError(f"--resume: --freeze {args.freeze} conflicts with the layers "
+                           f"{resumed_path} has frozen (drop --freeze to keep them)")
 
 
 def _build(args):
@@ -135,10 +222,7 @@ def _build(args):
                                 backend=args.backend)
     else:
         model = MODELS[args.model](seed=args.seed, dtype=args.dtype, backend=args.backend)
-    name = args.optimizer
-    lr = args.lr if args.lr is not None else (0.05 if name == "sgd" else 1e-3)
-    wd = args.weight_decay if args.weight_decay is not None else (
-        0.01 if name == "adamw" else 0.0)
+    name, lr, wd = args.optimizer, args.lr, args.weight_decay
     if name == "sgd":
         opt = nn.SGD(lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=wd)
     else:
@@ -169,14 +253,24 @@ def _run_any(args) -> int:
     try:
         comm = D.get_communicator(args.distributed)
     except (RuntimeError, ImportError) as exc:
-        print(f"cnnfast train: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc)) from exc
     D.install_excepthook(comm)
     D.configure_threads(comm, args.threads)
     if args.backend == "cupy" or args.device == "gpu":
         D.select_gpu(comm)
     with D.quiet_unless_root(comm):
-        return D.run_guarded(comm, _run, args, comm)
+        return D.run_guarded(comm, _run_reporting_errors, args, comm)
+
+
+def _run_reporting_errors(args, comm) -> int:
+    """Under run_guarded, a user error is a status (every rank returns it), not an
+    exception (which would abort the job with a traceback)."""
+    from ..cli import report_error
+
+    try:
+        return _run(args, comm)
+    except CliError as exc:
+        return report_error("cnnfast train", exc)
 
 
 def _augment_pipeline(spec, seed):
@@ -188,19 +282,16 @@ def _augment_pipeline(spec, seed):
     return pipeline if len(pipeline) else None
 
 
-def _check_augment_matches(args, saved_spec) -> bool:
+def _check_augment_matches(args, saved_spec, path):
     """On --resume, an explicit --augment must be the checkpoint's (a different one
     would break the exact continuation)."""
     if getattr(args, "augment", None) is None:
-        return True
+        return
     given = _augment_pipeline(args.augment, 0)
     given = given.spec if given is not None else None
     if given != (saved_spec or None):
-        print(f"cnnfast train: --resume: the checkpoint was trained with --augment "
-              f"{saved_spec or 'none'!r}, not {given or 'none'!r} (drop --augment to "
-              f"keep the checkpoint's)", file=sys.stderr)
-        return False
-    return True
+        raise _conflict("--augment", repr(given or "none"), repr(saved_spec or "none"),
+                        path)
 
 
 def _install_sigint(handler):
@@ -213,9 +304,18 @@ def _install_sigint(handler):
 def _fresh_model(args, device):
     """A new model for ``args`` (no --resume): built, ``--weights`` loaded,
     ``--freeze`` applied, moved to the device; with its optimizer and schedule."""
+    from ..nn.checkpoint import read_arrays
+
     model, opt, schedule = _build(args)
+    _check_freeze(args, model)
     if args.weights:
-        loaded = model.load_weights(args.weights, strict=False)
+        try:
+            loaded = model.load_state_dict(read_arrays(args.weights), strict=False)
+        except (OSError, ValueError) as exc:  # missing, corrupt, crafted
+            raise CliError(f"--weights: {exc}") from exc
+        if not loaded:
+            raise CliError(f"--weights {args.weights}: no array matches this model "
+                           f"(--model {args.model}) by name and shape")
         print(f"loaded {len(loaded)} arrays from {args.weights}")
     if args.freeze is not None:
         model.freeze(args.freeze)
@@ -224,9 +324,43 @@ def _fresh_model(args, device):
     return model, opt, schedule
 
 
+def _resume(args, device, ckpt_path):
+    """``(model, optimizer, extra)`` from OUT/checkpoint.npz for --resume, with the
+    options it fixes checked against the command line and filled into ``args``."""
+    if not os.path.exists(ckpt_path):
+        raise CliError(f"--resume: no checkpoint at {ckpt_path}")
+    model, opt, extra = load_model(ckpt_path, "--resume", backend=args.backend,
+                                   device=device)
+    try:
+        if opt is None:
+            raise KeyError("optimizer")
+        saved = _saved_options(model, opt, extra)
+    except (KeyError, TypeError, AttributeError) as exc:  # no or corrupt trainer state
+        raise CliError(f"--resume: {ckpt_path} holds no usable training state "
+                       f"(missing {exc})") from exc
+    _check_resume_options(args, saved, ckpt_path)
+    _check_augment_matches(args, extra["trainer"].get("augment"), ckpt_path)
+    _check_freeze(args, model, ckpt_path)
+    if args.weights:
+        print(f"note: --weights {args.weights} is not loaded: --resume continues from "
+              f"the checkpoint's weights", file=sys.stderr)
+    return model, opt, extra
+
+
+def _start_out(out, root):
+    """The output folder, created; stale temporary checkpoint files that a killed
+    run left in it are removed (with a note)."""
+    from ..nn.checkpoint import remove_stale_temporaries
+
+    prepare_out(out)
+    if root:
+        for path in remove_stale_temporaries(out):
+            print(f"note: removed {path}, a partial checkpoint left by an interrupted "
+                  f"run", file=sys.stderr)
+
+
 def _run(args, comm=None) -> int:
     from .. import nn
-    from ..nn.data import find_fashion_mnist, load_fashion_mnist
     from ..nn.training import Trainer
 
     root = comm is None or comm.rank == 0
@@ -237,71 +371,56 @@ def _run(args, comm=None) -> int:
 
         Trainer = partial(DistributedTrainer, comm=comm)  # noqa: N806
     if args.threads is not None and comm is None:
-        from ..threads import set_num_threads
-
-        set_num_threads(args.threads)
+        set_threads(args.threads)
     device = args.device or ("gpu" if args.backend == "cupy" else "cpu")
-    if args.backend is not None:
-        problem = backend_problem(args.backend)
-        if problem:
-            print(f"cnnfast train: {problem}", file=sys.stderr)
-            return 2
-    # Option errors first, before the data is read.
-    augment_arg = getattr(args, "augment", None)
-    noise_arg = getattr(args, "noise", None)
+    require_backend(args.backend, device)
+    # Option errors first, before the checkpoint and the data are read.
     try:
-        augment = _augment_pipeline(augment_arg, args.seed)
-    except (ValueError, TypeError) as exc:
-        print(f"cnnfast train: {exc}", file=sys.stderr)
-        return 2
-    if noise_arg is not None and not (math.isfinite(noise_arg) and noise_arg >= 0):
-        print(f"cnnfast train: --noise {noise_arg!r} must be a finite number >= 0",
-              file=sys.stderr)
-        return 2
-    if noise_arg is not None and args.model not in ENCDEC and not args.resume:
-        print("cnnfast train: --noise is for the denoisers (--model autoencoder or unet)",
-              file=sys.stderr)
-        return 2
+        _augment_pipeline(args.augment, 0)
+    except (ValueError, TypeError) as exc:  # the message names --augment
+        raise CliError(str(exc)) from exc
+    if args.noise is not None and args.model not in ENCDEC and not args.resume:
+        raise CliError("--noise is for the denoisers (--model autoencoder or unet)")
     if comm is not None and args.model in ENCDEC:
-        print("cnnfast train: --distributed trains the classifiers (cnn, dense) only",
-              file=sys.stderr)
-        return 2
-    try:
-        data_dir = find_fashion_mnist(args.data)
-    except FileNotFoundError as exc:
-        print(f"cnnfast train: {exc}", file=sys.stderr)
-        return 2
-    train_x, train_y = load_fashion_mnist("train", data_dir, args.limit)
-    test_x, test_y = load_fashion_mnist("test", data_dir, args.test_limit)
-
-    os.makedirs(args.out, exist_ok=True)
+        raise CliError("--distributed trains the classifiers (cnn, dense) only")
     ckpt_path = os.path.join(args.out, CHECKPOINT)
     metrics_path = os.path.join(args.out, METRICS)
+    if args.resume:
+        model, opt, extra = _resume(args, device, ckpt_path)
+        denoiser = extra.get("task") == "denoise"
+        if args.noise is not None and not denoiser:
+            raise CliError("--noise is for the denoisers; this checkpoint holds a "
+                           "classifier")
+        if comm is not None and denoiser:
+            raise CliError("--distributed trains the classifiers (cnn, dense) only")
+    else:
+        _apply_defaults(args)
+        augment = _augment_pipeline(args.augment, args.seed)
+        model, opt, schedule = _fresh_model(args, device)
+        denoiser = args.model in ENCDEC
+    _start_out(args.out, root)
+    data_dir, (train_x, train_y) = load_data("train", args.data, args.limit)
+    _, (test_x, test_y) = load_data("test", data_dir, args.test_limit)
+    check_model_fits_data(model, train_x, ckpt_path if args.resume else
+                          f"--model {args.model}")
     data_info = {"train_size": len(train_x), "limit": args.limit}
     if args.resume:
-        if not os.path.exists(ckpt_path):
-            print(f"cnnfast train: --resume: no checkpoint at {ckpt_path}", file=sys.stderr)
-            return 2
-        model, opt, extra = nn.load_checkpoint(ckpt_path, backend=args.backend,
-                                               device=device)
-        if extra.get("data") and extra["data"]["train_size"] != len(train_x):
-            print(f"cnnfast train: the checkpoint was trained on "
-                  f"{extra['data']['train_size']} images but this run loads "
-                  f"{len(train_x)} (use the same --limit)", file=sys.stderr)
-            return 2
-        if extra.get("task") == "denoise" or args.model in ENCDEC:
-            return _run_denoiser(args, comm, device, data_dir, train_x, test_x,
-                                 resumed=(model, opt, extra))
-        if noise_arg is not None:
-            print("cnnfast train: --noise is for the denoisers; this checkpoint holds a "
-                  "classifier", file=sys.stderr)
-            return 2
+        trained_on = extra.get("data") if isinstance(extra.get("data"), dict) else {}
+        if trained_on and trained_on.get("train_size") != len(train_x):
+            raise CliError(f"--resume: the checkpoint was trained on "
+                           f"{trained_on.get('train_size')} images but this run loads "
+                           f"{len(train_x)} (use the same --limit)")
+        if denoiser:
+            return _run_denoiser(args, device, data_dir, train_x, test_x,
+                                 model, opt, resumed=extra)
         state = extra["trainer"]
-        if not _check_augment_matches(args, state.get("augment")):
-            return 2
-        trainer = Trainer(model, opt, nn.make_schedule(state["schedule"]),
-                          batch_size=state["batch_size"], seed=extra.get("seed", 0))
-        trainer.restore(state)  # rebuilds the checkpoint's augmentation
+        try:
+            trainer = Trainer(model, opt, nn.make_schedule(state["schedule"]),
+                              batch_size=state["batch_size"], seed=extra.get("seed", 0))
+            trainer.restore(state)  # rebuilds the checkpoint's augmentation
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CliError(f"--resume: {ckpt_path}: corrupt training state "
+                           f"({type(exc).__name__}: {exc})") from exc
         # The metrics file follows the checkpoint (a line written after the last
         # checkpoint by a crashed run is dropped).
         if root:
@@ -311,11 +430,10 @@ def _run(args, comm=None) -> int:
         print(f"resuming from {ckpt_path}: epoch {trainer.epoch + 1}, batch "
               f"{trainer.batch}")
         seed = extra.get("seed", 0)
-    elif args.model in ENCDEC:
-        return _run_denoiser(args, comm, device, data_dir, train_x, test_x,
-                             augment=augment)
+    elif denoiser:
+        return _run_denoiser(args, device, data_dir, train_x, test_x, model, opt,
+                             schedule=schedule, augment=augment)
     else:
-        model, opt, schedule = _fresh_model(args, device)
         trainer = Trainer(model, opt, schedule, batch_size=args.batch_size, seed=args.seed,
                           augment=augment)
         if root:
@@ -388,64 +506,50 @@ def _run(args, comm=None) -> int:
     return 0
 
 
-def _run_denoiser(args, comm, device, data_dir, train_x, test_x, *, resumed=None,
-                  augment=None) -> int:
+def _run_denoiser(args, device, data_dir, train_x, test_x, model, opt, *, resumed=None,
+                  schedule=None, augment=None) -> int:
     """``--model autoencoder|unet``: ``train_denoiser`` one epoch per call, with the
     optimizer carried over (its state is in the checkpoint) and a seed per epoch
-    (a new shuffle and new noise each epoch; the same on a resumed run)."""
+    (a new shuffle and new noise each epoch; the same on a resumed run). ``resumed``
+    is the checkpoint's ``extra`` on --resume."""
     import numpy as np
 
     from .. import nn
     from ..nn.encdec import evaluate_denoiser, train_denoiser
     from ..nn.training import Progress, _jsonable_state
 
-    if comm is not None:
-        print("cnnfast train: --distributed trains the classifiers (cnn, dense) only",
-              file=sys.stderr)
-        return 2
     if len(train_x) < 1 or len(test_x) < 1:
-        print(f"cnnfast train: a denoiser needs training and test images (got "
-              f"{len(train_x)} and {len(test_x)})", file=sys.stderr)
-        return 2
+        raise CliError(f"a denoiser needs training and test images (got {len(train_x)} "
+                       f"and {len(test_x)})")
     ckpt_path = os.path.join(args.out, CHECKPOINT)
     metrics_path = os.path.join(args.out, METRICS)
     data_info = {"train_size": len(train_x), "limit": args.limit}
     if resumed is not None:
-        model, opt, extra = resumed
-        if extra.get("task") != "denoise":
-            print(f"cnnfast train: --resume: {ckpt_path} holds a classifier, not a "
-                  f"denoiser (drop --model {args.model})", file=sys.stderr)
-            return 2
+        extra = resumed
         model_name = extra.get("model", model.name)
-        if args.model in ENCDEC and args.model != model_name:
-            print(f"cnnfast train: --resume: {ckpt_path} holds a {model_name}, not a "
-                  f"{args.model}", file=sys.stderr)
-            return 2
-        noise = float(extra["noise_std"])
-        if getattr(args, "noise", None) is not None and args.noise != noise:
-            print(f"cnnfast train: --resume: the checkpoint was trained with --noise "
-                  f"{noise:g}, not {args.noise:g}", file=sys.stderr)
-            return 2
-        state = extra["trainer"]
-        if not _check_augment_matches(args, state.get("augment")):
-            return 2
-        seed = int(extra.get("seed", 0))
-        augment = _augment_pipeline(state.get("augment"), seed)
-        if augment is not None:
-            augment.set_state(state["augment_state"])
-        schedule = nn.make_schedule(state["schedule"])
-        batch_size = int(state["batch_size"])
-        epoch, history = int(state["epoch"]), list(state["history"])
-        model.rng.bit_generator.state = state["model_rng_state"]
+        try:
+            noise = float(extra["noise_std"])
+            if args.noise is not None and args.noise != noise:
+                raise _conflict("--noise", f"{args.noise:g}", f"{noise:g}", ckpt_path)
+            state = extra["trainer"]
+            seed = int(extra.get("seed", 0))
+            augment = _augment_pipeline(state.get("augment"), seed)
+            if augment is not None:
+                augment.set_state(state["augment_state"])
+            schedule = nn.make_schedule(state["schedule"])
+            batch_size = int(state["batch_size"])
+            epoch, history = int(state["epoch"]), list(state["history"])
+            model.rng.bit_generator.state = state["model_rng_state"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CliError(f"--resume: {ckpt_path}: corrupt training state "
+                           f"({type(exc).__name__}: {exc})") from exc
         with open(metrics_path, "w") as f:  # the metrics follow the checkpoint
             for m in history:
                 f.write(json.dumps(m) + "\n")
         print(f"resuming from {ckpt_path}: {model_name}, epoch {epoch + 1}")
     else:
-        model, opt, schedule = _fresh_model(args, device)
         model_name = args.model
-        noise = getattr(args, "noise", None)
-        noise = DEFAULT_NOISE if noise is None else noise
+        noise = DEFAULT_NOISE if args.noise is None else args.noise
         seed, batch_size, epoch, history = args.seed, args.batch_size, 0, []
         open(metrics_path, "w").close()
 

@@ -12,7 +12,10 @@ model ``denoising.png`` (noisy / output / clean). Needs matplotlib
 from __future__ import annotations
 
 import os
-import sys
+
+from .common import (CliError, check_model_fits_data, load_data, load_model,
+                     non_negative_float, non_negative_int, positive_int, prepare_out,
+                     require_backend, stored_noise)
 
 HELP = "draw filters, feature maps, Grad-CAM, curves and the confusion matrix of a checkpoint"
 
@@ -20,10 +23,10 @@ HELP = "draw filters, feature maps, Grad-CAM, curves and the confusion matrix of
 def add_arguments(parser):
     parser.add_argument("checkpoint", help="a checkpoint.npz written by cnnfast train")
     parser.add_argument("--out", required=True, help="folder for the PNG files")
-    parser.add_argument("--image", type=int, default=0,
+    parser.add_argument("--image", type=non_negative_int, default=0,
                         help="index of the test image for feature maps and Grad-CAM (0); "
                              "Grad-CAM and the denoising grid show it and the next 7")
-    parser.add_argument("--class", dest="class_index", type=int, default=None,
+    parser.add_argument("--class", dest="class_index", type=non_negative_int, default=None,
                         help="explain this class in Grad-CAM (default: the predicted one)")
     parser.add_argument("--metrics", default=None,
                         help="metrics JSON-lines file (default: metrics.jsonl next to the "
@@ -31,9 +34,9 @@ def add_arguments(parser):
     parser.add_argument("--data", default=None,
                         help="Fashion-MNIST folder (else $CNNFAST_DATA, else "
                              "/usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--limit", type=int, default=None,
+    parser.add_argument("--limit", type=positive_int, default=None,
                         help="use the first N test images only (confusion matrix)")
-    parser.add_argument("--noise", type=float, default=None,
+    parser.add_argument("--noise", type=non_negative_float, default=None,
                         help="noise std for the denoising grid (default: the one stored "
                              "in the checkpoint, else 0.3)")
     parser.add_argument("--backend", default=None, help="kernel backend (default: automatic)")
@@ -45,58 +48,50 @@ def _history(args, extra):
     path = args.metrics or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                         "metrics.jsonl")
     if os.path.exists(path):
-        history = read_metrics(path)
+        try:
+            history = read_metrics(path)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--metrics: {exc}" if args.metrics else str(exc)) from exc
         if history:
             return history
     elif args.metrics:
-        raise FileNotFoundError(f"--metrics {args.metrics!r} does not exist")
-    return list((extra.get("trainer") or {}).get("history") or extra.get("history") or [])
+        raise CliError(f"--metrics {args.metrics!r} does not exist")
+    trainer = extra.get("trainer") if isinstance(extra.get("trainer"), dict) else {}
+    history = trainer.get("history") or extra.get("history") or []
+    return list(history) if isinstance(history, list) else []
 
 
 def run(args) -> int:
-    from .. import nn
     from ..nn import encdec, resample  # noqa: F401  (registers Upsample, SkipConcat, ...)
-    from ..nn.data import CLASS_NAMES, load_fashion_mnist
+    from ..nn.data import CLASS_NAMES
     from ..viz import require_matplotlib, visualize
 
     try:
         require_matplotlib()
     except ImportError as exc:
-        print(f"cnnfast visualize: {exc}", file=sys.stderr)
-        return 2
-    if args.backend is not None:
-        from .train import backend_problem
-
-        problem = backend_problem(args.backend)
-        if problem:
-            print(f"cnnfast visualize: {problem}", file=sys.stderr)
-            return 2
-    try:
-        model, _, extra = nn.load_checkpoint(args.checkpoint, backend=args.backend,
-                                             device="gpu" if args.backend == "cupy" else "cpu")
-        images, labels = load_fashion_mnist("test", args.data, args.limit)
-        history = _history(args, extra)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"cnnfast visualize: {exc}", file=sys.stderr)
-        return 2
-    if tuple(images.shape[1:]) != tuple(model.input_shape):
-        print(f"cnnfast visualize: the model expects {model.input_shape} images, the "
-              f"data has {images.shape[1:]}", file=sys.stderr)
-        return 2
-    noise = args.noise if args.noise is not None else float(extra.get("noise_std", 0.3))
+        raise CliError(str(exc)) from exc
+    device = "gpu" if args.backend == "cupy" else "cpu"
+    require_backend(args.backend, device)
+    prepare_out(args.out)
+    model, _, extra = load_model(args.checkpoint, backend=args.backend,
+                                 device=device)
+    _, (images, labels) = load_data("test", args.data, args.limit)
+    check_model_fits_data(model, images, args.checkpoint)
+    history = _history(args, extra)
+    noise = args.noise if args.noise is not None else stored_noise(extra, args.checkpoint)
     k = int(model.output_shape[0]) if len(model.output_shape) == 1 else None
     if args.class_index is not None and (k is None or not 0 <= args.class_index < k):
-        print(f"cnnfast visualize: --class {args.class_index} needs a classifier with "
-              f"classes 0..{(k or 1) - 1}", file=sys.stderr)
-        return 2
+        raise CliError(f"--class {args.class_index} needs a classifier with classes "
+                       f"0..{(k or 1) - 1}")
+    if args.image >= len(images):
+        raise CliError(f"--image {args.image}: the test set has {len(images)} images")
     try:
         paths = visualize(model, images, args.out, labels=labels, image_index=args.image,
                           class_index=args.class_index, history=history,
                           class_names=CLASS_NAMES if k == len(CLASS_NAMES) else None,
                           noise_std=noise)
     except ValueError as exc:
-        print(f"cnnfast visualize: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc)) from exc
     for p in paths:
         print(p)
     return 0

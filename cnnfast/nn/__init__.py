@@ -18,7 +18,7 @@ trains on cupy arrays end to end.
 """
 
 from .base import Layer, array_module, layer_class, layer_from_config, register_layer
-from .checkpoint import load_checkpoint, read_arrays, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, read_arrays, save_checkpoint
 from .init import INITIALIZERS, get_initializer
 from .layers import (
     AvgPool, AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm, Conv, Conv1d, Conv2d, Conv3d,
@@ -35,7 +35,8 @@ from .encdec import autoencoder, build_encdec, psnr, train_denoiser, unet
 
 __all__ = [
     "Layer", "array_module", "layer_class", "layer_from_config", "register_layer",
-    "load_checkpoint", "read_arrays", "save_checkpoint", "INITIALIZERS", "get_initializer",
+    "CheckpointError", "load_checkpoint", "read_arrays", "save_checkpoint", "INITIALIZERS",
+    "get_initializer",
     "AvgPool", "AvgPool1d", "AvgPool2d", "AvgPool3d", "BatchNorm", "Conv", "Conv1d",
     "Conv2d", "Conv3d", "ConvTranspose", "ConvTranspose1d", "ConvTranspose2d",
     "ConvTranspose3d", "Dense", "Dropout", "Flatten", "GlobalAvgPool", "LeakyReLU",

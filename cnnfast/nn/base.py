@@ -134,6 +134,15 @@ class Layer:
         """Per-sample output shape for per-sample ``input_shape``."""
         return tuple(input_shape)
 
+    def param_shapes(self, input_shape) -> dict:
+        """``{name: shape}`` of the parameters ``build(input_shape)`` creates,
+        computed without allocating them (a checkpoint is checked against it)."""
+        return {}
+
+    def buffer_shapes(self, input_shape) -> dict:
+        """``{name: shape}`` of the buffers ``build(input_shape)`` creates."""
+        return {}
+
     def config(self) -> dict:
         """Constructor keyword arguments (JSON-able), ``name`` excluded."""
         return {}

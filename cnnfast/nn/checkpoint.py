@@ -13,12 +13,17 @@ Layout (all plain arrays; loading never needs pickle):
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
 FORMAT = 1
+# save_checkpoint writes to a temporary file named like this in the target folder
+# first; one left behind means a process was killed mid-write.
+TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".npz"
 
 
 def save_checkpoint(path, model, optimizer=None, extra: dict = None) -> str:
@@ -36,7 +41,7 @@ def save_checkpoint(path, model, optimizer=None, extra: dict = None) -> str:
             arrays[f"optim/{k}"] = np.asarray(v)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=directory)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; use the usual mode
         with os.fdopen(fd, "wb") as f:
@@ -53,45 +58,186 @@ def save_checkpoint(path, model, optimizer=None, extra: dict = None) -> str:
     return path
 
 
+def remove_stale_temporaries(directory) -> list:
+    """Delete the temporary files a killed ``save_checkpoint`` left in
+    ``directory`` (only names of its own pattern); returns their paths. Call it
+    when a run starts, before any checkpoint of this run is being written."""
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        full = os.path.join(directory, name)
+        if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX) and os.path.isfile(full):
+            os.unlink(full)
+            removed.append(full)
+    return removed
+
+
 def _umask():
     mask = os.umask(0o22)
     os.umask(mask)
     return mask
 
 
+class CheckpointError(ValueError):
+    """A file that is not a valid cnnfast checkpoint: not a zip of ``.npy`` arrays,
+    corrupt, crafted, or weights that do not fit the stored model configuration."""
+
+
 def read_arrays(path) -> dict:
-    """Every array of a checkpoint by name (``__meta__`` decoded to a dict)."""
+    """Every array of a checkpoint by name (``__meta__`` decoded to a dict).
+
+    The file is untrusted: no pickle, and nothing is allocated before it is known
+    to fit in the file -- the arrays together may not declare more bytes than the
+    file holds (cnnfast writes them uncompressed), and each ``.npy`` header's shape
+    must fit in its member."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path!r} is a folder, not a checkpoint file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:  # zipfile/format errors: name the file
-        raise ValueError(f"{path!r} is not a readable cnnfast checkpoint: {exc}") from exc
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+            declared = sum(m.file_size for m in members)
+            if declared > size:
+                raise CheckpointError(
+                    f"{path!r}: its arrays declare {declared:,} bytes in a file of "
+                    f"{size:,} (compressed or crafted; cnnfast writes checkpoints "
+                    f"uncompressed)")
+            arrays = {}
+            for m in members:
+                if not m.filename.endswith(".npy"):
+                    raise CheckpointError(f"{path!r}: unexpected member {m.filename!r} "
+                                          f"(a checkpoint holds .npy arrays only)")
+                arrays[m.filename[:-len(".npy")]] = _read_npy(z, m, path)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+            NotImplementedError, RuntimeError) as exc:  # zip/npy format errors
+        raise CheckpointError(f"{path!r} is not a readable cnnfast checkpoint: "
+                              f"{type(exc).__name__}: {exc}") from exc
     if "__meta__" not in arrays:
-        raise ValueError(f"{path!r} is not a cnnfast checkpoint (no __meta__ entry)")
-    arrays["__meta__"] = json.loads(str(arrays["__meta__"]))
-    if arrays["__meta__"].get("format") != FORMAT:
-        raise ValueError(f"{path!r}: checkpoint format {arrays['__meta__'].get('format')} "
-                         f"is not supported (expected {FORMAT})")
+        raise CheckpointError(f"{path!r} is not a cnnfast checkpoint (no __meta__ entry)")
+    meta = arrays["__meta__"]
+    try:
+        if meta.dtype.kind != "U" or meta.shape != ():
+            raise ValueError(f"a {meta.dtype} array of shape {meta.shape}, not a string")
+        meta = json.loads(str(meta))
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path!r}: unreadable __meta__ entry ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path!r}: checkpoint format {found} is not supported "
+                              f"(expected {FORMAT})")
+    arrays["__meta__"] = meta
     return arrays
 
 
+def _read_npy(z, member, path):
+    """One ``.npy`` member, its header checked before its data is allocated."""
+    fmt = np.lib.format
+    with z.open(member) as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise CheckpointError(f"{path!r}: {member.filename}: unsupported .npy "
+                                  f"version {version}")
+    if dtype.hasobject:
+        raise CheckpointError(f"{path!r}: {member.filename} holds Python objects; "
+                              f"checkpoints are plain arrays (pickle is never loaded)")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > member.file_size:
+        raise CheckpointError(f"{path!r}: {member.filename} declares shape {shape} "
+                              f"({nbytes:,} bytes) in a member of {member.file_size:,} "
+                              f"bytes (truncated or crafted)")
+    with z.open(member) as f:
+        return fmt.read_array(f, allow_pickle=False)
+
+
 def load_checkpoint(path, backend=None, device="cpu"):
-    """``(model, optimizer or None, extra)`` rebuilt from a checkpoint file."""
+    """``(model, optimizer or None, extra)`` rebuilt from a checkpoint file.
+
+    The stored arrays are checked against the model configuration before the
+    model allocates anything, so a crafted configuration cannot make it allocate
+    more than the file holds; every problem is a ``CheckpointError``."""
     from .model import Sequential
     from .optim import make_optimizer
 
+    path = os.fspath(path)
     arrays = read_arrays(path)
     meta = arrays["__meta__"]
-    model = Sequential.from_config(meta["model"], backend=backend)
+    try:
+        cfg = meta["model"]
+        model = Sequential.from_config(cfg, backend=backend, build=False)
+        expected = model.state_shapes(cfg["input_shape"])
+    except (KeyError, TypeError, ValueError, AttributeError, NotImplementedError,
+            OverflowError, RecursionError) as exc:
+        raise CheckpointError(f"{path!r}: invalid model configuration "
+                              f"({type(exc).__name__}: {exc})") from exc
+    problems = _shape_problems(expected, arrays)
+    optimizer = None
+    if meta.get("optimizer"):
+        try:
+            optimizer = make_optimizer(meta["optimizer"])
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{path!r}: invalid optimizer configuration "
+                                  f"({type(exc).__name__}: {exc})") from exc
+        problems += _optimizer_problems(expected, arrays, optimizer)
+    if problems:
+        raise CheckpointError(f"{path!r}: the arrays do not match the stored model "
+                              f"configuration: {'; '.join(problems[:5])}"
+                              + (f" (and {len(problems) - 5} more)" if len(problems) > 5
+                                 else ""))
+    # Now the weights are known to match: building allocates what the file holds.
+    model.build(cfg["input_shape"])
     model.load_state_dict(arrays, strict=True)
     if device != "cpu":
         model.to(device)
-    optimizer = None
-    if meta.get("optimizer"):
-        optimizer = make_optimizer(meta["optimizer"])
+    if optimizer is not None:
         optimizer.load_state_dict({k[len("optim/"):]: v for k, v in arrays.items()
                                    if k.startswith("optim/")}, model.xp)
-    return model, optimizer, meta.get("extra", {})
+    extra = meta.get("extra", {})
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path!r}: the extra metadata is not a JSON object")
+    return model, optimizer, extra
+
+
+def _shape_problems(expected, arrays):
+    """Weights and buffers: exactly the expected names, shapes and real dtypes."""
+    problems = []
+    for key, shape in expected.items():
+        value = arrays.get(key)
+        if value is None:
+            problems.append(f"{key} missing")
+        elif value.shape != shape:
+            problems.append(f"{key} has shape {value.shape}, the configuration "
+                            f"gives {shape}")
+        elif value.dtype.kind not in "fiu":
+            problems.append(f"{key} has dtype {value.dtype}")
+    problems += [f"{k} unexpected" for k in arrays
+                 if k.startswith(("param/", "buffer/")) and k not in expected]
+    return problems
+
+
+def _optimizer_problems(expected, arrays, optimizer):
+    """Optimizer slots: one per parameter, of its shape; ``t`` a scalar."""
+    problems = []
+    for key, value in arrays.items():
+        if not key.startswith("optim/"):
+            continue
+        name = key[len("optim/"):]
+        if name == "t":
+            if value.shape != () or value.dtype.kind not in "iu":
+                problems.append(f"{key} is not an integer scalar")
+            continue
+        slot, _, param = name.partition("/")
+        shape = expected.get(f"param/{param}")
+        if slot not in optimizer.slots or shape is None:
+            problems.append(f"{key} does not belong to {type(optimizer).__name__}")
+        elif value.shape != shape or value.dtype.kind not in "fiu":
+            problems.append(f"{key} has shape {value.shape} ({value.dtype}), the "
+                            f"parameter {shape}")
+    return problems

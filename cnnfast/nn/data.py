@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import struct
 import zlib
@@ -41,45 +42,68 @@ class IDXError(ValueError):
 
 
 def _open(path):
+    """``(file, compressed)``: the file opened for reading, gunzipped when it
+    starts with the gzip magic, whatever its name says."""
     with open(path, "rb") as f:
         head = f.read(2)
-    if head == b"\x1f\x8b":  # gzip magic, whatever the file name says
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+    if head == b"\x1f\x8b":
+        return gzip.open(path, "rb"), True
+    return open(path, "rb"), False
 
 
-def _read_exact(f, n, path, what):
+def _read(f, n, path, what):
+    """Up to ``n`` bytes; a gzip error becomes an IDXError naming the file."""
     try:
-        data = f.read(n)
+        return f.read(n)
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise IDXError(f"{path}: corrupt or truncated gzip stream while reading {what} "
                        f"({type(exc).__name__}: {exc})") from exc
+
+
+def _read_exact(f, n, path, what):
+    data = _read(f, n, path, what)
     if len(data) != n:
         raise IDXError(f"{path}: truncated: expected {n} bytes of {what}, found "
                        f"{len(data)}")
     return data
 
 
-def _read_into(f, buf, path, what):
-    done = 0
-    while done < len(buf):
-        try:
-            n = f.readinto(buf[done:])
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-            raise IDXError(f"{path}: corrupt or truncated gzip stream while reading "
-                           f"{what} ({type(exc).__name__}: {exc})") from exc
-        if not n:
-            raise IDXError(f"{path}: truncated: expected {len(buf)} bytes of {what}, "
-                           f"found {done}")
-        done += n
+def _truncated(path, nbytes, found, what):
+    return IDXError(f"{path}: truncated: expected {nbytes} bytes of {what}, found {found}")
+
+
+_CHUNK = 1 << 24
+
+
+def _read_data(f, nbytes, compressed, path, what):
+    """``nbytes`` of data as a writable buffer, never allocating more than the
+    file turns out to hold: a plain file's size was checked against the header
+    before this; a gzip stream's is unknown, so it is read in chunks."""
+    if not compressed:
+        buf = bytearray(nbytes)
+        done = f.readinto(buf)
+        if done != nbytes:  # the file shrank since its size was checked
+            raise _truncated(path, nbytes, done, what)
+        return buf
+    buf = bytearray()
+    while len(buf) < nbytes:
+        chunk = _read(f, min(_CHUNK, nbytes - len(buf)), path, what)
+        if not chunk:
+            raise _truncated(path, nbytes, len(buf), what)
+        buf += chunk
+    return buf
 
 
 def read_idx(path, limit: Optional[int] = None) -> np.ndarray:
     """Read an IDX file (gzipped or not) into a native-endian numpy array. With
     ``limit``, only the first ``limit`` entries along axis 0 are read (the rest of
-    the file is not checked)."""
+    the file is not checked). The header is checked against the file's size
+    before anything is allocated (a corrupt or crafted header is an IDXError)."""
     path = os.fspath(path)
-    with _open(path) as f:
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit={limit!r} must be >= 0")
+    f, compressed = _open(path)
+    with f:
         header = _read_exact(f, 4, path, "the header")
         if header[0] != 0 or header[1] != 0:
             raise IDXError(f"{path}: bad magic number {header[:2].hex()} (an IDX file "
@@ -93,26 +117,26 @@ def read_idx(path, limit: Optional[int] = None) -> np.ndarray:
         dims = list(struct.unpack(f">{ndim}I", _read_exact(f, 4 * ndim, path,
                                                            "the dimensions")))
         dtype = IDX_DTYPES[code]
+        declared = tuple(dims)
         if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit={limit!r} must be >= 0")
             dims[0] = min(dims[0], int(limit))
-        count = int(np.prod(dims, dtype=np.int64))
+        count = math.prod(dims)  # Python ints: four uint32 dims overflow int64
+        nbytes = count * dtype.itemsize
+        what = f"data for shape {tuple(dims)} ({dtype.name})"
+        if not compressed:
+            available = os.fstat(f.fileno()).st_size - 4 - 4 * ndim
+            if nbytes > available:
+                raise _truncated(path, nbytes, available, what)
+            if limit is None and nbytes < available:
+                raise IDXError(f"{path}: {available - nbytes} trailing bytes after the "
+                               f"{count} values the header declares for shape "
+                               f"{declared}; wrong or corrupt file")
         # Straight into the array's memory: no second copy of a 47 MB file, and the
         # result is writable.
-        arr = np.empty(count, dtype)
-        _read_into(f, memoryview(arr).cast("B"), path,
-                   f"data for shape {tuple(dims)} ({dtype.name})")
-        if limit is None:
-            try:
-                rest = f.read(1)
-            except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-                raise IDXError(f"{path}: corrupt gzip stream after the data "
-                               f"({type(exc).__name__}: {exc})") from exc
-            if rest:
-                raise IDXError(f"{path}: trailing bytes after the {count} values the "
-                               f"header declares for shape {tuple(dims)}; wrong or "
-                               f"corrupt file")
+        arr = np.frombuffer(_read_data(f, nbytes, compressed, path, what), dtype)
+        if limit is None and compressed and _read(f, 1, path, "the end of the stream"):
+            raise IDXError(f"{path}: trailing bytes after the {count} values the header "
+                           f"declares for shape {declared}; wrong or corrupt file")
     return arr.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
@@ -174,12 +198,13 @@ def find_fashion_mnist(data=None) -> str:
         tried.append(f"{d} ({origin}): missing {', '.join(missing)}")
         if origin == "--data":
             break
+    # One line: the command line prints it as its one-line error.
     raise FileNotFoundError(
-        "Fashion-MNIST not found. Looked in:\n  " + "\n  ".join(tried)
-        + "\nPass --data DIR (or set CNNFAST_DATA) to a folder with the four files "
+        "Fashion-MNIST not found: " + "; ".join(tried)
+        + ". Pass --data DIR (or set CNNFAST_DATA) to a folder with the four files "
           "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
           "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (Debian: apt install "
-          "dataset-fashion-mnist).")
+          "dataset-fashion-mnist)")
 
 
 def load_fashion_mnist(split: str = "train", data=None, limit: Optional[int] = None):
@@ -198,8 +223,11 @@ def load_fashion_mnist(split: str = "train", data=None, limit: Optional[int] = N
     if len(labels) != len(images):
         raise IDXError(f"{lab_path} has {len(labels)} labels but {img_path} has "
                        f"{len(images)} images")
-    if labels.size and labels.max() >= len(CLASS_NAMES):
-        raise IDXError(f"{lab_path}: label {labels.max()} out of range [0, 10)")
+    if labels.dtype.kind not in "iu":
+        raise IDXError(f"{lab_path}: expected integer labels, got {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise IDXError(f"{lab_path}: label {bad} out of range [0, 10)")
     return images[:, None], labels.astype(np.int64)
 
 

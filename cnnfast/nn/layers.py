@@ -109,16 +109,23 @@ class _Conv(Layer):
         p = P.conv_params((1,) + tuple(input_shape), w_shape, s, pads, d, self.groups)
         return p, w_shape
 
-    def build(self, input_shape, rng, dtype):
+    def param_shapes(self, input_shape):
         _check_input(self, input_shape, self.rank)
-        p, w_shape = self._params(input_shape)
-        self._pads = p.padding
-        fan_in, fan_out = fans(w_shape)
+        _, w_shape = self._params(input_shape)
+        shapes = {"weight": w_shape}
+        if self.use_bias:
+            shapes["bias"] = (self._bias_channels(w_shape),)
+        return shapes
+
+    def build(self, input_shape, rng, dtype):
+        shapes = self.param_shapes(input_shape)
+        self._pads = self._params(input_shape)[0].padding
+        fan_in, fan_out = fans(shapes["weight"])
         self.params["weight"] = get_initializer(self.kernel_initializer)(
-            w_shape, fan_in, fan_out, rng, dtype)
+            shapes["weight"], fan_in, fan_out, rng, dtype)
         if self.use_bias:
             self.params["bias"] = get_initializer(self.bias_initializer)(
-                (self._bias_channels(w_shape),), fan_in, fan_out, rng, dtype)
+                shapes["bias"], fan_in, fan_out, rng, dtype)
         super().build(input_shape, rng, dtype)
 
     def _bias_channels(self, w_shape):
@@ -587,15 +594,21 @@ class Linear(Layer):
             raise ValueError(f"{self.name or 'Linear'} expects per-sample input "
                              f"(features,), got {tuple(input_shape)}; add a Flatten first")
 
-    def build(self, input_shape, rng, dtype):
+    def param_shapes(self, input_shape):
         self._check(input_shape)
-        shape = (self.out_features, int(input_shape[0]))
-        fan_in, fan_out = fans(shape)
+        shapes = {"weight": (self.out_features, int(input_shape[0]))}
+        if self.use_bias:
+            shapes["bias"] = (self.out_features,)
+        return shapes
+
+    def build(self, input_shape, rng, dtype):
+        shapes = self.param_shapes(input_shape)
+        fan_in, fan_out = fans(shapes["weight"])
         self.params["weight"] = get_initializer(self.kernel_initializer)(
-            shape, fan_in, fan_out, rng, dtype)
+            shapes["weight"], fan_in, fan_out, rng, dtype)
         if self.use_bias:
             self.params["bias"] = get_initializer(self.bias_initializer)(
-                (self.out_features,), fan_in, fan_out, rng, dtype)
+                shapes["bias"], fan_in, fan_out, rng, dtype)
         super().build(input_shape, rng, dtype)
 
     def output_shape(self, input_shape):
@@ -680,12 +693,18 @@ class BatchNorm(Layer):
         self.momentum = float(momentum)
         self.eps = float(eps)
 
+    def param_shapes(self, input_shape):
+        return {"weight": (int(input_shape[0]),), "bias": (int(input_shape[0]),)}
+
+    def buffer_shapes(self, input_shape):
+        return {"running_mean": (int(input_shape[0]),), "running_var": (int(input_shape[0]),)}
+
     def build(self, input_shape, rng, dtype):
-        c = int(input_shape[0])
-        self.params["weight"] = np.ones(c, dtype)
-        self.params["bias"] = np.zeros(c, dtype)
-        self.buffers["running_mean"] = np.zeros(c, dtype)
-        self.buffers["running_var"] = np.ones(c, dtype)
+        p, b = self.param_shapes(input_shape), self.buffer_shapes(input_shape)
+        self.params["weight"] = np.ones(p["weight"], dtype)
+        self.params["bias"] = np.zeros(p["bias"], dtype)
+        self.buffers["running_mean"] = np.zeros(b["running_mean"], dtype)
+        self.buffers["running_var"] = np.ones(b["running_var"], dtype)
         super().build(input_shape, rng, dtype)
 
     def forward(self, x, training=False):

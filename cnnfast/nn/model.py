@@ -84,6 +84,23 @@ class Sequential:
         self.output_shape = shape
         return self
 
+    def state_shapes(self, input_shape=None) -> dict:
+        """``{"param/<layer>.<name>": shape, "buffer/...": shape}``: the keys and
+        shapes of ``state_dict()`` once built for ``input_shape`` (default: the
+        model's), computed without allocating anything."""
+        shape = tuple(int(v) for v in (input_shape if input_shape is not None
+                                       else self.input_shape or ()))
+        if not shape:
+            raise ValueError("state_shapes needs an input_shape")
+        out = {}
+        for layer in self.layers:
+            for kind, shapes in (("param", layer.param_shapes(shape)),
+                                 ("buffer", layer.buffer_shapes(shape))):
+                out.update({f"{kind}/{layer.name}.{k}": tuple(int(n) for n in s)
+                            for k, s in shapes.items()})
+            shape = tuple(layer.output_shape(shape))
+        return out
+
     def _check_built(self):
         if self.input_shape is None:
             raise RuntimeError("the model is not built: pass input_shape or call build()")
@@ -137,6 +154,8 @@ class Sequential:
 
     def predict(self, x, batch_size: int = 256):
         """Forward in evaluation mode, in batches; returns the stacked outputs."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be >= 1")
         outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return self.xp.concatenate(outs) if outs else None
 
@@ -236,10 +255,14 @@ class Sequential:
                 "trainable": [l.trainable for l in self.layers]}
 
     @classmethod
-    def from_config(cls, cfg: dict, seed=None, backend=None) -> "Sequential":
+    def from_config(cls, cfg: dict, seed=None, backend=None,
+                    build: bool = True) -> "Sequential":
+        """The model ``config()`` describes; ``build=False`` leaves it unbuilt
+        (nothing allocated: ``state_shapes`` can check a checkpoint first)."""
         layers = [layer_from_config(entry) for entry in cfg["layers"]]
-        model = cls(layers, input_shape=cfg.get("input_shape") or None, dtype=cfg["dtype"],
-                    seed=seed, name=cfg.get("name", "sequential"), backend=backend)
+        model = cls(layers, input_shape=(cfg.get("input_shape") or None) if build else None,
+                    dtype=cfg["dtype"], seed=seed, name=cfg.get("name", "sequential"),
+                    backend=backend)
         for layer, flag in zip(model.layers, cfg.get("trainable", [])):
             layer.trainable = bool(flag)
         return model

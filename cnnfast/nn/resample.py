@@ -329,6 +329,21 @@ class _Block(Layer):
     def _check_shapes(self, input_shape, inner_shape):
         pass
 
+    def _inner_shapes(self, input_shape, kind):
+        shapes, shape = {}, tuple(input_shape)
+        for layer in self.layers:
+            inner = getattr(layer, kind)(shape)
+            shapes.update({f"{layer.name}.{k}": tuple(s) for k, s in inner.items()})
+            shape = tuple(layer.output_shape(shape))
+        self._check_shapes(tuple(input_shape), shape)
+        return shapes
+
+    def param_shapes(self, input_shape):
+        return self._inner_shapes(input_shape, "param_shapes")
+
+    def buffer_shapes(self, input_shape):
+        return self._inner_shapes(input_shape, "buffer_shapes")
+
     def to(self, xp):
         for layer in self.layers:
             layer.to(xp)

@@ -228,6 +228,8 @@ def evaluate(model: Sequential, images, labels, batch_size: int = 500,
              classes: Optional[int] = None) -> dict:
     """Loss, accuracy and confusion matrix (rows: true class, columns: predicted)
     of ``model`` on uint8 ``images`` and int ``labels``."""
+    if batch_size < 1:  # range() would silently skip every image
+        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     xp = model.xp
     classes = classes or int(model.output_shape[0])
     confusion = np.zeros((classes, classes), np.int64)
