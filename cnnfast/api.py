@@ -90,6 +90,29 @@ def _empty(kind, shape, dtype):
     return cupy.zeros(shape, dtype)
 
 
+# A convolution with nothing to sum or nothing to write (x or weight empty: N, C_in,
+# C_out or a spatial size of 0) is valid, and computed here, the same for every backend,
+# as the sums define it: y is the bias broadcast (zeros without a bias), grad_x and
+# grad_weight are zeros, grad_bias is grad_y summed as always. Backends never see an
+# empty x or weight (the C++ kernels reject such a geometry).
+
+
+def _empty_conv(kind, dtype, out_shape, bias):
+    y = _empty(kind, out_shape, dtype)
+    if bias is not None and y.size:
+        y[...] = bias.reshape((-1,) + (1,) * (len(out_shape) - 2))
+    return y
+
+
+def _empty_conv_grads(kind, dtype, wanted, grad_y, x_shape, w_shape):
+    grad_bias = None
+    if "bias" in wanted:
+        grad_bias = grad_y.sum(axis=(0,) + tuple(range(2, grad_y.ndim)))
+    return (_empty(kind, x_shape, dtype) if "x" in wanted else None,
+            _empty(kind, w_shape, dtype) if "weight" in wanted else None,
+            grad_bias)
+
+
 # ----------------------------------------------------------------------------- conv
 
 
@@ -99,9 +122,10 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, backend, rank=None
     p = P.conv_params(x.shape, weight.shape, stride, padding, dilation, groups)
     _check_bias(bias, weight.shape[0])
     out_shape = (x.shape[0], weight.shape[0]) + p.out_shape
+    P.check_result_size(out_shape, "the output")
     kernel = select("conv", kind, dtype, p, backend)
-    if x.shape[0] == 0:
-        return _empty(kind, out_shape, dtype)
+    if x.size == 0 or weight.size == 0:
+        return _empty_conv(kind, dtype, out_shape, bias)
     return kernel(_contiguous(x, kind), _contiguous(weight, kind),
                   _contiguous(bias, kind), p)
 
@@ -146,17 +170,10 @@ def conv_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, 
     kernel = select("conv_backward", kind, dtype, p, backend)
     if not wanted:
         return None, None, None
-    if x.shape[0] == 0:
-        return _zero_grads(kind, dtype, wanted, x.shape, weight.shape)
+    if x.size == 0 or weight.size == 0:
+        return _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape, weight.shape)
     return kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
                   _contiguous(weight, kind), p, wanted)
-
-
-def _zero_grads(kind, dtype, wanted, x_shape, w_shape, bias_channels=None):
-    bias_channels = w_shape[0] if bias_channels is None else bias_channels
-    return (_empty(kind, x_shape, dtype) if "x" in wanted else None,
-            _empty(kind, w_shape, dtype) if "weight" in wanted else None,
-            _empty(kind, (bias_channels,), dtype) if "bias" in wanted else None)
 
 
 # ----------------------------------------------------------------------------- conv_transpose
@@ -170,9 +187,11 @@ def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, di
                                 groups, dilation)
     c_out = weight.shape[1] * p.groups
     _check_bias(bias, c_out)
+    out_shape = (x.shape[0], c_out) + p.out_shape
+    P.check_result_size(out_shape, "the output")
     kernel = select("conv_transpose", kind, dtype, p, backend)
-    if x.shape[0] == 0:
-        return _empty(kind, (0, c_out) + p.out_shape, dtype)
+    if x.size == 0 or weight.size == 0:
+        return _empty_conv(kind, dtype, out_shape, bias)
     return kernel(_contiguous(x, kind), _contiguous(weight, kind),
                   _contiguous(bias, kind), p)
 
@@ -226,8 +245,8 @@ def conv_transpose_backward(grad_y, x, weight, stride=1, padding=0, output_paddi
     kernel = select("conv_transpose_backward", kind, dtype, p, backend)
     if not wanted:
         return None, None, None
-    if x.shape[0] == 0:
-        return _zero_grads(kind, dtype, wanted, x.shape, weight.shape, c_out)
+    if x.size == 0 or weight.size == 0:
+        return _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape, weight.shape)
     return kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
                   _contiguous(weight, kind), p, wanted)
 
@@ -242,6 +261,7 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
     p = P.pool_params(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     if not isinstance(return_indices, (bool, np.bool_)):
         raise TypeError(f"return_indices={return_indices!r} must be a bool")
+    P.check_result_size(x.shape[:2] + p.out_shape, "the output")
     kernel = select("max_pool", kind, dtype, p, backend)
     if x.shape[0] == 0 or x.shape[1] == 0:
         y = _empty(kind, x.shape[:2] + p.out_shape, dtype)
@@ -295,6 +315,8 @@ def _check_x_shape(x_shape):
     if len(x_shape) not in (3, 4, 5) or min(x_shape) < 0:
         raise ValueError(f"x_shape={x_shape!r} must be (N, C, *spatial) with 1 to 3 "
                          f"non-negative spatial sizes")
+    P.check_x_shape_extents(x_shape)
+    P.check_result_size(x_shape, "grad_x (x_shape)")
     return x_shape
 
 
@@ -331,6 +353,7 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
     P.check_rank(x, "x", rank)
     p = P.pool_params(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
                       count_include_pad, divisor_override)
+    P.check_result_size(x.shape[:2] + p.out_shape, "the output")
     kernel = select("avg_pool", kind, dtype, p, backend)
     if x.shape[0] == 0 or x.shape[1] == 0:
         return _empty(kind, x.shape[:2] + p.out_shape, dtype)

@@ -69,6 +69,13 @@ GEMM_BK_MAX = 16  # split-K slices are multiples of every tile's BK
 TARGET_BLOCKS = 264
 # Row/phase table layouts (ROW_*/PH_* in conv.cu).
 ROW_STRIDE, PH_STRIDE = 8, 8
+# The MODE_ADJ GEMM has one phase per stride residue (prod(stride) of them, each a
+# grid z slice) and a row table of phases x rows-per-phase x ROW_STRIDE ints. A stride
+# far beyond the kernel (valid: the params allow up to 2**31 - 1) would make that
+# millions of phases, mostly empty, and GBs of table: past these bounds the direct
+# kernel, which needs no table, runs instead (_adj_gemm_fits).
+GRID_Z_MAX = 65535
+ADJ_TABLE_MAX_INTS = 1 << 24  # 64 MiB of int32 (twice that as int64 while built)
 DW_TAPS = 16
 # conv_direct instantiations: 0 = any kernel size, 3 = 3x3 in the last two dims
 # (unrolled taps).
@@ -196,8 +203,11 @@ def _launch_1d(total):
 
 
 def _check_int32_extent(*arrays):
+    """Arrays, or the shapes of those about to be allocated (checked first: no
+    allocation of a tensor the kernels cannot index)."""
     for a in arrays:
-        if a is not None and a.size >= 2 ** 31:
+        size = math.prod(a) if isinstance(a, tuple) else (0 if a is None else a.size)
+        if size >= 2 ** 31:
             raise NotImplementedError("tensors of 2**31 elements or more are not supported "
                                       "by the CUDA kernels (int32 spatial indexing)")
 
@@ -317,6 +327,19 @@ def _tables(rt, mode, n, groups, ci, co, ishape, oshape, p: ConvParams):
     return (rows, phases) + host[2:]
 
 
+def _adj_gemm_fits(groups, cg, p: ConvParams) -> bool:
+    """Whether MODE_ADJ's stride-phase tables stay within GRID_Z_MAX phases (times the
+    groups) and ADJ_TABLE_MAX_INTS ints; known before anything is built. Along a dim
+    the taps of one phase are those t with t*d = r (mod s): every (s / gcd(s, d))-th
+    tap, so at most ceil(k / (s / gcd(s, d))) of them (the widest phase)."""
+    phases = math.prod(p.stride)
+    if groups * phases > GRID_Z_MAX:
+        return False
+    taps = math.prod(-(-k // (s // math.gcd(s, d)))
+                     for k, s, d in zip(p.kernel, p.stride, p.dilation))
+    return phases * max(1, cg * taps) * ROW_STRIDE <= ADJ_TABLE_MAX_INTS
+
+
 def _pick_tile(m):
     """The GEMM tile for M rows (output channels per group)."""
     if _overrides["tile"]:
@@ -332,6 +355,12 @@ def _forward_like(rt, mode, a, x, bias, out, n, groups, ci, co, ishape, oshape, 
     ct = ctype(out.dtype)
     m = co // groups
     path = _overrides["path"] or ("direct" if groups > 1 and m < 16 else "gemm")
+    if path == "gemm" and mode == MODE_ADJ and not _adj_gemm_fits(groups, ci // groups, p):
+        if _overrides["path"] == "gemm":
+            raise ValueError(f"override(path='gemm'): stride {p.stride} needs more "
+                             f"stride phases than the GEMM's tables hold; use the direct "
+                             f"path (override(path=None) picks it)")
+        path = "direct"
     b = bias if bias is not None else a  # never read when HAS_BIAS is 0
     if path == "direct":
         geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None)
@@ -444,8 +473,8 @@ def conv(rt, x, w, b, p: ConvParams):
     _check_int32_extent(x, w)
     n, c = x.shape[:2]
     o = w.shape[0]
+    _check_int32_extent((n, o) + tuple(p.out_shape))
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
-    _check_int32_extent(y)
     _forward_like(rt, MODE_CORR, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape, p)
     return y
 
@@ -473,8 +502,8 @@ def conv_transpose(rt, x, w, b, p: ConvParams):
     _check_int32_extent(x, w)
     n, c = x.shape[:2]
     o = w.shape[1] * p.groups
+    _check_int32_extent((n, o) + tuple(p.out_shape))
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
-    _check_int32_extent(y)
     _forward_like(rt, MODE_ADJ, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape, p)
     return y
 
@@ -507,10 +536,11 @@ def unsupported(op, params, dtype):
     groups = getattr(params, "groups", 1)
     if groups > 65535:
         return f"groups={groups} exceeds the 65535 groups one launch grid can hold"
-    for name in ("in_shape", "out_shape"):
-        shape = getattr(params, name, None)
-        if shape is not None and math.prod(shape) >= 2 ** 31:
-            return "a spatial plane of 2**31 elements or more (int32 indexing)"
+    # max_pool_backward's params are x_shape itself.
+    planes = ([tuple(params)[2:]] if op == "max_pool_backward" and params is not None else
+              [getattr(params, name, ()) for name in ("in_shape", "out_shape")])
+    if any(math.prod(shape) >= 2 ** 31 for shape in planes):
+        return "a spatial plane of 2**31 elements or more (int32 indexing)"
     return None
 
 

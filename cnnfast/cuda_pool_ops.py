@@ -134,7 +134,7 @@ def _launch_forward(rt, name, ct, outputs, p, args):
 
 
 def max_pool(rt, x, p: PoolParams, return_indices):
-    _check_int32_extent(x)
+    _check_int32_extent(x, x.shape[:2] + tuple(p.out_shape))
     ct = CTYPES[str(x.dtype)]
     nc = x.shape[0] * x.shape[1]
     y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
@@ -151,8 +151,8 @@ def max_pool_backward(rt, gy, indices, x_shape):
     nc = int(x_shape[0]) * int(x_shape[1])
     plane = int(np.prod(x_shape[2:]))
     scatter = _max_bwd_scatter(gy.size, int(np.prod(x_shape)))
+    _check_int32_extent(tuple(x_shape))
     gx = (rt.xp.zeros if scatter else rt.xp.empty)(tuple(x_shape), gy.dtype)
-    _check_int32_extent(gx)
     # Slices per plane of the scanning fallback: enough threads to fill a GPU, each
     # slice >= 16 cells.
     segments = max(1, min(-(-65536 // max(nc, 1)), plane // 16, 64))
@@ -186,7 +186,7 @@ def _max_bwd_scatter(outputs, inputs):
 
 
 def avg_pool(rt, x, p: PoolParams):
-    _check_int32_extent(x)
+    _check_int32_extent(x, x.shape[:2] + tuple(p.out_shape))
     ct = CTYPES[str(x.dtype)]
     nc = x.shape[0] * x.shape[1]
     y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
@@ -199,8 +199,8 @@ def avg_pool_backward(rt, gy, p: PoolParams):
     _check_int32_extent(gy)
     ct = CTYPES[str(gy.dtype)]
     nc = gy.shape[0] * gy.shape[1]
+    _check_int32_extent(gy.shape[:2] + tuple(p.in_shape))
     gx = rt.xp.empty(gy.shape[:2] + tuple(p.in_shape), gy.dtype)
-    _check_int32_extent(gx)
     ishape = _lift(p.in_shape, 1)
     runs = nc * ishape[0] * ishape[1] * -(-ishape[2] // AVG_BWD_RUN)  # undilated: runs
     grid, block = _grid(runs if all(d == 1 for d in p.dilation) else gx.size)

@@ -93,6 +93,50 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+# The largest index the kernels take along one spatial dim, plus one. The CUDA kernels
+# (cupy, cuda-emu) index a spatial dim with 32-bit ints and compute tap positions such as
+# o*stride - pad + t*dilation in them; cpp and numba use 64 bits. One rule for every
+# backend, so that a call valid on one is valid on all: every integer parameter, and every
+# extent derived from them (the padded input, the span the windows cover, a transposed
+# convolution's uncropped output), stays below 2**31. Each term of those sums is then
+# below 2**31 too, so no index computed by a kernel overflows.
+INDEX_LIMIT = 2 ** 31
+# The largest result, in elements: 2**60 elements of at most 8 bytes is numpy's own
+# limit (2**63 bytes); checked before anything is allocated.
+MAX_ELEMENTS = 2 ** 60
+
+
+def _check_index(v: int, name: str, value) -> None:
+    if v >= INDEX_LIMIT:
+        raise ValueError(f"{name}={value!r}: every entry must be below 2**31 = "
+                         f"{INDEX_LIMIT} (the kernels index with 32-bit ints); use a "
+                         f"smaller {name}")
+
+
+def _check_extent(extent: int, dim: int, what: str, fix: str) -> None:
+    """A derived spatial extent (see ``INDEX_LIMIT``)."""
+    if extent >= INDEX_LIMIT:
+        raise ValueError(f"{what} is {extent} in spatial dim {dim}, past the kernels' "
+                         f"32-bit index range (every extent must be below 2**31); {fix}")
+
+
+def check_x_shape_extents(x_shape) -> None:
+    """The spatial sizes a pooling backward is given (``x_shape``): below 2**31."""
+    if any(size >= INDEX_LIMIT for size in x_shape[2:]):
+        raise ValueError(f"x_shape={tuple(x_shape)!r}: every spatial size must be below "
+                         f"2**31 (the kernels index with 32-bit ints); pass the shape of "
+                         f"the x given to the forward call")
+
+
+def check_result_size(shape, name: str) -> None:
+    """The result of shape ``shape`` must fit in one array (``MAX_ELEMENTS``)."""
+    count = prod(shape)
+    if count >= MAX_ELEMENTS:
+        raise ValueError(f"{name} would have shape {tuple(shape)}, {count} elements: "
+                         f"more than any array can hold (2**60); check the padding, "
+                         f"stride and dilation")
+
+
 def per_dim(value, rank: int, name: str, *, minimum: int) -> Ints:
     """An int, or one int per spatial dim, each ``>= minimum``."""
     if _is_int(value):
@@ -111,6 +155,7 @@ def per_dim(value, rank: int, name: str, *, minimum: int) -> Ints:
         if v < minimum:
             what = "positive" if minimum == 1 else f">= {minimum}"
             raise ValueError(f"{name}={value!r}: every entry must be {what}")
+        _check_index(v, name, value)
     return values
 
 
@@ -140,6 +185,7 @@ def padding_pairs(value, rank: int, name: str = "padding") -> Pairs:
                 f"pair of ints, got {entry!r}")
         if pair[0] < 0 or pair[1] < 0:
             raise ValueError(f"{name}={value!r}: padding must not be negative")
+        _check_index(max(pair), name, value)
         pairs.append(pair)
     return tuple(pairs)
 
@@ -183,6 +229,13 @@ def check_rank(x, name: str, expected_rank: Optional[int] = None) -> int:
 # ----------------------------------------------------------------------------- conv
 
 
+def _groups(groups) -> int:
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"groups={groups!r} must be a positive int")
+    _check_index(int(groups), "groups", groups)
+    return int(groups)
+
+
 def _same_padding(rank, kernel, dilation, stride, name) -> Pairs:
     if any(s != 1 for s in stride):
         raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
@@ -201,9 +254,7 @@ def conv_params(x_shape, w_shape, stride, padding, dilation, groups) -> ConvPara
         raise ValueError(
             f"weight has shape {tuple(w_shape)}; for input shape {tuple(x_shape)} it "
             f"must be (C_out, C_in // groups, *kernel) with {len(x_shape)} dims")
-    if not _is_int(groups) or groups < 1:
-        raise ValueError(f"groups={groups!r} must be a positive int")
-    groups = int(groups)
+    groups = _groups(groups)
     c_in, c_out = x_shape[1], w_shape[0]
     if c_in % groups:
         raise ValueError(f"groups={groups} does not divide the {c_in} input channels")
@@ -232,6 +283,11 @@ def conv_params(x_shape, w_shape, stride, padding, dilation, groups) -> ConvPara
     in_shape = tuple(int(v) for v in x_shape[2:])
     out = []
     for i in range(rank):
+        # Every index a kernel computes lies within the padded input.
+        _check_extent(in_shape[i] + pads[i][0] + pads[i][1], i,
+                      f"padding={padding!r}: x's size {in_shape[i]} plus the padding "
+                      f"{pads[i]}",
+                      "reduce the padding (with padding='same', the dilation)")
         extent = in_shape[i] + pads[i][0] + pads[i][1] - dilation[i] * (kernel[i] - 1)
         if extent < 1:
             raise ValueError(
@@ -251,9 +307,7 @@ def conv_transpose_params(x_shape, w_shape, stride, padding, output_padding, gro
         raise ValueError(
             f"weight has shape {tuple(w_shape)}; for input shape {tuple(x_shape)} it "
             f"must be (C_in, C_out // groups, *kernel) with {len(x_shape)} dims")
-    if not _is_int(groups) or groups < 1:
-        raise ValueError(f"groups={groups!r} must be a positive int")
-    groups = int(groups)
+    groups = _groups(groups)
     c_in = x_shape[1]
     if c_in % groups:
         raise ValueError(f"groups={groups} does not divide the {c_in} input channels")
@@ -296,8 +350,14 @@ def conv_transpose_params(x_shape, w_shape, stride, padding, output_padding, gro
         pads = padding_pairs(padding, rank)
     out = []
     for i in range(rank):
-        size = ((in_shape[i] - 1) * stride[i] - pads[i][0] - pads[i][1]
-                + dilation[i] * (kernel[i] - 1) + opad[i] + 1)
+        # Every index a kernel computes lies within the uncropped output (the padded
+        # input of the adjoint convolution).
+        full = ((in_shape[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + opad[i]
+                + 1)
+        _check_extent(full, i, f"the uncropped output (x's size {in_shape[i]}, stride "
+                      f"{stride[i]}, dilation {dilation[i]}, kernel {kernel[i]}, "
+                      f"output_padding {opad[i]})", "reduce the stride or the dilation")
+        size = full - pads[i][0] - pads[i][1]
         if size < 1:
             raise ValueError(
                 f"padding={padding!r} crops the whole output in spatial dim {i} "
@@ -345,6 +405,7 @@ def pool_params(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
             raise TypeError(f"divisor_override={divisor_override!r} must be an int or None")
         if divisor_override < 1:
             raise ValueError(f"divisor_override={divisor_override!r} must be positive")
+        _check_index(int(divisor_override), "divisor_override", divisor_override)
         divisor_override = int(divisor_override)
     in_shape = tuple(int(v) for v in x_shape[2:])
     out = []
@@ -356,14 +417,22 @@ def pool_params(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
                 f"kernel_size={kernel} with dilation {dilation} is larger than the "
                 f"padded input in spatial dim {i} (size {in_shape[i]} + padding "
                 f"{pads[i]}): the output would be empty")
+        # Every index a kernel computes lies within the padded input or, with
+        # ceil_mode, the last window's overhang past it.
+        span = max(in_shape[i] + pads[i][0] + pads[i][1],
+                   (n - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1)
+        _check_extent(span, i, f"the span the windows cover (x's size {in_shape[i]}, "
+                      f"padding {pads[i]}, stride {stride[i]}, kernel {kernel[i]}, "
+                      f"dilation {dilation[i]})", "reduce the padding, kernel_size or "
+                      "dilation")
         # Every window must have at least one tap inside the input (a window lying
         # wholly in the padding has no defined max or average).
-        for o in range(n):
-            start = o * stride[i] - pads[i][0]
-            if not any(0 <= start + t * dilation[i] < in_shape[i] for t in range(kernel[i])):
-                raise ValueError(
-                    f"padding={padding!r} is too large: window {o} of spatial dim {i} "
-                    f"lies wholly in the padding; reduce the padding (or the dilation)")
+        bad = _window_outside_input(in_shape[i], kernel[i], stride[i], pads[i][0],
+                                    dilation[i], n)
+        if bad is not None:
+            raise ValueError(
+                f"padding={padding!r} is too large: window {bad} of spatial dim {i} "
+                f"lies wholly in the padding; reduce the padding (or the dilation)")
         out.append(n)
     return PoolParams(rank, kernel, stride, pads, dilation, bool(ceil_mode), in_shape,
                       tuple(out), bool(count_include_pad), divisor_override)
@@ -377,18 +446,80 @@ def _is_bool_like(v) -> bool:
         return False
 
 
+def _window_outside_input(size, k, s, lo, d, n) -> Optional[int]:
+    """The first of the ``n`` windows of a pooled dim with no tap inside the input
+    (None if none), in closed form: validation must not cost output x kernel steps (a
+    kernel of 10**8 took 10-34 s when every tap was tried).
+
+    Window ``o`` has taps ``a + t*d`` (``a = o*s - lo``, ``0 <= t < k``). The starts
+    ``a`` increase with ``o``: past the windows starting inside the input come those
+    starting past it; of those starting in the leading padding (``a < 0``) the first
+    is the one most likely to end before the input, and the others reach 0 or beyond
+    at ``a mod d`` (their first tap there), which misses the input only when
+    ``d > size``: counted with floor sums."""
+    if lo > (k - 1) * d:
+        return 0
+    if d > size:
+        m = min(n, -(-lo // s))  # the windows starting in the leading padding
+
+        def good(count):  # how many of the first `count` windows have a mod d < size
+            # a mod d < size  <=>  floor(a/d) - floor((a - size)/d) == 1 (size <= d)
+            return _floor_sum(count, d, s, -lo) - _floor_sum(count, d, s, -lo - size)
+
+        if good(m) < m:  # bisect for the first bad window
+            low, high = 1, m  # good(high) < high; good(low - 1) == low - 1
+            while low < high:
+                mid = (low + high) // 2
+                if good(mid) < mid:
+                    high = mid
+                else:
+                    low = mid + 1
+            return low - 1
+    if (n - 1) * s - lo >= size:
+        return -(-(size + lo) // s)  # the first window starting past the input
+    return None
+
+
+def _floor_sum(n, m, a, b) -> int:
+    """``sum(floor((a*i + b) / m) for i in range(n))`` for ``m >= 1``, ``a >= 0`` in
+    O(log m) steps (the Euclid-like recursion of AtCoder's ``floor_sum``)."""
+    total = 0
+    if b < 0:  # shift b into [0, m): floor((a*i + b)/m) = floor((a*i + b + q*m)/m) - q
+        q = -(b // m)
+        total -= n * q
+        b += q * m
+    while n > 0:
+        if a >= m:
+            total += n * (n - 1) // 2 * (a // m)
+            a %= m
+        if b >= m:
+            total += n * (b // m)
+            b %= m
+        y_max = a * n + b
+        if y_max < m:
+            break
+        n, b = divmod(y_max, m)
+        m, a = a, m
+    return total
+
+
 def pool_window_counts(p: PoolParams, dim: int):
     """Per output position along ``dim``: (taps inside the input, taps inside
-    input-plus-padding). The ceil_mode overhang past the padding counts in neither."""
+    input-plus-padding), as int64 arrays. The ceil_mode overhang past the padding
+    counts in neither. Counted per window in closed form (O(output), not O(output x
+    kernel))."""
     size, k, s, d = p.in_shape[dim], p.kernel[dim], p.stride[dim], p.dilation[dim]
     lo, hi = p.padding[dim]
-    inside, padded = [], []
-    for o in range(p.out_shape[dim]):
-        start = o * s - lo
-        taps = [start + t * d for t in range(k)]
-        inside.append(sum(1 for c in taps if 0 <= c < size))
-        padded.append(sum(1 for c in taps if -lo <= c < size + hi))
-    return inside, padded
+    import numpy as np
+
+    start = np.arange(p.out_shape[dim], dtype=np.int64) * s - lo
+
+    def taps_within(low, high):  # taps t in [0, k) with low <= start + t*d < high
+        first = np.maximum(0, -((start - low) // d))  # ceil((low - start) / d)
+        end = np.minimum(k, -((start - high) // d))  # ceil((high - start) / d)
+        return np.maximum(end - first, 0)
+
+    return taps_within(0, size), taps_within(-lo, size + hi)
 
 
 def prod(values) -> int:

@@ -44,8 +44,12 @@ _context_choice: contextvars.ContextVar = contextvars.ContextVar("cnnfast_backen
                                                                  default=None)
 
 
-class BackendUnavailable(RuntimeError):
-    """Raised when a named backend cannot run on this machine."""
+class BackendUnavailable(ValueError, RuntimeError):
+    """Raised when a named backend cannot run on this machine.
+
+    A ValueError, as the contract promises for every bad argument (here ``backend``);
+    still a RuntimeError, as it was first, so existing ``except RuntimeError`` code
+    keeps working."""
 
 
 @dataclass
