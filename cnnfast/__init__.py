@@ -16,6 +16,7 @@ from .api import (
 from .registry import (
     BackendUnavailable, available_backends, register_backend, set_backend, use_backend,
 )
+from .fpmode import get_flush_denormal, set_flush_denormal
 from .threads import get_num_threads, set_num_threads
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "avg_pool", "avg_pool1d", "avg_pool2d", "avg_pool3d", "avg_pool_backward",
     "available_backends", "set_backend", "use_backend", "register_backend",
     "BackendUnavailable", "set_num_threads", "get_num_threads",
+    "set_flush_denormal", "get_flush_denormal",
 ]

@@ -63,6 +63,14 @@ void* scratch(int slot, std::size_t bytes) {
     return s.p[slot];
 }
 
+// ----------------------------------------------------------------------------- denormals
+
+namespace {
+std::atomic<bool> g_flush_denormal{false};  // set from Python, read by every kernel thread
+}  // namespace
+
+bool flush_denormal() { return g_flush_denormal.load(std::memory_order_relaxed); }
+
 // ----------------------------------------------------------------------------- SIMD choice
 
 namespace {
@@ -399,6 +407,11 @@ void register_kernels(py::module_& m) {
     m.def("workspace_bytes",
           [] { return py::make_tuple(g_ws_bytes.load(), g_ws_peak.load()); },
           "(bytes held now, peak bytes) of the kernels' reusable per-thread workspace.");
+    m.def("set_flush_denormal", [](bool flush) { g_flush_denormal = flush; }, py::arg("flush"),
+          "The kernels' denormal policy (use cnnfast.set_flush_denormal): True flushes "
+          "denormals to zero (FTZ + DAZ) in every kernel thread, False keeps them.");
+    m.def("get_flush_denormal", [] { return g_flush_denormal.load(); },
+          "The kernels' denormal policy (see set_flush_denormal).");
     m.def("kernel_path", [] { return std::string(run_avx2() ? "avx2" : "portable"); },
           "The SIMD variant the kernels run now ('avx2' or 'portable').");
     m.def("set_simd_path",

@@ -40,6 +40,12 @@ struct PoolGeo {
     long Pout() const { return out[0] * out[1] * out[2]; }
 };
 
+// The denormal policy (cnnfast.set_flush_denormal): true flushes denormals to zero
+// (FTZ + DAZ) in every kernel thread, false (the default) keeps IEEE arithmetic.
+// An out-of-line function, not an atomic, so kernels_impl.h stays free of std::
+// templates (see there).
+bool flush_denormal();
+
 constexpr int kScratchSlots = 6;
 
 // Per-thread scratch buffer number `slot` (0..kScratchSlots-1) of at least `bytes`, 64-byte aligned.

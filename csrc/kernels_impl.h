@@ -59,22 +59,31 @@ static inline void valid_range(long n, long s, long off, long size, long& a, lon
 #define CNN_CHECK(what, i, n) ((void)0)
 #endif
 
-// Flush denormals to zero (and treat denormal inputs as zero) inside a kernel; the
-// caller's floating-point state is restored on exit. Denormals slow backward passes
-// by orders of magnitude on x86.
-struct FtzGuard {
+// The denormal policy (cnnfast.set_flush_denormal, read through flush_denormal()) on
+// the calling thread while the guard lives; the thread's floating-point state is
+// restored on exit. MXCSR (FPCR) is per thread, so every parallel region makes one
+// guard in each of its threads. Flushing (FTZ + DAZ: denormal results and inputs are
+// zero) avoids the 10-100x slowdown of denormal arithmetic on x86 in backward passes;
+// keeping them (the default) gives IEEE results, as the numpy reference and torch.
+// The bits are cleared as well as set: the policy holds whatever state the thread
+// had (OpenMP workers inherit their creator's at creation).
+struct DenormalGuard {
 #if defined(__x86_64__) || defined(__i386__)
     unsigned int saved;
-    FtzGuard() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
-    ~FtzGuard() { _mm_setcsr(saved); }
+    DenormalGuard() : saved(_mm_getcsr()) {
+        const unsigned int ftz_daz = 0x8040u;
+        _mm_setcsr(flush_denormal() ? saved | ftz_daz : saved & ~ftz_daz);
+    }
+    ~DenormalGuard() { _mm_setcsr(saved); }
 #elif defined(__aarch64__)
     unsigned long saved;
-    FtzGuard() {
+    DenormalGuard() {
         __asm__ __volatile__("mrs %0, fpcr" : "=r"(saved));
-        unsigned long v = saved | (1ul << 24);
+        const unsigned long fz = 1ul << 24;
+        unsigned long v = flush_denormal() ? saved | fz : saved & ~fz;
         __asm__ __volatile__("msr fpcr, %0" : : "r"(v));
     }
-    ~FtzGuard() { __asm__ __volatile__("msr fpcr, %0" : : "r"(saved)); }
+    ~DenormalGuard() { __asm__ __volatile__("msr fpcr, %0" : : "r"(saved)); }
 #endif
 };
 
@@ -964,7 +973,7 @@ static void d2_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, i
     const long chunk = g.og * imax(1, g.N * g.G / (16L * nt));
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
         T *buf, *zrow;
         d2_buffers<T>(q, buf, zrow);
         long held = -1;  // the (n, c) plane in buf when it holds a whole plane
@@ -999,7 +1008,7 @@ static void d2_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T
     const long chunk = imax(1, items / (16L * nt));  // as in d2_fwd
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
         T *buf, *zrow;
         d2_buffers<T>(q, buf, zrow);
         T wf[NT];
@@ -1036,7 +1045,7 @@ static void d2_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int 
     // any thread count.
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
         T *buf, *zrow;
         d2_buffers<T>(q, buf, zrow);
         V acc[NT];
@@ -1083,7 +1092,7 @@ static void direct_fwd_rows(const ConvGeo& g, const T* x, const T* w, const T* b
     const long items = g.N * g.O;
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
 #pragma omp for schedule(static)
         for (long it = 0; it < items; ++it) {
             const long n = it / g.O, oc = it % g.O;
@@ -1130,7 +1139,7 @@ static void direct_bwd_data_rows(const ConvGeo& g, const T* gy, const T* w, cons
     const long items = g.N * g.C;
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
 #pragma omp for schedule(static)
         for (long it = 0; it < items; ++it) {
             const long n = it / g.C, c = it % g.C;  // c is also the group (cg == 1)
@@ -1177,7 +1186,7 @@ static void direct_bwd_weight_rows(const ConvGeo& g, const T* x, const T* gy, T*
     // (n, rows, x) -- a fixed order set by the code -- reduced once at the end.
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
         T* acc = tscratch<T>(0, g.T * 8);
 #pragma omp for schedule(dynamic, 1)
         for (long oc = 0; oc < g.O; ++oc) {
@@ -1274,7 +1283,7 @@ static void conv_fwd_s1(const ConvGeo& g, const T* x, const T* w, const T* b, T*
     const long items = g.G * g.N * nblk;
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
         T* Bp = tscratch<T>(0, K * pt);
         T* Cb = tscratch<T>(1, M * pt);
         T* Xp = tscratch<T>(2, xsz);
@@ -1389,7 +1398,7 @@ static void conv_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y,
     const long items = g.G * tiles_per_group;
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
         T* Bp = tscratch<T>(0, K * pt);
         T* Cb = tscratch<T>(1, M * pt);
         T* row = tscratch<T>(2, pt);
@@ -1464,7 +1473,7 @@ static void conv_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b,
     const long items = g.N * g.G * nch;
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
         T* Ap = tscratch<T>(0, round_up(cc * g.T, MR) * O);
         T* Bp = tscratch<T>(1, pt * O);
         T* D = tscratch<T>(2, cc * g.T * pt);
@@ -1535,7 +1544,7 @@ static void conv_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, in
     const long items = g.G * nch * mch;
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
         T* D = tscratch<T>(0, cc * g.T * pt);
         T* Gb = tscratch<T>(1, mrows * pt);
         T* Ap = tscratch<T>(2, mrows * pt);
@@ -1623,19 +1632,23 @@ static void conv_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, in
 
 template <class T>
 static void bias_grad(long N, long O, long P, const T* gy, T* gb, int nt) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (long o = 0; o < O; ++o) {
-        T acc[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
-        for (long n = 0; n < N; ++n) {
-            const T* s = gy + (n * O + o) * P;
-            T part[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
-            long i = 0;
-            for (; i + 8 <= P; i += 8)
-                for (int j = 0; j < 8; ++j) part[j] += s[i + j];
-            for (; i < P; ++i) part[i & 7] += s[i];
-            for (int j = 0; j < 8; ++j) acc[j] += part[j];
+#pragma omp parallel num_threads(nt)
+    {
+        DenormalGuard fp;
+#pragma omp for schedule(static)
+        for (long o = 0; o < O; ++o) {
+            T acc[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+            for (long n = 0; n < N; ++n) {
+                const T* s = gy + (n * O + o) * P;
+                T part[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+                long i = 0;
+                for (; i + 8 <= P; i += 8)
+                    for (int j = 0; j < 8; ++j) part[j] += s[i + j];
+                for (; i < P; ++i) part[i & 7] += s[i];
+                for (int j = 0; j < 8; ++j) acc[j] += part[j];
+            }
+            gb[o] = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
         }
-        gb[o] = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     }
 }
 
@@ -1719,7 +1732,7 @@ static void max_pool(const PoolGeo& g, const T* x, T* y, std::int64_t* idx, int 
     const long Pin = g.Pin(), Pout = g.Pout(), W = g.out[2];
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
         std::int32_t* tap = tscratch<std::int32_t>(0, W);
         // offset of each tap from its window's origin, in the flattened plane
         long* toff = tscratch<long>(1, g.k[0] * g.k[1] * g.k[2]);
@@ -1746,19 +1759,23 @@ template <class T>
 static long max_pool_bwd(long planes, long Pin, long Pout, const T* gy, const std::int64_t* idx,
                          T* gx, int nt) {
     long bad = 0;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : bad)
-    for (long pl = 0; pl < planes; ++pl) {
-        T* xp = gx + pl * Pin;
-        fill<T>(xp, Pin, T(0));
-        const T* yp = gy + pl * Pout;
-        const std::int64_t* ip = idx + pl * Pout;
-        for (long o = 0; o < Pout; ++o) {
-            const std::int64_t i = ip[o];
-            if (i < 0 || i >= Pin) {
-                ++bad;
-                continue;
+#pragma omp parallel num_threads(nt) reduction(+ : bad)
+    {
+        DenormalGuard fp;
+#pragma omp for schedule(static)
+        for (long pl = 0; pl < planes; ++pl) {
+            T* xp = gx + pl * Pin;
+            fill<T>(xp, Pin, T(0));
+            const T* yp = gy + pl * Pout;
+            const std::int64_t* ip = idx + pl * Pout;
+            for (long o = 0; o < Pout; ++o) {
+                const std::int64_t i = ip[o];
+                if (i < 0 || i >= Pin) {
+                    ++bad;
+                    continue;
+                }
+                xp[i] += yp[o];
             }
-            xp[i] += yp[o];
         }
     }
     return bad;
@@ -1816,7 +1833,7 @@ static void avg_pool(const PoolGeo& g, const T* x, const double* cz, const doubl
     const bool global = whole_plane_window(g);
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
 #pragma omp for schedule(static)
         for (long pl = 0; pl < g.planes; ++pl) {
             const T* xp = x + pl * Pin;
@@ -1872,7 +1889,7 @@ static void avg_pool_bwd(const PoolGeo& g, const T* gy, const double* cz, const 
     const bool global = whole_plane_window(g);
 #pragma omp parallel num_threads(nt)
     {
-        FtzGuard ftz;
+        DenormalGuard fp;
         T* gr = tscratch<T>(0, W);
 #pragma omp for schedule(static)
         for (long pl = 0; pl < g.planes; ++pl) {

@@ -48,14 +48,17 @@ DTYPES = ("float32", "float64")
 
 def pad_or_crop(x, pads, value=0.0):
     """Pad the spatial dims of ``x`` (N, C, *spatial) by ``(before, after)`` pairs;
-    negative entries crop."""
-    crop = tuple(slice(max(-lo, 0), x.shape[2 + i] - max(-hi, 0))
-                 for i, (lo, hi) in enumerate(pads))
-    x = x[(slice(None), slice(None)) + crop]
+    negative entries crop.
+
+    Padding comes first: a crop may be wider than the input and reach into the other
+    side's padding (the adjoint of a transposed convolution whose crop exceeds the
+    input, e.g. input 1, stride 5, padding (2, 0), output_padding 2)."""
     grow = [(0, 0), (0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
     if any(g != (0, 0) for g in grow):
         x = np.pad(x, grow, constant_values=value)
-    return x
+    crop = tuple(slice(max(-lo, 0), x.shape[2 + i] - max(-hi, 0))
+                 for i, (lo, hi) in enumerate(pads))
+    return x[(slice(None), slice(None)) + crop]
 
 
 def dilate(x, stride):
