@@ -63,3 +63,4 @@ def test_info_command_reports_build():
                          text=True, check=True)
     assert "simd_path" in out.stdout and "backends:" in out.stdout
     assert "numpy" in out.stdout
+    assert "denormals     kept, IEEE" in out.stdout  # the documented default

@@ -16,6 +16,7 @@ def collect() -> dict:
 
     from .. import __version__
     from ..registry import available_backends
+    from ..fpmode import get_flush_denormal
     from ..threads import get_num_threads
 
     info = {
@@ -23,6 +24,8 @@ def collect() -> dict:
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "threads": get_num_threads(),
+        "denormals": ("flushed to zero in the cpp kernels (set_flush_denormal(True))"
+                      if get_flush_denormal() else "kept, IEEE (set_flush_denormal(False))"),
         "backends": available_backends(with_reasons=True),
     }
     try:
