@@ -370,12 +370,17 @@ def test_empty_conv_is_the_same_everywhere(backend, case):
     gx, gw, gb = (backend.numpy(g) for g in cnnfast.conv_backward(
         backend.asarray(gy), backend.asarray(x), backend.asarray(w), **kw,
         backend=backend.name))
+    _check_empty_grads(gx, gw, gb, gy, x_shape, w_shape)
+    for a, b in zip((x, w, bias), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def _check_empty_grads(gx, gw, gb, gy, x_shape, w_shape):
+    """The gradients of an empty convolution: zeros, and grad_y summed for the bias."""
     np.testing.assert_array_equal(gx, np.zeros(x_shape))
     np.testing.assert_array_equal(gw, np.zeros(w_shape))
     np.testing.assert_allclose(gb, gy.sum(axis=(0,) + tuple(range(2, gy.ndim))),
                                rtol=1e-12)
-    for a, b in zip((x, w, bias), before):
-        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("case", EMPTY_CONVT, ids=[c[0] for c in EMPTY_CONVT])
@@ -396,10 +401,7 @@ def test_empty_conv_transpose_is_the_same_everywhere(backend, case):
     gx, gw, gb = (backend.numpy(g) for g in cnnfast.conv_transpose_backward(
         backend.asarray(gy), backend.asarray(x), backend.asarray(w), **kw,
         backend=backend.name))
-    np.testing.assert_array_equal(gx, np.zeros(x_shape))
-    np.testing.assert_array_equal(gw, np.zeros(w_shape))
-    np.testing.assert_allclose(gb, gy.sum(axis=(0,) + tuple(range(2, gy.ndim))),
-                               rtol=1e-12)
+    _check_empty_grads(gx, gw, gb, gy, x_shape, w_shape)
 
 
 def test_empty_conv_still_checks_the_backend():
