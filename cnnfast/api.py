@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import params as P
+from .arrays import array_kind
 from .registry import select
 
 _FLOAT_DTYPES = ("float16", "float32", "float64")
@@ -26,15 +27,6 @@ def _dtype_name(dtype) -> str:
 # ----------------------------------------------------------------------------- arrays
 
 
-def _array_kind(a, name) -> str:
-    if isinstance(a, np.ndarray):
-        return "numpy"
-    if type(a).__module__.split(".")[0] == "cupy":
-        return "cupy"
-    raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__} "
-                    f"(convert it with numpy.asarray first)")
-
-
 def _check_arrays(**arrays):
     """One array kind and one floating dtype for every array given (None skipped).
     Returns (kind, dtype name)."""
@@ -43,7 +35,7 @@ def _check_arrays(**arrays):
     for name, a in arrays.items():
         if a is None:
             continue
-        k = _array_kind(a, name)
+        k = array_kind(a, name)
         d = _dtype_name(a.dtype)
         if d not in _FLOAT_DTYPES:
             raise TypeError(f"{name} has dtype {d}; expected float32 or float64 (or float16 "
@@ -324,8 +316,8 @@ def max_pool_backward(grad_y, indices, x_shape, *, backend=None):
     """Gradient of ``max_pool`` with respect to x, from the winners' ``indices``."""
     kind, dtype = _check_arrays(grad_y=grad_y)
     x_shape = _check_x_shape(x_shape)
-    if _array_kind(indices, "indices") != kind:
-        raise TypeError(f"indices is a {_array_kind(indices, 'indices')} array but grad_y "
+    if array_kind(indices, "indices") != kind:
+        raise TypeError(f"indices is a {array_kind(indices, 'indices')} array but grad_y "
                         f"is a {kind} array; mixed devices are not allowed")
     if _dtype_name(indices.dtype) != "int64":
         raise TypeError(f"indices has dtype {indices.dtype}; expected int64 (as returned "

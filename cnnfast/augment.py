@@ -30,7 +30,7 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
-from .nn.base import array_module
+from .arrays import array_module
 
 
 def _check_batch(x):

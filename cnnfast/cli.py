@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from .commands.common import CliError
+from .commands.common import CliError, report_error
 
 COMMANDS = {
     "info": "cnnfast.commands.info",
@@ -47,13 +47,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise CliError(f"{message} (see {self.prog} --help)", prog=self.prog)
-
-
-def report_error(prog, exc) -> int:
-    """Print user error ``exc`` as one line on stderr; the exit status (2)."""
-    text = " ".join(str(exc).split())
-    print(f"{getattr(exc, 'prog', None) or prog}: {text}", file=sys.stderr)
-    return 2
 
 
 def main(argv=None) -> int:

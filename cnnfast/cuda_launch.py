@@ -2,10 +2,11 @@
 
 The CUDA kernels live in ``cnnfast/cuda/*.cu`` (package data). This module knows
 which template instantiations exist (the NVRTC ``name_expressions``), how the
-operations are composed from kernels, and how geometry is packed for them; it talks
-to the device through a small *runtime* object so that the very same code runs on a
-GPU (``cnnfast.backends.cupy_backend``) and in the CPU emulator
-(``cnnfast.backends.cuda_emu_backend``). A runtime provides:
+operations are composed from kernels, and the conv geometry (the packing rule it
+shares with the pooling launches, ``cnnfast.cuda_pool_ops``, is in
+``cnnfast.cuda_common``); it talks to the device through a small *runtime* object so
+that the very same code runs on a GPU (``cnnfast.backends.cupy_backend``) and in the
+CPU emulator (``cnnfast.backends.cuda_emu_backend``). A runtime provides:
 
 * ``xp``: the array module (``cupy`` or ``numpy``);
 * ``function(file, name_expression)``: a kernel callable as CuPy's
@@ -30,24 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .cuda_common import (CONV_FIELDS, CTYPES, CUDA_DIR, DTYPES, POOL_FIELDS,  # noqa: F401
+                          check_int32_extent, ctype, launch_1d, pack_geometry)
+# Pooling launches live in their own module; re-exported for make_ops and tests.
+from .cuda_pool_ops import KERNELS as POOL_KERNELS
+from .cuda_pool_ops import avg_pool, avg_pool_backward, max_pool, max_pool_backward
+from .geometry import lift_to_3d, pads_before_3d
 from .params import ConvParams
 
-CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 SOURCE_FILES = ("conv.cu", "pool.cu")
 # Options given to NVRTC (CuPy adds the -arch of the current device itself). No
 # fast-math: max pooling relies on NaN comparisons.
 NVRTC_OPTIONS = ("--std=c++17",)
-
-# float16 is stored as half_t (common.cuh) and accumulated in float.
-CTYPES = {"float32": "float", "float64": "double", "float16": "half_t"}
-DTYPES = tuple(CTYPES)
-# numpy dtype -> C type, without str(dtype) (microseconds per call).
-_CTYPE_OF = {np.dtype(k): v for k, v in CTYPES.items()}
-
-
-def ctype(dtype) -> str:
-    """The kernels' C type for a numpy (or cupy) dtype."""
-    return _CTYPE_OF[dtype]
 
 MODE_CORR, MODE_ADJ, MODE_WGRAD = 0, 1, 2
 GEMM_THREADS = 256
@@ -114,8 +109,7 @@ def name_expressions(file: str, ctype: str = None) -> tuple:
                       for k in DIRECT_FIXED_K]
             names += [f"conv_wgrad_direct<{ct}>", f"sum_splits<{ct}>", f"channel_sum<{ct}>"]
         elif file == "pool.cu":
-            from .cuda_pool_ops import KERNELS
-            names += [f"{k}<{ct}>" for k in KERNELS]
+            names += [f"{k}<{ct}>" for k in POOL_KERNELS]
         else:
             raise ValueError(f"unknown kernel file {file!r}; expected one of {SOURCE_FILES}")
     return tuple(names)
@@ -165,53 +159,6 @@ def cache_key(file: str, options=NVRTC_OPTIONS) -> str:
     return h.hexdigest()
 
 
-def _enum_fields(enum_name: str) -> dict:
-    text = (CUDA_DIR / "common.cuh").read_text()
-    body = re.search(r"enum\s+" + enum_name + r"\s*\{(.*?)\};", text, re.S).group(1)
-    body = re.sub(r"//[^\n]*", "", body)
-    names = [n.strip() for n in body.split(",") if n.strip()]
-    return {n: i for i, n in enumerate(names)}
-
-
-CONV_FIELDS = _enum_fields("ConvGeoField")
-POOL_FIELDS = _enum_fields("PoolGeoField")
-
-
-def _lift(values, fill):
-    values = tuple(int(v) for v in values)
-    return (fill,) * (3 - len(values)) + values
-
-
-def _pack(fields: dict, prefix: str, **named):
-    """The int32 geometry array: scalar fields by name, per-dim fields as 3-tuples."""
-    out = [0] * fields[prefix + "COUNT"]
-    for name, value in named.items():
-        if isinstance(value, tuple):
-            for d, v in enumerate(value):
-                out[fields[f"{prefix}{name}{d}"]] = v
-        else:
-            out[fields[prefix + name]] = int(value)
-    if max(abs(v) for v in out) >= 2 ** 31:
-        raise NotImplementedError("a dimension exceeds the int32 range of the CUDA kernels")
-    return out
-
-
-def _launch_1d(total):
-    block = 256 if total >= 256 else max(32, -(-total // 32) * 32)
-    grid = max(1, min(-(-total // block), 1 << 20))  # grid-stride loops cover the rest
-    return (grid,), (block,)
-
-
-def _check_int32_extent(*arrays):
-    """Arrays, or the shapes of those about to be allocated (checked first: no
-    allocation of a tensor the kernels cannot index)."""
-    for a in arrays:
-        size = math.prod(a) if isinstance(a, tuple) else (0 if a is None else a.size)
-        if size >= 2 ** 31:
-            raise NotImplementedError("tensors of 2**31 elements or more are not supported "
-                                      "by the CUDA kernels (int32 spatial indexing)")
-
-
 # ----------------------------------------------------------------------------- conv
 
 
@@ -228,15 +175,16 @@ def _geo_array(rt, n, groups, ci, co, ishape, oshape, p: ConvParams, has_bias=Fa
 
 def _conv_geo(n, groups, ci, co, ishape, oshape, p: ConvParams, has_bias=False, splits=1,
               kchunk=0, ksplits=1):
-    return _pack(CONV_FIELDS, "CG_", N=n, G=groups, CI=ci, CO=co, I=_lift(ishape, 1),
-                 O=_lift(oshape, 1), K=_lift(p.kernel, 1), S=_lift(p.stride, 1),
-                 P=_lift([lo for lo, _ in p.padding], 0), D=_lift(p.dilation, 1),
-                 HAS_BIAS=has_bias, SPLITS=splits, KCHUNK=kchunk, KSPLITS=ksplits)
+    return pack_geometry(CONV_FIELDS, "CG_", N=n, G=groups, CI=ci, CO=co,
+                         I=lift_to_3d(ishape, 1), O=lift_to_3d(oshape, 1),
+                         K=lift_to_3d(p.kernel, 1), S=lift_to_3d(p.stride, 1),
+                         P=pads_before_3d(p.padding), D=lift_to_3d(p.dilation, 1),
+                         HAS_BIAS=has_bias, SPLITS=splits, KCHUNK=kchunk, KSPLITS=ksplits)
 
 
 def _taps(p: ConvParams):
     """(KT, 3) array: every tap's per-dim offset t*d, row-major over the kernel."""
-    k, d = _lift(p.kernel, 1), _lift(p.dilation, 1)
+    k, d = lift_to_3d(p.kernel, 1), lift_to_3d(p.dilation, 1)
     t = np.stack(np.meshgrid(*(np.arange(e) for e in k), indexing="ij"), -1).reshape(-1, 3)
     return t * np.asarray(d)
 
@@ -255,9 +203,9 @@ def _rows_corr(cg, ip, p):
 
 def _rows_wgrad(n, ci, co, ishape, oshape, p):
     """Row table of MODE_WGRAD: k = (n, output position)."""
-    o3, s3 = np.asarray(_lift(oshape, 1)), np.asarray(_lift(p.stride, 1))
-    p3 = np.asarray(_lift([lo for lo, _ in p.padding], 0))
-    op, ip = int(np.prod(o3)), int(np.prod(_lift(ishape, 1)))
+    o3, s3 = np.asarray(lift_to_3d(oshape, 1)), np.asarray(lift_to_3d(p.stride, 1))
+    p3 = np.asarray(pads_before_3d(p.padding))
+    op, ip = int(np.prod(o3)), int(np.prod(lift_to_3d(ishape, 1)))
     pos = np.stack(np.meshgrid(*(np.arange(e) for e in o3), indexing="ij"), -1).reshape(-1, 3)
     rows = np.zeros((n * op, ROW_STRIDE), np.int64)
     nn = np.repeat(np.arange(n), op)
@@ -274,7 +222,7 @@ def _host_tables(mode, n, groups, ci, co, ishape, oshape, p: ConvParams):
     column count)."""
     cg, m = ci // groups, co // groups
     ip = math.prod(ishape)
-    o3 = _lift(oshape, 1)
+    o3 = lift_to_3d(oshape, 1)
     if mode == MODE_WGRAD:
         rows = _rows_wgrad(n, ci, co, ishape, oshape, p)
         phases = [[1, 1, 1, 0, 0, 0, len(rows), cg * int(np.prod(p.kernel))]]
@@ -284,8 +232,8 @@ def _host_tables(mode, n, groups, ci, co, ishape, oshape, p: ConvParams):
     else:
         taps = _taps(p)
         kt = len(taps)
-        s3 = np.asarray(_lift(p.stride, 1))
-        pad3 = _lift([lo for lo, _ in p.padding], 0)
+        s3 = np.asarray(lift_to_3d(p.stride, 1))
+        pad3 = pads_before_3d(p.padding)
         phases, blocks = [], []
         for r in np.ndindex(*s3):
             # Outputs q = u*s + q0 have (q + pad) mod s == r: taps with t*d = r (mod s).
@@ -404,7 +352,7 @@ def _slice_workspace(rt, out, splits):
 def _add_slices(rt, slices, out, splits):
     """out = the sum of the slices, added in slice order (deterministic)."""
     if splits > 1:
-        grid, block = _launch_1d(out.size)
+        grid, block = launch_1d(out.size)
         rt.function("conv.cu", f"sum_splits<{ctype(out.dtype)}>")(
             grid, block, (slices, out, np.int32(splits), np.int64(out.size)))
 
@@ -470,17 +418,17 @@ def _bias_grad(rt, gy):
 
 
 def conv(rt, x, w, b, p: ConvParams):
-    _check_int32_extent(x, w)
+    check_int32_extent(x, w)
     n, c = x.shape[:2]
     o = w.shape[0]
-    _check_int32_extent((n, o) + tuple(p.out_shape))
+    check_int32_extent((n, o) + tuple(p.out_shape))
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
     _forward_like(rt, MODE_CORR, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape, p)
     return y
 
 
 def conv_backward(rt, gy, x, w, p: ConvParams, needs):
-    _check_int32_extent(gy, x, w)
+    check_int32_extent(gy, x, w)
     n, c = x.shape[:2]
     o = w.shape[0]
     gx = gw = gb = None
@@ -499,17 +447,17 @@ def conv_backward(rt, gy, x, w, p: ConvParams, needs):
 
 
 def conv_transpose(rt, x, w, b, p: ConvParams):
-    _check_int32_extent(x, w)
+    check_int32_extent(x, w)
     n, c = x.shape[:2]
     o = w.shape[1] * p.groups
-    _check_int32_extent((n, o) + tuple(p.out_shape))
+    check_int32_extent((n, o) + tuple(p.out_shape))
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
     _forward_like(rt, MODE_ADJ, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape, p)
     return y
 
 
 def conv_transpose_backward(rt, gy, x, w, p: ConvParams, needs):
-    _check_int32_extent(gy, x, w)
+    check_int32_extent(gy, x, w)
     n, c = x.shape[:2]
     o = w.shape[1] * p.groups
     gx = gw = gb = None
@@ -560,7 +508,3 @@ def make_ops(rt_getter):
         ("conv_transpose_backward", conv_transpose_backward), ("max_pool", max_pool),
         ("max_pool_backward", max_pool_backward), ("avg_pool", avg_pool),
         ("avg_pool_backward", avg_pool_backward))}
-
-
-# Pooling launches live in their own module; re-exported for make_ops and tests.
-from .cuda_pool_ops import avg_pool, avg_pool_backward, max_pool, max_pool_backward  # noqa: E402

@@ -1,6 +1,6 @@
 """Pooling launches of the CUDA backends (``cupy`` and ``cuda-emu``): the host side
 of ``cnnfast/cuda/pool.cu``. Shared machinery (runtime protocol, geometry packing,
-template names) is ``cnnfast.cuda_launch``'s.
+template names) is in ``cnnfast.cuda_common`` and ``cnnfast.cuda_launch``.
 
 Paths (see pool.cu for the kernels' design):
 
@@ -29,6 +29,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .cuda_common import CTYPES, POOL_FIELDS, check_int32_extent, launch_1d, pack_geometry
+from .geometry import lift_to_3d, pads_after_3d, pads_before_3d
 from .params import PoolParams
 
 # The templates of pool.cu, each instantiated for every dtype (NVRTC name expressions).
@@ -81,13 +83,13 @@ def _fast_div(d):
 def _pool_geo(nc, ishape, oshape, p: PoolParams = None, segments=1, mode=0, run=1):
     """The int32 geometry of pool.cu (a tuple; cached: a training loop repeats a few
     shapes, and the divider arithmetic costs host time at every launch)."""
-    ishape, oshape = _lift(ishape, 1), _lift(oshape, 1)
+    ishape, oshape = lift_to_3d(ishape, 1), lift_to_3d(oshape, 1)
     if p is None:  # max-pool backward: only the shapes matter
         fields = dict(K=(1, 1, 1), S=(1, 1, 1), D=(1, 1, 1))
     else:
-        fields = dict(K=_lift(p.kernel, 1), S=_lift(p.stride, 1),
-                      P=_lift([lo for lo, _ in p.padding], 0),
-                      Q=_lift([hi for _, hi in p.padding], 0), D=_lift(p.dilation, 1),
+        fields = dict(K=lift_to_3d(p.kernel, 1), S=lift_to_3d(p.stride, 1),
+                      P=pads_before_3d(p.padding),
+                      Q=pads_after_3d(p.padding), D=lift_to_3d(p.dilation, 1),
                       INCLUDE_PAD=p.count_include_pad, DIVISOR=p.divisor_override or 0)
     for name, values in (("I", ishape), ("O", oshape), ("S", fields["S"])):
         magic = [_fast_div(v) for v in values]
@@ -96,8 +98,8 @@ def _pool_geo(nc, ishape, oshape, p: PoolParams = None, segments=1, mode=0, run=
     (fields["MIP"], fields["HIP"]), (fields["MOP"], fields["HOP"]) = (
         _fast_div(max(1, int(np.prod(ishape)))), _fast_div(max(1, int(np.prod(oshape)))))
     fields["MCH"], fields["HCH"] = _fast_div(-(-ishape[2] // run))  # runs per row
-    return tuple(_pack(POOL_FIELDS, "PG_", NC=nc, I=ishape, O=oshape, SEGMENTS=segments,
-                       MODE=mode, **fields))
+    return tuple(pack_geometry(POOL_FIELDS, "PG_", NC=nc, I=ishape, O=oshape,
+                               SEGMENTS=segments, MODE=mode, **fields))
 
 
 def _forward_path(outputs, p: PoolParams):
@@ -120,7 +122,7 @@ MAX_BLOCKS = 8192
 
 
 def _grid(threads, max_blocks=None):
-    grid, block = _launch_1d(threads)
+    grid, block = launch_1d(threads)
     return (min(grid[0], max_blocks or MAX_BLOCKS),), block
 
 
@@ -134,7 +136,7 @@ def _launch_forward(rt, name, ct, outputs, p, args):
 
 
 def max_pool(rt, x, p: PoolParams, return_indices):
-    _check_int32_extent(x, x.shape[:2] + tuple(p.out_shape))
+    check_int32_extent(x, x.shape[:2] + tuple(p.out_shape))
     ct = CTYPES[str(x.dtype)]
     nc = x.shape[0] * x.shape[1]
     y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
@@ -146,19 +148,19 @@ def max_pool(rt, x, p: PoolParams, return_indices):
 
 
 def max_pool_backward(rt, gy, indices, x_shape):
-    _check_int32_extent(gy)
+    check_int32_extent(gy)
     ct = CTYPES[str(gy.dtype)]
     nc = int(x_shape[0]) * int(x_shape[1])
     plane = int(np.prod(x_shape[2:]))
     scatter = _max_bwd_scatter(gy.size, int(np.prod(x_shape)))
-    _check_int32_extent(tuple(x_shape))
+    check_int32_extent(tuple(x_shape))
     gx = (rt.xp.zeros if scatter else rt.xp.empty)(tuple(x_shape), gy.dtype)
     # Slices per plane of the scanning fallback: enough threads to fill a GPU, each
     # slice >= 16 cells.
     segments = max(1, min(-(-65536 // max(nc, 1)), plane // 16, 64))
     geo = rt.int32_array(_pool_geo(nc, tuple(x_shape[2:]), tuple(gy.shape[2:]), None, segments,
                                    _MAX_BWD_MODES[_overrides["max_bwd"]], MAX_BWD_RUN))
-    ishape = _lift(x_shape[2:], 1)
+    ishape = lift_to_3d(x_shape[2:], 1)
     runs = nc * ishape[0] * ishape[1] * -(-ishape[2] // MAX_BWD_RUN)
     indices = rt.xp.ascontiguousarray(indices, np.int64)
     # The reach is written with atomicMax: a fresh zeroed array each call (the
@@ -186,7 +188,7 @@ def _max_bwd_scatter(outputs, inputs):
 
 
 def avg_pool(rt, x, p: PoolParams):
-    _check_int32_extent(x, x.shape[:2] + tuple(p.out_shape))
+    check_int32_extent(x, x.shape[:2] + tuple(p.out_shape))
     ct = CTYPES[str(x.dtype)]
     nc = x.shape[0] * x.shape[1]
     y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
@@ -196,20 +198,14 @@ def avg_pool(rt, x, p: PoolParams):
 
 
 def avg_pool_backward(rt, gy, p: PoolParams):
-    _check_int32_extent(gy)
+    check_int32_extent(gy)
     ct = CTYPES[str(gy.dtype)]
     nc = gy.shape[0] * gy.shape[1]
-    _check_int32_extent(gy.shape[:2] + tuple(p.in_shape))
+    check_int32_extent(gy.shape[:2] + tuple(p.in_shape))
     gx = rt.xp.empty(gy.shape[:2] + tuple(p.in_shape), gy.dtype)
-    ishape = _lift(p.in_shape, 1)
+    ishape = lift_to_3d(p.in_shape, 1)
     runs = nc * ishape[0] * ishape[1] * -(-ishape[2] // AVG_BWD_RUN)  # undilated: runs
     grid, block = _grid(runs if all(d == 1 for d in p.dilation) else gx.size)
     rt.function("pool.cu", f"avg_pool_bwd<{ct}>")(grid, block, (
         gy, gx, rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p, run=AVG_BWD_RUN))))
     return gx
-
-
-# cuda_launch re-exports this module's launchers from its last line: importing it here,
-# after the definitions, lets either module be imported first.
-from .cuda_launch import (CTYPES, POOL_FIELDS, _check_int32_extent, _launch_1d,  # noqa: E402
-                          _lift, _pack)

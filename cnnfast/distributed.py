@@ -58,6 +58,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from .arrays import is_cupy_array
 from .nn.training import Trainer, evaluate
 
 # Variables the common launchers set in each rank's environment.
@@ -65,12 +66,8 @@ _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK",
                   "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD")
 
 
-def _is_cupy(a) -> bool:
-    return type(a).__module__.split(".")[0] == "cupy"
-
-
 def _check_buffer(buf, what="buffer"):
-    if not (isinstance(buf, np.ndarray) or _is_cupy(buf)):
+    if not (isinstance(buf, np.ndarray) or is_cupy_array(buf)):
         raise TypeError(f"{what} must be a numpy or cupy array, got {type(buf).__name__}")
     if not buf.flags.c_contiguous:
         raise ValueError(f"{what} must be C-contiguous (the collectives work in place)")
@@ -223,7 +220,7 @@ class MPIComm(Communicator):
 
     def _device_ok(self, buf) -> bool:
         """True: hand ``buf`` to MPI as is. False: stage a cupy ``buf`` via the host."""
-        if not _is_cupy(buf):
+        if not is_cupy_array(buf):
             return True
         if self._cuda_aware is None:
             self._cuda_aware = mpi_cuda_aware(self.MPI)
@@ -313,7 +310,7 @@ class NCCLComm(MPIComm):
             raise TypeError(f"NCCL cannot reduce dtype {buf.dtype}") from None
 
     def allreduce_sum(self, buf):
-        if not _is_cupy(buf):
+        if not is_cupy_array(buf):
             return super().allreduce_sum(buf)
         _check_buffer(buf)
         stream = self.cupy.cuda.get_current_stream()
@@ -324,7 +321,7 @@ class NCCLComm(MPIComm):
         return buf
 
     def bcast(self, buf, root=0):
-        if not _is_cupy(buf):
+        if not is_cupy_array(buf):
             return super().bcast(buf, root)
         _check_buffer(buf)
         self._check_root(root)

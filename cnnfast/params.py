@@ -226,7 +226,7 @@ def check_rank(x, name: str, expected_rank: Optional[int] = None) -> int:
     return rank
 
 
-# ----------------------------------------------------------------------------- conv
+# ----------------------------------------------------------------------------- groups
 
 
 def _groups(groups) -> int:
@@ -236,15 +236,53 @@ def _groups(groups) -> int:
     return int(groups)
 
 
-def _same_padding(rank, kernel, dilation, stride, name) -> Pairs:
+# ----------------------------------------------------------------------------- "same"
+#
+# "same" has three meanings in this package, one function each. All three split an
+# odd total with the extra element after (ONNX SAME_UPPER, as TensorFlow does).
+
+
+def _split_extra_after(total: int) -> Tuple[int, int]:
+    return (total // 2, total - total // 2)
+
+
+def same_pads_stride1(kernel, dilation, stride) -> Pairs:
+    """``conv(..., padding='same')`` of the kernel API: output size == input size.
+
+    Defined for stride 1 only (``../shared/API.md``), as in PyTorch; the padding
+    total of each dim is the dilated kernel extent minus one."""
     if any(s != 1 for s in stride):
         raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+    return tuple(_split_extra_after(d * (k - 1)) for k, d in zip(kernel, dilation))
+
+
+def same_crops_transposed(in_shape, kernel, stride, dilation, output_padding) -> Pairs:
+    """``conv_transpose(..., padding='same')`` (an extension, ONNX ConvTranspose
+    auto_pad=SAME_UPPER): output size == input size * stride; the pairs are what is
+    cropped from the full transposed output."""
     pairs = []
-    for k, d in zip(kernel, dilation):
-        total = d * (k - 1)
-        # ONNX SAME_UPPER: an odd total puts the extra element after.
-        pairs.append((total // 2, total - total // 2))
+    for i, (n, k, s, d, op) in enumerate(zip(in_shape, kernel, stride, dilation,
+                                             output_padding)):
+        total = s * (n - 1) + op + d * (k - 1) + 1 - n * s
+        if total < 0:
+            raise ValueError(
+                f"padding='same' cannot give output size input*stride in dim "
+                f"{i}: the kernel extent is smaller than the stride")
+        pairs.append(_split_extra_after(total))
     return tuple(pairs)
+
+
+def same_pads_tensorflow(in_shape, kernel, stride, dilation) -> Pairs:
+    """The ``cnnfast.nn`` layers' ``padding='same'`` (TensorFlow's rule, any stride):
+    output size == ceil(input size / stride). Public as ``cnnfast.nn.tf_same_pads``."""
+    pairs = []
+    for n, k, s, d in zip(in_shape, kernel, stride, dilation):
+        total = max((math.ceil(n / s) - 1) * s + d * (k - 1) + 1 - n, 0)
+        pairs.append(_split_extra_after(total))
+    return tuple(pairs)
+
+
+# ----------------------------------------------------------------------------- conv
 
 
 @_memoized
@@ -274,7 +312,7 @@ def conv_params(x_shape, w_shape, stride, padding, dilation, groups) -> ConvPara
         if padding == "valid":
             pads = ((0, 0),) * rank
         elif padding == "same":
-            pads = _same_padding(rank, kernel, dilation, stride, "padding")
+            pads = same_pads_stride1(kernel, dilation, stride)
         else:
             raise ValueError(f"padding={padding!r}: expected 'same', 'valid', an int "
                              f"or per-dim ints/(before, after) pairs")
@@ -331,18 +369,7 @@ def conv_transpose_params(x_shape, w_shape, stride, padding, output_padding, gro
         if padding == "valid":
             pads = ((0, 0),) * rank
         elif padding == "same":
-            # Extension (ONNX ConvTranspose auto_pad=SAME_UPPER): output = input *
-            # stride; the crop total is split with the extra element after.
-            pairs = []
-            for i in range(rank):
-                total = (stride[i] * (in_shape[i] - 1) + opad[i]
-                         + dilation[i] * (kernel[i] - 1) + 1 - in_shape[i] * stride[i])
-                if total < 0:
-                    raise ValueError(
-                        f"padding='same' cannot give output size input*stride in dim "
-                        f"{i}: the kernel extent is smaller than the stride")
-                pairs.append((total // 2, total - total // 2))
-            pads = tuple(pairs)
+            pads = same_crops_transposed(in_shape, kernel, stride, dilation, opad)
         else:
             raise ValueError(f"padding={padding!r}: expected 'same', 'valid', an int "
                              f"or per-dim ints/(before, after) pairs")

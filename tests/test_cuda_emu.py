@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnfast import cuda_launch
+from cnnfast import cuda_launch, cuda_pool_ops
 from cnnfast import params as P
 from cnnfast.backends import numpy_backend as ref
 
@@ -285,10 +285,33 @@ def test_cache_key_is_deterministic_across_processes():
     assert cuda_launch.cache_key("conv.cu") != cuda_launch.cache_key("conv.cu", ("-G",))
 
 
-def test_geometry_layout_matches_the_header():
-    assert list(cuda_launch.CONV_FIELDS)[-1] == "CG_COUNT"
-    assert cuda_launch.CONV_FIELDS["CG_N"] == 0
-    assert cuda_launch.POOL_FIELDS["PG_COUNT"] == len(cuda_launch.POOL_FIELDS) - 1
+class _ReadFields(dict):
+    """A geometry field table that records which fields the packing looks up."""
+
+    def __init__(self, fields):
+        super().__init__(fields)
+        self.read = set()
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+
+def test_the_launchers_fill_every_geometry_field_of_the_header(monkeypatch):
+    # The field tables are parsed from common.cuh, so their layout matches it by
+    # construction; what can go wrong is a field added there that the launchers
+    # never pack, which would reach the kernels as 0.
+    conv_fields = _ReadFields(cuda_launch.CONV_FIELDS)
+    monkeypatch.setattr(cuda_launch, "CONV_FIELDS", conv_fields)
+    p = P.conv_params((2, 4, 5, 6, 7), (6, 2, 3, 3, 3), 2, 1, 1, 2)
+    cuda_launch._conv_geo(2, 2, 4, 6, p.in_shape, p.out_shape, p)
+    assert set(conv_fields) - conv_fields.read == set()
+
+    pool_fields = _ReadFields(cuda_pool_ops.POOL_FIELDS)
+    monkeypatch.setattr(cuda_pool_ops, "POOL_FIELDS", pool_fields)
+    p = P.pool_params((2, 3, 5, 6, 7), 2, None, 1, 1, False)
+    cuda_pool_ops._pool_geo.__wrapped__(6, p.in_shape, p.out_shape, p)  # uncached
+    assert set(pool_fields) - pool_fields.read == set()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

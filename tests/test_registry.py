@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import cnnfast
+from cnnfast import params as P
 from cnnfast import registry
 from cnnfast.threads import get_num_threads, set_num_threads
 
@@ -95,10 +96,21 @@ def test_context_is_per_thread(partial):
     assert seen == [None] or seen == [os.environ.get("CNNFAST_BACKEND")]
 
 
-def test_auto_choice_falls_back_for_lacking_cases():
-    # Automatic choice: the first available backend that implements the case.
-    name = registry.backend_for("conv", "numpy", "float64", None)
-    assert name in registry.AUTO_CPU_ORDER
+def test_auto_choice_falls_back_for_lacking_cases(partial, monkeypatch):
+    # Automatic choice: the first backend of the order that runs the case. The
+    # partial backend goes first; each case it lacks must fall through to numpy.
+    monkeypatch.setattr(registry, "AUTO_CPU_ORDER", ("partial", "numpy"))
+    plain = P.conv_params((1, 2, 5, 5), (2, 2, 3, 3), 1, 0, 1, 1)
+    grouped = P.conv_params((1, 2, 5, 5), (2, 1, 3, 3), 1, 0, 1, 2)
+    pool = P.pool_params((1, 2, 4, 4), 2, None, 0, 1, False)
+
+    def auto(op, dtype, params):  # "auto": ignores any context or CNNFAST_BACKEND
+        return registry.backend_for(op, "numpy", dtype, params, "auto")
+
+    assert auto("conv", "float64", plain) == "partial"
+    assert auto("conv", "float64", grouped) == "numpy"  # its unsupported() declines
+    assert auto("conv", "float32", plain) == "numpy"  # not in its DTYPES
+    assert auto("avg_pool", "float64", pool) == "numpy"  # not in its OPS
     with pytest.raises(ValueError):
         registry.backend_for("conv", "numpy", "float64", None, "nope")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import threads as _threads
+from ..geometry import lift_to_3d, pads_before_3d
 from ..params import ConvParams, PoolParams, pool_window_counts
 
 try:
@@ -56,22 +57,18 @@ def num_threads() -> int:
 # ----------------------------------------------------------------------------- geometry
 
 
-def _pad3(values, fill):
-    values = tuple(values)
-    return (fill,) * (3 - len(values)) + values
-
-
 def _conv_geo(n, c, o, groups, p: ConvParams, in_shape, out_shape):
     """[N, C, O, G, in*3, out*3, k*3, stride*3, dilation*3, pad_before*3]."""
-    return ([n, c, o, groups] + list(_pad3(in_shape, 1)) + list(_pad3(out_shape, 1))
-            + list(_pad3(p.kernel, 1)) + list(_pad3(p.stride, 1))
-            + list(_pad3(p.dilation, 1)) + list(_pad3((lo for lo, _ in p.padding), 0)))
+    return ([n, c, o, groups] + list(lift_to_3d(in_shape, 1))
+            + list(lift_to_3d(out_shape, 1)) + list(lift_to_3d(p.kernel, 1))
+            + list(lift_to_3d(p.stride, 1)) + list(lift_to_3d(p.dilation, 1))
+            + list(pads_before_3d(p.padding)))
 
 
 def _pool_geo(planes, p: PoolParams):
-    return ([planes] + list(_pad3(p.in_shape, 1)) + list(_pad3(p.out_shape, 1))
-            + list(_pad3(p.kernel, 1)) + list(_pad3(p.stride, 1))
-            + list(_pad3(p.dilation, 1)) + list(_pad3((lo for lo, _ in p.padding), 0)))
+    return ([planes] + list(lift_to_3d(p.in_shape, 1)) + list(lift_to_3d(p.out_shape, 1))
+            + list(lift_to_3d(p.kernel, 1)) + list(lift_to_3d(p.stride, 1))
+            + list(lift_to_3d(p.dilation, 1)) + list(pads_before_3d(p.padding)))
 
 
 # ----------------------------------------------------------------------------- conv

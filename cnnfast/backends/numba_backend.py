@@ -34,6 +34,7 @@ import threading
 
 import numpy as np
 
+from ..geometry import flipped_adjoint_weight, lift_to_3d, pads_before_3d
 from ..params import ConvParams, PoolParams, pool_window_counts
 from ..threads import get_num_threads
 
@@ -105,17 +106,13 @@ def _as5(a):
     numba would compile a separate specialisation for it."""
     if not a.flags.writeable:
         a = a.copy()
-    return a.reshape(a.shape[:2] + (1,) * (5 - a.ndim) + a.shape[2:])
-
-
-def _t3(values, fill):
-    values = tuple(int(v) for v in values)
-    return (fill,) * (3 - len(values)) + values
+    return a.reshape(_shape5(a.shape))
 
 
 def _shape5(shape):
+    """(N, C, *spatial) -> (N, C, D, H, W), the spatial dims lifted to 3-D."""
     shape = tuple(shape)
-    return shape[:2] + (1,) * (5 - len(shape)) + shape[2:]
+    return shape[:2] + lift_to_3d(shape[2:], 1)
 
 
 def _zeros_bias(b, channels, dtype):
@@ -160,14 +157,8 @@ def _correlate(x5, w5, b, y5, stride, pad, dil, groups, min_og=GEMM_MIN_OG):
 
 
 def _flipped_adjoint_weight(w5, groups):
-    """Transposed-conv weight (Ci, OG, *k) -> the conv weight (G*OG, Ci/G, *k) of
-    the same operation written as a stride-1 correlation: per group transposed and
-    flipped in space."""
-    ci, og = w5.shape[:2]
-    k = w5.shape[2:]
-    wt = w5.reshape((groups, ci // groups, og) + k).swapaxes(1, 2)
-    wt = wt.reshape((groups * og, ci // groups) + k)[:, :, ::-1, ::-1, ::-1]
-    return np.ascontiguousarray(wt)
+    """``cnnfast.geometry.flipped_adjoint_weight``, contiguous for the kernels."""
+    return np.ascontiguousarray(flipped_adjoint_weight(w5, groups))
 
 
 def _correlate_t(x5, w5, b, y5, stride, pad, dil, groups):
@@ -228,7 +219,7 @@ def _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups):
 
 
 def _conv_geometry(p: ConvParams):
-    return (_t3(p.stride, 1), _t3([lo for lo, _ in p.padding], 0), _t3(p.dilation, 1))
+    return (lift_to_3d(p.stride, 1), pads_before_3d(p.padding), lift_to_3d(p.dilation, 1))
 
 
 def _weight_grad(a5, b5, w_shape, stride, pad, dil, groups, dtype):
@@ -309,8 +300,8 @@ def conv_transpose_backward(gy, x, w, p: ConvParams, needs):
 
 
 def _pool_geometry(p: PoolParams):
-    return (_t3(p.kernel, 1), _t3(p.stride, 1), _t3([lo for lo, _ in p.padding], 0),
-            _t3(p.dilation, 1))
+    return (lift_to_3d(p.kernel, 1), lift_to_3d(p.stride, 1), pads_before_3d(p.padding),
+            lift_to_3d(p.dilation, 1))
 
 
 def _divisors(p: PoolParams, dtype):

@@ -20,7 +20,8 @@ stride s, dilation d and padding (lo, hi):
   dilation), pad it with ``d*(k-1) - lo`` before (padding becomes cropping: a pad of
   lo on the way in is a crop of lo on the way back) and with whatever after gives
   the input's length, then correlate with stride 1, dilation d and the kernel
-  flipped in space and transposed per group (``(G, O/G, C/G)`` -> ``(G, C/G, O/G)``).
+  flipped in space and transposed per group (``(G, O/G, C/G)`` -> ``(G, C/G, O/G)``;
+  ``cnnfast.geometry.flipped_adjoint_weight``, shared with the numba backend).
 * A transposed convolution *is* that operation with ``x`` in the role of ``gy``
   (``conv_transpose`` below calls the same function).
 * The input gradient of a transposed convolution is therefore a plain convolution of
@@ -37,6 +38,7 @@ import itertools
 
 import numpy as np
 
+from ..geometry import flipped_adjoint_weight
 from ..params import ConvParams, PoolParams, pool_window_counts
 
 ARRAY = "numpy"
@@ -109,16 +111,6 @@ def weight_grad(x, gy, stride, pads, dilation, groups, kernel):
     return gw.reshape((o, c // groups) + tuple(kernel))
 
 
-def transpose_weight(w, groups):
-    """Transposed-conv weight ``(C_in, C_out/G, *k)`` -> the convolution weight
-    ``(C_out, C_in/G, *k)`` of the adjoint operation, flipped in space."""
-    c_in, og = w.shape[:2]
-    k = w.shape[2:]
-    wt = w.reshape((groups, c_in // groups, og) + k).swapaxes(1, 2)
-    wt = wt.reshape((groups * og, c_in // groups) + k)
-    return wt[(Ellipsis,) + (slice(None, None, -1),) * len(k)]
-
-
 def transposed_correlate(x, w, stride, pads, dilation, groups, out_shape):
     """The adjoint of ``correlate`` with respect to its input (see the module
     docstring): ``w`` in transposed-conv layout, output spatial shape given."""
@@ -129,7 +121,7 @@ def transposed_correlate(x, w, stride, pads, dilation, groups, out_shape):
         before = span - lo
         after = out_shape[i] + span - xd.shape[2 + i] - before
         adjoint_pads.append((before, after))
-    return correlate(xd, transpose_weight(w, groups), (1,) * len(pads), adjoint_pads,
+    return correlate(xd, flipped_adjoint_weight(w, groups), (1,) * len(pads), adjoint_pads,
                      dilation, groups, out_shape)
 
 

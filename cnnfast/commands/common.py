@@ -2,9 +2,10 @@
 the checks around data, checkpoints, backends and output folders.
 
 A user error (a bad option, a missing or corrupt file, an unusable --out) is a
-``CliError``: ``cnnfast.cli.main`` prints it as one line on stderr, prefixed by the
-command, and exits with status 2 -- never a traceback. Numeric options are checked
-when parsed (``type=`` one of the validators below), so each rule lives here once.
+``CliError``: ``cnnfast.cli.main`` prints it as one line on stderr (``report_error``),
+prefixed by the command, and exits with status 2 -- never a traceback. Numeric
+options are checked when parsed (``type=`` one of the validators below), so each rule
+lives here once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 
 class CliError(Exception):
@@ -21,6 +23,13 @@ class CliError(Exception):
     def __init__(self, message: str, prog: str = None):
         super().__init__(message)
         self.prog = prog
+
+
+def report_error(prog, exc) -> int:
+    """Print user error ``exc`` as one line on stderr; the exit status (2)."""
+    text = " ".join(str(exc).split())
+    print(f"{getattr(exc, 'prog', None) or prog}: {text}", file=sys.stderr)
+    return 2
 
 
 # ----------------------------------------------------------------------------- option types

@@ -28,7 +28,7 @@ import time
 
 from .common import (CliError, check_model_fits_data, fraction, load_data, load_model,
                      non_negative_float, positive_float, positive_int, prepare_out,
-                     random_seed, require_backend, set_threads)
+                     random_seed, report_error, require_backend, set_threads)
 
 HELP = ("train a CNN on Fashion-MNIST (no autograd; any backend), or a denoising "
         "autoencoder / U-Net, with checkpoints")
@@ -265,8 +265,6 @@ def _run_any(args) -> int:
 def _run_reporting_errors(args, comm) -> int:
     """Under run_guarded, a user error is a status (every rank returns it), not an
     exception (which would abort the job with a traceback)."""
-    from ..cli import report_error
-
     try:
         return _run(args, comm)
     except CliError as exc:

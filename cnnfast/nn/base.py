@@ -37,6 +37,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from ..arrays import array_module  # noqa: F401 - public as cnnfast.nn.array_module
+
 _LAYERS: Dict[str, type] = {}
 
 
@@ -61,15 +63,6 @@ def layer_from_config(entry: dict) -> "Layer":
     """Rebuild a layer from ``{"class": name, "config": kwargs}``."""
     cls = layer_class(entry["class"])
     return cls(**entry.get("config", {}))
-
-
-def array_module(x):
-    """``numpy`` or ``cupy``: the module that owns array ``x``."""
-    if type(x).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
 
 
 def to_numpy(a):

@@ -8,7 +8,6 @@ input (numpy or cupy), so one model runs on either.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -34,14 +33,23 @@ def _jsonable(value):
     return value
 
 
-def tf_same_pads(in_shape, kernel, stride, dilation):
-    """TensorFlow's 'same' padding for any stride: output = ceil(in / stride);
-    the total pad is split with the extra element after."""
-    pairs = []
-    for n, k, s, d in zip(in_shape, kernel, stride, dilation):
-        total = max((math.ceil(n / s) - 1) * s + d * (k - 1) + 1 - n, 0)
-        pairs.append((total // 2, total - total // 2))
-    return tuple(pairs)
+# The layers' 'same' is TensorFlow's (any stride), not the kernel API's (stride 1);
+# both rules live in cnnfast.params. tf_same_pads is its public name in cnnfast.nn.
+tf_same_pads = P.same_pads_tensorflow
+
+
+def _resolve_padding(padding, spatial_shape, k, s, d):
+    """A layer's ``padding`` (``'same'``, ``'valid'``, ints or pairs) as
+    ``(before, after)`` pairs for this input."""
+    rank = len(k)
+    if isinstance(padding, str):
+        if padding == "same":
+            return tf_same_pads(spatial_shape, k, s, d)
+        if padding == "valid":
+            return ((0, 0),) * rank
+        raise ValueError(f"padding={padding!r}: expected 'same', 'valid', "
+                         f"an int or per-dim ints/(before, after) pairs")
+    return P.padding_pairs(padding, rank)
 
 
 def _check_input(layer, input_shape, rank):
@@ -88,16 +96,7 @@ class _Conv(Layer):
         k = _tuple(self.kernel_size, rank, "kernel_size")
         s = _tuple(self.stride, rank, "stride")
         d = _tuple(self.dilation, rank, "dilation")
-        if isinstance(self.padding, str):
-            if self.padding == "same":
-                pads = tf_same_pads(input_shape[1:], k, s, d)
-            elif self.padding == "valid":
-                pads = ((0, 0),) * rank
-            else:
-                raise ValueError(f"padding={self.padding!r}: expected 'same', 'valid', "
-                                 f"an int or per-dim ints/(before, after) pairs")
-        else:
-            pads = P.padding_pairs(self.padding, rank)
+        pads = _resolve_padding(self.padding, input_shape[1:], k, s, d)
         return k, s, d, pads
 
     def _weight_shape(self, c_in, k):
@@ -306,16 +305,7 @@ class _Pool(Layer):
         k = _tuple(self.kernel_size, rank, "kernel_size")
         s = k if self.stride is None else _tuple(self.stride, rank, "stride")
         d = _tuple(self.dilation, rank, "dilation")
-        if isinstance(self.padding, str):
-            if self.padding == "same":
-                pads = tf_same_pads(input_shape[1:], k, s, d)
-            elif self.padding == "valid":
-                pads = ((0, 0),) * rank
-            else:
-                raise ValueError(f"padding={self.padding!r}: expected 'same', 'valid', "
-                                 f"an int or per-dim ints/(before, after) pairs")
-        else:
-            pads = P.padding_pairs(self.padding, rank)
+        pads = _resolve_padding(self.padding, input_shape[1:], k, s, d)
         return k, s, pads, d
 
     def _pool_params(self, input_shape):

@@ -8,6 +8,7 @@ from typing import Iterable, List, Optional
 import numpy as np
 
 from .base import Layer, array_module, layer_from_config, to_device, to_numpy
+from .checkpoint_file import read_arrays
 
 
 def _xp_for(device):
@@ -244,8 +245,6 @@ class Sequential:
 
     def load_weights(self, path, strict: bool = True) -> List[str]:
         """Load weights from a checkpoint file (see ``cnnfast.nn.checkpoint``)."""
-        from .checkpoint import read_arrays
-
         return self.load_state_dict(read_arrays(path), strict=strict)
 
     # -- configuration --------------------------------------------------------------
