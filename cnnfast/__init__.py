@@ -10,7 +10,7 @@ from .api import (
     avg_pool, avg_pool1d, avg_pool2d, avg_pool3d, avg_pool_backward,
     conv, conv1d, conv2d, conv3d, conv_backward,
     conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d,
-    conv_transpose_backward,
+    conv_transpose_backward, explain,
     max_pool, max_pool1d, max_pool2d, max_pool3d, max_pool_backward,
 )
 from .registry import (
@@ -28,5 +28,5 @@ __all__ = [
     "avg_pool", "avg_pool1d", "avg_pool2d", "avg_pool3d", "avg_pool_backward",
     "available_backends", "set_backend", "use_backend", "register_backend",
     "BackendUnavailable", "set_num_threads", "get_num_threads",
-    "set_flush_denormal", "get_flush_denormal",
+    "set_flush_denormal", "get_flush_denormal", "explain",
 ]

@@ -3,15 +3,21 @@
 Every function checks its arrays and parameters before any kernel runs, then hands
 contiguous arrays of one dtype and the normalised parameters of ``cnnfast.params``
 to the backend chosen by ``cnnfast.registry``. Inputs are never modified.
+
+``explain`` runs the same validation and backend choice and stops there: every
+function chooses its kernel through ``_select``, which under ``explain`` describes
+the choice instead of returning the kernel.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
 from . import params as P
 from .arrays import array_kind
-from .registry import select
+from .registry import backend_for, get_backend, select
 
 _FLOAT_DTYPES = ("float16", "float32", "float64")
 # dtype -> name without str(dtype), which costs microseconds per call (as much as a
@@ -22,6 +28,55 @@ _DTYPE_NAME = {np.dtype(n): n for n in _FLOAT_DTYPES + ("int64",)}
 def _dtype_name(dtype) -> str:
     name = _DTYPE_NAME.get(dtype)
     return name if name is not None else str(dtype)
+
+
+# ----------------------------------------------------------------------------- explain
+
+_explaining = threading.local()  # set by explain() around the validated call
+
+
+class _Explained(Exception):
+    """Carries explain()'s answer out of the call, before any kernel runs."""
+
+
+def _select(op, kind, dtype, params, backend, **shapes):
+    """``registry.select``; under ``explain``, raises the description of the choice
+    (backend, and the backend's own ``explain``: algorithm and why) instead."""
+    kernel = select(op, kind, dtype, params, backend)
+    if getattr(_explaining, "active", False):
+        name = backend_for(op, kind, dtype, params, backend)
+        if any(0 in shape for shape in shapes.values()):
+            raise _Explained(f"{name}: no kernel (an empty convolution, computed by the "
+                             f"dispatcher: see docs/API.md)")
+        describe = getattr(get_backend(name).module, "explain", None)
+        detail = describe(op, params, dtype, **shapes) if describe else None
+        raise _Explained(f"{name}: {detail}" if detail else name)
+    return kernel
+
+
+def explain(op_name, *arrays, **params) -> str:
+    """Which backend and which algorithm ``cnnfast.<op_name>(*arrays, **params)``
+    would run, and why, without running it. The arguments are validated as the call
+    would validate them (the same errors). The algorithm names are those that
+    ``algorithm=`` accepts (each backend's ``ALGORITHMS``).
+
+    >>> import numpy as np, cnnfast
+    >>> cnnfast.explain("conv2d", np.ones((1, 1, 4, 4)), np.ones((1, 1, 2, 2)),
+    ...                 backend="numpy").split("; ")[0]
+    'numpy: tap-matmul (one matrix product per kernel tap)'
+    """
+    fn = _EXPLAINABLE.get(op_name) if isinstance(op_name, str) else None
+    if fn is None:
+        raise ValueError(f"explain: op_name={op_name!r} is not one of "
+                         f"{', '.join(sorted(_EXPLAINABLE))}")
+    _explaining.active = True
+    try:
+        fn(*arrays, **params)
+    except _Explained as answer:
+        return str(answer)
+    finally:
+        _explaining.active = False
+    raise AssertionError(f"{op_name} returned without choosing a kernel")
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -108,21 +163,24 @@ def _empty_conv_grads(kind, dtype, wanted, grad_y, x_shape, w_shape):
 # ----------------------------------------------------------------------------- conv
 
 
-def _conv(x, weight, bias, stride, padding, dilation, groups, backend, rank=None):
+def _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
+          rank=None):
     kind, dtype = _check_arrays(x=x, weight=weight, bias=bias)
     P.check_rank(x, "x", rank)
-    p = P.conv_params(x.shape, weight.shape, stride, padding, dilation, groups)
+    p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding, dilation,
+                                       groups), algorithm)
     _check_bias(bias, weight.shape[0])
     out_shape = (x.shape[0], weight.shape[0]) + p.out_shape
     P.check_result_size(out_shape, "the output")
-    kernel = select("conv", kind, dtype, p, backend)
+    kernel = _select("conv", kind, dtype, p, backend, x_shape=x.shape, w_shape=weight.shape)
     if x.size == 0 or weight.size == 0:
         return _empty_conv(kind, dtype, out_shape, bias)
     return kernel(_contiguous(x, kind), _contiguous(weight, kind),
                   _contiguous(bias, kind), p)
 
 
-def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
+         algorithm="auto"):
     """Convolution (cross-correlation, as torch) of ``x`` (N, C_in, *spatial) with
     ``weight`` (C_out, C_in // groups, *kernel).
 
@@ -131,35 +189,48 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, bac
     >>> cnnfast.conv(x, np.ones((1, 1, 2, 2)), stride=2, backend="numpy")[0, 0]
     array([[10., 18.],
            [42., 50.]])
+
+    ``algorithm``: ``"auto"`` (the backend's choice) or a name from the vocabulary of
+    ``cnnfast.explain`` (the backend's ``ALGORITHMS``), which pins the backend that
+    knows it and that algorithm; ``NotImplementedError`` if it cannot run the case.
     """
-    return _conv(x, weight, bias, stride, padding, dilation, groups, backend)
+    return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm)
 
 
-def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
+           algorithm="auto"):
     """``conv`` for ``x`` of shape (N, C, L)."""
-    return _conv(x, weight, bias, stride, padding, dilation, groups, backend, rank=1)
+    return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
+                 rank=1)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
+           algorithm="auto"):
     """``conv`` for ``x`` of shape (N, C, H, W)."""
-    return _conv(x, weight, bias, stride, padding, dilation, groups, backend, rank=2)
+    return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
+                 rank=2)
 
 
-def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
+           algorithm="auto"):
     """``conv`` for ``x`` of shape (N, C, D, H, W)."""
-    return _conv(x, weight, bias, stride, padding, dilation, groups, backend, rank=3)
+    return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
+                 rank=3)
 
 
 def conv_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                  needs=("x", "weight", "bias"), backend=None):
+                  needs=("x", "weight", "bias"), backend=None, algorithm="auto"):
     """Gradients of ``conv`` with respect to x, weight and bias: ``(grad_x,
-    grad_weight, grad_bias)``, with ``None`` for the names not in ``needs``."""
+    grad_weight, grad_bias)``, with ``None`` for the names not in ``needs``.
+    ``algorithm`` pins the algorithm of every kernel of the call (see ``conv``)."""
     wanted = P.grad_needs(needs)
     kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight)
     P.check_rank(x, "x")
-    p = P.conv_params(x.shape, weight.shape, stride, padding, dilation, groups)
+    p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding, dilation,
+                                       groups), algorithm)
     _check_grad_y(grad_y, (x.shape[0], weight.shape[0]) + p.out_shape)
-    kernel = select("conv_backward", kind, dtype, p, backend)
+    kernel = _select("conv_backward", kind, dtype, p, backend, x_shape=x.shape,
+                     w_shape=weight.shape, needs=wanted)
     if not wanted:
         return None, None, None
     if x.size == 0 or weight.size == 0:
@@ -172,16 +243,17 @@ def conv_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, 
 
 
 def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation,
-                    backend, rank=None):
+                    backend, algorithm, rank=None):
     kind, dtype = _check_arrays(x=x, weight=weight, bias=bias)
     P.check_rank(x, "x", rank)
-    p = P.conv_transpose_params(x.shape, weight.shape, stride, padding, output_padding,
-                                groups, dilation)
+    p = P.with_algorithm(P.conv_transpose_params(x.shape, weight.shape, stride, padding,
+                                                 output_padding, groups, dilation), algorithm)
     c_out = weight.shape[1] * p.groups
     _check_bias(bias, c_out)
     out_shape = (x.shape[0], c_out) + p.out_shape
     P.check_result_size(out_shape, "the output")
-    kernel = select("conv_transpose", kind, dtype, p, backend)
+    kernel = _select("conv_transpose", kind, dtype, p, backend, x_shape=x.shape,
+                     w_shape=weight.shape)
     if x.size == 0 or weight.size == 0:
         return _empty_conv(kind, dtype, out_shape, bias)
     return kernel(_contiguous(x, kind), _contiguous(weight, kind),
@@ -189,7 +261,7 @@ def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, di
 
 
 def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                   dilation=1, *, backend=None):
+                   dilation=1, *, backend=None, algorithm="auto"):
     """Transposed convolution of ``x`` (N, C_in, *spatial) with ``weight``
     (C_in, C_out // groups, *kernel); ``padding`` crops the output.
 
@@ -199,42 +271,43 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
     array([1., 1., 1., 1.])
     """
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
-                           dilation, backend)
+                           dilation, backend, algorithm)
 
 
 def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None):
+                     dilation=1, *, backend=None, algorithm="auto"):
     """``conv_transpose`` for ``x`` of shape (N, C, L)."""
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
-                           dilation, backend, rank=1)
+                           dilation, backend, algorithm, rank=1)
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None):
+                     dilation=1, *, backend=None, algorithm="auto"):
     """``conv_transpose`` for ``x`` of shape (N, C, H, W)."""
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
-                           dilation, backend, rank=2)
+                           dilation, backend, algorithm, rank=2)
 
 
 def conv_transpose3d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None):
+                     dilation=1, *, backend=None, algorithm="auto"):
     """``conv_transpose`` for ``x`` of shape (N, C, D, H, W)."""
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
-                           dilation, backend, rank=3)
+                           dilation, backend, algorithm, rank=3)
 
 
 def conv_transpose_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
                             groups=1, dilation=1, *, needs=("x", "weight", "bias"),
-                            backend=None):
+                            backend=None, algorithm="auto"):
     """Gradients of ``conv_transpose``: ``(grad_x, grad_weight, grad_bias)``."""
     wanted = P.grad_needs(needs)
     kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight)
     P.check_rank(x, "x")
-    p = P.conv_transpose_params(x.shape, weight.shape, stride, padding, output_padding,
-                                groups, dilation)
+    p = P.with_algorithm(P.conv_transpose_params(x.shape, weight.shape, stride, padding,
+                                                 output_padding, groups, dilation), algorithm)
     c_out = weight.shape[1] * p.groups
     _check_grad_y(grad_y, (x.shape[0], c_out) + p.out_shape)
-    kernel = select("conv_transpose_backward", kind, dtype, p, backend)
+    kernel = _select("conv_transpose_backward", kind, dtype, p, backend, x_shape=x.shape,
+                     w_shape=weight.shape, needs=wanted)
     if not wanted:
         return None, None, None
     if x.size == 0 or weight.size == 0:
@@ -254,7 +327,7 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
     if not isinstance(return_indices, (bool, np.bool_)):
         raise TypeError(f"return_indices={return_indices!r} must be a bool")
     P.check_result_size(x.shape[:2] + p.out_shape, "the output")
-    kernel = select("max_pool", kind, dtype, p, backend)
+    kernel = _select("max_pool", kind, dtype, p, backend)
     if x.shape[0] == 0 or x.shape[1] == 0:
         y = _empty(kind, x.shape[:2] + p.out_shape, dtype)
         idx = _empty(kind, y.shape, "int64")
@@ -333,7 +406,7 @@ def max_pool_backward(grad_y, indices, x_shape, *, backend=None):
         raise ValueError(f"indices must lie in [0, {plane}) (flat offsets into each "
                          f"(n, c) plane of x_shape={x_shape}); got values in "
                          f"[{int(indices.min())}, {int(indices.max())}]")
-    kernel = select("max_pool_backward", kind, dtype, x_shape, backend)
+    kernel = _select("max_pool_backward", kind, dtype, x_shape, backend)
     if grad_y.size == 0:
         return _empty(kind, x_shape, dtype)
     return kernel(_contiguous(grad_y, kind), _contiguous(indices, kind), x_shape)
@@ -346,7 +419,7 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
     p = P.pool_params(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
                       count_include_pad, divisor_override)
     P.check_result_size(x.shape[:2] + p.out_shape, "the output")
-    kernel = select("avg_pool", kind, dtype, p, backend)
+    kernel = _select("avg_pool", kind, dtype, p, backend)
     if x.shape[0] == 0 or x.shape[1] == 0:
         return _empty(kind, x.shape[:2] + p.out_shape, dtype)
     return kernel(_contiguous(x, kind), p)
@@ -396,7 +469,15 @@ def avg_pool_backward(grad_y, x_shape, kernel_size, stride=None, padding=0, ceil
     p = P.pool_params(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
                       count_include_pad, divisor_override)
     _check_grad_y(grad_y, x_shape[:2] + p.out_shape)
-    kernel = select("avg_pool_backward", kind, dtype, p, backend)
+    kernel = _select("avg_pool_backward", kind, dtype, p, backend)
     if grad_y.size == 0:
         return _empty(kind, x_shape, dtype)
     return kernel(_contiguous(grad_y, kind), p)
+
+
+_EXPLAINABLE = {fn.__name__: fn for fn in (
+    conv, conv1d, conv2d, conv3d, conv_backward,
+    conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d,
+    conv_transpose_backward,
+    max_pool, max_pool1d, max_pool2d, max_pool3d, max_pool_backward,
+    avg_pool, avg_pool1d, avg_pool2d, avg_pool3d, avg_pool_backward)}

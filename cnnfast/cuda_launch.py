@@ -288,6 +288,57 @@ def _adj_gemm_fits(groups, cg, p: ConvParams) -> bool:
     return phases * max(1, cg * taps) * ROW_STRIDE <= ADJ_TABLE_MAX_INTS
 
 
+ALGORITHMS = ("gemm", "direct")  # the paths of every convolution kernel
+
+
+def choose_path(mode, groups, m, cg, p: ConvParams):
+    """(path, why) of one convolution kernel (``mode``: MODE_CORR, MODE_ADJ or
+    MODE_WGRAD; ``m`` output and ``cg`` input channels per group): ``algorithm=``,
+    else the ``override`` test hook, else the automatic choice -- GEMM, or direct for
+    groups with few output channels (a GEMM tile would mostly idle)."""
+    forced = p.algorithm if p.algorithm != "auto" else _overrides["path"]
+    if forced:
+        path, why = forced, "forced"
+    elif groups > 1 and m < 16:
+        path, why = "direct", f"{groups} groups of {m} (< 16) output channels"
+    else:
+        path, why = "gemm", f"{m} output channels per group" if groups > 1 else "one group"
+    if path == "gemm" and mode == MODE_ADJ and not _adj_gemm_fits(groups, cg, p):
+        need = f"stride {p.stride} needs more stride phases than the GEMM's tables hold"
+        if p.algorithm == "gemm":
+            raise NotImplementedError(f"algorithm='gemm' cannot run here: {need}; the "
+                                      f"direct path can")
+        if forced == "gemm":
+            raise ValueError(f"override(path='gemm'): {need}; use the direct path "
+                             f"(override(path=None) picks it)")
+        path, why = "direct", need
+    return path, why
+
+
+def explain(op, p, dtype, x_shape=None, w_shape=None, needs=("x", "weight")):
+    """Which path each kernel of ``op`` would run, and why (``cnnfast.explain``): the
+    kernels and channel roles of the op functions below."""
+    if not isinstance(p, ConvParams):
+        return None  # pooling: one path per op
+    g, c = p.groups, x_shape[1]
+    if p.transposed:
+        o = w_shape[1] * g
+        kernels = {"conv_transpose": [("y", MODE_ADJ, o, c)],
+                   "conv_transpose_backward": [("grad_x", MODE_CORR, c, o),
+                                               ("grad_weight", MODE_WGRAD, c, o)]}[op]
+    else:
+        o = w_shape[0]
+        kernels = {"conv": [("y", MODE_CORR, o, c)],
+                   "conv_backward": [("grad_x", MODE_ADJ, c, o),
+                                     ("grad_weight", MODE_WGRAD, o, c)]}[op]
+    parts = []
+    for name, mode, co, ci in kernels:
+        if {"grad_x": "x", "grad_weight": "weight"}.get(name, "x") in needs:
+            path, why = choose_path(mode, g, co // g, ci // g, p)
+            parts.append(f"{'' if name == 'y' else name + ' '}{path}; why: {why}")
+    return "; ".join(parts)
+
+
 def _pick_tile(m):
     """The GEMM tile for M rows (output channels per group)."""
     if _overrides["tile"]:
@@ -302,13 +353,7 @@ def _forward_like(rt, mode, a, x, bias, out, n, groups, ci, co, ishape, oshape, 
         return
     ct = ctype(out.dtype)
     m = co // groups
-    path = _overrides["path"] or ("direct" if groups > 1 and m < 16 else "gemm")
-    if path == "gemm" and mode == MODE_ADJ and not _adj_gemm_fits(groups, ci // groups, p):
-        if _overrides["path"] == "gemm":
-            raise ValueError(f"override(path='gemm'): stride {p.stride} needs more "
-                             f"stride phases than the GEMM's tables hold; use the direct "
-                             f"path (override(path=None) picks it)")
-        path = "direct"
+    path = choose_path(mode, groups, m, ci // groups, p)[0]
     b = bias if bias is not None else a  # never read when HAS_BIAS is 0
     if path == "direct":
         geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None)
@@ -373,7 +418,7 @@ def _weight_grad(rt, a, x, out, n, groups, ci, co, ishape, oshape, p):
     m = co // groups
     cg = ci // groups
     kt = math.prod(p.kernel)
-    path = _overrides["path"] or ("direct" if groups > 1 and m < 16 else "gemm")
+    path = choose_path(MODE_WGRAD, groups, m, cg, p)[0]
     if path == "direct":
         geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p)
         blocks = co * cg * -(-kt // DW_TAPS)

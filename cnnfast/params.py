@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 Ints = Tuple[int, ...]
@@ -38,6 +38,9 @@ class ConvParams:
     out_shape: Ints  # spatial shape of y
     output_padding: Ints  # all zeros for a plain convolution
     transposed: bool = False
+    # "auto" or a name from the backend's vocabulary (its ``ALGORITHMS``; see
+    # ``cnnfast.explain``): the backend runs that algorithm or raises NotImplementedError.
+    algorithm: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,15 @@ class PoolParams:
     out_shape: Ints
     count_include_pad: bool = True
     divisor_override: Optional[int] = None
+
+
+def with_algorithm(p: ConvParams, algorithm) -> ConvParams:
+    """``p`` pinned to ``algorithm`` (``"auto"``: ``p`` itself). Only the type is checked
+    here; ``cnnfast.registry.select`` checks the name against the backend's vocabulary."""
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm={algorithm!r} must be a str ('auto' or a name from "
+                        f"cnnfast.explain's vocabulary)")
+    return p if algorithm == "auto" else replace(p, algorithm=algorithm)
 
 
 # ----------------------------------------------------------------------------- memo

@@ -9,7 +9,12 @@ A backend is a module that exposes:
   ``cnnfast.params`` and ``cnnfast.backends.numpy_backend`` for the signatures);
 * optionally ``availability() -> None | str``: the reason it cannot run here;
 * optionally ``unsupported(op, params, dtype) -> None | str``: the reason a
-  particular case is not implemented.
+  particular case is not implemented;
+* optionally ``ALGORITHMS``: the names of its convolution algorithms, which
+  ``algorithm=`` may pin (``ConvParams.algorithm``); a backend runs the pinned one or
+  raises ``NotImplementedError`` with the reason;
+* optionally ``explain(op, params, dtype, **shapes) -> str``: which algorithm it would
+  run and why (``cnnfast.explain``).
 
 A module that fails to import is unavailable, with the import error as the reason.
 """
@@ -60,6 +65,7 @@ class Backend:
     ops: Dict[str, Callable] = field(default_factory=dict)
     array: str = "numpy"
     dtypes: tuple = ("float32", "float64")
+    algorithms: tuple = ()  # the module's ALGORITHMS
 
     @property
     def available(self) -> bool:
@@ -103,6 +109,7 @@ def get_backend(name: str) -> Backend:
             backend.array = getattr(module, "ARRAY", "numpy")
             backend.dtypes = tuple(getattr(module, "DTYPES", ("float32", "float64")))
             backend.ops = dict(getattr(module, "OPS", {}))
+            backend.algorithms = tuple(getattr(module, "ALGORITHMS", ()))
             check = getattr(module, "availability", None)
             try:
                 backend.reason = check() if check else None
@@ -173,6 +180,9 @@ def select(op: str, array_kind: str, dtype: str, params, requested: Optional[str
     name = requested if requested not in (None, "auto") else None
     if name is None and requested is None:
         name = current_choice()
+    algorithm = getattr(params, "algorithm", "auto")
+    if name is None and algorithm != "auto":
+        name = _backend_knowing(algorithm, array_kind)  # a pinned algorithm pins its backend
     if name is not None:
         backend = get_backend(name)
         if not backend.available:
@@ -183,6 +193,10 @@ def select(op: str, array_kind: str, dtype: str, params, requested: Optional[str
                 f"backend {name!r} takes {backend.array} arrays but got {array_kind} "
                 f"arrays; no silent transfer between devices (convert the inputs, "
                 f"or pick a backend for {array_kind} arrays)")
+        if algorithm != "auto" and algorithm not in backend.algorithms:
+            raise ValueError(f"algorithm={algorithm!r} is not an algorithm of backend "
+                             f"{name!r}; expected 'auto' or one of "
+                             f"{', '.join(map(repr, backend.algorithms)) or '(none)'}")
         reason = backend.unsupported(op, params, dtype)
         if reason is not None:
             others = [n for n in _MODULES if n != name and _can_run(n, op, array_kind,
@@ -205,6 +219,19 @@ def select(op: str, array_kind: str, dtype: str, params, requested: Optional[str
         reasons.append(f"{candidate}: {reason}")
     raise NotImplementedError(f"no available backend runs {op} on {array_kind} "
                               f"{dtype} arrays here ({'; '.join(reasons)})")
+
+
+def _backend_knowing(algorithm, array_kind):
+    """The first backend, in the automatic order, whose vocabulary has ``algorithm``."""
+    order = ("cupy",) if array_kind == "cupy" else AUTO_CPU_ORDER
+    vocabularies = []
+    for candidate in order:
+        backend = get_backend(candidate)
+        if algorithm in backend.algorithms:
+            return candidate
+        vocabularies.append(f"{candidate}: {', '.join(backend.algorithms) or '(unavailable)'}")
+    raise ValueError(f"algorithm={algorithm!r} is unknown; expected 'auto' or one of "
+                     f"({'; '.join(vocabularies)})")
 
 
 def _can_run(name, op, array_kind, dtype, params) -> bool:

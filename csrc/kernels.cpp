@@ -182,40 +182,72 @@ PoolGeo pool_geo(const std::vector<long>& v) {
 
 int threads_arg(int nt) { return nt < 1 ? 1 : nt; }
 
+// ----------------------------------------------------------------------------- paths
+
+// A forced path that cannot run the geometry: NotImplementedError in Python (the
+// cpp backend's answer to algorithm=... for that case).
+struct PathUnfit : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The path kernel `op` runs on g: choose_path's for "auto", else the named one if it
+// can run g (PathUnfit with the reason if not).
+// `why` (optional) receives the reason of the choice.
+int resolve_path(int op, const ConvGeo& g, const std::string& name, const char** why = nullptr) {
+    if (name == "auto") return choose_path(op, g, why);
+    if (why) *why = "forced by algorithm=";
+    for (int p = 0; p < kNumPaths; ++p) {
+        if (name != kPathNames[p]) continue;
+        if (const char* why = path_unfit(op, p, g)) throw PathUnfit(why);
+        return p;
+    }
+    std::string known = "'auto'";
+    for (int p = 0; p < kNumPaths; ++p) known += std::string(", '") + kPathNames[p] + "'";
+    throw py::value_error("unknown conv path '" + name + "'; expected one of " + known);
+}
+
+int conv_op(const std::string& op) {
+    if (op == "forward") return kFwd;
+    if (op == "backward_data") return kBwdData;
+    if (op == "backward_weight") return kBwdWeight;
+    throw py::value_error("conv op '" + op +
+                          "': expected 'forward', 'backward_data' or 'backward_weight'");
+}
+
 // ----------------------------------------------------------------------------- bindings
 
 template <class T>
 void conv_forward_t(const py::array& x, const py::array& w, const py::object& b, py::array& y,
-                    const ConvGeo& g, int nt) {
+                    const ConvGeo& g, int nt, int path) {
     const T* xp = in_ptr<T>(x, "x", g.N * g.C * g.Pin);
     const T* wp = in_ptr<T>(w, "weight", g.O * g.Kw);
     const T* bp = nullptr;
     if (!b.is_none()) bp = in_ptr<T>(b.cast<py::array>(), "bias", g.O);
     T* yp = out_ptr<T>(y, "y", g.N * g.O * g.Pout);
     py::gil_scoped_release nogil;
-    table<T>().conv_fwd(g, xp, wp, bp, yp, nt);
+    table<T>().conv_fwd(g, xp, wp, bp, yp, nt, path);
 }
 
 template <class T>
 void conv_backward_data_t(const py::array& gy, const py::array& w, const py::object& b,
-                          py::array& gx, const ConvGeo& g, int nt) {
+                          py::array& gx, const ConvGeo& g, int nt, int path) {
     const T* gyp = in_ptr<T>(gy, "grad_y", g.N * g.O * g.Pout);
     const T* wp = in_ptr<T>(w, "weight", g.O * g.Kw);
     const T* bp = nullptr;
     if (!b.is_none()) bp = in_ptr<T>(b.cast<py::array>(), "bias", g.C);
     T* gxp = out_ptr<T>(gx, "grad_x", g.N * g.C * g.Pin);
     py::gil_scoped_release nogil;
-    table<T>().conv_bwd_data(g, gyp, wp, bp, gxp, nt);
+    table<T>().conv_bwd_data(g, gyp, wp, bp, gxp, nt, path);
 }
 
 template <class T>
 void conv_backward_weight_t(const py::array& x, const py::array& gy, py::array& gw,
-                            const ConvGeo& g, int nt) {
+                            const ConvGeo& g, int nt, int path) {
     const T* xp = in_ptr<T>(x, "x", g.N * g.C * g.Pin);
     const T* gyp = in_ptr<T>(gy, "grad_y", g.N * g.O * g.Pout);
     T* gwp = out_ptr<T>(gw, "grad_weight", g.O * g.Kw);
     py::gil_scoped_release nogil;
-    table<T>().conv_bwd_weight(g, xp, gyp, gwp, nt);
+    table<T>().conv_bwd_weight(g, xp, gyp, gwp, nt, path);
 }
 
 template <class T>
@@ -310,41 +342,63 @@ void avg_pool_backward_t(const py::array& gy, py::array& gx, const Counts& c, do
 void register_kernels(py::module_& m) {
     m.def("conv_forward",
           [](const py::array& x, const py::array& w, const py::object& b, py::array& y,
-             const std::vector<long>& geo, int nt) {
+             const std::vector<long>& geo, int nt, const std::string& path) {
               const ConvGeo g = conv_geo(geo);
+              const int pa = resolve_path(kFwd, g, path);
               if (dtype_of(x, "x") == DT::F32)
-                  conv_forward_t<float>(x, w, b, y, g, threads_arg(nt));
+                  conv_forward_t<float>(x, w, b, y, g, threads_arg(nt), pa);
               else
-                  conv_forward_t<double>(x, w, b, y, g, threads_arg(nt));
+                  conv_forward_t<double>(x, w, b, y, g, threads_arg(nt), pa);
+              return std::string(kPathNames[pa]);
           },
           py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("geometry"),
-          py::arg("threads"),
+          py::arg("threads"), py::arg("path") = "auto",
           "y = conv(x, weight) (+ bias) into the preallocated y. geometry: [N, C, O, G, "
-          "in*3, out*3, kernel*3, stride*3, dilation*3, pad_before*3].");
+          "in*3, out*3, kernel*3, stride*3, dilation*3, pad_before*3]. path: 'auto' or a "
+          "name of conv_paths() (PathUnfit if it cannot run the geometry). Returns the "
+          "path that ran.");
     m.def("conv_backward_data",
           [](const py::array& gy, const py::array& w, const py::object& b, py::array& gx,
-             const std::vector<long>& geo, int nt) {
+             const std::vector<long>& geo, int nt, const std::string& path) {
               const ConvGeo g = conv_geo(geo);
+              const int pa = resolve_path(kBwdData, g, path);
               if (dtype_of(gy, "grad_y") == DT::F32)
-                  conv_backward_data_t<float>(gy, w, b, gx, g, threads_arg(nt));
+                  conv_backward_data_t<float>(gy, w, b, gx, g, threads_arg(nt), pa);
               else
-                  conv_backward_data_t<double>(gy, w, b, gx, g, threads_arg(nt));
+                  conv_backward_data_t<double>(gy, w, b, gx, g, threads_arg(nt), pa);
+              return std::string(kPathNames[pa]);
           },
           py::arg("grad_y"), py::arg("weight"), py::arg("bias"), py::arg("grad_x"),
-          py::arg("geometry"), py::arg("threads"),
+          py::arg("geometry"), py::arg("threads"), py::arg("path") = "auto",
           "grad_x = the adjoint of conv wrt x applied to grad_y (+ bias per x channel); "
           "also the forward pass of a transposed convolution.");
     m.def("conv_backward_weight",
           [](const py::array& x, const py::array& gy, py::array& gw, const std::vector<long>& geo,
-             int nt) {
+             int nt, const std::string& path) {
               const ConvGeo g = conv_geo(geo);
+              const int pa = resolve_path(kBwdWeight, g, path);
               if (dtype_of(x, "x") == DT::F32)
-                  conv_backward_weight_t<float>(x, gy, gw, g, threads_arg(nt));
+                  conv_backward_weight_t<float>(x, gy, gw, g, threads_arg(nt), pa);
               else
-                  conv_backward_weight_t<double>(x, gy, gw, g, threads_arg(nt));
+                  conv_backward_weight_t<double>(x, gy, gw, g, threads_arg(nt), pa);
+              return std::string(kPathNames[pa]);
           },
           py::arg("x"), py::arg("grad_y"), py::arg("grad_weight"), py::arg("geometry"),
-          py::arg("threads"), "grad_weight of conv into the preallocated array.");
+          py::arg("threads"), py::arg("path") = "auto",
+          "grad_weight of conv into the preallocated array; returns the path that ran.");
+    m.def("conv_path",
+          [](const std::string& op, const std::vector<long>& geo, const std::string& path) {
+              const char* why = "";
+              const int pa = resolve_path(conv_op(op), conv_geo(geo), path, &why);
+              return py::make_tuple(std::string(kPathNames[pa]), std::string(why));
+          },
+          py::arg("op"), py::arg("geometry"), py::arg("path") = "auto",
+          "(path, why): the path conv kernel op ('forward', 'backward_data', "
+          "'backward_weight') would run on geometry and the reason, without running it "
+          "(PathUnfit if a forced path cannot).");
+    m.def("conv_paths", [] { return std::vector<std::string>(kPathNames, kPathNames + kNumPaths); },
+          "The names of the conv kernels' paths (the cpp backend's algorithm vocabulary).");
+    py::register_exception<PathUnfit>(m, "PathUnfit", PyExc_NotImplementedError);
     m.def("bias_grad",
           [](const py::array& gy, py::array& gb, int nt) {
               if (dtype_of(gy, "grad_y") == DT::F32)

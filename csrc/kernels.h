@@ -31,6 +31,98 @@ struct ConvGeo {
     }
 };
 
+// ----------------------------------------------------------------------------- paths
+// The algorithms ("paths") of the three convolution kernels, the cpp backend's
+// vocabulary for cnnfast.explain and algorithm=: choose_path is the automatic choice,
+// path_unfit says why a forced path cannot run a geometry. Both kernel builds
+// (portable, AVX2) and the bindings use these, so the choice exists once.
+enum ConvOp { kFwd = 0, kBwdData = 1, kBwdWeight = 2 };
+enum ConvPath { kAuto = -1, kDirect2d = 0, kDirectRows = 1, kGemmS1 = 2, kGemm = 3 };
+constexpr int kNumPaths = 4;
+// d2_* register-blocked direct kernels, direct_*_rows, stride-1 im2col GEMM, im2col GEMM.
+constexpr const char* kPathNames[kNumPaths] = {"direct-2d", "direct-rows", "gemm-s1", "gemm"};
+// Depth of the GEMM reduction tile (Blk<T>::KC); the stride-1 weight gradient tiles
+// whole output rows, so it needs rows of at most this many outputs.
+constexpr long kGemmKC = 256;
+
+inline bool d2_size_ok(long kh, long kw) {
+    return (kh == 1 && (kw == 3 || kw == 5)) || (kh == 3 && kw == 3) || (kh == 5 && kw == 5) ||
+           (kh == 7 && kw == 7);
+}
+// The leading (z) dim is a no-op, so a 2-d kernel may ignore it: extent 1 in, out and
+// kernel, and no leading padding (with padding the one tap reads outside the input and
+// every output is zero -- e.g. conv3d with input depth 1, padding (1, 0, 0), stride 3).
+inline bool z_collapsed(const ConvGeo& g) {
+    return g.in[0] == 1 && g.out[0] == 1 && g.k[0] == 1 && g.lo[0] == 0;
+}
+inline bool d2_ok(const ConvGeo& g) {
+    return g.cg == 1 && z_collapsed(g) && d2_size_ok(g.k[1], g.k[2]);
+}
+// Direct kernels pay when a group has one input channel and few outputs (depthwise);
+// one input channel feeding many outputs (a first layer) is better as a product for
+// the input gradient (measured: Fashion-MNIST conv1, 1 -> 64 channels, 1.3 ms as a
+// product vs 1.7 ms with d2_bwd_data, 1 thread, batch 64).
+inline bool use_direct(const ConvGeo& g) { return g.cg == 1 && g.og < 8; }
+// Stride 1 along y and x of a 1-d or 2-d convolution (the gemm-s1 kernels).
+inline bool s1_ok(const ConvGeo& g) { return g.s[1] == 1 && g.s[2] == 1 && z_collapsed(g); }
+
+// The automatic path of kernel `op` (a ConvOp) for g; `why` (optional) receives the
+// reason, for cnnfast.explain.
+inline int choose_path(int op, const ConvGeo& g, const char** why = nullptr) {
+    const char* because = "";
+    int path = kGemm;
+    if (use_direct(g)) {
+        path = d2_ok(g) ? kDirect2d : kDirectRows;
+        because = path == kDirect2d
+                      ? "1 input channel and < 8 outputs per group, a 1-d/2-d kernel of a "
+                        "register-blocked size"
+                      : "1 input channel and < 8 outputs per group (not a 1-d/2-d kernel of "
+                        "a register-blocked size)";
+    } else if (!s1_ok(g)) {
+        because = g.cg == 1 ? "8 or more outputs per group, and stride > 1 or 3-d"
+                            : "several input channels per group, and stride > 1 or 3-d";
+    } else if (op == kFwd) {
+        path = kGemmS1;
+        because = "stride 1 in 1-d/2-d, not depthwise";
+    } else if (op == kBwdData) {
+        // The gather form of the input gradient is a product with cg rows: worth it
+        // when cg is not tiny.
+        path = g.cg >= 8 ? kGemmS1 : kGemm;
+        because = path == kGemmS1 ? "stride 1 in 1-d/2-d, 8 or more input channels per group"
+                                  : "stride 1 but < 8 input channels per group (the gather "
+                                    "form would be a thin product)";
+    } else {
+        path = g.out[2] <= kGemmKC ? kGemmS1 : kGemm;
+        because = path == kGemmS1 ? "stride 1 in 1-d/2-d, output rows of at most 256"
+                                  : "stride 1 but output rows longer than 256";
+    }
+    if (why) *why = because;
+    return path;
+}
+
+// Why `path` cannot run kernel `op` on g; nullptr when it can.
+inline const char* path_unfit(int op, int path, const ConvGeo& g) {
+    switch (path) {
+        case kDirect2d:
+            if (g.cg != 1) return "direct-2d needs one input channel per group";
+            if (!z_collapsed(g)) return "direct-2d needs a 1-d or 2-d convolution";
+            if (!d2_size_ok(g.k[1], g.k[2]))
+                return "direct-2d needs a 1x3, 1x5, 3x3, 5x5 or 7x7 kernel (3 or 5 in 1-d)";
+            return nullptr;
+        case kDirectRows:
+            return g.cg != 1 ? "direct-rows needs one input channel per group" : nullptr;
+        case kGemmS1:
+            if (!s1_ok(g)) return "gemm-s1 needs stride 1 in a 1-d or 2-d convolution";
+            if (op == kBwdWeight && g.out[2] > kGemmKC)
+                return "gemm-s1 (weight gradient) needs output rows of at most 256";
+            return nullptr;
+        case kGemm:
+            return nullptr;
+        default:
+            return "unknown path";
+    }
+}
+
 // Pooling over `planes` = N*C independent planes, 3 spatial dims as above.
 struct PoolGeo {
     long planes = 0;
@@ -56,11 +148,13 @@ void* scratch(int slot, std::size_t bytes);
 template <class T>
 struct KernelTable {
     // y = conv(x, w) (+ b per output channel when b != nullptr)
-    void (*conv_fwd)(const ConvGeo&, const T* x, const T* w, const T* b, T* y, int nt);
+    // (conv kernels: `path` a ConvPath that can run the geometry, never kAuto)
+    void (*conv_fwd)(const ConvGeo&, const T* x, const T* w, const T* b, T* y, int nt, int path);
     // gx = adjoint of conv wrt x applied to gy (+ b per x channel when b != nullptr)
-    void (*conv_bwd_data)(const ConvGeo&, const T* gy, const T* w, const T* b, T* gx, int nt);
+    void (*conv_bwd_data)(const ConvGeo&, const T* gy, const T* w, const T* b, T* gx, int nt,
+                          int path);
     // gw = gradient of conv wrt w
-    void (*conv_bwd_weight)(const ConvGeo&, const T* x, const T* gy, T* gw, int nt);
+    void (*conv_bwd_weight)(const ConvGeo&, const T* x, const T* gy, T* gw, int nt, int path);
     // gb[o] = sum over n, p of gy[n, o, p]
     void (*bias_grad)(long N, long O, long P, const T* gy, T* gb, int nt);
     void (*max_pool)(const PoolGeo&, const T* x, T* y, std::int64_t* idx, int nt);

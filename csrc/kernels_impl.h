@@ -104,12 +104,12 @@ struct Blk;
 template <>
 struct Blk<float> {
     static constexpr int MR = 6, NR = 16;
-    static constexpr long KC = 256;
+    static constexpr long KC = kGemmKC;
 };
 template <>
 struct Blk<double> {
     static constexpr int MR = 6, NR = 8;
-    static constexpr long KC = 256;
+    static constexpr long KC = kGemmKC;
 };
 
 // Store an MR x NR accumulator tile (row-major, NR per row) into C.
@@ -501,24 +501,8 @@ static long col_tile(long K) {
 // they are vector products in cache.
 // Other shapes (3-d, other kernel sizes) use the generic row kernels (direct_*_rows).
 
-static inline bool d2_size_ok(long kh, long kw) {
-    return (kh == 1 && (kw == 3 || kw == 5)) || (kh == 3 && kw == 3) || (kh == 5 && kw == 5) ||
-           (kh == 7 && kw == 7);
-}
-// The leading (z) dim is a no-op, so a 2-d kernel may ignore it: extent 1 in, out and
-// kernel, and no leading padding (with padding the one tap reads outside the input and
-// every output is zero -- e.g. conv3d with input depth 1, padding (1, 0, 0), stride 3).
-static inline bool z_collapsed(const ConvGeo& g) {
-    return g.in[0] == 1 && g.out[0] == 1 && g.k[0] == 1 && g.lo[0] == 0;
-}
-static inline bool d2_ok(const ConvGeo& g) {
-    return g.cg == 1 && z_collapsed(g) && d2_size_ok(g.k[1], g.k[2]);
-}
-// Direct kernels pay when a group has one input channel and few outputs (depthwise);
-// one input channel feeding many outputs (a first layer) is better as a product for
-// the input gradient (measured: Fashion-MNIST conv1, 1 -> 64 channels, 1.3 ms as a
-// product vs 1.7 ms with d2_bwd_data, 1 thread, batch 64).
-static inline bool use_direct(const ConvGeo& g) { return g.cg == 1 && g.og < 8; }
+// The geometry predicates (d2_ok, use_direct, s1_ok) and the choice of path are in
+// kernels.h (choose_path): one place, shared with the binding that reports the path.
 
 // Vectors of CNN_DVB bytes (GCC vector extensions): 256-bit in the AVX2 build, 128-bit
 // (SSE2 / NEON) in the portable one.
@@ -1232,21 +1216,23 @@ static void direct_bwd_weight_rows(const ConvGeo& g, const T* x, const T* gy, T*
 }
 
 template <class T>
-static void direct_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt) {
-    if (d2_ok(g)) CNN_D2_DISPATCH(d2_fwd, g, g, x, w, b, y, nt);
+static void direct_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt,
+                       int path) {
+    if (path == kDirect2d) CNN_D2_DISPATCH(d2_fwd, g, g, x, w, b, y, nt);
     direct_fwd_rows<T>(g, x, w, b, y, nt);
 }
 
 template <class T>
 static void direct_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T* gx,
-                            int nt) {
-    if (d2_ok(g)) CNN_D2_DISPATCH(d2_bwd_data, g, g, gy, w, b, gx, nt);
+                            int nt, int path) {
+    if (path == kDirect2d) CNN_D2_DISPATCH(d2_bwd_data, g, g, gy, w, b, gx, nt);
     direct_bwd_data_rows<T>(g, gy, w, b, gx, nt);
 }
 
 template <class T>
-static void direct_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt) {
-    if (d2_ok(g)) CNN_D2_DISPATCH(d2_bwd_weight, g, g, x, gy, gw, nt);
+static void direct_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt,
+                              int path) {
+    if (path == kDirect2d) CNN_D2_DISPATCH(d2_bwd_weight, g, g, x, gy, gw, nt);
     direct_bwd_weight_rows<T>(g, x, gy, gw, nt);
 }
 #undef CNN_D2_DISPATCH
@@ -1258,9 +1244,7 @@ static void direct_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, 
 // (q' = oy*Wp + ox), so the im2col panels are plain 64-byte copies; the Wp - Wo
 // columns per row that are not outputs are computed and dropped.
 
-static inline bool s1_ok(const ConvGeo& g) {
-    return g.s[1] == 1 && g.s[2] == 1 && z_collapsed(g);
-}
+// Taken when s1_ok(g) (kernels.h).
 
 template <class T>
 static void conv_fwd_s1(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt) {
@@ -1374,10 +1358,13 @@ static void conv_bwd_data_s1(const ConvGeo& g, const T* gy, const T* w, const T*
 
 // ----------------------------------------------------------------------------- conv
 
+// The conv kernels run `path`, a ConvPath that can run g (resolved by the binding with
+// choose_path / path_unfit, kernels.h).
 template <class T>
-static void conv_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt) {
-    if (use_direct(g)) return direct_fwd<T>(g, x, w, b, y, nt);
-    if (s1_ok(g)) return conv_fwd_s1<T>(g, x, w, b, y, nt);
+static void conv_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt,
+                     int path) {
+    if (path == kDirect2d || path == kDirectRows) return direct_fwd<T>(g, x, w, b, y, nt, path);
+    if (path == kGemmS1) return conv_fwd_s1<T>(g, x, w, b, y, nt);
     constexpr int MR = Blk<T>::MR, NR = Blk<T>::NR;
     const long M = g.og, K = g.Kw, Q = g.N * g.Pout;
     const long apanel = round_up(M, MR) * K;
@@ -1459,10 +1446,11 @@ static void conv_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y,
 }
 
 template <class T>
-static void conv_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T* gx, int nt) {
-    if (use_direct(g)) return direct_bwd_data<T>(g, gy, w, b, gx, nt);
-    // The gather form is a product with cg rows: worth it when cg is not tiny.
-    if (s1_ok(g) && g.cg >= 8) return conv_bwd_data_s1<T>(g, gy, w, b, gx, nt);
+static void conv_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T* gx, int nt,
+                          int path) {
+    if (path == kDirect2d || path == kDirectRows)
+        return direct_bwd_data<T>(g, gy, w, b, gx, nt, path);
+    if (path == kGemmS1) return conv_bwd_data_s1<T>(g, gy, w, b, gx, nt);
     constexpr int MR = Blk<T>::MR, NR = Blk<T>::NR;
     const long O = g.og;
     // Rows of dcols per item: whole channels, about 192 rows.
@@ -1506,8 +1494,9 @@ static void conv_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b,
 }
 
 template <class T>
-static void conv_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt) {
-    if (use_direct(g)) return direct_bwd_weight<T>(g, x, gy, gw, nt);
+static void conv_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt, int path) {
+    if (path == kDirect2d || path == kDirectRows)
+        return direct_bwd_weight<T>(g, x, gy, gw, nt, path);
     constexpr int MR = Blk<T>::MR;
     const long M = g.og, Q = g.N * g.Pout;
     // Reduction tiles (a function of the shape only, so the sum order is fixed):
@@ -1516,7 +1505,7 @@ static void conv_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, in
     // Stride 1 (rank <= 2): tiles of whole output rows, im2col rows copied out of a
     // zero-padded copy of the input rows (as in conv_fwd_s1).
     const long pt = Blk<T>::KC;
-    const bool s1 = s1_ok(g) && g.out[2] <= pt;
+    const bool s1 = path == kGemmS1;  // needs g.out[2] <= pt (path_unfit)
     const long Ho = g.out[1], Wo = g.out[2];
     const long dy = g.d[1], dx = g.d[2], ey = (g.k[1] - 1) * dy, Wp = Wo + (g.k[2] - 1) * dx;
     long R = 1, nblk = 1;

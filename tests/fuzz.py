@@ -397,7 +397,19 @@ def _knobs(rng):
         knobs["pool_fwd"] = _pick(rng, ("thread", "warp"))
     if rng.random() < 0.3:
         knobs["max_bwd"] = _pick(rng, ("gather", "segments", "scatter"))
+    # A forced convolution algorithm (cnnfast.explain's names): every path on random
+    # cases, not only where the automatic choice sends them; a case the path cannot
+    # run is declined (NotImplementedError).
+    for backend in ("cpp", "numba"):
+        if rng.random() < 0.3:
+            knobs[f"{backend}_algorithm"] = _pick(rng, _ALGORITHMS[backend])
     return knobs
+
+
+# The algorithm names of the backends whose convolution paths the fuzzer forces (fixed
+# here, not read from the backends, so that a seed makes the same cases everywhere).
+_ALGORITHMS = {"cpp": ("direct-2d", "direct-rows", "gemm-s1", "gemm"),
+               "numba": ("direct", "gemm", "gemm-wide", "phases")}
 
 
 def gen_case(seed: int, index: int, stats: Stats = None) -> Case:
@@ -519,6 +531,8 @@ def run_op(case: Case, arrays: dict, backend: str):
     """Call the case's operation; a tuple of named results (None for those absent)."""
     f = getattr(cnnfast, case.op)
     kw = dict(case.kwargs, backend=backend)
+    if case.op.startswith("conv") and f"{backend}_algorithm" in case.knobs:
+        kw["algorithm"] = case.knobs[f"{backend}_algorithm"]
     x, w, b, gy = arrays.get("x"), arrays.get("w"), arrays.get("b"), arrays.get("gy")
     if case.op in ("conv", "conv_transpose"):
         return {"y": f(x, w, b, **kw)}

@@ -18,9 +18,21 @@ with numpy and filled in place; the inputs (C-contiguous from the dispatcher) ar
 read without copies. The GIL is released inside every kernel. Thread count:
 ``cnnfast.get_num_threads()`` per call (``set_num_threads``, else
 ``CNNFAST_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the cores available).
+
+Algorithms (``ALGORITHMS``, ``cnnfast.explain``): each of the three kernels runs one of
+the paths named by ``_cpp.conv_paths()`` -- ``direct-2d`` (register-blocked direct
+kernels: one input channel per group, 1-d/2-d, kernel 1x3, 1x5, 3x3, 5x5 or 7x7),
+``direct-rows`` (direct kernels for any other one-channel-per-group case),
+``gemm-s1`` (stride-1 im2col GEMM over zero-padded rows, 1-d/2-d) and ``gemm``
+(im2col GEMM, any case). ``choose_path`` in ``csrc/kernels.h`` is the automatic
+choice; ``algorithm=`` forces one path on every kernel of the call (a path that cannot
+run a kernel's geometry raises ``_cpp.PathUnfit``, a ``NotImplementedError``). Each
+call records the paths that ran in ``last_paths()``.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -37,6 +49,15 @@ except ImportError as exc:  # not built
 
 ARRAY = "numpy"
 DTYPES = ("float32", "float64")
+ALGORITHMS = tuple(_cpp.conv_paths()) if hasattr(_cpp, "conv_paths") else ()
+
+_record = threading.local()
+
+
+def last_paths() -> dict:
+    """The paths of this thread's last convolution call, by result (``"y"``,
+    ``"grad_x"``, ``"grad_weight"``): what tests of a fast path assert."""
+    return getattr(_record, "paths", {})
 
 
 def availability():
@@ -74,62 +95,124 @@ def _pool_geo(planes, p: PoolParams):
 # ----------------------------------------------------------------------------- conv
 
 
+# Each op as its C++ kernels, (result name, kernel) -- see the docstring.
+# The transposed ops run on the geometry of the convolution they are the adjoint of.
+_KERNELS = {
+    "conv": (("y", "forward"),),
+    "conv_backward": (("grad_x", "backward_data"), ("grad_weight", "backward_weight")),
+    "conv_transpose": (("y", "backward_data"),),
+    "conv_transpose_backward": (("grad_x", "forward"), ("grad_weight", "backward_weight")),
+}
+_NEEDS = {"grad_x": "x", "grad_weight": "weight"}
+
+
+def _geometry(x_shape, w_shape, p: ConvParams):
+    n, c = x_shape[:2]
+    if p.transposed:
+        # The convolution from y-space (c_out channels, p.out_shape) to x-space
+        # (c_in channels, p.in_shape) whose adjoint is this transposed convolution.
+        c_out = w_shape[1] * p.groups
+        return _conv_geo(n, c_out, c, p.groups, p, p.out_shape, p.in_shape)
+    return _conv_geo(n, c, w_shape[0], p.groups, p, p.in_shape, p.out_shape)
+
+
+def _check_forced(op, geo, p: ConvParams, needs=None):
+    """A forced algorithm must fit every kernel the call runs, checked before any runs
+    (so a backward pass never computes grad_x and then refuses grad_weight)."""
+    if p.algorithm == "auto":
+        return
+    for name, kernel in _KERNELS[op]:
+        if needs is None or _NEEDS.get(name) in needs:
+            try:
+                _cpp.conv_path(kernel, geo, p.algorithm)
+            except _cpp.PathUnfit as exc:
+                raise _cpp.PathUnfit(f"cpp: algorithm={p.algorithm!r} cannot run the "
+                                     f"{name} kernel here: {exc}") from None
+
+
+def _run(name, kernel, *args):
+    """Run one C++ kernel with the call's algorithm and record the path it took."""
+    *arrays, p = args
+    try:
+        path = getattr(_cpp, "conv_" + kernel)(*arrays, num_threads(), p.algorithm)
+    except _cpp.PathUnfit as exc:  # a NotImplementedError; say which call could not
+        raise _cpp.PathUnfit(f"cpp: algorithm={p.algorithm!r} cannot run the {name} "
+                             f"kernel here: {exc}") from None
+    _record.paths[name] = path
+
+
+_DESCRIPTION = {
+    "direct-2d": "register-blocked direct kernel",
+    "direct-rows": "direct kernel, row by row",
+    "gemm-s1": "stride-1 im2col GEMM",
+    "gemm": "im2col GEMM",
+}
+
+
+def explain(op, p, dtype, x_shape=None, w_shape=None, needs=None):
+    """Which path each kernel of ``op`` would run, and why (``cnnfast.explain``)."""
+    if op not in _KERNELS:
+        return None  # pooling: one path per op
+    geo = _geometry(x_shape, w_shape, p)
+    parts = []
+    for name, kernel in _KERNELS[op]:
+        if needs is not None and _NEEDS.get(name) not in needs:
+            continue
+        path, why = _cpp.conv_path(kernel, geo, p.algorithm)
+        label = "" if name == "y" else f"{name} "
+        parts.append(f"{label}{path} ({_DESCRIPTION[path]}); why: {why}")
+    return (f"{'; '.join(parts)}; {_cpp.kernel_path()} kernels, "
+            f"{num_threads()} thread(s)")
+
+
 def conv(x, w, b, p: ConvParams):
-    n, c = x.shape[:2]
-    o = w.shape[0]
+    _record.paths = {}
+    n, o = x.shape[0], w.shape[0]
     y = np.empty((n, o) + tuple(p.out_shape), x.dtype)
-    geo = _conv_geo(n, c, o, p.groups, p, p.in_shape, p.out_shape)
-    _cpp.conv_forward(x, w, b, y, geo, num_threads())
+    _run("y", "forward", x, w, b, y, _geometry(x.shape, w.shape, p), p)
     return y
 
 
 def conv_backward(gy, x, w, p: ConvParams, needs):
-    n, c = x.shape[:2]
-    o = w.shape[0]
-    geo = _conv_geo(n, c, o, p.groups, p, p.in_shape, p.out_shape)
-    nt = num_threads()
+    _record.paths = {}
+    geo = _geometry(x.shape, w.shape, p)
+    _check_forced("conv_backward", geo, p, needs)
     gx = gw = gb = None
     if "x" in needs:
         gx = np.empty(x.shape, x.dtype)
-        _cpp.conv_backward_data(gy, w, None, gx, geo, nt)
+        _run("grad_x", "backward_data", gy, w, None, gx, geo, p)
     if "weight" in needs:
         gw = np.empty(w.shape, x.dtype)
-        _cpp.conv_backward_weight(x, gy, gw, geo, nt)
+        _run("grad_weight", "backward_weight", x, gy, gw, geo, p)
     if "bias" in needs:
-        gb = np.empty((o,), gy.dtype)
-        _cpp.bias_grad(gy, gb, nt)
+        gb = np.empty((w.shape[0],), gy.dtype)
+        _cpp.bias_grad(gy, gb, num_threads())
     return gx, gw, gb
 
 
-def _transposed_geo(n, c_in, c_out, p: ConvParams):
-    # The convolution from y-space (c_out channels, p.out_shape) to x-space
-    # (c_in channels, p.in_shape) whose adjoint is this transposed convolution.
-    return _conv_geo(n, c_out, c_in, p.groups, p, p.out_shape, p.in_shape)
-
-
 def conv_transpose(x, w, b, p: ConvParams):
-    n, c_in = x.shape[:2]
+    _record.paths = {}
     c_out = w.shape[1] * p.groups
-    y = np.empty((n, c_out) + tuple(p.out_shape), x.dtype)
-    _cpp.conv_backward_data(x, w, b, y, _transposed_geo(n, c_in, c_out, p), num_threads())
+    y = np.empty((x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
+    _run("y", "backward_data", x, w, b, y, _geometry(x.shape, w.shape, p), p)
     return y
 
 
 def conv_transpose_backward(gy, x, w, p: ConvParams, needs):
-    n, c_in = x.shape[:2]
+    _record.paths = {}
     c_out = w.shape[1] * p.groups
-    geo = _transposed_geo(n, c_in, c_out, p)
-    nt = num_threads()
+    geo = _geometry(x.shape, w.shape, p)
+    _check_forced("conv_transpose_backward", geo, p, needs)
     gx = gw = gb = None
     if "x" in needs:
         gx = np.empty(x.shape, x.dtype)
-        _cpp.conv_forward(gy, w, None, gx, geo, nt)
+        _run("grad_x", "forward", gy, w, None, gx, geo, p)
     if "weight" in needs:
         gw = np.empty(w.shape, x.dtype)
-        _cpp.conv_backward_weight(gy, x, gw, geo, nt)
+        _run("grad_weight", "backward_weight", gy, x, gw, geo, p)
     if "bias" in needs:
         gb = np.empty((c_out,), gy.dtype)
-        _cpp.bias_grad(gy, gb, nt)
+        _cpp.bias_grad(gy, gb, num_threads())
     return gx, gw, gb
 
 

@@ -326,4 +326,8 @@ def unsupported(op, params, dtype):
     return cuda_launch.unsupported(op, params, dtype)
 
 
+ALGORITHMS = cuda_launch.ALGORITHMS
+explain = cuda_launch.explain
+
+
 OPS = cuda_launch.make_ops(runtime)

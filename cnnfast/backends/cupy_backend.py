@@ -49,6 +49,10 @@ def unsupported(op, params, dtype):
     return cuda_launch.unsupported(op, params, dtype)
 
 
+ALGORITHMS = cuda_launch.ALGORITHMS
+explain = cuda_launch.explain
+
+
 class CupyRuntime:
     """The runtime object of ``cnnfast.cuda_launch`` on the current CuPy device."""
 

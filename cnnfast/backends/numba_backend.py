@@ -20,6 +20,15 @@ launches:
   ``weight_grad`` for depthwise; bias gradient: one task per channel;
 * pooling: row-vectorised forward kernels, plane-owning backward kernels.
 
+Algorithms (``ALGORITHMS``, ``cnnfast.explain``; the ``_path_*`` functions are the
+one place each choice is made, for the kernels and for ``explain``): ``direct`` (the
+fixed-order direct sums: ``correlate_direct``, ``correlate_t``, ``weight_grad``),
+``gemm`` (``correlate_gemm``, ``weight_grad_gemm``; a stride-1 input gradient as the
+flipped-weight correlation), ``gemm-wide`` (``correlate_wide``, stride 1 only) and
+``phases`` (strided input gradients / transposed convolutions). ``algorithm=`` pins
+one for every kernel of the call (``NotImplementedError`` where a kernel has no such
+path); ``last_paths()`` records the paths of this thread's last convolution call.
+
 Results are deterministic: no atomics, every output element is summed by one task
 in a fixed order, for any thread count. The thread count is
 ``min(cnnfast.get_num_threads(), numba.config.NUMBA_NUM_THREADS)``, set before
@@ -60,6 +69,23 @@ GEMM_MIN_OG = 4
 WGRAD_GEMM_MIN_K = 16
 # The same for the stride phases of a transposed correlation (see there).
 PHASE_MIN_OG = 2
+
+ALGORITHMS = ("direct", "gemm", "gemm-wide", "phases")
+_FORCED = "forced by algorithm="
+_DESCRIPTION = {
+    "direct": "fixed-order direct sums",
+    "gemm": "im2col + register-blocked product",
+    "gemm-wide": "stride-1 product over wide padded rows",
+    "phases": "one stride-1 correlation per stride phase",
+}
+
+_record = threading.local()
+
+
+def last_paths() -> dict:
+    """The paths of this thread's last convolution call, by result (``"y"``,
+    ``"grad_x"``, ``"grad_weight"``)."""
+    return getattr(_record, "paths", {})
 
 
 def availability():
@@ -124,35 +150,58 @@ def _zeros_bias(b, channels, dtype):
 # ----------------------------------------------------------------------------- primitives
 
 
-def _correlate(x5, w5, b, y5, stride, pad, dil, groups, min_og=GEMM_MIN_OG):
-    """``y5`` <- grouped correlation (see ``numba_kernels.conv``); ``pad`` = the
-    leading pads (may be negative). Groups with at least ``min_og`` output
-    channels take the product paths."""
-    og = w5.shape[0] // groups
-    if og >= min_og:
-        k = int(np.prod(w5.shape[1:]))
-        kshape = tuple(int(v) for v in w5.shape[2:])
-        wp = _conv.pack_weight(w5, groups, x5.dtype)
-        out = y5.shape[2:]
-        # Stride 1: "wide" rows over a padded input (contiguous im2col copies),
-        # unless the dropped columns would double the work (tiny outputs).
+def _unfit(kernel, algorithm, need):
+    return NotImplementedError(f"numba: algorithm={algorithm!r} cannot run the {kernel} "
+                               f"here ({need})")
+
+
+def _path_correlate(og, stride, out, kshape, dil, algorithm="auto", min_og=GEMM_MIN_OG):
+    """(path, why) of a grouped correlation with ``og`` output channels per group."""
+    s1 = all(s == 1 for s in stride)
+    if algorithm == "auto":
+        if og < min_og:
+            return "direct", f"{og} output channel(s) per group (< {min_og})"
+        if not s1:
+            return "gemm", f"{og} output channels per group, stride > 1"
+        # "Wide" rows over a padded input (contiguous im2col copies), unless the
+        # dropped columns would double the work (tiny outputs).
+        padded = tuple(o + d * (k - 1) for o, d, k in zip(out, dil, kshape))
+        wide = ((out[0] - 1) * padded[1] + out[1]) * padded[2]
+        if wide <= 2 * int(np.prod(out)):
+            return "gemm-wide", f"{og} output channels per group, stride 1"
+        return "gemm", "stride 1 but the wide rows would double the work"
+    if algorithm in ("direct", "gemm") or (algorithm == "gemm-wide" and s1):
+        return algorithm, _FORCED
+    raise _unfit("correlation", algorithm,
+                 "gemm-wide needs stride 1" if algorithm == "gemm-wide"
+                 else "phases is for strided transposed correlations")
+
+
+def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path):
+    """``y5`` <- grouped correlation (see ``numba_kernels.conv``) by ``path`` (of
+    ``_path_correlate``); ``pad`` = the leading pads (may be negative)."""
+    if path == "direct":
+        _launch(_conv.correlate_direct, x5, w5, b, y5, stride, pad, dil, groups)
+        return y5
+    k = int(np.prod(w5.shape[1:]))
+    kshape = tuple(int(v) for v in w5.shape[2:])
+    wp = _conv.pack_weight(w5, groups, x5.dtype)
+    out = y5.shape[2:]
+    if path == "gemm-wide":
         padded = tuple(o + d * (kk - 1) for o, d, kk in zip(out, dil, kshape))
         wide = ((out[0] - 1) * padded[1] + out[1]) * padded[2]
-        if all(s == 1 for s in stride) and wide <= 2 * int(np.prod(out)):
-            tile = _conv.pick_tile(k, wide)
-            if padded == x5.shape[2:] and not any(pad):
-                xp = x5
-            else:
-                xp = np.empty(x5.shape[:2] + padded, x5.dtype)
-                _launch(_conv.pad_input, x5, xp, pad)
-            _launch(_conv.correlate_wide, xp, wp, b, y5, kshape, dil, groups, tile,
-                    _threads(), _conv.NR)
+        tile = _conv.pick_tile(k, wide)
+        if padded == x5.shape[2:] and not any(pad):
+            xp = x5
         else:
-            tile = _conv.pick_tile(k, int(np.prod(out)))
-            _launch(_conv.correlate_gemm, x5, wp, b, y5, kshape, stride, pad, dil, groups,
-                    tile, _threads())
+            xp = np.empty(x5.shape[:2] + padded, x5.dtype)
+            _launch(_conv.pad_input, x5, xp, pad)
+        _launch(_conv.correlate_wide, xp, wp, b, y5, kshape, dil, groups, tile,
+                _threads(), _conv.NR)
     else:
-        _launch(_conv.correlate_direct, x5, w5, b, y5, stride, pad, dil, groups)
+        tile = _conv.pick_tile(k, int(np.prod(out)))
+        _launch(_conv.correlate_gemm, x5, wp, b, y5, kshape, stride, pad, dil, groups,
+                tile, _threads())
     return y5
 
 
@@ -161,15 +210,35 @@ def _flipped_adjoint_weight(w5, groups):
     return np.ascontiguousarray(flipped_adjoint_weight(w5, groups))
 
 
-def _correlate_t(x5, w5, b, y5, stride, pad, dil, groups):
-    """``y5`` <- transposed correlation of ``x5`` with ``w5`` (Ci, OG, *k)."""
-    if all(s == 1 for s in stride) and w5.shape[1] >= GEMM_MIN_OG:
+def _path_correlate_t(og, stride, out, kshape, dil, algorithm="auto"):
+    """(path, why) of a transposed correlation with ``og`` output channels per group."""
+    s1 = all(s == 1 for s in stride)
+    if algorithm == "auto":
+        if not s1:
+            return "phases", "stride > 1: one stride-1 correlation per stride phase"
+        if og < GEMM_MIN_OG:
+            return "direct", f"stride 1, {og} output channel(s) per group (< {GEMM_MIN_OG})"
+        path, why = _path_correlate(og, stride, out, kshape, dil)
+        return path, "stride 1, a correlation with the flipped weight: " + why
+    if algorithm == "direct" or (algorithm == "phases" and not s1):
+        return algorithm, _FORCED
+    if algorithm in ("gemm", "gemm-wide") and s1:
+        return _path_correlate(og, stride, out, kshape, dil, algorithm)
+    raise _unfit("transposed correlation", algorithm,
+                 "phases needs a stride > 1" if algorithm == "phases"
+                 else f"{algorithm} needs stride 1 (strided: phases)")
+
+
+def _correlate_t(x5, w5, b, y5, stride, pad, dil, groups, path):
+    """``y5`` <- transposed correlation of ``x5`` with ``w5`` (Ci, OG, *k) by ``path``
+    (of ``_path_correlate_t``)."""
+    if path in ("gemm", "gemm-wide"):
         # Stride 1: a correlation with the flipped adjoint weight; the input is
         # padded by d*(k-1) - lo before (negative: cropped).
         adj_pad = tuple(d * (k - 1) - p for d, k, p in zip(dil, w5.shape[2:], pad))
         return _correlate(x5, _flipped_adjoint_weight(w5, groups), b, y5, (1, 1, 1),
-                          adj_pad, dil, groups)
-    if any(s > 1 for s in stride):
+                          adj_pad, dil, groups, path)
+    if path == "phases":
         return _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups)
     _launch(_conv.correlate_t, x5, w5, b, y5, stride, pad, dil, groups)
     return y5
@@ -212,8 +281,9 @@ def _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups):
         # The sum over (input channel, taps) is long even for few output
         # channels per group (e.g. the input gradient of a stem conv), so the
         # product path pays from 2 output channels (the register tile is MR).
-        _correlate(x5, wsub, b, buf, (1, 1, 1), sub_pad, sub_dil, groups,
-                   min_og=PHASE_MIN_OG)
+        path, _ = _path_correlate(wsub.shape[0] // groups, (1, 1, 1), buf.shape[2:],
+                                  wsub.shape[2:], sub_dil, min_og=PHASE_MIN_OG)
+        _correlate(x5, wsub, b, buf, (1, 1, 1), sub_pad, sub_dil, groups, path)
         view[...] = buf
     return y5
 
@@ -222,13 +292,26 @@ def _conv_geometry(p: ConvParams):
     return (lift_to_3d(p.stride, 1), pads_before_3d(p.padding), lift_to_3d(p.dilation, 1))
 
 
-def _weight_grad(a5, b5, w_shape, stride, pad, dil, groups, dtype):
-    """Weight gradient: tiled products when a group has enough output channels to
-    fill the register tile and long enough rows, else (depthwise, one-channel first
-    layers) one fixed-order sum per element."""
+def _path_weight_grad(og, k, algorithm="auto"):
+    """(path, why) of a weight gradient, ``og`` output channels per group, rows of
+    ``k`` (input channels per group x taps): tiled products when a group has enough
+    output channels to fill the register tile and long enough rows, else (depthwise,
+    one-channel first layers) one fixed-order sum per element."""
+    if algorithm == "auto":
+        if og >= GEMM_MIN_OG and k >= WGRAD_GEMM_MIN_K:
+            return "gemm", f"{og} output channels per group, rows of {k}"
+        return "direct", (f"{og} output channel(s) per group, rows of {k} (a product "
+                          f"needs >= {GEMM_MIN_OG} and >= {WGRAD_GEMM_MIN_K})")
+    if algorithm in ("direct", "gemm"):
+        return algorithm, _FORCED
+    raise _unfit("weight gradient", algorithm, "it has direct and gemm")
+
+
+def _weight_grad(a5, b5, w_shape, stride, pad, dil, groups, dtype, path):
+    """Weight gradient by ``path`` (of ``_path_weight_grad``)."""
     og = w_shape[0] // groups
     k = int(np.prod(w_shape[1:]))
-    if og >= GEMM_MIN_OG and k >= WGRAD_GEMM_MIN_K:
+    if path == "gemm":
         mr, nr = _conv.MR, _conv.NR
         gwp = np.empty((groups, -(-og // mr) * mr, -(-k // nr) * nr), dtype)
         kshape = _shape5(w_shape)[2:]
@@ -249,48 +332,95 @@ def _bias_grad(gy5, channels, dtype):
 # ----------------------------------------------------------------------------- conv
 
 
+def _plan(op, p: ConvParams, w_shape, needs=("x", "weight")):
+    """[(result name, path, why)] of the kernels of ``op`` (see the ``_path_*``
+    functions): the one place the ops and ``explain`` take their paths from."""
+    stride, _, dil = _conv_geometry(p)
+    kshape = lift_to_3d(p.kernel, 1)
+    in_s, out_s = lift_to_3d(p.in_shape, 1), lift_to_3d(p.out_shape, 1)
+    g, a = p.groups, p.algorithm
+    k = int(np.prod(w_shape[1:]))
+    plan = []
+    if op == "conv":
+        plan.append(("y", *_path_correlate(w_shape[0] // g, stride, out_s, kshape, dil, a)))
+    elif op == "conv_transpose":
+        plan.append(("y", *_path_correlate_t(w_shape[1], stride, out_s, kshape, dil, a)))
+    else:  # a backward op
+        if "x" in needs and op == "conv_backward":
+            plan.append(("grad_x", *_path_correlate_t(w_shape[1], stride, in_s, kshape, dil,
+                                                      a)))
+        elif "x" in needs:
+            plan.append(("grad_x", *_path_correlate(w_shape[0] // g, stride, in_s, kshape,
+                                                    dil, a)))
+        if "weight" in needs:
+            plan.append(("grad_weight", *_path_weight_grad(w_shape[0] // g, k, a)))
+    return plan
+
+
+def explain(op, p, dtype, x_shape=None, w_shape=None, needs=("x", "weight")):
+    """Which path each kernel of ``op`` would run, and why (``cnnfast.explain``)."""
+    if not isinstance(p, ConvParams):
+        return None  # pooling: one path per op
+    parts = [f"{'' if name == 'y' else name + ' '}{path} ({_DESCRIPTION[path]}); why: {why}"
+             for name, path, why in _plan(op, p, w_shape, needs)]
+    return f"{'; '.join(parts)}; {_threads()} thread(s)"
+
+
+def _paths(op, p, w_shape, needs=("x", "weight")):
+    """The paths of ``op`` by result name, recorded for ``last_paths()``."""
+    _record.paths = {}  # a refused call records nothing
+    _record.paths = {name: path for name, path, _ in _plan(op, p, w_shape, needs)}
+    return _record.paths
+
+
 def conv(x, w, b, p: ConvParams):
+    path = _paths("conv", p, w.shape)["y"]
     stride, pad, dil = _conv_geometry(p)
     o = w.shape[0]
     y = np.empty((x.shape[0], o) + tuple(p.out_shape), x.dtype)
     _correlate(_as5(x), _as5(w), _zeros_bias(b, o, x.dtype), _as5(y), stride, pad, dil,
-               p.groups)
+               p.groups, path)
     return y
 
 
 def conv_backward(gy, x, w, p: ConvParams, needs):
+    paths = _paths("conv_backward", p, w.shape, needs)
     stride, pad, dil = _conv_geometry(p)
     gx = gw = gb = None
     if "x" in needs:
         # The conv weight (O, C/G, *k) is the transposed-conv weight of the adjoint.
         gx = np.empty(x.shape, x.dtype)
         _correlate_t(_as5(gy), _as5(w), np.zeros(x.shape[1], x.dtype), _as5(gx), stride,
-                     pad, dil, p.groups)
+                     pad, dil, p.groups, paths["grad_x"])
     if "weight" in needs:
-        gw = _weight_grad(_as5(x), _as5(gy), w.shape, stride, pad, dil, p.groups, x.dtype)
+        gw = _weight_grad(_as5(x), _as5(gy), w.shape, stride, pad, dil, p.groups, x.dtype,
+                          paths["grad_weight"])
     if "bias" in needs:
         gb = _bias_grad(_as5(gy), w.shape[0], x.dtype)
     return gx, gw, gb
 
 
 def conv_transpose(x, w, b, p: ConvParams):
+    path = _paths("conv_transpose", p, w.shape)["y"]
     stride, pad, dil = _conv_geometry(p)
     c_out = w.shape[1] * p.groups
     y = np.empty((x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
     _correlate_t(_as5(x), _as5(w), _zeros_bias(b, c_out, x.dtype), _as5(y), stride, pad,
-                 dil, p.groups)
+                 dil, p.groups, path)
     return y
 
 
 def conv_transpose_backward(gy, x, w, p: ConvParams, needs):
+    paths = _paths("conv_transpose_backward", p, w.shape, needs)
     stride, pad, dil = _conv_geometry(p)
     gx = gw = gb = None
     if "x" in needs:
         gx = np.empty(x.shape, x.dtype)
         _correlate(_as5(gy), _as5(w), np.zeros(x.shape[1], x.dtype), _as5(gx), stride, pad,
-                   dil, p.groups)
+                   dil, p.groups, paths["grad_x"])
     if "weight" in needs:
-        gw = _weight_grad(_as5(gy), _as5(x), w.shape, stride, pad, dil, p.groups, x.dtype)
+        gw = _weight_grad(_as5(gy), _as5(x), w.shape, stride, pad, dil, p.groups, x.dtype,
+                          paths["grad_weight"])
     if "bias" in needs:
         gb = _bias_grad(_as5(gy), gy.shape[1], x.dtype)
     return gx, gw, gb

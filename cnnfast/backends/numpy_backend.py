@@ -43,6 +43,16 @@ from ..params import ConvParams, PoolParams, pool_window_counts
 
 ARRAY = "numpy"
 DTYPES = ("float32", "float64")
+# One algorithm for every convolution op (cnnfast.explain's vocabulary).
+ALGORITHMS = ("tap-matmul",)
+
+
+def explain(op, p, dtype, **shapes):
+    if not isinstance(p, ConvParams):
+        return None  # pooling: one path per op
+    why = ("forced by algorithm=" if p.algorithm != "auto"
+           else "the reference backend has one algorithm")
+    return f"tap-matmul (one matrix product per kernel tap); why: {why}"
 
 
 # ----------------------------------------------------------------------------- helpers
