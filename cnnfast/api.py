@@ -1,4 +1,4 @@
-"""The public kernel API (``../shared/API.md``): validate once, pick a backend, run.
+"""The public kernel API (``docs/API.md``): validate once, pick a backend, run.
 
 Every function checks its arrays and parameters before any kernel runs, then hands
 contiguous arrays of one dtype and the normalised parameters of ``cnnfast.params``

@@ -1,6 +1,6 @@
 """Parameter normalisation, validation and output-shape arithmetic.
 
-This is the one place that knows the rules of ``../shared/API.md``. The dispatcher
+This is the one place that knows the rules of ``docs/API.md``. The dispatcher
 (``cnnfast.api``) calls these functions once per public call; backends receive the
 frozen dataclasses below and trust every field:
 
@@ -261,7 +261,7 @@ def _split_extra_after(total: int) -> Tuple[int, int]:
 def same_pads_stride1(kernel, dilation, stride) -> Pairs:
     """``conv(..., padding='same')`` of the kernel API: output size == input size.
 
-    Defined for stride 1 only (``../shared/API.md``), as in PyTorch; the padding
+    Defined for stride 1 only (``docs/API.md``), as in PyTorch; the padding
     total of each dim is the dilated kernel extent minus one."""
     if any(s != 1 for s in stride):
         raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
