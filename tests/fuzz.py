@@ -134,6 +134,7 @@ class Stats:
 
     def __init__(self):
         self.cases = self.invalid = self.costly = self.declined = self.other_dtype = 0
+        self.unfit = 0  # a forced algorithm that cannot run the case (NotImplementedError)
         self.tags = {}
 
     def tag(self, *names):
@@ -143,7 +144,8 @@ class Stats:
     def summary(self) -> str:
         tags = ", ".join(f"{k} {v}" for k, v in sorted(self.tags.items()))
         return (f"{self.cases} cases ({self.other_dtype} in a dtype the backend lacks, "
-                f"{self.declined} declined by it); redrawn: "
+                f"{self.declined} declined by it, {self.unfit} where the forced "
+                f"algorithm cannot run); redrawn: "
                 f"{self.invalid} invalid, {self.costly} too costly; tags: {tags}")
 
 
@@ -527,12 +529,19 @@ def make_inputs(case: Case) -> dict:
 # ----------------------------------------------------------------------------- running
 
 
+def forced_algorithm(case: Case, backend: str):
+    """The convolution algorithm the case forces on ``backend`` (None: automatic)."""
+    if case.op.startswith("conv"):
+        return case.knobs.get(f"{backend}_algorithm")
+    return None
+
+
 def run_op(case: Case, arrays: dict, backend: str):
     """Call the case's operation; a tuple of named results (None for those absent)."""
     f = getattr(cnnfast, case.op)
     kw = dict(case.kwargs, backend=backend)
-    if case.op.startswith("conv") and f"{backend}_algorithm" in case.knobs:
-        kw["algorithm"] = case.knobs[f"{backend}_algorithm"]
+    if forced_algorithm(case, backend):
+        kw["algorithm"] = forced_algorithm(case, backend)
     x, w, b, gy = arrays.get("x"), arrays.get("w"), arrays.get("b"), arrays.get("gy")
     if case.op in ("conv", "conv_transpose"):
         return {"y": f(x, w, b, **kw)}
@@ -720,7 +729,9 @@ def run(backend: str, seed: int, cases: int, start: int = 0, max_failures: int =
             stats.other_dtype += 1
             continue
         problems = check_case(case, backend)
-        if problems is None:
+        if problems is None and forced_algorithm(case, backend):
+            stats.unfit += 1
+        elif problems is None:
             stats.declined += 1
         elif problems:
             failures.append(describe(case, backend, seed, i) + "\n  " +

@@ -34,6 +34,8 @@ def test_fuzz(backend, capsys):
     # a generator that mostly draws configurations nobody runs tests little
     assert stats.invalid + stats.costly < stats.cases, stats.summary()
     assert stats.declined <= stats.cases // 100, stats.summary()
+    # forced algorithms (a third of the conv cases) must mostly fit what they are given
+    assert stats.unfit <= stats.cases // 5, stats.summary()
 
 
 def test_generator_is_reproducible_and_covers_the_space():
