@@ -45,7 +45,7 @@ def _select(op, kind, dtype, params, backend, **shapes):
     kernel = select(op, kind, dtype, params, backend)
     if getattr(_explaining, "active", False):
         name = backend_for(op, kind, dtype, params, backend)
-        if any(0 in shape for shape in shapes.values()):
+        if "w_shape" in shapes and _is_empty_conv(shapes["x_shape"], shapes["w_shape"]):
             raise _Explained(f"{name}: no kernel (an empty convolution, computed by the "
                              f"dispatcher: see docs/API.md)")
         describe = getattr(get_backend(name).module, "explain", None)
@@ -144,6 +144,10 @@ def _empty(kind, shape, dtype):
 # empty x or weight (the C++ kernels reject such a geometry).
 
 
+def _is_empty_conv(x_shape, w_shape) -> bool:
+    return 0 in x_shape or 0 in w_shape
+
+
 def _empty_conv(kind, dtype, out_shape, bias):
     y = _empty(kind, out_shape, dtype)
     if bias is not None and y.size:
@@ -173,7 +177,7 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm
     out_shape = (x.shape[0], weight.shape[0]) + p.out_shape
     P.check_result_size(out_shape, "the output")
     kernel = _select("conv", kind, dtype, p, backend, x_shape=x.shape, w_shape=weight.shape)
-    if x.size == 0 or weight.size == 0:
+    if _is_empty_conv(x.shape, weight.shape):
         return _empty_conv(kind, dtype, out_shape, bias)
     return kernel(_contiguous(x, kind), _contiguous(weight, kind),
                   _contiguous(bias, kind), p)
@@ -233,7 +237,7 @@ def conv_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, 
                      w_shape=weight.shape, needs=wanted)
     if not wanted:
         return None, None, None
-    if x.size == 0 or weight.size == 0:
+    if _is_empty_conv(x.shape, weight.shape):
         return _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape, weight.shape)
     return kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
                   _contiguous(weight, kind), p, wanted)
@@ -254,7 +258,7 @@ def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, di
     P.check_result_size(out_shape, "the output")
     kernel = _select("conv_transpose", kind, dtype, p, backend, x_shape=x.shape,
                      w_shape=weight.shape)
-    if x.size == 0 or weight.size == 0:
+    if _is_empty_conv(x.shape, weight.shape):
         return _empty_conv(kind, dtype, out_shape, bias)
     return kernel(_contiguous(x, kind), _contiguous(weight, kind),
                   _contiguous(bias, kind), p)
@@ -310,7 +314,7 @@ def conv_transpose_backward(grad_y, x, weight, stride=1, padding=0, output_paddi
                      w_shape=weight.shape, needs=wanted)
     if not wanted:
         return None, None, None
-    if x.size == 0 or weight.size == 0:
+    if _is_empty_conv(x.shape, weight.shape):
         return _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape, weight.shape)
     return kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
                   _contiguous(weight, kind), p, wanted)

@@ -131,14 +131,11 @@ def _check_forced(op, geo, p: ConvParams, needs=None):
 
 
 def _run(name, kernel, *args):
-    """Run one C++ kernel with the call's algorithm and record the path it took."""
+    """Run one C++ kernel with the call's algorithm (checked by ``_check_forced``) and
+    record the path it took."""
     *arrays, p = args
-    try:
-        path = getattr(_cpp, "conv_" + kernel)(*arrays, num_threads(), p.algorithm)
-    except _cpp.PathUnfit as exc:  # a NotImplementedError; say which call could not
-        raise _cpp.PathUnfit(f"cpp: algorithm={p.algorithm!r} cannot run the {name} "
-                             f"kernel here: {exc}") from None
-    _record.paths[name] = path
+    _record.paths[name] = getattr(_cpp, "conv_" + kernel)(*arrays, num_threads(),
+                                                            p.algorithm)
 
 
 _DESCRIPTION = {
@@ -168,8 +165,10 @@ def explain(op, p, dtype, x_shape=None, w_shape=None, needs=None):
 def conv(x, w, b, p: ConvParams):
     _record.paths = {}
     n, o = x.shape[0], w.shape[0]
+    geo = _geometry(x.shape, w.shape, p)
+    _check_forced("conv", geo, p)
     y = np.empty((n, o) + tuple(p.out_shape), x.dtype)
-    _run("y", "forward", x, w, b, y, _geometry(x.shape, w.shape, p), p)
+    _run("y", "forward", x, w, b, y, geo, p)
     return y
 
 
@@ -193,8 +192,10 @@ def conv_backward(gy, x, w, p: ConvParams, needs):
 def conv_transpose(x, w, b, p: ConvParams):
     _record.paths = {}
     c_out = w.shape[1] * p.groups
+    geo = _geometry(x.shape, w.shape, p)
+    _check_forced("conv_transpose", geo, p)
     y = np.empty((x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
-    _run("y", "backward_data", x, w, b, y, _geometry(x.shape, w.shape, p), p)
+    _run("y", "backward_data", x, w, b, y, geo, p)
     return y
 
 
