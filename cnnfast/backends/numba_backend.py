@@ -155,6 +155,14 @@ def _unfit(kernel, algorithm, need):
                                f"here ({need})")
 
 
+def _wide_rows(out, dil, kshape):
+    """(padded input extents, columns computed) of the "wide" stride-1 product: every
+    output row is computed over the padded input's full width (the extra columns are
+    dropped)."""
+    padded = tuple(o + d * (k - 1) for o, d, k in zip(out, dil, kshape))
+    return padded, ((out[0] - 1) * padded[1] + out[1]) * padded[2]
+
+
 def _path_correlate(og, stride, out, kshape, dil, algorithm="auto", min_og=GEMM_MIN_OG):
     """(path, why) of a grouped correlation with ``og`` output channels per group."""
     s1 = all(s == 1 for s in stride)
@@ -165,8 +173,7 @@ def _path_correlate(og, stride, out, kshape, dil, algorithm="auto", min_og=GEMM_
             return "gemm", f"{og} output channels per group, stride > 1"
         # "Wide" rows over a padded input (contiguous im2col copies), unless the
         # dropped columns would double the work (tiny outputs).
-        padded = tuple(o + d * (k - 1) for o, d, k in zip(out, dil, kshape))
-        wide = ((out[0] - 1) * padded[1] + out[1]) * padded[2]
+        _, wide = _wide_rows(out, dil, kshape)
         if wide <= 2 * int(np.prod(out)):
             return "gemm-wide", f"{og} output channels per group, stride 1"
         return "gemm", "stride 1 but the wide rows would double the work"
@@ -188,8 +195,7 @@ def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path):
     wp = _conv.pack_weight(w5, groups, x5.dtype)
     out = y5.shape[2:]
     if path == "gemm-wide":
-        padded = tuple(o + d * (kk - 1) for o, d, kk in zip(out, dil, kshape))
-        wide = ((out[0] - 1) * padded[1] + out[1]) * padded[2]
+        padded, wide = _wide_rows(out, dil, kshape)
         tile = _conv.pick_tile(k, wide)
         if padded == x5.shape[2:] and not any(pad):
             xp = x5
