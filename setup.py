@@ -1,4 +1,4 @@
-"""Builds the pybind11 extension cnnfast._cpp from csrc/.
+"""Builds the pybind11 extension cnnfast.backends.cpp._cpp from csrc/.
 
 The extension is compiled for the baseline ISA of the target (no -march=native):
 AVX2+FMA code sits in files that enable it with `#pragma GCC target`, and is
@@ -40,7 +40,7 @@ else:  # pragma: no cover - MSVC
     compile_args += ["/openmp", "/O2"]
 
 ext = Pybind11Extension(
-    "cnnfast._cpp",
+    "cnnfast.backends.cpp._cpp",
     SOURCES,
     cxx_std=17,
     include_dirs=["csrc"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compile every CUDA kernel of cnnfast with NVRTC, without a GPU.
 
-Uses the exact source text (``cnnfast.cuda_launch.source_text``: local headers
+Uses the exact source text (``cnnfast.backends.cuda.conv_launch.source_text``: local headers
 inlined), options (``NVRTC_OPTIONS``) and template instantiations
 (``name_expressions``) that the cupy backend hands to ``cupy.RawModule``, for each
 target architecture (default sm_80 and sm_90), and checks that NVRTC lowers every
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cnnfast import cuda_launch  # noqa: E402
+from cnnfast.backends.cuda import conv_launch as cuda_launch
 
 
 def _check(result, what):

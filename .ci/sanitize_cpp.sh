@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ASan + UBSan job for the C++ extension (cnnfast._cpp, csrc/).
+# ASan + UBSan job for the C++ extension (cnnfast.backends.cpp._cpp, csrc/).
 #
 # Builds a CNNFAST_DEBUG=1 copy of the extension (-O1 -g -fsanitize=address,undefined,
 # bounds checks in the kernels) in a temporary copy of the sources -- the normal

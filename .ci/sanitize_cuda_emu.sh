@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sanitizer jobs for the CUDA emulator (cnnfast/cuda/emu) and the kernels it runs.
+# Sanitizer jobs for the CUDA emulator (cnnfast/backends/cuda/emu) and the kernels it runs.
 #
 #  1. ASan + UBSan: the emulator library (every kernel of cnnfast/cuda) built with
 #     -fsanitize=address,undefined; tests/test_cuda_emu.py and test_cuda_pool_paths.py
@@ -47,7 +47,7 @@ asan_job() {
     set +e
     out=$(env LD_PRELOAD="$asan" ASAN_OPTIONS="detect_leaks=0:exitcode=67" "$PY" - 2>&1 <<'PYEOF'
 import numpy as np
-from cnnfast.backends.cuda_emu_backend import EmuModule
+from cnnfast.backends.cuda.emu_backend import EmuModule
 m = EmuModule({"test_kernels.cu": ["out_of_bounds"]}, flags=("-fsanitize=address,undefined", "-g", "-O1"),
               source_dir="csrc/cuda_emu")
 m.function("out_of_bounds")((1,), (32,), (np.zeros(32, np.float32), np.int32(1)))

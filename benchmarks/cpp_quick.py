@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 import cnnfast
-from cnnfast import _cpp
+from cnnfast.backends.cpp import _cpp
 
 
 def _conv_case(name, n, c, o, hw, k, stride=1, pad=0, groups=1, transposed=False, pass_="fwd",

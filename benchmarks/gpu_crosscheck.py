@@ -25,7 +25,7 @@ def main(argv=None):
     import cupy as cp
 
     import cnnfast
-    from cnnfast.backends import cupy_backend
+    from cnnfast.backends.cuda import cupy_backend
 
     print("warm-up (compile or cache load) s", round(cupy_backend.warmup(), 2))
     try:

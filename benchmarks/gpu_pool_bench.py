@@ -11,8 +11,9 @@ import sys, time
 sys.path.insert(0, '.')
 import numpy as np, cupy as cp, torch
 import torch.nn.functional as F
-from cnnfast import params as P, cuda_pool_ops as ops
-from cnnfast.backends import cupy_backend
+from cnnfast import params as P
+from cnnfast.backends.cuda import pool_launch as ops
+from cnnfast.backends.cuda import cupy_backend
 rt = cupy_backend.runtime()
 A = torch.ops.aten
 

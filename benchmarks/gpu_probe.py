@@ -6,7 +6,7 @@
 ``overhead`` times tiny calls (the GPU is idle, so a call costs what the host spends
 on it) and prints a cProfile of them; ``tiles`` times each conv_gemm tile shape on
 the ResNet layers at batch 8 and 32, so the tile heuristic of
-``cnnfast.cuda_launch`` can be checked against measurements.
+``cnnfast.backends.cuda.conv_launch`` can be checked against measurements.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def tiles():
     import cupy as cp
 
     import cnnfast
-    from cnnfast import cuda_launch
+    from cnnfast.backends.cuda import conv_launch as cuda_launch
 
     rng = np.random.default_rng(0)
     layers = [  # (name, C, H, W, O, k, stride, pad)

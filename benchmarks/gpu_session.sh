@@ -22,21 +22,21 @@ if want env; then
     step env
     { nvidia-smi; $py -V
       $py -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'runtime', cupy.cuda.runtime.runtimeGetVersion(), 'cc', cupy.cuda.Device().compute_capability); print('torch', torch.__version__, torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print('numpy', numpy.__version__)"
-      $py -c "from cnnfast.backends import cupy_backend as c; print('availability:', c.availability())"
+      $py -c "from cnnfast.backends.cuda import cupy_backend as c; print('availability:', c.availability())"
     } 2>&1 | tee "$out/env.log"
 fi
 
 if want cache; then
     step cache
     probe=$(mktemp -d)
-    { CUPY_CACHE_DIR=$probe $py -c "from cnnfast.backends import cupy_backend as c; print('cold warmup s', round(c.warmup(), 3))"
+    { CUPY_CACHE_DIR=$probe $py -c "from cnnfast.backends.cuda import cupy_backend as c; print('cold warmup s', round(c.warmup(), 3))"
       n1=$(find "$probe" -type f | wc -l)
-      CUPY_CACHE_DIR=$probe $py -c "from cnnfast.backends import cupy_backend as c; print('warm warmup s', round(c.warmup(), 3))"
+      CUPY_CACHE_DIR=$probe $py -c "from cnnfast.backends.cuda import cupy_backend as c; print('warm warmup s', round(c.warmup(), 3))"
       n2=$(find "$probe" -type f | wc -l)
       echo "cache files after first run $n1, after second $n2"
     } 2>&1 | tee -a "$out/env.log"
     # Fill the shared cache so test workers do not all compile.
-    $py -c "from cnnfast.backends import cupy_backend as c; c.warmup()"
+    $py -c "from cnnfast.backends.cuda import cupy_backend as c; c.warmup()"
 fi
 
 if want test; then

@@ -29,7 +29,7 @@ def set_flush_denormal(flush: bool) -> None:
         raise TypeError(f"set_flush_denormal(flush={flush!r}): flush must be a bool")
     _flush = bool(flush)
     try:
-        from . import _cpp
+        from .backends.cpp import _cpp
     except ImportError:  # not built: nothing else honours the setting
         return
     if hasattr(_cpp, "set_flush_denormal"):

@@ -6,7 +6,7 @@
   named int32 array for CUDA, tuples for numba); the lifting rule is here.
 * The flipped adjoint weight: a transposed convolution (and the input gradient of a
   convolution) is a stride-1 correlation with the weight transposed per group and
-  flipped in space (the algebra is in ``cnnfast.backends.numpy_backend``'s
+  flipped in space (the algebra is in ``cnnfast.backends.numpy.backend``'s
   docstring). The numpy and numba backends use ``flipped_adjoint_weight``; the C++
   kernels, which cannot call Python, build the same weight in
   ``conv_bwd_data_s1`` (``csrc/kernels_impl.h``).

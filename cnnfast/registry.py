@@ -6,7 +6,7 @@ A backend is a module that exposes:
 * ``DTYPES``: the dtype names it computes in (``("float32", "float64")``);
 * ``OPS``: a dict from op name (``"conv"``, ``"conv_backward"``, ...; see
   ``OP_NAMES``) to a kernel function taking normalised parameters (see
-  ``cnnfast.params`` and ``cnnfast.backends.numpy_backend`` for the signatures);
+  ``cnnfast.params`` and ``cnnfast.backends.numpy.backend`` for the signatures);
 * optionally ``availability() -> None | str``: the reason it cannot run here;
 * optionally ``unsupported(op, params, dtype) -> None | str``: the reason a
   particular case is not implemented;
@@ -33,11 +33,11 @@ OP_NAMES = ("conv", "conv_backward", "conv_transpose", "conv_transpose_backward"
             "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward")
 
 _MODULES: Dict[str, str] = {
-    "numpy": "cnnfast.backends.numpy_backend",
-    "numba": "cnnfast.backends.numba_backend",
-    "cpp": "cnnfast.backends.cpp_backend",
-    "cupy": "cnnfast.backends.cupy_backend",
-    "cuda-emu": "cnnfast.backends.cuda_emu_backend",
+    "numpy": "cnnfast.backends.numpy.backend",
+    "numba": "cnnfast.backends.numba.backend",
+    "cpp": "cnnfast.backends.cpp.backend",
+    "cupy": "cnnfast.backends.cuda.cupy_backend",
+    "cuda-emu": "cnnfast.backends.cuda.emu_backend",
 }
 # Automatic choice for numpy arrays, fastest first; cuda-emu is opt-in only.
 AUTO_CPU_ORDER = ("cpp", "numba", "numpy")

@@ -1,8 +1,8 @@
 // The cpp backend's driver: per-thread workspace, the choice of the SIMD variant,
-// and the Python bindings of the kernels (registered into cnnfast._cpp by
+// and the Python bindings of the kernels (registered into cnnfast.backends.cpp._cpp by
 // register_kernels, which module.cpp calls).
 //
-// Arrays arrive C-contiguous from cnnfast/backends/cpp_backend.py, outputs
+// Arrays arrive C-contiguous from cnnfast/backends/cpp/backend.py, outputs
 // preallocated there with numpy; nothing is copied here. Dtypes, contiguity and
 // sizes are checked (cheap) before the GIL is released around every kernel.
 #include <pybind11/numpy.h>

@@ -14,7 +14,7 @@ namespace cnnfast {
 // A convolution in the "forward" orientation, always as 3 spatial dims (rank 1 and
 // 2 are padded with leading extent-1 dims): x (N, C, *in) -> y (N, O, *out) with the
 // weight (O, C/G, *k). Transposed convolutions reuse it with the roles swapped
-// (cnnfast/backends/cpp_backend.py).
+// (cnnfast/backends/cpp/backend.py).
 struct ConvGeo {
     long N = 0, C = 0, O = 0, G = 1;
     long in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, k[3] = {1, 1, 1};

@@ -1,4 +1,4 @@
-// The cnnfast._cpp extension module: build information and CPU features.
+// The cnnfast.backends.cpp._cpp extension module: build information and CPU features.
 // Kernel bindings are added by the files that define them (see bindings in
 // kernels.cpp once present).
 #include <pybind11/pybind11.h>

@@ -20,4 +20,4 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e ".[dev,bench]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import cnnfast, cnnfast._cpp, torch; print('cnnfast', cnnfast.__version__, 'ready; backends:', ', '.join(cnnfast.available_backends()))"
+.venv/bin/python -c "import cnnfast, cnnfast.backends.cpp._cpp, torch; print('cnnfast', cnnfast.__version__, 'ready; backends:', ', '.join(cnnfast.available_backends()))"

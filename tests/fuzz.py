@@ -599,11 +599,12 @@ def _settings(case: Case, backend: str):
     try:
         k = case.knobs
         if backend == "cpp" and k.get("simd"):
-            from cnnfast import _cpp
+            from cnnfast.backends.cpp import _cpp
             _cpp.set_simd_path(k["simd"])
             undo.append(lambda: _cpp.set_simd_path("auto"))
         if backend in ("cuda-emu", "cupy"):
-            from cnnfast import cuda_launch, cuda_pool_ops
+            from cnnfast.backends.cuda import conv_launch as cuda_launch
+            from cnnfast.backends.cuda import pool_launch as cuda_pool_ops
             stack = contextlib.ExitStack()
             stack.enter_context(cuda_launch.override(
                 path=k.get("conv_path"), splits=k.get("splits"), tile=k.get("tile")))

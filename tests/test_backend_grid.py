@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import cnnfast
-from cnnfast.backends import numpy_backend as ref
+from cnnfast.backends.numpy import backend as ref
 from cnnfast import params as P
 
 from cases import conv_cases, conv_transpose_cases, make_array, pool_cases

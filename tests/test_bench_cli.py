@@ -73,7 +73,7 @@ FAKE_MODULES = {
     """,
     # The numpy kernels, but no transposed convolution: n/a cells with the reason.
     "fakepartial": """
-        from cnnfast.backends.numpy_backend import OPS as _OPS
+        from cnnfast.backends.numpy.backend import OPS as _OPS
         ARRAY = "numpy"
         DTYPES = ("float32", "float64")
         OPS = dict(_OPS)
@@ -84,7 +84,7 @@ FAKE_MODULES = {
     """,
     # A fast wrong answer (conv only), and a kernel that crashes (avg_pool).
     "fakewrong": """
-        from cnnfast.backends.numpy_backend import OPS as _OPS
+        from cnnfast.backends.numpy.backend import OPS as _OPS
         ARRAY = "numpy"
         OPS = dict(_OPS)
         def _conv(x, w, b, p):
@@ -99,7 +99,7 @@ FAKE_MODULES = {
     """,
     # Ctrl-C in the middle of a run.
     "fakeinterrupt": """
-        from cnnfast.backends.numpy_backend import OPS as _OPS
+        from cnnfast.backends.numpy.backend import OPS as _OPS
         ARRAY = "numpy"
         OPS = dict(_OPS)
         def _stop(x, p):
@@ -447,7 +447,7 @@ FAKE_GPU_BACKEND = """
     # The numpy kernels behind the fake cupy arrays: unwrap, compute, wrap.
     import cupy
     import numpy as np
-    from cnnfast.backends.numpy_backend import OPS as _OPS
+    from cnnfast.backends.numpy.backend import OPS as _OPS
 
     ARRAY = "cupy"
 

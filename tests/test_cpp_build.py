@@ -12,7 +12,7 @@ import pytest
 
 import cnnfast
 
-_cpp = pytest.importorskip("cnnfast._cpp", reason="C++ extension not built")
+_cpp = pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built")
 
 
 def test_version_matches_package():
@@ -51,7 +51,7 @@ def test_cpu_features_match_the_kernel():
 
 
 def test_portable_path_can_be_forced():
-    code = "from cnnfast import _cpp; print(_cpp.simd_path())"
+    code = "from cnnfast.backends.cpp import _cpp; print(_cpp.simd_path())"
     env = dict(os.environ, CNNFAST_SIMD="portable")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True)

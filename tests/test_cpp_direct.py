@@ -17,10 +17,10 @@ import pytest
 
 import cnnfast
 from cnnfast import params as P
-from cnnfast.backends import numpy_backend as ref
+from cnnfast.backends.numpy import backend as ref
 from cnnfast.registry import get_backend
 
-_cpp = pytest.importorskip("cnnfast._cpp", reason="C++ extension not built")
+_cpp = pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built")
 if get_backend("cpp").reason is not None:  # pragma: no cover - depends on the build
     pytest.skip(f"cpp backend unavailable: {get_backend('cpp').reason}",
                 allow_module_level=True)

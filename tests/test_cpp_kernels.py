@@ -16,10 +16,10 @@ import pytest
 
 import cnnfast
 from cnnfast import params as P
-from cnnfast.backends import numpy_backend as ref
+from cnnfast.backends.numpy import backend as ref
 from cnnfast.registry import get_backend
 
-_cpp = pytest.importorskip("cnnfast._cpp", reason="C++ extension not built")
+_cpp = pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built")
 if get_backend("cpp").reason is not None:  # pragma: no cover - depends on the build
     pytest.skip(f"cpp backend unavailable: {get_backend('cpp').reason}",
                 allow_module_level=True)
@@ -156,7 +156,7 @@ def test_simd_paths_match_the_reference(simd, path, dtype):
 
 
 def test_portable_path_from_the_environment():
-    code = ("import numpy as np, cnnfast; from cnnfast import _cpp\n"
+    code = ("import numpy as np, cnnfast; from cnnfast.backends.cpp import _cpp\n"
             "x = np.arange(2*3*9*9, dtype=np.float32).reshape(2, 3, 9, 9) / 100\n"
             "w = np.ones((4, 3, 3, 3), np.float32)\n"
             "y = cnnfast.conv(x, w, padding=1, backend='cpp')\n"

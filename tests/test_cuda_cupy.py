@@ -19,7 +19,7 @@ import pytest
 
 from cnnfast import params as P
 
-cupy_backend = pytest.importorskip("cnnfast.backends.cupy_backend")
+cupy_backend = pytest.importorskip("cnnfast.backends.cuda.cupy_backend")
 _reason = cupy_backend.availability()
 if _reason is not None:
     pytest.skip(f"cupy backend unavailable: {_reason}", allow_module_level=True)
@@ -56,7 +56,7 @@ def test_numpy_arrays_are_refused():
 
 
 def test_agrees_with_the_emulator():
-    emu = pytest.importorskip("cnnfast.backends.cuda_emu_backend")
+    emu = pytest.importorskip("cnnfast.backends.cuda.emu_backend")
     if emu.availability():
         pytest.skip(emu.availability())
     rng = np.random.default_rng(1)
@@ -71,7 +71,7 @@ def test_agrees_with_the_emulator():
 @pytest.mark.slow
 def test_second_process_hits_cupys_kernel_cache(tmp_path):
     env = dict(os.environ, CUPY_CACHE_DIR=str(tmp_path))
-    code = "from cnnfast.backends import cupy_backend as c; print(c.warmup())"
+    code = "from cnnfast.backends.cuda import cupy_backend as c; print(c.warmup())"
 
     def run():
         out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
@@ -89,8 +89,8 @@ def test_second_process_hits_cupys_kernel_cache(tmp_path):
 def test_every_tile_and_phase_path_on_the_gpu(tile):
     """The tile shapes and ADJ stride phases on the device, forced, against the numpy
     reference (float64): shapes big enough for several blocks per dim."""
-    from cnnfast import cuda_launch
-    from cnnfast.backends import numpy_backend as ref
+    from cnnfast.backends.cuda import conv_launch as cuda_launch
+    from cnnfast.backends.numpy import backend as ref
 
     rt = cupy_backend.runtime()
     rng = np.random.default_rng(5)

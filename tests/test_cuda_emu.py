@@ -1,4 +1,4 @@
-"""The CUDA emulator (cnnfast/cuda/emu) and the cuda-emu backend's own paths.
+"""The CUDA emulator (cnnfast/backends/cuda/emu) and the cuda-emu backend's own paths.
 
 The shared grid (tests/test_backend_grid.py) checks the eight operations of the
 ``cuda-emu`` backend against the numpy reference; this file checks the emulator's
@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnfast import cuda_launch, cuda_pool_ops
-from cnnfast import params as P
-from cnnfast.backends import numpy_backend as ref
+from cnnfast.backends.cuda import conv_launch as cuda_launch
 
-emu = pytest.importorskip("cnnfast.backends.cuda_emu_backend")
+from cnnfast.backends.cuda import pool_launch as cuda_pool_ops
+from cnnfast import params as P
+from cnnfast.backends.numpy import backend as ref
+
+emu = pytest.importorskip("cnnfast.backends.cuda.emu_backend")
 if emu.availability() is not None:  # pragma: no cover - depends on the machine
     pytest.skip(f"cuda-emu unavailable: {emu.availability()}", allow_module_level=True)
 
@@ -277,7 +279,7 @@ def test_nvrtc_source_inlines_headers():
 
 
 def test_cache_key_is_deterministic_across_processes():
-    code = ("from cnnfast import cuda_launch as c; "
+    code = ("from cnnfast.backends.cuda import conv_launch as c; "
             "print(' '.join(c.cache_key(f) for f in c.SOURCE_FILES))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout.split()

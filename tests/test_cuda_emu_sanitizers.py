@@ -2,7 +2,7 @@
 
 The emulator runs each CUDA thread as a TSan fiber switched without implicit
 synchronisation, and adds happens-before only at __syncthreads(), warp collectives and
-block boundaries (cnnfast/cuda/emu/cuda_emu.cpp). So a kernel that reads shared memory
+block boundaries (cnnfast/backends/cuda/emu/cuda_emu.cpp). So a kernel that reads shared memory
 another thread wrote without a barrier must be reported, and the same kernel with the
 barrier must not. Runs in a subprocess with libtsan preloaded (Python is not built with
 TSan); skipped when the compiler has no libtsan. The full sanitizer jobs are
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-emu = pytest.importorskip("cnnfast.backends.cuda_emu_backend")
+emu = pytest.importorskip("cnnfast.backends.cuda.emu_backend")
 if emu.availability() is not None:  # pragma: no cover
     pytest.skip(f"cuda-emu unavailable: {emu.availability()}", allow_module_level=True)
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVER = """
 import sys
 import numpy as np
-from cnnfast.backends.cuda_emu_backend import CudaEmuError, EmuModule
+from cnnfast.backends.cuda.emu_backend import CudaEmuError, EmuModule
 try:
     m = EmuModule({'test_kernels.cu': ['racy', 'race_free']},
                   flags=('-fsanitize=thread', '-g', '-O1'), source_dir=sys.argv[2])

@@ -38,7 +38,7 @@ def test_nvrtc_compiles_every_kernel_for_sm80_and_sm90():
                            "--arch", "sm_80", "--arch", "sm_90"],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from cnnfast import cuda_launch
+    from cnnfast.backends.cuda import conv_launch as cuda_launch
 
     for arch in ("sm_80", "sm_90"):
         for file in cuda_launch.SOURCE_FILES:
@@ -56,7 +56,7 @@ def test_nvrtc_check_fails_on_a_broken_kernel(tmp_path, monkeypatch):
         import nvrtc_check
     finally:
         sys.path.pop(0)
-    from cnnfast import cuda_launch
+    from cnnfast.backends.cuda import conv_launch as cuda_launch
 
     (tmp_path / "common.cuh").write_text("#pragma once\n")
     (tmp_path / "conv.cu").write_text(
@@ -70,7 +70,7 @@ def test_nvrtc_check_fails_on_a_broken_kernel(tmp_path, monkeypatch):
 
 
 def test_cupy_backend_imports_and_explains_itself():
-    from cnnfast.backends import cupy_backend
+    from cnnfast.backends.cuda import cupy_backend
 
     assert cupy_backend.ARRAY == "cupy"
     assert set(cupy_backend.OPS) == {"conv", "conv_backward", "conv_transpose",

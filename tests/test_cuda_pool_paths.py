@@ -1,4 +1,4 @@
-"""The pooling kernel paths of cnnfast/cuda/pool.cu that the shared grid's automatic
+"""The pooling kernel paths of cnnfast/backends/cuda/kernels/pool.cu that the shared grid's automatic
 choices may not reach: one thread vs one warp per output (forward), the max-pool
 backward's gather vs plane-scan modes (and its reach pre-pass under adversarial
 indices), average backward with gaps and dilation, float16, determinism.
@@ -12,16 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnfast import cuda_pool_ops as ops
+from cnnfast.backends.cuda import pool_launch as ops
 from cnnfast import params as P
-from cnnfast.backends import numpy_backend as ref
+from cnnfast.backends.numpy import backend as ref
 
 
 def _runtime(name):
     if name == "cuda-emu":
-        from cnnfast.backends import cuda_emu_backend as mod
+        from cnnfast.backends.cuda import emu_backend as mod
     else:
-        from cnnfast.backends import cupy_backend as mod
+        from cnnfast.backends.cuda import cupy_backend as mod
     reason = mod.availability()
     if reason is not None:
         pytest.skip(f"{name} unavailable: {reason}")

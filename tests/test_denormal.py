@@ -64,7 +64,7 @@ def _tiny_results(backend):
 
 def test_default_is_false_in_a_fresh_process():
     code = ("import cnnfast; assert cnnfast.get_flush_denormal() is False; "
-            "from cnnfast import _cpp; assert not _cpp.get_flush_denormal()")
+            "from cnnfast.backends.cpp import _cpp; assert not _cpp.get_flush_denormal()")
     if get_backend("cpp").reason is not None:
         code = code.split("; from")[0]
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -112,7 +112,7 @@ def test_get_returns_what_was_set():
         cnnfast.set_flush_denormal(flag)
         assert cnnfast.get_flush_denormal() is bool(flag)
         if get_backend("cpp").reason is None:
-            from cnnfast import _cpp
+            from cnnfast.backends.cpp import _cpp
             assert _cpp.get_flush_denormal() is bool(flag)
 
 

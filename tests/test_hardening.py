@@ -190,7 +190,7 @@ def test_cuda_launch_builds_no_unbounded_phase_tables():
     # 2**31 - 1 (valid) meant 2**31 phases (a Python loop and GBs of table) and a
     # stride of (300, 300) 90000 (past the grid). Both now run on the direct kernel.
     _need("cuda-emu")
-    from cnnfast import cuda_launch
+    from cnnfast.backends.cuda import conv_launch as cuda_launch
 
     rng = np.random.default_rng(0)
     # (x shape, weight shape, kwargs, compare with the numpy reference: it materialises
@@ -237,7 +237,7 @@ def test_cuda_phase_table_bound_is_exact():
     # ones _host_tables builds.
     import math
 
-    from cnnfast import cuda_launch
+    from cnnfast.backends.cuda import conv_launch as cuda_launch
 
     rnd = random.Random(3)
     checked = 0

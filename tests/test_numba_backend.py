@@ -18,8 +18,8 @@ numba = pytest.importorskip("numba", reason="numba is not installed")
 
 import cnnfast  # noqa: E402
 from cnnfast import params as P  # noqa: E402
-from cnnfast.backends import numba_backend as nb  # noqa: E402
-from cnnfast.backends import numpy_backend as ref  # noqa: E402
+from cnnfast.backends.numba import backend as nb
+from cnnfast.backends.numpy import backend as ref
 
 pytestmark = pytest.mark.skipif(nb.availability() is not None,
                                 reason=f"numba backend unavailable: {nb.availability()}")
@@ -340,7 +340,7 @@ def test_every_case_is_supported():
 
 
 def test_fastmath_keeps_nan_and_inf():
-    from cnnfast.numba_kernels import FASTMATH, JIT
+    from cnnfast.backends.numba.kernels import FASTMATH, JIT
 
     assert FASTMATH <= {"nsz", "arcp", "contract", "afn", "reassoc"}
     assert JIT["cache"] and JIT["parallel"] and JIT["nogil"]
@@ -351,8 +351,8 @@ def test_one_compiled_specialisation_per_kernel_and_dtype():
     5-D design): a stray specialisation (an int32 shape, a read-only or strided
     array) would cost a compile on a user's first call. The warmup must reach
     every kernel."""
-    from cnnfast.commands.warmup import warm_numba
-    from cnnfast.numba_kernels import conv, pool
+    from cnnfast.cli.warmup import warm_numba
+    from cnnfast.backends.numba.kernels import conv, pool
 
     warm_numba(log=lambda *a: None)
     kernels = {f"{m.__name__}.{name}": obj for m in (conv, pool)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnnfast import params as P
-from cnnfast.backends import numpy_backend as ref
+from cnnfast.backends.numpy import backend as ref
 
 from cases import conv_cases, conv_transpose_cases, pool_cases
 

@@ -1,6 +1,6 @@
 """Benchmarks of the cnnfast kernels: the shape suite (``suite.toml``), the timing
 loop, the results document and its reports. The command line is ``cnnfast bench``
-(``cnnfast/commands/bench.py``); ``pytest benchmarks/ --benchmark-only`` runs the same
+(``cnnfast/cli/bench.py``); ``pytest benchmarks/ --benchmark-only`` runs the same
 suite through pytest-benchmark.
 """
 

@@ -185,7 +185,7 @@ def versions() -> dict:
         except Exception:  # noqa: BLE001 - absent is a normal answer
             out[name] = None
     try:
-        from .. import _cpp
+        from ..backends.cpp import _cpp
 
         out["cpp_simd_path"] = _cpp.simd_path()
         out["cpp_compiler"] = _cpp.compiler()

@@ -2,7 +2,7 @@
 fuzzer's comparison catches what it must: one extra term in a convolution's first
 output, and an input modified in place by max pooling."""
 
-from cnnfast.backends import numpy_backend
+from cnnfast.backends.numpy import backend as numpy_backend
 
 ARRAY = "numpy"
 DTYPES = ("float32", "float64")

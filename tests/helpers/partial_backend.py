@@ -1,7 +1,7 @@
 """A test backend that implements conv only (by delegating to the reference) and
 declines float32, to exercise the registry's errors and the automatic fallback."""
 
-from cnnfast.backends import numpy_backend
+from cnnfast.backends.numpy import backend as numpy_backend
 
 ARRAY = "numpy"
 DTYPES = ("float64",)

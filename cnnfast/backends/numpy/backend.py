@@ -38,8 +38,8 @@ import itertools
 
 import numpy as np
 
-from ..geometry import flipped_adjoint_weight
-from ..params import ConvParams, PoolParams, pool_window_counts
+from ...geometry import flipped_adjoint_weight
+from ...params import ConvParams, PoolParams, pool_window_counts
 
 ARRAY = "numpy"
 DTYPES = ("float32", "float64")

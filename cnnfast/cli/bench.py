@@ -277,7 +277,7 @@ def _command(args) -> list:
     return cmd
 
 
-def main(argv=None) -> int:  # pragma: no cover - ``python -m cnnfast.commands.bench``
+def main(argv=None) -> int:  # pragma: no cover - ``python -m cnnfast.cli.bench``
     parser = argparse.ArgumentParser(prog="cnnfast bench", description=HELP)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -2,11 +2,11 @@
 
 The kernels are the CUDA C++ files of ``cnnfast/cuda`` (package data), compiled at
 run time by NVRTC through ``cupy.RawModule`` with the template instantiations of
-``cnnfast.cuda_launch.name_expressions`` -- one module per source file, memoized per
+``cnnfast.conv_launch.name_expressions`` -- one module per source file, memoized per
 device. The source string handed to CuPy has its headers inlined
-(``cuda_launch.source_text``) and is the same in every process, so CuPy's on-disk
+(``conv_launch.source_text``) and is the same in every process, so CuPy's on-disk
 kernel cache (``~/.cupy/kernel_cache``, ``CUPY_CACHE_DIR``) is hit from the second run
-on. The operations themselves are ``cnnfast.cuda_launch``'s, shared with the
+on. The operations themselves are ``cnnfast.backends.cuda.conv_launch``'s, shared with the
 ``cuda-emu`` backend that runs the same kernels on the CPU for testing.
 
 Install with ``pip install cnnfast[gpu]`` (CuPy for CUDA 12); this module imports
@@ -19,10 +19,10 @@ import threading
 
 import numpy as np
 
-from .. import cuda_launch
+from . import conv_launch
 
 ARRAY = "cupy"
-DTYPES = cuda_launch.DTYPES
+DTYPES = conv_launch.DTYPES
 
 try:  # CuPy is optional: the registry reports availability() instead.
     import cupy
@@ -46,15 +46,15 @@ def availability():
 
 
 def unsupported(op, params, dtype):
-    return cuda_launch.unsupported(op, params, dtype)
+    return conv_launch.unsupported(op, params, dtype)
 
 
-ALGORITHMS = cuda_launch.ALGORITHMS
-explain = cuda_launch.explain
+ALGORITHMS = conv_launch.ALGORITHMS
+explain = conv_launch.explain
 
 
 class CupyRuntime:
-    """The runtime object of ``cnnfast.cuda_launch`` on the current CuPy device."""
+    """The runtime object of ``cnnfast.backends.cuda.conv_launch`` on the current CuPy device."""
 
     def __init__(self):
         self.xp = cupy
@@ -68,14 +68,14 @@ class CupyRuntime:
         """The compiled module of ``file``'s kernels for one C type: compiling per
         dtype keeps a first call's NVRTC time to the kernels it can use."""
         dev = cupy.cuda.Device().id if device is None else device
-        key = (dev, file, ctype, cuda_launch.NVRTC_OPTIONS)
+        key = (dev, file, ctype, conv_launch.NVRTC_OPTIONS)
         with self._lock:
             mod = self._modules.get(key)
             if mod is None:
                 with cupy.cuda.Device(dev):
-                    mod = cupy.RawModule(code=cuda_launch.source_text(file),
-                                         options=cuda_launch.NVRTC_OPTIONS,
-                                         name_expressions=cuda_launch.name_expressions(
+                    mod = cupy.RawModule(code=conv_launch.source_text(file),
+                                         options=conv_launch.NVRTC_OPTIONS,
+                                         name_expressions=conv_launch.name_expressions(
                                              file, ctype))
                     mod.compile()
                 self._modules[key] = mod
@@ -85,7 +85,7 @@ class CupyRuntime:
         dev = cupy.cuda.Device().id
         k = self._functions.get((dev, name))
         if k is None:
-            ctype = cuda_launch.template_ctype(name)
+            ctype = conv_launch.template_ctype(name)
             k = self._functions[(dev, name)] = self.module(file, ctype, dev).get_function(name)
         return k
 
@@ -134,13 +134,13 @@ def warmup(devices=None, dtypes=None):
 
     rt = runtime()
     t0 = time.perf_counter()
-    ctypes = [cuda_launch.CTYPES[str(np.dtype(d))] for d in dtypes] if dtypes else \
-        list(cuda_launch.CTYPES.values())
+    ctypes = [conv_launch.CTYPES[str(np.dtype(d))] for d in dtypes] if dtypes else \
+        list(conv_launch.CTYPES.values())
     for dev in devices if devices is not None else [cupy.cuda.Device().id]:
-        for file in cuda_launch.SOURCE_FILES:
+        for file in conv_launch.SOURCE_FILES:
             for ctype in ctypes:
                 rt.module(file, ctype, dev)
     return time.perf_counter() - t0
 
 
-OPS = cuda_launch.make_ops(runtime)
+OPS = conv_launch.make_ops(runtime)

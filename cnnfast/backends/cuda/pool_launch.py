@@ -1,6 +1,6 @@
 """Pooling launches of the CUDA backends (``cupy`` and ``cuda-emu``): the host side
-of ``cnnfast/cuda/pool.cu``. Shared machinery (runtime protocol, geometry packing,
-template names) is in ``cnnfast.cuda_common`` and ``cnnfast.cuda_launch``.
+of ``cnnfast/backends/cuda/kernels/pool.cu``. Shared machinery (runtime protocol, geometry packing,
+template names) is in ``cnnfast.backends.cuda.common`` and ``cnnfast.backends.cuda.conv_launch``.
 
 Paths (see pool.cu for the kernels' design):
 
@@ -29,9 +29,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from .cuda_common import CTYPES, POOL_FIELDS, check_int32_extent, launch_1d, pack_geometry
-from .geometry import lift_to_3d, pads_after_3d, pads_before_3d
-from .params import PoolParams
+from .common import CTYPES, POOL_FIELDS, check_int32_extent, launch_1d, pack_geometry
+from ...geometry import lift_to_3d, pads_after_3d, pads_before_3d
+from ...params import PoolParams
 
 # The templates of pool.cu, each instantiated for every dtype (NVRTC name expressions).
 KERNELS = ("max_pool_fwd", "max_pool_fwd_warp", "max_pool_bwd_reach", "max_pool_bwd",

@@ -3,7 +3,7 @@
 Every array is viewed as 5-D ``(N, C, D, H, W)`` (size-1 leading spatial dims for
 ranks 1 and 2, with kernel 1, stride 1, padding 0 and dilation 1 there), so one
 compiled specialisation per kernel and dtype serves all ranks. The kernels live in
-``cnnfast.numba_kernels``; this module only reshapes, picks a code path and
+``cnnfast.backends.numba.kernels``; this module only reshapes, picks a code path and
 launches:
 
 * convolution: a group with at least ``GEMM_MIN_OG`` output channels is an
@@ -43,14 +43,14 @@ import threading
 
 import numpy as np
 
-from ..geometry import flipped_adjoint_weight, lift_to_3d, pads_before_3d
-from ..params import ConvParams, PoolParams, pool_window_counts
-from ..threads import get_num_threads
+from ...geometry import flipped_adjoint_weight, lift_to_3d, pads_before_3d
+from ...params import ConvParams, PoolParams, pool_window_counts
+from ...threads import get_num_threads
 
 try:
     import numba
-    from ..numba_kernels import conv as _conv
-    from ..numba_kernels import pool as _pool
+    from .kernels import conv as _conv
+    from .kernels import pool as _pool
 except ImportError as exc:  # pragma: no cover - depends on the environment
     numba = None
     _IMPORT_ERROR = f"numba is not importable ({exc}); pip install numba"

@@ -58,8 +58,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from .arrays import is_cupy_array
-from .nn.training import Trainer, evaluate
+from ..arrays import is_cupy_array
+from ..nn.training import Trainer, evaluate
 
 # Variables the common launchers set in each rank's environment.
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK",
@@ -665,7 +665,7 @@ def configure_threads(comm: Communicator, requested: Optional[int] = None) -> in
     """Give each rank its share of the machine's cores (``cores // local_size``)
     unless ``requested`` or ``CNNFAST_NUM_THREADS`` says otherwise: ranks on one
     machine each defaulting to every core would oversubscribe it. Returns the count."""
-    from .threads import get_num_threads, set_num_threads
+    from ..threads import get_num_threads, set_num_threads
 
     if requested is not None:
         set_num_threads(int(requested))

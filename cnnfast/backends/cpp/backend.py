@@ -1,4 +1,4 @@
-"""The C++ backend: the kernels of ``csrc/`` through the pybind11 module ``cnnfast._cpp``.
+"""The C++ backend: the kernels of ``csrc/`` through the pybind11 module ``cnnfast.backends.cpp._cpp``.
 
 Every convolution op is one of three C++ kernels on a "forward" geometry ``x (N, C,
 *in) -> y (N, O, *out)`` with weight ``(O, C/G, *k)`` (see ``csrc/kernels_impl.h``):
@@ -36,12 +36,12 @@ import threading
 
 import numpy as np
 
-from .. import threads as _threads
-from ..geometry import lift_to_3d, pads_before_3d
-from ..params import ConvParams, PoolParams, pool_window_counts
+from ... import threads as _threads
+from ...geometry import lift_to_3d, pads_before_3d
+from ...params import ConvParams, PoolParams, pool_window_counts
 
 try:
-    from .. import _cpp
+    from . import _cpp
     _IMPORT_ERROR = None
 except ImportError as exc:  # not built
     _cpp = None
@@ -62,10 +62,10 @@ def last_paths() -> dict:
 
 def availability():
     if _cpp is None:
-        return (f"the C++ extension cnnfast._cpp is not built ({_IMPORT_ERROR}); build it "
+        return (f"the C++ extension cnnfast.backends.cpp._cpp is not built ({_IMPORT_ERROR}); build it "
                 f"with `pip install --no-build-isolation -e .`")
     if not hasattr(_cpp, "conv_forward"):
-        return ("cnnfast._cpp was built without kernels (csrc/kernels*.cpp missing from "
+        return ("cnnfast.backends.cpp._cpp was built without kernels (csrc/kernels*.cpp missing from "
                 "the build); rebuild with `pip install --no-build-isolation -e .`")
     return None
 

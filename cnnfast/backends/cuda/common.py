@@ -1,5 +1,5 @@
-"""What the CUDA conv and pool launchers (``cnnfast.cuda_launch``,
-``cnnfast.cuda_pool_ops``) share: the kernel sources' folder, the dtypes, and the
+"""What the CUDA conv and pool launchers (``cnnfast.backends.cuda.conv_launch``,
+``cnnfast.backends.cuda.pool_launch``) share: the kernel sources' folder, the dtypes, and the
 packing of geometry into the int32 arrays the kernels read.
 
 Kept below both launcher modules so that neither imports the other's internals.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-CUDA_DIR = Path(__file__).resolve().parent / "cuda"
+CUDA_DIR = Path(__file__).resolve().parent / "kernels"
 
 # float16 is stored as half_t (common.cuh) and accumulated in float.
 CTYPES = {"float32": "float", "float64": "double", "float16": "half_t"}

@@ -1,7 +1,7 @@
 """Convolution kernels on 5-D arrays (see the package docstring).
 
 Three primitives carry the four convolution ops (the algebra is in the docstring of
-``cnnfast.backends.numpy_backend``):
+``cnnfast.backends.numpy.backend``):
 
 * correlation, ``y[n, o, q] = b[o] + sum_{c, t} w[o, c, t] * x[n, g*CG + c, q*s - p + t*d]``
   -- conv forward, the input gradient of conv_transpose, and (stride 1) the input

@@ -19,7 +19,7 @@
 //
 // Index arithmetic is hoisted out of the inner loops. Everything that depends only on
 // the reduction index k lives in a row table built once per geometry on the host
-// (cnnfast/cuda_launch.py, ROW_* below); what depends only on the output column is
+// (cnnfast/backends/cuda/conv_launch.py, ROW_* below); what depends only on the output column is
 // decoded once per thread. A B element is then
 //     data[col_base + row.x_off + flat(row.v + col.v)]      (CORR, WGRAD)
 //     data[col_base + row.x_off + flat((col.v - row.v)/s)]  (ADJ, where exact)

@@ -29,7 +29,7 @@ def collect() -> dict:
         "backends": available_backends(with_reasons=True),
     }
     try:
-        from .. import _cpp
+        from ..backends.cpp import _cpp
 
         info["cpp_build"] = {"version": _cpp.version(), "compiler": _cpp.compiler(),
                              "openmp": _cpp.openmp()[0], "debug": _cpp.debug_build()}

@@ -3,7 +3,7 @@
 // Every kernel sees 1, 2 and 3 spatial dims alike: the host lifts a rank-r problem to
 // 3 dims by prepending dims of size 1 (kernel 1, stride 1, pad 0, dilation 1), which
 // leaves flat offsets unchanged. Geometry travels as a small int32 array whose layout
-// is the enums below; cnnfast/cuda_launch.py parses these enums, so the order is
+// is the enums below; cnnfast/backends/cuda/conv_launch.py parses these enums, so the order is
 // written down once, here.
 //
 // The same source is compiled by NVRTC (through CuPy) and by g++ with

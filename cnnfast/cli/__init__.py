@@ -2,7 +2,7 @@
 
 Each command lives in its own module that defines ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``; this file routes, and turns a
-user error (``cnnfast.commands.common.CliError``, a bad option included) into one
+user error (``cnnfast.cli.common.CliError``, a bad option included) into one
 line on stderr and exit status 2.
 """
 
@@ -13,16 +13,16 @@ import importlib
 import os
 import sys
 
-from .commands.common import CliError, report_error
+from .common import CliError, report_error
 
 COMMANDS = {
-    "info": "cnnfast.commands.info",
-    "demo": "cnnfast.commands.demo",
-    "warmup": "cnnfast.commands.warmup",
-    "train": "cnnfast.commands.train",
-    "evaluate": "cnnfast.commands.evaluate",
-    "bench": "cnnfast.commands.bench",
-    "visualize": "cnnfast.commands.visualize",
+    "info": "cnnfast.cli.info",
+    "demo": "cnnfast.cli.demo",
+    "warmup": "cnnfast.cli.warmup",
+    "train": "cnnfast.cli.train",
+    "evaluate": "cnnfast.cli.evaluate",
+    "bench": "cnnfast.cli.bench",
+    "visualize": "cnnfast.cli.visualize",
 }
 
 

@@ -1,12 +1,12 @@
 """Launch code shared by the ``cupy`` backend and the ``cuda-emu`` backend.
 
-The CUDA kernels live in ``cnnfast/cuda/*.cu`` (package data). This module knows
+The CUDA kernels live in ``cnnfast/backends/cuda/kernels/*.cu`` (package data). This module knows
 which template instantiations exist (the NVRTC ``name_expressions``), how the
 operations are composed from kernels, and the conv geometry (the packing rule it
-shares with the pooling launches, ``cnnfast.cuda_pool_ops``, is in
-``cnnfast.cuda_common``); it talks to the device through a small *runtime* object so
-that the very same code runs on a GPU (``cnnfast.backends.cupy_backend``) and in the
-CPU emulator (``cnnfast.backends.cuda_emu_backend``). A runtime provides:
+shares with the pooling launches, ``cnnfast.backends.cuda.pool_launch``, is in
+``cnnfast.backends.cuda.common``); it talks to the device through a small *runtime* object so
+that the very same code runs on a GPU (``cnnfast.backends.cuda.cupy_backend``) and in the
+CPU emulator (``cnnfast.backends.cuda.emu_backend``). A runtime provides:
 
 * ``xp``: the array module (``cupy`` or ``numpy``);
 * ``function(file, name_expression)``: a kernel callable as CuPy's
@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .cuda_common import (CONV_FIELDS, CTYPES, CUDA_DIR, DTYPES, POOL_FIELDS,  # noqa: F401
+from .common import (CONV_FIELDS, CTYPES, CUDA_DIR, DTYPES, POOL_FIELDS,  # noqa: F401
                           check_int32_extent, ctype, launch_1d, pack_geometry)
 # Pooling launches live in their own module; re-exported for make_ops and tests.
-from .cuda_pool_ops import KERNELS as POOL_KERNELS
-from .cuda_pool_ops import avg_pool, avg_pool_backward, max_pool, max_pool_backward
-from .geometry import lift_to_3d, pads_before_3d
-from .params import ConvParams
+from .pool_launch import KERNELS as POOL_KERNELS
+from .pool_launch import avg_pool, avg_pool_backward, max_pool, max_pool_backward
+from ...geometry import lift_to_3d, pads_before_3d
+from ...params import ConvParams
 
 SOURCE_FILES = ("conv.cu", "pool.cu")
 # Options given to NVRTC (CuPy adds the -arch of the current device itself). No

@@ -1,4 +1,4 @@
-"""Numba CPU kernels behind ``cnnfast.backends.numba_backend``.
+"""Numba CPU kernels behind ``cnnfast.backends.numba.backend``.
 
 Every kernel works on 5-D arrays ``(N, C, D, H, W)``: a 1-D or 2-D case is passed
 with size-1 leading spatial dims (kernel 1, stride 1, padding 0, dilation 1 there).

@@ -1,0 +1,1 @@
+"""The cpp backend: see backend.py."""

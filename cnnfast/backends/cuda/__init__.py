@@ -1,0 +1,1 @@
+"""The cuda backend: see backend.py."""

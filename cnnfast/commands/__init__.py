@@ -1,1 +1,0 @@
-"""One module per ``cnnfast`` sub-command (see ``cnnfast.cli``)."""
