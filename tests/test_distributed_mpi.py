@@ -221,7 +221,7 @@ def _train_has_distributed_flag():
     import argparse
 
     try:
-        from cnnfast.commands import train
+        from cnnfast.cli import train
     except ImportError:
         return False
     parser = argparse.ArgumentParser()

@@ -1,7 +1,7 @@
-"""cnnfast.distributed without MPI: shard arithmetic, the flat gradient buffer, the
-single-process communicator (the same interface checks the MPI one passes under
-mpiexec, tests/test_distributed_mpi.py), and DistributedTrainer on one process
-against the plain Trainer."""
+"""cnnfast.distributed without MPI: how a batch is split over the ranks, the flat
+gradient buffer, the single-process communicator (the same interface checks the MPI
+one passes under mpiexec, tests/test_distributed_mpi.py), and DistributedTrainer on
+one process against the plain Trainer."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cnnfast import distributed as D
+from cnnfast.distributed import comm as comm_module
 from cnnfast.nn import training as T
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mpi_scripts"))
@@ -38,36 +39,58 @@ def test_local_slice_rejects_a_bad_rank():
         D.local_slice(8, 2, 2)
 
 
+class _RankOf(D.SingleProcessComm):
+    """Rank ``rank`` of ``size`` whose collectives are the identity: enough to see
+    which samples each rank trains on, not to train. Every rank is built alike, so
+    root's training state is ``states()``, this rank's."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+        self.states = None
+
+    def bcast_object(self, obj, root=0):
+        return self.states()
+
+
+def _inputs_per_step(trainer, images, labels, epochs=2):
+    """The inputs ``trainer.model.forward`` saw, one list per training step."""
+    seen, forward, step = [], trainer.model.forward, trainer.train_step
+
+    def recording_forward(x, training=False):
+        seen[-1].append(np.array(x))
+        return forward(x, training=training)
+
+    def recording_step(x, y):
+        seen.append([])
+        return step(x, y)
+
+    trainer.model.forward, trainer.train_step = recording_forward, recording_step
+    for _ in range(epochs):
+        trainer.train_epoch(images, labels, progress=False)
+    return [np.concatenate(s) if s else np.zeros((0,) + images.shape[1:]) for s in seen]
+
+
 @pytest.mark.parametrize("n,batch,size", [(21, 8, 2), (17, 8, 2), (10, 4, 3), (5, 8, 4)])
-def test_shard_indices_split_each_global_batch(n, batch, size):
-    perm = D.epoch_permutation(n, epoch=3, seed=11)
-    shards = [D.shard_indices(n, 3, 11, r, size, batch) for r in range(size)]
-    steps = -(-n // batch)
-    assert all(len(s) == steps for s in shards)  # the same number of collectives
-    for b in range(steps):
-        joined = np.concatenate([s[b] for s in shards])
-        np.testing.assert_array_equal(joined, np.sort(perm[b * batch:(b + 1) * batch]))
-    # every sample exactly once per epoch
-    everything = np.concatenate([idx for s in shards for idx in s])
-    np.testing.assert_array_equal(np.sort(everything), np.arange(n))
-
-
-def test_shard_indices_is_seeded_and_changes_with_the_epoch():
-    a = D.shard_indices(40, 0, 5, 0, 2, 8)
-    b = D.shard_indices(40, 0, 5, 0, 2, 8)
-    c = D.shard_indices(40, 1, 5, 0, 2, 8)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
-
-
-def test_shard_indices_takes_the_trainer_permutation_and_validates():
-    perm = np.arange(10)[::-1]
-    steps = D.shard_indices(10, 0, 0, 1, 2, 4, perm=perm)
-    np.testing.assert_array_equal(steps[0], [8, 9])
-    with pytest.raises(ValueError, match="perm has 9"):
-        D.shard_indices(10, 0, 0, 0, 2, 4, perm=perm[:9])
-    with pytest.raises(ValueError, match="batch_size"):
-        D.shard_indices(10, 0, 0, 0, 2, 0)
+def test_the_ranks_split_the_plain_trainers_batches(n, batch, size):
+    # The one sharding rule: the same seed gives every rank the plain Trainer's
+    # global batches, and rank r trains on local_slice r of each, in rank order.
+    images, labels = tiny_data(n)
+    plain = _inputs_per_step(T.Trainer(tiny_model("dense"), make_optimizer("sgd"),
+                                       batch_size=batch, seed=11), images, labels)
+    ranks = []
+    for r in range(size):
+        comm = _RankOf(r, size)
+        trainer = D.DistributedTrainer(tiny_model("dense"), make_optimizer("sgd"),
+                                       batch_size=batch, seed=11, comm=comm)
+        comm.states = trainer.state
+        ranks.append(_inputs_per_step(trainer, images, labels))
+    assert all(len(steps) == len(plain) for steps in ranks)  # the same collectives
+    for b, whole in enumerate(plain):
+        parts = [steps[b] for steps in ranks]
+        for r, part in enumerate(parts):
+            lo, hi = D.local_slice(len(whole), r, size)
+            np.testing.assert_array_equal(part, whole[lo:hi])
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
 # ----------------------------------------------------------------------------- flat buffers
@@ -151,7 +174,7 @@ def test_without_mpi4py_the_mpi_communicator_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails as if absent
     with pytest.raises(RuntimeError, match="pip install"):
         D.get_communicator("mpi")
-    for var in D._LAUNCHER_VARS:
+    for var in comm_module._LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     assert isinstance(D.get_communicator("auto"), D.SingleProcessComm)
     monkeypatch.setenv("PMI_RANK", "0")  # under mpiexec: no silent single process

@@ -137,10 +137,10 @@ def test_the_graph_sees_every_kind_of_import():
     graph = import_graph()
     assert "cnnfast.params" in graph["cnnfast.api"]  # from . import params as P
     assert "cnnfast.registry" in graph["cnnfast.api"]  # from .registry import select
-    assert "cnnfast.api" in graph["cnnfast.nn.layers"]  # from .. import api
+    assert "cnnfast.api" in graph["cnnfast.nn.layers.conv"]  # from ... import api
     assert "cnnfast.threads" in graph["cnnfast.backends.cpp.backend"]  # from .. import
-    assert "cnnfast.nn.training" in graph["cnnfast.distributed"]  # from .nn.training
-    assert "cnnfast.nn" in graph["cnnfast.distributed"]  # the package runs first
+    assert "cnnfast.nn.training" in graph["cnnfast.distributed.trainer"]  # from ..nn.training
+    assert "cnnfast.nn" in graph["cnnfast.distributed.trainer"]  # the package runs first
     assert "cnnfast" not in graph["cnnfast.api"]  # its own package: already running
     assert "cnnfast.augment" in graph["cnnfast.nn.training"]  # a lazy import counts
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
@@ -182,3 +182,41 @@ def test_no_import_cycles_between_subpackages():
     unexpected = [c for c in find_cycles(graph) if frozenset(c) not in KNOWN_CYCLES]
     loops = [" -> ".join(_one_loop(graph, c)) for c in unexpected]
     assert not loops, "import cycles between subpackages:\n  " + "\n  ".join(loops)
+
+
+# Who may import a backend's folder from outside it, and why. Everything else reaches a
+# backend through the registry, by name, so that deleting a folder deletes the backend.
+BACKEND_IMPORTERS = {
+    # The cpp extension honours the denormal policy and reports its SIMD path; each
+    # import is guarded by `except ImportError` (no extension: nothing to tell it).
+    ("cnnfast.fpmode", "cnnfast.backends.cpp"),
+    ("cnnfast.cli.info", "cnnfast.backends.cpp"),
+    ("cnnfast.bench.results", "cnnfast.backends.cpp"),
+}
+
+
+def _backend_of(module: str):
+    parts = module.split(".")
+    return ".".join(parts[:3]) if parts[:2] == ["cnnfast", "backends"] and len(parts) > 2 \
+        else None
+
+
+def test_backends_are_reached_only_through_the_registry():
+    graph = import_graph()
+    strays = []
+    for module, targets in graph.items():
+        for target in targets:
+            owner = _backend_of(target)
+            if owner is None or _backend_of(module) == owner:
+                continue
+            if (module, owner) not in BACKEND_IMPORTERS:
+                strays.append(f"{module} imports {target}")
+    assert not strays, ("a backend is imported from outside its folder (go through "
+                        "cnnfast.registry, or list the exception here with the reason):\n  "
+                        + "\n  ".join(sorted(strays)))
+
+
+def test_the_backend_rule_sees_a_stray_import():
+    assert _backend_of("cnnfast.backends.cuda.conv_launch") == "cnnfast.backends.cuda"
+    assert _backend_of("cnnfast.backends") is None
+    assert _backend_of("cnnfast.api") is None
