@@ -329,3 +329,117 @@ def test_model_trains_on_cupy_like_on_numpy():
     a, b = cpu.state_dict(), gpu.state_dict()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-8, atol=1e-10, err_msg=k)
+
+
+# ----------------------------------------------------------------------------- GlobalAvgPool
+# It runs the average-pooling kernels (one window = the whole spatial extent): the
+# results are the mean over the spatial axes, on every CPU backend and on cupy.
+
+
+def _old_global_avg_pool(x, grad):
+    """The formula GlobalAvgPool used before it went through the kernels."""
+    count = int(np.prod(x.shape[2:]))
+    g = (grad / grad.dtype.type(count)).reshape(x.shape[:2] + (1,) * (x.ndim - 2))
+    return x.mean(axis=tuple(range(2, x.ndim))), np.broadcast_to(g, x.shape)
+
+
+GLOBAL_SHAPES = [(2, 3, 9), (2, 3, 7, 6), (1, 2, 5, 4, 5), (3, 4, 1), (2, 2, 1, 1),
+                 (2, 5, 33, 17)]
+
+
+@pytest.mark.parametrize("backend", [None, "numpy"])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+@pytest.mark.parametrize("shape", GLOBAL_SHAPES, ids=str)
+def test_global_avg_pool_is_the_spatial_mean(shape, dtype, tol, backend):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    grad = rng.standard_normal(shape[:2]).astype(dtype)
+    layer = nn.GlobalAvgPool()
+    layer.backend = backend
+    y = layer.forward(x, training=True)
+    gx = layer.backward(grad)
+    y_ref, gx_ref = _old_global_avg_pool(x, grad)
+    assert y.shape == shape[:2] and y.dtype == dtype
+    assert gx.shape == shape and gx.dtype == dtype and gx.flags.c_contiguous
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(gx, gx_ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_global_avg_pool_backward_matches_finite_differences_any_backend(rank):
+    x = _x(rank)
+    layer = _build(nn.GlobalAvgPool(), x)
+    layer.backend = None  # the automatic choice (the compiled kernels where built)
+    _directional_check(layer, x)
+
+
+def test_global_avg_pool_runs_the_pooling_kernels_with_its_backend(monkeypatch):
+    from cnnfast import api
+
+    calls = []
+    for op in ("avg_pool", "avg_pool_backward"):
+        real = getattr(api, op)
+
+        def spy(*args, _op=op, _real=real, **kw):
+            calls.append((_op, kw.get("backend")))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(api, op, spy)
+    layer = nn.GlobalAvgPool()
+    layer.backend = "numpy"
+    x = _x(2)
+    layer.backward(np.ones(layer.forward(x, training=True).shape))
+    assert calls == [("avg_pool", "numpy"), ("avg_pool_backward", "numpy")]
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_global_avg_pool_matches_torch_adaptive_avg_pool(rank):
+    torch = pytest.importorskip("torch")
+    adaptive = getattr(torch.nn.functional, f"adaptive_avg_pool{rank}d")
+    x = _x(rank)
+    grad = np.random.default_rng(5).standard_normal(x.shape[:2])
+    layer = nn.GlobalAvgPool()
+    y = layer.forward(x, training=True)
+    gx = layer.backward(grad)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = adaptive(xt, 1).reshape(x.shape[:2])
+    yt.backward(torch.tensor(grad))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_global_avg_pool_rejects_inputs_without_1_to_3_spatial_dims():
+    layer = nn.GlobalAvgPool(name="gap")
+    for shape in ((2, 3), (1, 1, 2, 2, 2, 2)):
+        with pytest.raises(ValueError, match="gap expects .* 1 to 3 spatial dims"):
+            layer.forward(np.zeros(shape))
+    with pytest.raises(ValueError, match="1 to 3 spatial dims"):
+        nn.Sequential([nn.GlobalAvgPool()], input_shape=(4,))
+
+
+def test_global_avg_pool_in_a_model_with_an_empty_batch():
+    model = nn.Sequential([nn.Conv2d(3, 3, padding="same"), nn.GlobalAvgPool(),
+                           nn.Dense(2)], input_shape=(2, 5, 5), seed=0, dtype="float64",
+                          backend="numpy")
+    assert model.forward(np.zeros((0, 2, 5, 5))).shape == (0, 2)
+
+
+def test_global_avg_pool_on_cupy_matches_numpy():
+    from cnnfast.registry import get_backend
+
+    if not get_backend("cupy").available:
+        pytest.skip(f"cupy backend unavailable: {get_backend('cupy').reason}")
+    import cupy
+
+    for rank, dtype, tol in ((1, np.float64, 1e-12), (2, np.float32, 1e-5),
+                             (3, np.float64, 1e-12)):
+        x = _x(rank).astype(dtype)
+        grad = np.random.default_rng(2).standard_normal(x.shape[:2]).astype(dtype)
+        layer = nn.GlobalAvgPool()
+        y = layer.forward(cupy.asarray(x), training=True)
+        gx = layer.backward(cupy.asarray(grad))
+        assert isinstance(y, cupy.ndarray) and isinstance(gx, cupy.ndarray)
+        assert y.dtype == dtype and gx.dtype == dtype and gx.shape == x.shape
+        y_ref, gx_ref = _old_global_avg_pool(x, grad)
+        np.testing.assert_allclose(y.get(), y_ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(gx.get(), gx_ref, rtol=tol, atol=tol)

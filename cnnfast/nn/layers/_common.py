@@ -1,0 +1,52 @@
+"""Helpers shared by the layer families: argument normalisation (``_tuple``), JSON-able
+configs (``_jsonable``), the layers' padding rule (``tf_same_pads``,
+``_resolve_padding``) and the per-sample input check (``_check_input``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ... import params as P
+
+
+def _tuple(value, rank, name):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (int(value),) * rank
+    if isinstance(value, (tuple, list)) and len(value) == rank:
+        return tuple(int(v) for v in value)
+    raise ValueError(f"{name}={value!r} must be an int or {rank} ints")
+
+
+def _jsonable(value):
+    """Tuples -> lists recursively (a config must survive a JSON round trip)."""
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# The layers' 'same' is TensorFlow's (any stride), not the kernel API's (stride 1);
+# both rules live in cnnfast.params. tf_same_pads is its public name in cnnfast.nn.
+tf_same_pads = P.same_pads_tensorflow
+
+
+def _resolve_padding(padding, spatial_shape, k, s, d):
+    """A layer's ``padding`` (``'same'``, ``'valid'``, ints or pairs) as
+    ``(before, after)`` pairs for this input."""
+    rank = len(k)
+    if isinstance(padding, str):
+        if padding == "same":
+            return tf_same_pads(spatial_shape, k, s, d)
+        if padding == "valid":
+            return ((0, 0),) * rank
+        raise ValueError(f"padding={padding!r}: expected 'same', 'valid', "
+                         f"an int or per-dim ints/(before, after) pairs")
+    return P.padding_pairs(padding, rank)
+
+
+def _check_input(layer, input_shape, rank):
+    if rank is not None and len(input_shape) != rank + 1:
+        raise ValueError(f"{layer.name or type(layer).__name__} expects per-sample input "
+                         f"(C, *spatial) with {rank} spatial dims, got {tuple(input_shape)}")
+    if len(input_shape) < 2 or len(input_shape) > 4:
+        raise ValueError(f"{layer.name or type(layer).__name__} expects per-sample input "
+                         f"(C, *spatial) with 1 to 3 spatial dims, got {tuple(input_shape)}")

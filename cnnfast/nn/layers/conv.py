@@ -1,0 +1,239 @@
+"""Convolution layers: ``Conv``/``Conv1d``/``Conv2d``/``Conv3d`` and the transposed
+``ConvTranspose``/``ConvTranspose1d``/``ConvTranspose2d``/``ConvTranspose3d``.
+
+They call the public kernel API (``cnnfast.conv``, ``cnnfast.conv_backward``,
+``cnnfast.conv_transpose``, ``cnnfast.conv_transpose_backward``) with the layer's
+``backend``. ``padding='same'`` is TensorFlow's rule (``tf_same_pads``, any stride).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ... import api
+from ... import params as P
+from ..base import Layer, register_layer
+from ..init import fans, get_initializer, init_name
+from ._common import _check_input, _jsonable, _resolve_padding, _tuple
+
+
+class _Conv(Layer):
+    """N-d convolution, weight (C_out, C_in // groups, *kernel). ``padding``: an int,
+    per-dim ints or (before, after) pairs, ``'valid'``, or ``'same'`` (any stride,
+    TensorFlow's rule: output = ceil(input / stride))."""
+
+    rank: Optional[int] = None
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", name=None):
+        super().__init__(name)
+        if not isinstance(out_channels, (int, np.integer)) or out_channels < 1:
+            raise ValueError(f"out_channels={out_channels!r} must be a positive int")
+        self.out_channels = int(out_channels)
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.groups = int(groups)
+        self.use_bias = bool(use_bias)
+        # None (how a config stores a callable) means the default.
+        self.kernel_initializer = kernel_initializer or "glorot_uniform"
+        self.bias_initializer = bias_initializer or "zeros"
+        get_initializer(self.kernel_initializer)  # fail early on a bad name
+        get_initializer(self.bias_initializer)
+        self._pads = None
+
+    def _resolve(self, input_shape):
+        rank = len(input_shape) - 1
+        k = _tuple(self.kernel_size, rank, "kernel_size")
+        s = _tuple(self.stride, rank, "stride")
+        d = _tuple(self.dilation, rank, "dilation")
+        pads = _resolve_padding(self.padding, input_shape[1:], k, s, d)
+        return k, s, d, pads
+
+    def _weight_shape(self, c_in, k):
+        return (self.out_channels, c_in // self.groups) + k
+
+    def _params(self, input_shape):
+        k, s, d, pads = self._resolve(input_shape)
+        w_shape = self._weight_shape(input_shape[0], k)
+        p = P.conv_params((1,) + tuple(input_shape), w_shape, s, pads, d, self.groups)
+        return p, w_shape
+
+    def param_shapes(self, input_shape):
+        _check_input(self, input_shape, self.rank)
+        _, w_shape = self._params(input_shape)
+        shapes = {"weight": w_shape}
+        if self.use_bias:
+            shapes["bias"] = (self._bias_channels(w_shape),)
+        return shapes
+
+    def build(self, input_shape, rng, dtype):
+        shapes = self.param_shapes(input_shape)
+        self._pads = self._params(input_shape)[0].padding
+        fan_in, fan_out = fans(shapes["weight"])
+        self.params["weight"] = get_initializer(self.kernel_initializer)(
+            shapes["weight"], fan_in, fan_out, rng, dtype)
+        if self.use_bias:
+            self.params["bias"] = get_initializer(self.bias_initializer)(
+                shapes["bias"], fan_in, fan_out, rng, dtype)
+        super().build(input_shape, rng, dtype)
+
+    def _bias_channels(self, w_shape):
+        return w_shape[0]
+
+    def output_shape(self, input_shape):
+        _check_input(self, input_shape, self.rank)
+        p, w_shape = self._params(input_shape)
+        return (self._bias_channels(w_shape),) + p.out_shape
+
+    def _kernel_args(self):
+        w = self.params["weight"]
+        rank = w.ndim - 2
+        return dict(stride=_tuple(self.stride, rank, "stride"), padding=self._pads,
+                    dilation=_tuple(self.dilation, rank, "dilation"), groups=self.groups)
+
+    def forward(self, x, training=False):
+        self._require_built()
+        y = api.conv(x, self.params["weight"], self.params.get("bias"),
+                     backend=self.backend, **self._kernel_args())
+        if training:
+            self._cache = x
+        return y
+
+    def _needs(self, need_input_grad):
+        needs = ["x"] if need_input_grad else []
+        if self.trainable:
+            needs.append("weight")
+            if self.use_bias:
+                needs.append("bias")
+        return tuple(needs)
+
+    def backward(self, grad, need_input_grad=True):
+        x = self._need_cache()
+        needs = self._needs(need_input_grad)
+        if not needs:
+            return None
+        gx, gw, gb = api.conv_backward(grad, x, self.params["weight"], needs=needs,
+                                       backend=self.backend, **self._kernel_args())
+        if self.trainable:
+            self.grads["weight"] = gw
+            if self.use_bias:
+                self.grads["bias"] = gb
+        return gx
+
+    def config(self):
+        return {"out_channels": self.out_channels,
+                "kernel_size": _jsonable(self.kernel_size),
+                "stride": _jsonable(self.stride), "padding": _jsonable(self.padding),
+                "dilation": _jsonable(self.dilation), "groups": self.groups,
+                "use_bias": self.use_bias,
+                "kernel_initializer": init_name(self.kernel_initializer),
+                "bias_initializer": init_name(self.bias_initializer)}
+
+
+@register_layer
+class Conv(_Conv):
+    """Convolution of any rank (inferred from the input)."""
+
+
+@register_layer
+class Conv1d(_Conv):
+    rank = 1
+
+
+@register_layer
+class Conv2d(_Conv):
+    rank = 2
+
+
+@register_layer
+class Conv3d(_Conv):
+    rank = 3
+
+
+class _ConvTranspose(_Conv):
+    """N-d transposed convolution, weight (C_in, C_out // groups, *kernel) (torch's
+    layout). ``padding`` crops the output; ``'same'`` gives output = input * stride."""
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups=1, dilation=1, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", name=None):
+        super().__init__(out_channels, kernel_size, stride, padding, dilation, groups,
+                         use_bias, kernel_initializer, bias_initializer, name)
+        if self.out_channels % self.groups:
+            raise ValueError(f"groups={groups} does not divide out_channels={out_channels}")
+        self.output_padding = output_padding
+
+    def _weight_shape(self, c_in, k):
+        return (c_in, self.out_channels // self.groups) + k
+
+    def _bias_channels(self, w_shape):
+        return w_shape[1] * self.groups
+
+    def _params(self, input_shape):
+        rank = len(input_shape) - 1
+        k = _tuple(self.kernel_size, rank, "kernel_size")
+        w_shape = self._weight_shape(input_shape[0], k)
+        pad = self.padding if isinstance(self.padding, str) else P.padding_pairs(
+            self.padding, rank)
+        p = P.conv_transpose_params((1,) + tuple(input_shape), w_shape, self.stride, pad,
+                                    self.output_padding, self.groups, self.dilation)
+        return p, w_shape
+
+    def _kernel_args(self):
+        w = self.params["weight"]
+        rank = w.ndim - 2
+        return dict(stride=_tuple(self.stride, rank, "stride"), padding=self._pads,
+                    output_padding=_tuple(self.output_padding, rank, "output_padding"),
+                    dilation=_tuple(self.dilation, rank, "dilation"), groups=self.groups)
+
+    def forward(self, x, training=False):
+        self._require_built()
+        y = api.conv_transpose(x, self.params["weight"], self.params.get("bias"),
+                               backend=self.backend, **self._kernel_args())
+        if training:
+            self._cache = x
+        return y
+
+    def backward(self, grad, need_input_grad=True):
+        x = self._need_cache()
+        needs = self._needs(need_input_grad)
+        if not needs:
+            return None
+        gx, gw, gb = api.conv_transpose_backward(
+            grad, x, self.params["weight"], needs=needs, backend=self.backend,
+            **self._kernel_args())
+        if self.trainable:
+            self.grads["weight"] = gw
+            if self.use_bias:
+                self.grads["bias"] = gb
+        return gx
+
+    def config(self):
+        cfg = super().config()
+        cfg["output_padding"] = _jsonable(self.output_padding)
+        return cfg
+
+
+@register_layer
+class ConvTranspose(_ConvTranspose):
+    """Transposed convolution of any rank (inferred from the input)."""
+
+
+@register_layer
+class ConvTranspose1d(_ConvTranspose):
+    rank = 1
+
+
+@register_layer
+class ConvTranspose2d(_ConvTranspose):
+    rank = 2
+
+
+@register_layer
+class ConvTranspose3d(_ConvTranspose):
+    rank = 3
