@@ -16,6 +16,7 @@ from .api import (
 from .registry import (
     BackendUnavailable, available_backends, register_backend, set_backend, use_backend,
 )
+from .autotune import get_autotune, set_algorithm, set_autotune, use_algorithm
 from .fpmode import get_flush_denormal, set_flush_denormal
 from .threads import get_num_threads, set_num_threads
 
@@ -29,4 +30,5 @@ __all__ = [
     "available_backends", "set_backend", "use_backend", "register_backend",
     "BackendUnavailable", "set_num_threads", "get_num_threads",
     "set_flush_denormal", "get_flush_denormal", "explain",
+    "set_autotune", "get_autotune", "set_algorithm", "use_algorithm",
 ]

@@ -6,15 +6,19 @@ to the backend chosen by ``cnnfast.registry``. Inputs are never modified.
 
 ``explain`` runs the same validation and backend choice and stops there: every
 function chooses its kernel through ``_select``, which under ``explain`` describes
-the choice instead of returning the kernel.
+the choice instead of returning the kernel. The convolution ops go through
+``_select_conv``, which also applies the algorithm pin and autotuning
+(``cnnfast.autotune``) to calls left to ``algorithm="auto"``.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 
+from . import autotune as _autotune
 from . import params as P
 from .arrays import array_kind
 from .registry import backend_for, get_backend, select
@@ -44,14 +48,77 @@ def _select(op, kind, dtype, params, backend, **shapes):
     (backend, and the backend's own ``explain``: algorithm and why) instead."""
     kernel = select(op, kind, dtype, params, backend)
     if getattr(_explaining, "active", False):
-        name = backend_for(op, kind, dtype, params, backend)
-        if "w_shape" in shapes and _is_empty_conv(shapes["x_shape"], shapes["w_shape"]):
-            raise _Explained(f"{name}: no kernel (an empty convolution, computed by the "
-                             f"dispatcher: see docs/API.md)")
-        describe = getattr(get_backend(name).module, "explain", None)
-        detail = describe(op, params, dtype, **shapes) if describe else None
-        raise _Explained(f"{name}: {detail}" if detail else name)
+        raise _Explained(_describe(op, kind, dtype, params, backend, shapes))
     return kernel
+
+
+def _describe(op, kind, dtype, params, backend, shapes, name=None, autotune=None):
+    """``explain``'s answer: the backend, the backend's own ``explain`` (algorithm and
+    why) and, when given, the autotuning line."""
+    if name is None:
+        name = backend_for(op, kind, dtype, params, backend)
+    if "w_shape" in shapes and _is_empty_conv(shapes["x_shape"], shapes["w_shape"]):
+        return (f"{name}: no kernel (an empty convolution, computed by the dispatcher: "
+                f"see docs/API.md)")
+    describe = getattr(get_backend(name).module, "explain", None)
+    detail = describe(op, params, dtype, **shapes) if describe else None
+    parts = [p for p in (detail, autotune) if p]
+    return f"{name}: {'; '.join(parts)}" if parts else name
+
+
+def _select_conv(op, kind, dtype, params, backend, **shapes):
+    """``_select`` for the convolution ops, which returns ``(kernel, params)``: with
+    ``algorithm="auto"``, the algorithm pinned by ``set_algorithm``/``use_algorithm``
+    applies as ``algorithm=`` would, else, with autotuning on, the autotuned choice
+    (``cnnfast.autotune``)."""
+    if params.algorithm == "auto":
+        pin = _autotune.pinned()
+        if pin is not None:
+            return _select_pinned(op, kind, dtype, replace(params, algorithm=pin), backend,
+                                  shapes)
+        if _autotune._enabled:
+            return _select_tuned(op, kind, dtype, params, backend, shapes)
+    return _select(op, kind, dtype, params, backend, **shapes), params
+
+
+def _select_pinned(op, kind, dtype, params, backend, shapes):
+    """The pinned algorithm's kernel; its refusals (an algorithm the backend does not
+    know, a case it cannot run) say that the pin asked for it."""
+    note = (f"(algorithm={params.algorithm!r} was pinned by cnnfast.set_algorithm or "
+            f"cnnfast.use_algorithm)")
+    try:
+        kernel = _select(op, kind, dtype, params, backend, **shapes)
+    except (ValueError, NotImplementedError) as exc:
+        if "algorithm=" in str(exc):
+            exc.add_note(note)
+        raise
+
+    def pinned_kernel(*args):
+        try:
+            return kernel(*args)
+        except NotImplementedError as exc:
+            if "algorithm=" in str(exc):
+                exc.add_note(note)
+            raise
+
+    return pinned_kernel, params
+
+
+def _select_tuned(op, kind, dtype, params, backend, shapes):
+    """The kernel of the autotuned choice (see ``cnnfast.autotune``)."""
+    kernel = select(op, kind, dtype, params, backend)
+    name = backend_for(op, kind, dtype, params, backend)
+    empty = _is_empty_conv(shapes["x_shape"], shapes["w_shape"])
+    plan = None if empty else _autotune.plan(op, kind, dtype, params, name, shapes)
+    if getattr(_explaining, "active", False):
+        if plan is None:
+            raise _Explained(_describe(op, kind, dtype, params, backend, shapes, name))
+        chosen = plan.params(plan.winner) if plan.winner is not None else params
+        raise _Explained(_describe(op, kind, dtype, chosen, backend, shapes, name,
+                                   plan.describe()))
+    if plan is None:
+        return kernel, params  # not called: the dispatcher computes an empty conv
+    return plan.apply(kernel)
 
 
 def explain(op_name, *arrays, **params) -> str:
@@ -176,7 +243,8 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm
     _check_bias(bias, weight.shape[0])
     out_shape = (x.shape[0], weight.shape[0]) + p.out_shape
     P.check_result_size(out_shape, "the output")
-    kernel = _select("conv", kind, dtype, p, backend, x_shape=x.shape, w_shape=weight.shape)
+    kernel, p = _select_conv("conv", kind, dtype, p, backend, x_shape=x.shape,
+                             w_shape=weight.shape)
     if _is_empty_conv(x.shape, weight.shape):
         return _empty_conv(kind, dtype, out_shape, bias)
     return kernel(_contiguous(x, kind), _contiguous(weight, kind),
@@ -197,6 +265,8 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, bac
     ``algorithm``: ``"auto"`` (the backend's choice) or a name from the vocabulary of
     ``cnnfast.explain`` (the backend's ``ALGORITHMS``), which pins the backend that
     knows it and that algorithm; ``NotImplementedError`` if it cannot run the case.
+    ``"auto"`` follows ``set_algorithm``/``use_algorithm`` when they pin a name, else
+    the autotuned choice when ``set_autotune(True)`` (see ``cnnfast.autotune``).
     """
     return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm)
 
@@ -233,8 +303,8 @@ def conv_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, 
     p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding, dilation,
                                        groups), algorithm)
     _check_grad_y(grad_y, (x.shape[0], weight.shape[0]) + p.out_shape)
-    kernel = _select("conv_backward", kind, dtype, p, backend, x_shape=x.shape,
-                     w_shape=weight.shape, needs=wanted)
+    kernel, p = _select_conv("conv_backward", kind, dtype, p, backend, x_shape=x.shape,
+                             w_shape=weight.shape, needs=wanted)
     if not wanted:
         return None, None, None
     if _is_empty_conv(x.shape, weight.shape):
@@ -256,8 +326,8 @@ def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, di
     _check_bias(bias, c_out)
     out_shape = (x.shape[0], c_out) + p.out_shape
     P.check_result_size(out_shape, "the output")
-    kernel = _select("conv_transpose", kind, dtype, p, backend, x_shape=x.shape,
-                     w_shape=weight.shape)
+    kernel, p = _select_conv("conv_transpose", kind, dtype, p, backend, x_shape=x.shape,
+                             w_shape=weight.shape)
     if _is_empty_conv(x.shape, weight.shape):
         return _empty_conv(kind, dtype, out_shape, bias)
     return kernel(_contiguous(x, kind), _contiguous(weight, kind),
@@ -310,8 +380,8 @@ def conv_transpose_backward(grad_y, x, weight, stride=1, padding=0, output_paddi
                                                  output_padding, groups, dilation), algorithm)
     c_out = weight.shape[1] * p.groups
     _check_grad_y(grad_y, (x.shape[0], c_out) + p.out_shape)
-    kernel = _select("conv_transpose_backward", kind, dtype, p, backend, x_shape=x.shape,
-                     w_shape=weight.shape, needs=wanted)
+    kernel, p = _select_conv("conv_transpose_backward", kind, dtype, p, backend,
+                             x_shape=x.shape, w_shape=weight.shape, needs=wanted)
     if not wanted:
         return None, None, None
     if _is_empty_conv(x.shape, weight.shape):
