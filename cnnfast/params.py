@@ -18,6 +18,8 @@ import numbers
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
+import numpy as np
+
 Ints = Tuple[int, ...]
 Pairs = Tuple[Tuple[int, int], ...]
 
@@ -478,11 +480,7 @@ def pool_params(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
 
 
 def _is_bool_like(v) -> bool:
-    try:
-        import numpy as np
-        return isinstance(v, np.bool_)
-    except ImportError:  # pragma: no cover
-        return False
+    return isinstance(v, np.bool_)
 
 
 def _window_outside_input(size, k, s, lo, d, n) -> Optional[int]:
@@ -549,8 +547,6 @@ def pool_window_counts(p: PoolParams, dim: int):
     kernel))."""
     size, k, s, d = p.in_shape[dim], p.kernel[dim], p.stride[dim], p.dilation[dim]
     lo, hi = p.padding[dim]
-    import numpy as np
-
     start = np.arange(p.out_shape[dim], dtype=np.int64) * s - lo
 
     def taps_within(low, high):  # taps t in [0, k) with low <= start + t*d < high

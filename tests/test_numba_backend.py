@@ -352,10 +352,10 @@ def test_one_compiled_specialisation_per_kernel_and_dtype():
     array) would cost a compile on a user's first call. The warmup must reach
     every kernel."""
     from cnnfast.cli.warmup import warm_numba
-    from cnnfast.backends.numba.kernels import conv, pool
+    from cnnfast.backends.numba.kernels import common, direct, gemm, pool
 
     warm_numba(log=lambda *a: None)
-    kernels = {f"{m.__name__}.{name}": obj for m in (conv, pool)
+    kernels = {f"{m.__name__}.{name}": obj for m in (common, direct, gemm, pool)
                for name, obj in vars(m).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher)
                and obj.targetoptions.get("parallel")}

@@ -3,8 +3,8 @@
 Every array is viewed as 5-D ``(N, C, D, H, W)`` (size-1 leading spatial dims for
 ranks 1 and 2, with kernel 1, stride 1, padding 0 and dilation 1 there), so one
 compiled specialisation per kernel and dtype serves all ranks. The kernels live in
-``cnnfast.backends.numba.kernels``; this module only reshapes, picks a code path and
-launches:
+``cnnfast.backends.numba.kernels`` (modules ``gemm``, ``direct``, ``pool``); this
+module only reshapes, picks a code path and launches:
 
 * convolution: a group with at least ``GEMM_MIN_OG`` output channels is an
   im2col + register-blocked product: ``correlate_wide`` for stride 1 (contiguous
@@ -13,8 +13,8 @@ launches:
   (depthwise) use ``correlate_direct``;
 * input gradient of conv / conv_transpose forward: for stride 1 the same
   correlation with the flipped, per-group transposed weight (the algebra is in
-  ``numpy_backend``), or ``correlate_t`` (a gather into output rows) when a
-  group has few output channels; for other strides one such stride-1
+  ``cnnfast.backends.numpy.backend``), or ``correlate_t`` (a gather into output
+  rows) when a group has few output channels; for other strides one such stride-1
   correlation per stride phase ("sub-pixel" decomposition, a sub-kernel each);
 * weight gradient: ``weight_grad_gemm`` (products over pixel tiles), or
   ``weight_grad`` for depthwise; bias gradient: one task per channel;
@@ -49,7 +49,8 @@ from ...threads import get_num_threads
 
 try:
     import numba
-    from .kernels import conv as _conv
+    from .kernels import direct as _direct
+    from .kernels import gemm as _gemm
     from .kernels import pool as _pool
 except ImportError as exc:  # pragma: no cover - depends on the environment
     numba = None
@@ -185,28 +186,28 @@ def _path_correlate(og, stride, out, kshape, dil, algorithm="auto", min_og=GEMM_
 
 
 def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path):
-    """``y5`` <- grouped correlation (see ``numba_kernels.conv``) by ``path`` (of
-    ``_path_correlate``); ``pad`` = the leading pads (may be negative)."""
+    """``y5`` <- grouped correlation (see ``cnnfast.backends.numba.kernels``) by
+    ``path`` (of ``_path_correlate``); ``pad`` = the leading pads (may be negative)."""
     if path == "direct":
-        _launch(_conv.correlate_direct, x5, w5, b, y5, stride, pad, dil, groups)
+        _launch(_direct.correlate_direct, x5, w5, b, y5, stride, pad, dil, groups)
         return y5
     k = int(np.prod(w5.shape[1:]))
     kshape = tuple(int(v) for v in w5.shape[2:])
-    wp = _conv.pack_weight(w5, groups, x5.dtype)
+    wp = _gemm.pack_weight(w5, groups, x5.dtype)
     out = y5.shape[2:]
     if path == "gemm-wide":
         padded, wide = _wide_rows(out, dil, kshape)
-        tile = _conv.pick_tile(k, wide)
+        tile = _gemm.pick_tile(k, wide)
         if padded == x5.shape[2:] and not any(pad):
             xp = x5
         else:
             xp = np.empty(x5.shape[:2] + padded, x5.dtype)
-            _launch(_conv.pad_input, x5, xp, pad)
-        _launch(_conv.correlate_wide, xp, wp, b, y5, kshape, dil, groups, tile,
-                _threads(), _conv.NR)
+            _launch(_gemm.pad_input, x5, xp, pad)
+        _launch(_gemm.correlate_wide, xp, wp, b, y5, kshape, dil, groups, tile,
+                _threads(), _gemm.NR)
     else:
-        tile = _conv.pick_tile(k, int(np.prod(out)))
-        _launch(_conv.correlate_gemm, x5, wp, b, y5, kshape, stride, pad, dil, groups,
+        tile = _gemm.pick_tile(k, int(np.prod(out)))
+        _launch(_gemm.correlate_gemm, x5, wp, b, y5, kshape, stride, pad, dil, groups,
                 tile, _threads())
     return y5
 
@@ -246,7 +247,7 @@ def _correlate_t(x5, w5, b, y5, stride, pad, dil, groups, path):
                           adj_pad, dil, groups, path)
     if path == "phases":
         return _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups)
-    _launch(_conv.correlate_t, x5, w5, b, y5, stride, pad, dil, groups)
+    _launch(_direct.correlate_t, x5, w5, b, y5, stride, pad, dil, groups)
     return y5
 
 
@@ -318,20 +319,20 @@ def _weight_grad(a5, b5, w_shape, stride, pad, dil, groups, dtype, path):
     og = w_shape[0] // groups
     k = int(np.prod(w_shape[1:]))
     if path == "gemm":
-        mr, nr = _conv.MR, _conv.NR
+        mr, nr = _gemm.MR, _gemm.NR
         gwp = np.empty((groups, -(-og // mr) * mr, -(-k // nr) * nr), dtype)
         kshape = _shape5(w_shape)[2:]
-        _launch(_conv.weight_grad_gemm, a5, b5, gwp, kshape, stride, pad, dil, groups,
-                _conv.pick_tile(k, int(np.prod(b5.shape[2:]))), _threads())
+        _launch(_gemm.weight_grad_gemm, a5, b5, gwp, kshape, stride, pad, dil, groups,
+                _gemm.pick_tile(k, int(np.prod(b5.shape[2:]))), _threads())
         return np.ascontiguousarray(gwp[:, :og, :k]).reshape(w_shape)
     gw = np.empty(_shape5(w_shape), dtype)
-    _launch(_conv.weight_grad, a5, b5, gw, stride, pad, dil, groups)
+    _launch(_direct.weight_grad, a5, b5, gw, stride, pad, dil, groups)
     return gw.reshape(w_shape)
 
 
 def _bias_grad(gy5, channels, dtype):
     gb = np.empty(channels, dtype)
-    _launch(_conv.bias_grad, gy5, gb)
+    _launch(_direct.bias_grad, gy5, gb)
     return gb
 
 

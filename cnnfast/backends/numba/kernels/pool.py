@@ -19,17 +19,14 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from . import JIT
-from .conv import fill, scatter_axpy, span
+from .common import ROW, fill, scatter_axpy, span
+
+# Row helpers over ``xf[xs + t*step]``, t < m, with flat unsigned offsets (see
+# ``common``: no views in loops, no wraparound selects; step 1 and 2 get a constant
+# stride so that LLVM vectorises).
 
 
-_ROW = dict(cache=True, fastmath=JIT["fastmath"], error_model="numpy", inline="always")
-
-# Row helpers over ``xf[xs + t*step]``, t < m, with flat unsigned offsets (see the
-# note in ``conv``: no views in loops, no wraparound selects; step 1 and 2 get a
-# constant stride so that LLVM vectorises).
-
-
-@njit(**_ROW)
+@njit(**ROW)
 def _max_row(yf, ys, xf, xs, step, m):
     """``y = max(y, x)`` where a NaN, once in, stays (``v > NaN`` is false)."""
     y0 = uint64(ys)
@@ -53,7 +50,7 @@ def _max_row(yf, ys, xf, xs, step, m):
                 yf[y0 + t] = v
 
 
-@njit(**_ROW)
+@njit(**ROW)
 def _max_row_idx(yf, idf, ys, xf, xs, step, m, base):
     """As ``_max_row`` with the winner's flat offset ``base + t*step`` in ``idf``.
     Strictly greater keeps the first max; the first NaN wins and stays; the first
@@ -69,7 +66,7 @@ def _max_row_idx(yf, idf, ys, xf, xs, step, m, base):
             idf[y0 + t] = base + np.int64(t) * step
 
 
-@njit(**_ROW)
+@njit(**ROW)
 def _sum_row(yf, ys, xf, xs, step, m):
     """``yf[ys + t] += xf[xs + t*step]``."""
     y0 = uint64(ys)

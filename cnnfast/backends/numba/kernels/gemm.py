@@ -1,36 +1,17 @@
-"""Convolution kernels on 5-D arrays (see the package docstring).
+"""Product ("gemm") kernels: im2col + a register-blocked MR x NR product.
 
-Three primitives carry the four convolution ops (the algebra is in the docstring of
-``cnnfast.backends.numpy.backend``):
+* ``correlate_wide`` (stride 1): im2col of a tile of "wide" output rows over a
+  zero-padded input (``pad_input``), where every panel row is one contiguous
+  copy, then the register-blocked product (``_micro``: MR x NR accumulators in
+  registers). 1x1 convolutions take this path with no padding and no waste: a
+  plain product of the packed input.
+* ``correlate_gemm`` (any stride): the same product after a general im2col.
+* ``weight_grad_gemm``: the weight gradient as products over pixel tiles, one
+  task per chunk of weight columns (``_micro_t``).
 
-* correlation, ``y[n, o, q] = b[o] + sum_{c, t} w[o, c, t] * x[n, g*CG + c, q*s - p + t*d]``
-  -- conv forward, the input gradient of conv_transpose, and (stride 1) the input
-  gradient of conv and conv_transpose forward through the flipped weight. Kernels:
-
-  - ``correlate_wide`` (stride 1): im2col of a tile of "wide" output rows over a
-    zero-padded input (``pad_input``), where every panel row is one contiguous
-    copy, then a register-blocked product (``_micro``: MR x NR accumulators in
-    registers). 1x1 convolutions take this path with no padding and no waste: a
-    plain product of the packed input.
-  - ``correlate_gemm`` (any stride): the same product after a general im2col.
-  - ``correlate_direct`` (output row innermost) for depthwise-like cases (fewer
-    than MR output channels per group), where a product has nothing to reuse.
-
-* ``correlate_t``: the adjoint of correlation with respect to ``x`` for any
-  stride, written so that every task owns whole output rows and gathers every
-  (input channel, tap) contribution into them. The backend uses it for stride 1
-  with few output channels per group only: a strided adjoint is split into
-  stride phases, each a stride-1 correlation on the paths above.
-* weight gradient, ``gw[o, c, t] = sum_{n, q} b[n, o, q] * a[n, g*CG + c, q*s - p + t*d]``:
-  ``weight_grad_gemm`` (products over pixel tiles, one task per chunk of weight
-  columns) and ``weight_grad`` (one fixed-order sum per (o, c) pair, depthwise).
-
-Paddings may be negative (a negative pad crops), which the adjoint needs.
-
-Every parallel task owns a disjoint block of the output and sums every element in
-a fixed order that does not depend on the task split, so results are
-bit-identical from run to run and for any thread count (no atomics, no scattering
-across tasks).
+The weight is packed once per call (``pack_weight``); ``pick_tile`` sizes the
+im2col tile. Every task owns a disjoint block of the output and sums in a fixed
+order that does not depend on the task split (see ``cnnfast.backends.numba.kernels``).
 """
 
 from __future__ import annotations
@@ -41,16 +22,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import JIT
+from .common import copy_strided, copy_strided2, fill, fill_strided, span
 
 # Register tile of the product: MR output channels x NR output pixels. 4 x 32
 # accumulators are 8 AVX-512 (16 AVX2) float32 registers; measured best here.
 MR = 4
 NR = 32
-# Output channels computed together by the direct kernel.
-OB = 4
-# Elements of output rows per tile of the direct kernel (16 KB of float32): the
-# tile stays in L1 while the (input channel, tap) loop sweeps over it.
-TILE_ELEMS = 4096
 
 
 @intrinsic
@@ -64,21 +41,8 @@ def _stack_tile(typingctx, dtype):
     return types.CPointer(dtype.dtype)(dtype), codegen
 
 
-@njit(cache=True, inline="always")
-def span(n_out, s, off, size):
-    """``[lo, hi)``: the outputs ``o`` in ``[0, n_out)`` with ``0 <= o*s + off < size``."""
-    lo = 0
-    if off < 0:
-        lo = (-off + s - 1) // s
-    hi = (size - 1 - off) // s + 1 if size - 1 - off >= 0 else 0
-    if hi > n_out:
-        hi = n_out
-    if hi < lo:
-        hi = lo
-    return lo, hi
 
-
-# ----------------------------------------------------------------------------- product
+# ----------------------------------------------------------------------------- correlation
 
 
 def pick_tile(k, positions):
@@ -126,7 +90,7 @@ def _im2col(xf, x_shape, n, c0, CG, kshape, out_shape, stride, pad, dil, p0, pn,
     """Fill the panels ``cf`` (flat (PT/NR, K, NR)): element ``[j // NR, k, j % NR]``
     is the input value tap ``k`` = (c, kd, kh, kw) reads for output pixel ``p0 + j``,
     0 in the padding and past ``pn``. ``spans[kw]`` = the valid output columns of
-    tap kw. ``xf`` is the input, flat (no views in loops: see "rows" below).
+    tap kw. ``xf`` is the input, flat (no views in loops: see ``common``).
 
     Work is split into segments (one output row within one panel) so that the
     per-segment index arithmetic is paid once for all K taps.
@@ -376,334 +340,7 @@ def pack_weight(w, groups, dtype):
     return np.ascontiguousarray(wp.reshape(groups, ogb, MR, k).transpose(0, 1, 3, 2))
 
 
-# ----------------------------------------------------------------------------- rows
-#
-# The kernels below address their arrays through flat 1-D views made once per
-# call, with unsigned offsets. Two numba costs are avoided that way (measured):
-# an array view made inside a loop does atomic reference counting on the parent
-# (shared by every thread), and a signed offset index (``ow*s + off``) gets a
-# negative-index wraparound select per element, which blocks vectorisation.
-# Step 1 and 2 get loops with a constant stride, so LLVM vectorises them.
-
-_ROW = dict(cache=True, fastmath=JIT["fastmath"], error_model="numpy", inline="always")
-
-
-@njit(**_ROW)
-def fill(f, start, m, value):
-    """``f[start:start+m] = value``."""
-    s0 = uint64(start)
-    for t in range(uint64(m)):
-        f[s0 + t] = value
-
-
-@njit(**_ROW)
-def copy_strided(df, ds, sf, ss, step, m):
-    """``df[ds + t] = sf[ss + t*step]`` for t < m."""
-    d0 = uint64(ds)
-    s0 = uint64(ss)
-    mu = uint64(m)
-    if step == 1:
-        for t in range(mu):
-            df[d0 + t] = sf[s0 + t]
-    elif step == 2:
-        for t in range(mu):
-            df[d0 + t] = sf[s0 + uint64(2) * t]
-    else:
-        su = uint64(step)
-        for t in range(mu):
-            df[d0 + t] = sf[s0 + su * t]
-
-
-@njit(**_ROW)
-def copy_strided2(df, ds, dstep, sf, ss, sstep, m):
-    """``df[ds + t*dstep] = sf[ss + t*sstep]`` for t < m (transposing copies)."""
-    d0 = uint64(ds)
-    s0 = uint64(ss)
-    du = uint64(dstep)
-    su = uint64(sstep)
-    for t in range(uint64(m)):
-        df[d0 + du * t] = sf[s0 + su * t]
-
-
-@njit(**_ROW)
-def fill_strided(df, ds, dstep, m, value):
-    """``df[ds + t*dstep] = value`` for t < m."""
-    d0 = uint64(ds)
-    du = uint64(dstep)
-    for t in range(uint64(m)):
-        df[d0 + du * t] = value
-
-
-@njit(**_ROW)
-def axpy(yf, ys, xf, xs, step, m, a):
-    """``yf[ys + t] += a * xf[xs + t*step]`` for t < m."""
-    y0 = uint64(ys)
-    x0 = uint64(xs)
-    mu = uint64(m)
-    if step == 1:
-        for t in range(mu):
-            yf[y0 + t] += a * xf[x0 + t]
-    elif step == 2:
-        for t in range(mu):
-            yf[y0 + t] += a * xf[x0 + uint64(2) * t]
-    else:
-        su = uint64(step)
-        for t in range(mu):
-            yf[y0 + t] += a * xf[x0 + su * t]
-
-
-@njit(**_ROW)
-def axpy4(yf, ys, ystride, xf, xs, step, m, w0, w1, w2, w3):
-    """Four ``axpy`` into rows ``ys + i*ystride`` sharing each input load."""
-    y0 = uint64(ys)
-    y1 = uint64(ys + ystride)
-    y2 = uint64(ys + 2 * ystride)
-    y3 = uint64(ys + 3 * ystride)
-    x0 = uint64(xs)
-    mu = uint64(m)
-    if step == 1:
-        for t in range(mu):
-            v = xf[x0 + t]
-            yf[y0 + t] += w0 * v
-            yf[y1 + t] += w1 * v
-            yf[y2 + t] += w2 * v
-            yf[y3 + t] += w3 * v
-    else:
-        su = uint64(step)
-        for t in range(mu):
-            v = xf[x0 + su * t]
-            yf[y0 + t] += w0 * v
-            yf[y1 + t] += w1 * v
-            yf[y2 + t] += w2 * v
-            yf[y3 + t] += w3 * v
-
-
-@njit(**_ROW)
-def scatter_axpy(yf, ys, step, m, a, xf, xs):
-    """``yf[ys + t*step] += a * xf[xs + t]`` (rows owned by the caller's task)."""
-    y0 = uint64(ys)
-    x0 = uint64(xs)
-    mu = uint64(m)
-    if step == 1:
-        for t in range(mu):
-            yf[y0 + t] += a * xf[x0 + t]
-    elif step == 2:
-        for t in range(mu):
-            yf[y0 + uint64(2) * t] += a * xf[x0 + t]
-    else:
-        su = uint64(step)
-        for t in range(mu):
-            yf[y0 + su * t] += a * xf[x0 + t]
-
-
-@njit(**_ROW)
-def mul_add(pf, ps, bf, bs, af, as_, step, m):
-    """``pf[ps + t] += bf[bs + t] * af[as_ + t*step]`` for t < m."""
-    p0 = uint64(ps)
-    b0 = uint64(bs)
-    a0 = uint64(as_)
-    mu = uint64(m)
-    if step == 1:
-        for t in range(mu):
-            pf[p0 + t] += bf[b0 + t] * af[a0 + t]
-    elif step == 2:
-        for t in range(mu):
-            pf[p0 + t] += bf[b0 + t] * af[a0 + uint64(2) * t]
-    else:
-        su = uint64(step)
-        for t in range(mu):
-            pf[p0 + t] += bf[b0 + t] * af[a0 + su * t]
-
-
-# ----------------------------------------------------------------------------- direct
-
-
-@njit(**JIT)
-def correlate_direct(x, w, b, y, stride, pad, dil, groups):
-    """Direct grouped correlation, ``y`` (N, O, OD, OH, OW) written in full.
-
-    For depthwise-like convolutions (few output channels per group), where an
-    im2col product would have nothing to reuse. Task = (n, group, block of OB
-    output channels, output depth slice). The innermost loop runs along an output
-    row and feeds OB accumulator rows from one input load; rows are tiled so the
-    tile stays in L1 while the (input channel, tap) loop sweeps over it.
-    """
-    N, C, D, H, W = x.shape
-    O, CG, KD, KH, KW = w.shape
-    OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
-    sd, sh, sw = stride
-    pd, ph, pw = pad
-    dd, dh, dw = dil
-    OG = O // groups
-    NB = (OG + OB - 1) // OB
-    xf = x.reshape(x.size)
-    yf = y.reshape(y.size)
-    ych = OD * OH * OW  # distance between output channels in yf
-    for task in prange(N * groups * NB * OD):
-        od = task % OD
-        r = task // OD
-        ob = r % NB
-        r //= NB
-        g = r % groups
-        n = r // groups
-        o0 = g * OG + ob * OB
-        nb = min(OB, OG - ob * OB)
-        ybase = ((n * O + o0) * OD + od) * OH * OW
-        for i in range(nb):
-            fill(yf, ybase + i * ych, OH * OW, b[o0 + i])
-        th = max(1, TILE_ELEMS // (nb * OW))
-        for oh0 in range(0, OH, th):
-            oh1 = min(oh0 + th, OH)
-            for c in range(CG):
-                ci = g * CG + c
-                for kd in range(KD):
-                    idd = od * sd - pd + kd * dd
-                    if idd < 0 or idd >= D:
-                        continue
-                    xplane = ((n * C + ci) * D + idd) * H
-                    for kh in range(KH):
-                        offh = kh * dh - ph
-                        lo_h, hi_h = span(OH, sh, offh, H)
-                        lo_h = max(lo_h, oh0)
-                        hi_h = min(hi_h, oh1)
-                        for kw in range(KW):
-                            offw = kw * dw - pw
-                            lo_w, hi_w = span(OW, sw, offw, W)
-                            m = hi_w - lo_w
-                            if m <= 0:
-                                continue
-                            start = lo_w * sw + offw
-                            if nb == OB:
-                                w0 = w[o0, c, kd, kh, kw]
-                                w1 = w[o0 + 1, c, kd, kh, kw]
-                                w2 = w[o0 + 2, c, kd, kh, kw]
-                                w3 = w[o0 + 3, c, kd, kh, kw]
-                                for oh in range(lo_h, hi_h):
-                                    axpy4(yf, ybase + oh * OW + lo_w, ych, xf,
-                                          (xplane + oh * sh + offh) * W + start, sw, m,
-                                          w0, w1, w2, w3)
-                            else:
-                                for i in range(nb):
-                                    wv = w[o0 + i, c, kd, kh, kw]
-                                    for oh in range(lo_h, hi_h):
-                                        axpy(yf, ybase + i * ych + oh * OW + lo_w, xf,
-                                             (xplane + oh * sh + offh) * W + start, sw, m,
-                                             wv)
-
-
-# ----------------------------------------------------------------------------- adjoint
-
-
-@njit(**JIT)
-def correlate_t(x, w, b, y, stride, pad, dil, groups):
-    """Transposed correlation: ``x`` (N, Ci, ID, IH, IW), ``w`` (Ci, OG, *k) in
-    transposed-conv layout, ``y`` (N, G*OG, OD, OH, OW) written in full, with
-    ``y[n, g*OG + o, i*s - p + t*d] += x[n, g*CG + c, i] * w[g*CG + c, o, t]``.
-
-    Task = (n, output channel, output depth slice): it owns those output rows and
-    gathers every (input channel, tap) that lands in them, in a fixed order.
-    """
-    N, Ci, ID, IH, IW = x.shape
-    OG, KD, KH, KW = w.shape[1], w.shape[2], w.shape[3], w.shape[4]
-    O, OD, OH, OW = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
-    sd, sh, sw = stride
-    pd, ph, pw = pad
-    dd, dh, dw = dil
-    CG = Ci // groups
-    xf = x.reshape(x.size)
-    yf = y.reshape(y.size)
-    for task in prange(N * O * OD):
-        od = task % OD
-        r = task // OD
-        o = r % O
-        n = r // O
-        g = o // OG
-        oo = o - g * OG
-        ybase = ((n * O + o) * OD + od) * OH
-        fill(yf, ybase * OW, OH * OW, b[o])
-        for c in range(CG):
-            ci = g * CG + c
-            for kd in range(KD):
-                # the input depth i with i*sd - pd + kd*dd == od, if any
-                num = od + pd - kd * dd
-                if num < 0 or num % sd != 0 or num // sd >= ID:
-                    continue
-                xplane = ((n * Ci + ci) * ID + num // sd) * IH
-                for kh in range(KH):
-                    offh = kh * dh - ph
-                    lo_h, hi_h = span(IH, sh, offh, OH)
-                    for kw in range(KW):
-                        offw = kw * dw - pw
-                        lo_w, hi_w = span(IW, sw, offw, OW)
-                        m = hi_w - lo_w
-                        if m <= 0:
-                            continue
-                        start = lo_w * sw + offw
-                        wv = w[ci, oo, kd, kh, kw]
-                        for ih in range(lo_h, hi_h):
-                            scatter_axpy(yf, (ybase + ih * sh + offh) * OW + start, sw, m,
-                                         wv, xf, (xplane + ih) * IW + lo_w)
-
-
 # ----------------------------------------------------------------------------- gradients
-
-
-@njit(**JIT)
-def weight_grad(a, bg, gw, stride, pad, dil, groups):
-    """``gw[o, c, t] = sum_{n, q} bg[n, o, q] * a[n, g*CG + c, q*s - p + t*d]``.
-
-    ``a`` (N, C, *in), ``bg`` (N, O, *out), ``gw`` (O, CG, *k). For depthwise-like
-    cases. Task = one (o, c) pair. Each tap accumulates elementwise products into
-    its own row of partial sums (a vector loop with no per-row horizontal sum;
-    one ``bg`` row feeds all KW taps while in L1), summed once at the end, in a
-    fixed order.
-    """
-    N, C, D, H, W = a.shape
-    O, OD, OH, OW = bg.shape[1], bg.shape[2], bg.shape[3], bg.shape[4]
-    CG, KD, KH, KW = gw.shape[1], gw.shape[2], gw.shape[3], gw.shape[4]
-    sd, sh, sw = stride
-    pd, ph, pw = pad
-    dd, dh, dw = dil
-    OG = O // groups
-    T = KD * KH * KW
-    af = a.reshape(a.size)
-    bf = bg.reshape(bg.size)
-    gwf = gw.reshape(gw.size)
-    spans = np.empty((KW, 2), np.int64)
-    for kw in range(KW):
-        lo, hi = span(OW, sw, kw * dw - pw, W)
-        spans[kw, 0] = lo
-        spans[kw, 1] = hi
-    for task in prange(O * CG):
-        c = task % CG
-        o = task // CG
-        ci = (o // OG) * CG + c
-        part = np.zeros(T * OW, gw.dtype)
-        for n in range(N):
-            for kd in range(KD):
-                offd = kd * dd - pd
-                lo_d, hi_d = span(OD, sd, offd, D)
-                for od in range(lo_d, hi_d):
-                    arow = ((n * C + ci) * D + od * sd + offd) * H
-                    brow = ((n * O + o) * OD + od) * OH
-                    for kh in range(KH):
-                        offh = kh * dh - ph
-                        lo_h, hi_h = span(OH, sh, offh, H)
-                        for oh in range(lo_h, hi_h):
-                            b0 = (brow + oh) * OW
-                            a0 = (arow + oh * sh + offh) * W
-                            for kw in range(KW):
-                                lo_w = spans[kw, 0]
-                                m = spans[kw, 1] - lo_w
-                                if m > 0:
-                                    t = (kd * KH + kh) * KW + kw
-                                    mul_add(part, t * OW + lo_w, bf, b0 + lo_w, af,
-                                            a0 + lo_w * sw + kw * dw - pw, sw, m)
-        for t in range(T):
-            acc = gw.dtype.type(0)
-            for i in range(OW):
-                acc += part[t * OW + i]
-            gwf[task * T + t] = acc
 
 
 @njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
@@ -839,17 +476,3 @@ def weight_grad_gemm(a, bg, gw, kshape, stride, pad, dil, groups, PT, nthreads):
                     for jj in range(NR):
                         gw[g, ob * MR + i, (kp0 + kp) * NR + jj] = gacc[ob, kp, i, jj]
 
-
-@njit(**JIT)
-def bias_grad(gy, gb):
-    """``gb[o] = sum over n and space of gy[n, o]``; one task per channel."""
-    N, O = gy.shape[0], gy.shape[1]
-    P = gy.shape[2] * gy.shape[3] * gy.shape[4]
-    gf = gy.reshape(gy.size)
-    for o in prange(O):
-        acc = gb.dtype.type(0)
-        for n in range(N):
-            base = uint64((n * O + o) * P)
-            for p in range(uint64(P)):
-                acc += gf[base + p]
-        gb[o] = acc

@@ -1,0 +1,230 @@
+"""Direct kernels: fixed-order sums with no product, for depthwise-like cases.
+
+* ``correlate_direct``: grouped correlation (output row innermost) when a group
+  has fewer than MR output channels, where a product has nothing to reuse.
+* ``correlate_t``: the adjoint of correlation with respect to ``x`` for any
+  stride, written so that every task owns whole output rows and gathers every
+  (input channel, tap) contribution into them.
+* ``weight_grad``: one fixed-order sum per (o, c) pair (depthwise);
+  ``bias_grad``: one task per channel.
+
+See ``cnnfast.backends.numba.kernels`` for the algebra and the determinism rules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, uint64
+
+from . import JIT
+from .common import axpy, axpy4, fill, mul_add, scatter_axpy, span
+
+# Output channels computed together by the direct kernel.
+OB = 4
+# Elements of output rows per tile of the direct kernel (16 KB of float32): the
+# tile stays in L1 while the (input channel, tap) loop sweeps over it.
+TILE_ELEMS = 4096
+
+
+@njit(**JIT)
+def correlate_direct(x, w, b, y, stride, pad, dil, groups):
+    """Direct grouped correlation, ``y`` (N, O, OD, OH, OW) written in full.
+
+    For depthwise-like convolutions (few output channels per group), where an
+    im2col product would have nothing to reuse. Task = (n, group, block of OB
+    output channels, output depth slice). The innermost loop runs along an output
+    row and feeds OB accumulator rows from one input load; rows are tiled so the
+    tile stays in L1 while the (input channel, tap) loop sweeps over it.
+    """
+    N, C, D, H, W = x.shape
+    O, CG, KD, KH, KW = w.shape
+    OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
+    sd, sh, sw = stride
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    OG = O // groups
+    NB = (OG + OB - 1) // OB
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    ych = OD * OH * OW  # distance between output channels in yf
+    for task in prange(N * groups * NB * OD):
+        od = task % OD
+        r = task // OD
+        ob = r % NB
+        r //= NB
+        g = r % groups
+        n = r // groups
+        o0 = g * OG + ob * OB
+        nb = min(OB, OG - ob * OB)
+        ybase = ((n * O + o0) * OD + od) * OH * OW
+        for i in range(nb):
+            fill(yf, ybase + i * ych, OH * OW, b[o0 + i])
+        th = max(1, TILE_ELEMS // (nb * OW))
+        for oh0 in range(0, OH, th):
+            oh1 = min(oh0 + th, OH)
+            for c in range(CG):
+                ci = g * CG + c
+                for kd in range(KD):
+                    idd = od * sd - pd + kd * dd
+                    if idd < 0 or idd >= D:
+                        continue
+                    xplane = ((n * C + ci) * D + idd) * H
+                    for kh in range(KH):
+                        offh = kh * dh - ph
+                        lo_h, hi_h = span(OH, sh, offh, H)
+                        lo_h = max(lo_h, oh0)
+                        hi_h = min(hi_h, oh1)
+                        for kw in range(KW):
+                            offw = kw * dw - pw
+                            lo_w, hi_w = span(OW, sw, offw, W)
+                            m = hi_w - lo_w
+                            if m <= 0:
+                                continue
+                            start = lo_w * sw + offw
+                            if nb == OB:
+                                w0 = w[o0, c, kd, kh, kw]
+                                w1 = w[o0 + 1, c, kd, kh, kw]
+                                w2 = w[o0 + 2, c, kd, kh, kw]
+                                w3 = w[o0 + 3, c, kd, kh, kw]
+                                for oh in range(lo_h, hi_h):
+                                    axpy4(yf, ybase + oh * OW + lo_w, ych, xf,
+                                          (xplane + oh * sh + offh) * W + start, sw, m,
+                                          w0, w1, w2, w3)
+                            else:
+                                for i in range(nb):
+                                    wv = w[o0 + i, c, kd, kh, kw]
+                                    for oh in range(lo_h, hi_h):
+                                        axpy(yf, ybase + i * ych + oh * OW + lo_w, xf,
+                                             (xplane + oh * sh + offh) * W + start, sw, m,
+                                             wv)
+
+
+# ----------------------------------------------------------------------------- adjoint
+
+
+@njit(**JIT)
+def correlate_t(x, w, b, y, stride, pad, dil, groups):
+    """Transposed correlation: ``x`` (N, Ci, ID, IH, IW), ``w`` (Ci, OG, *k) in
+    transposed-conv layout, ``y`` (N, G*OG, OD, OH, OW) written in full, with
+    ``y[n, g*OG + o, i*s - p + t*d] += x[n, g*CG + c, i] * w[g*CG + c, o, t]``.
+
+    Task = (n, output channel, output depth slice): it owns those output rows and
+    gathers every (input channel, tap) that lands in them, in a fixed order.
+    """
+    N, Ci, ID, IH, IW = x.shape
+    OG, KD, KH, KW = w.shape[1], w.shape[2], w.shape[3], w.shape[4]
+    O, OD, OH, OW = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
+    sd, sh, sw = stride
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    CG = Ci // groups
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    for task in prange(N * O * OD):
+        od = task % OD
+        r = task // OD
+        o = r % O
+        n = r // O
+        g = o // OG
+        oo = o - g * OG
+        ybase = ((n * O + o) * OD + od) * OH
+        fill(yf, ybase * OW, OH * OW, b[o])
+        for c in range(CG):
+            ci = g * CG + c
+            for kd in range(KD):
+                # the input depth i with i*sd - pd + kd*dd == od, if any
+                num = od + pd - kd * dd
+                if num < 0 or num % sd != 0 or num // sd >= ID:
+                    continue
+                xplane = ((n * Ci + ci) * ID + num // sd) * IH
+                for kh in range(KH):
+                    offh = kh * dh - ph
+                    lo_h, hi_h = span(IH, sh, offh, OH)
+                    for kw in range(KW):
+                        offw = kw * dw - pw
+                        lo_w, hi_w = span(IW, sw, offw, OW)
+                        m = hi_w - lo_w
+                        if m <= 0:
+                            continue
+                        start = lo_w * sw + offw
+                        wv = w[ci, oo, kd, kh, kw]
+                        for ih in range(lo_h, hi_h):
+                            scatter_axpy(yf, (ybase + ih * sh + offh) * OW + start, sw, m,
+                                         wv, xf, (xplane + ih) * IW + lo_w)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@njit(**JIT)
+def weight_grad(a, bg, gw, stride, pad, dil, groups):
+    """``gw[o, c, t] = sum_{n, q} bg[n, o, q] * a[n, g*CG + c, q*s - p + t*d]``.
+
+    ``a`` (N, C, *in), ``bg`` (N, O, *out), ``gw`` (O, CG, *k). For depthwise-like
+    cases. Task = one (o, c) pair. Each tap accumulates elementwise products into
+    its own row of partial sums (a vector loop with no per-row horizontal sum;
+    one ``bg`` row feeds all KW taps while in L1), summed once at the end, in a
+    fixed order.
+    """
+    N, C, D, H, W = a.shape
+    O, OD, OH, OW = bg.shape[1], bg.shape[2], bg.shape[3], bg.shape[4]
+    CG, KD, KH, KW = gw.shape[1], gw.shape[2], gw.shape[3], gw.shape[4]
+    sd, sh, sw = stride
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    OG = O // groups
+    T = KD * KH * KW
+    af = a.reshape(a.size)
+    bf = bg.reshape(bg.size)
+    gwf = gw.reshape(gw.size)
+    spans = np.empty((KW, 2), np.int64)
+    for kw in range(KW):
+        lo, hi = span(OW, sw, kw * dw - pw, W)
+        spans[kw, 0] = lo
+        spans[kw, 1] = hi
+    for task in prange(O * CG):
+        c = task % CG
+        o = task // CG
+        ci = (o // OG) * CG + c
+        part = np.zeros(T * OW, gw.dtype)
+        for n in range(N):
+            for kd in range(KD):
+                offd = kd * dd - pd
+                lo_d, hi_d = span(OD, sd, offd, D)
+                for od in range(lo_d, hi_d):
+                    arow = ((n * C + ci) * D + od * sd + offd) * H
+                    brow = ((n * O + o) * OD + od) * OH
+                    for kh in range(KH):
+                        offh = kh * dh - ph
+                        lo_h, hi_h = span(OH, sh, offh, H)
+                        for oh in range(lo_h, hi_h):
+                            b0 = (brow + oh) * OW
+                            a0 = (arow + oh * sh + offh) * W
+                            for kw in range(KW):
+                                lo_w = spans[kw, 0]
+                                m = spans[kw, 1] - lo_w
+                                if m > 0:
+                                    t = (kd * KH + kh) * KW + kw
+                                    mul_add(part, t * OW + lo_w, bf, b0 + lo_w, af,
+                                            a0 + lo_w * sw + kw * dw - pw, sw, m)
+        for t in range(T):
+            acc = gw.dtype.type(0)
+            for i in range(OW):
+                acc += part[t * OW + i]
+            gwf[task * T + t] = acc
+
+
+
+@njit(**JIT)
+def bias_grad(gy, gb):
+    """``gb[o] = sum over n and space of gy[n, o]``; one task per channel."""
+    N, O = gy.shape[0], gy.shape[1]
+    P = gy.shape[2] * gy.shape[3] * gy.shape[4]
+    gf = gy.reshape(gy.size)
+    for o in prange(O):
+        acc = gb.dtype.type(0)
+        for n in range(N):
+            base = uint64((n * O + o) * P)
+            for p in range(uint64(P)):
+                acc += gf[base + p]
+        gb[o] = acc
