@@ -157,22 +157,26 @@ def test_bad_options_exit_2(tmp_path, capsys, args, message):
 def test_denoiser_ctrl_c_finishes_the_epoch_saves_and_resumes(tmp_path, monkeypatch, capsys):
     import signal
 
-    from cnnfast.nn import encdec
+    from cnnfast.nn import training as T
 
     assert _train(tmp_path / "straight", model="autoencoder", epochs=2, limit=32) == 0
-    original = encdec.train_denoiser
+    original = T.Trainer.train_step
+    calls = {"n": 0}
 
-    def interrupted(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)  # during the first epoch
-        return original(*args, **kwargs)
+    def interrupted(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the first batch of the first epoch (2 per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, x, y)
 
-    monkeypatch.setattr(encdec, "train_denoiser", interrupted)
+    monkeypatch.setattr(T.Trainer, "train_step", interrupted)
     handler = signal.getsignal(signal.SIGINT)
     assert _train(tmp_path / "stopped", model="autoencoder", epochs=2, limit=32) == 130
     assert "stopping after this epoch" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler  # restored
+    assert calls["n"] == 2  # the epoch was finished, the second one never began
     assert [m["epoch"] for m in _metrics(tmp_path / "stopped")] == [1]
-    monkeypatch.setattr(encdec, "train_denoiser", original)
+    monkeypatch.setattr(T.Trainer, "train_step", original)
     assert _train(tmp_path / "stopped", "--resume", model="autoencoder", epochs=2,
                   limit=32) == 0
     _assert_same_arrays(tmp_path / "straight", tmp_path / "stopped")

@@ -141,13 +141,15 @@ def check_model_fits_data(model, images, name):
                        f"with {len(CLASS_NAMES)} outputs or an image-to-image model")
 
 
-def stored_noise(extra, path, default=0.3) -> float:
-    """The noise std a denoiser checkpoint was trained with."""
-    noise = extra.get("noise_std", default)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (
-            math.isfinite(noise) and noise >= 0):
-        raise CliError(f"{path}: corrupt noise_std {noise!r} in the checkpoint")
-    return float(noise)
+def stored_noise(extra, path) -> float:
+    """The noise std a denoiser checkpoint was trained with (``checkpoint_noise``);
+    a corrupt one is a CliError."""
+    from ..nn.runs import checkpoint_noise
+
+    try:
+        return checkpoint_noise(extra)
+    except ValueError as exc:
+        raise CliError(f"{path}: {exc}") from exc
 
 
 def set_threads(n):

@@ -53,7 +53,8 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from ..nn.data import CLASS_NAMES
-    from ..nn.training import evaluate
+    from ..nn.runs import checkpoint_history, checkpoint_task
+    from ..nn.tasks import evaluate
 
     device = args.device or ("gpu" if args.backend == "cupy" else "cpu")
     require_backend(args.backend, device)
@@ -61,33 +62,24 @@ def _run(args) -> int:
                                  device=device)
     _, (images, labels) = load_data("test", args.data, args.limit)
     check_model_fits_data(model, images, args.checkpoint)
-    if extra.get("task") == "denoise" or tuple(model.output_shape) == tuple(
-            model.input_shape):
+    if checkpoint_task(extra, model) == "denoise":
         return _report_denoiser(args, model, images, extra)
     result = evaluate(model, images, labels, args.batch_size)
+    epochs = len(checkpoint_history(extra))
     if args.json:
-        out = dict(result, confusion=result["confusion"].tolist(),
-                   epochs=_epochs(extra))
+        out = dict(result, confusion=result["confusion"].tolist(), epochs=epochs)
         print(json.dumps(out))
     else:
-        epochs = _epochs(extra)
         print(f"{args.checkpoint}: model {model.name!r} after {epochs} epoch(s), "
               f"{len(images)} test images")
         print(format_report(result, CLASS_NAMES))
     return 0
 
 
-def _epochs(extra) -> int:
-    """Epochs in the checkpoint's training history (0 when it has none)."""
-    history = (extra.get("trainer") or {}).get("history") if isinstance(
-        extra.get("trainer"), dict) else None
-    return len(history) if isinstance(history, list) else 0
-
-
 def _report_denoiser(args, model, images, extra) -> int:
     """A denoising model has no classes: report the PSNR of noisy and denoised test
     images at the noise level it was trained with."""
-    from ..nn.encdec import evaluate_denoiser
+    from ..nn.tasks import evaluate_denoiser
 
     noise = stored_noise(extra, args.checkpoint)
     result = evaluate_denoiser(model, images, noise, batch_size=args.batch_size)

@@ -11,20 +11,20 @@ Ctrl-C aborts at once). ``--augment SPEC`` (``cnnfast.augment``) transforms the
 training batches only.
 
 Denoisers learn to map ``clip(x + noise * N(0, 1), 0, 1)`` to ``x`` (mean squared
-error) with ``cnnfast.nn.encdec.train_denoiser``, one epoch per call: they resume
-at epoch boundaries (Ctrl-C finishes the epoch in progress, then saves), the
-learning-rate schedule steps per epoch, and each epoch reports the PSNR of noisy
-and denoised test images (the test noise is the same every epoch).
+error): they resume at epoch boundaries (Ctrl-C finishes the epoch in progress,
+then saves), the learning-rate schedule steps per epoch, and each epoch reports the
+PSNR of noisy and denoised test images (the test noise is the same every epoch).
+
+This module reads and checks the options; the training is the library's, the same
+for both tasks: ``cnnfast.nn.runs`` (the epoch loop, Ctrl-C, the checkpoint
+schema) around ``cnnfast.nn.training.Trainer`` with a task from
+``cnnfast.nn.tasks``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import signal
 import sys
-import time
 
 from .common import (CliError, check_model_fits_data, fraction, load_data, load_model,
                      non_negative_float, positive_float, positive_int, prepare_out,
@@ -32,11 +32,10 @@ from .common import (CliError, check_model_fits_data, fraction, load_data, load_
 
 HELP = ("train a CNN on Fashion-MNIST (no autograd; any backend), or a denoising "
         "autoencoder / U-Net, with checkpoints")
-ENCDEC = ("autoencoder", "unet")  # cnnfast.nn.encdec.ENCDEC_MODELS, without importing it
+# cnnfast.nn.encdec.ENCDEC_MODELS and cnnfast.nn.tasks.DEFAULT_NOISE, without
+# importing the library to build the parser.
+ENCDEC = ("autoencoder", "unet")
 DEFAULT_NOISE = 0.3
-
-CHECKPOINT = "checkpoint.npz"
-METRICS = "metrics.jsonl"
 
 # The options a checkpoint fixes, with their defaults for a new run. Their parser
 # default is None, so that --resume tells an option the user gave (it must match
@@ -137,14 +136,6 @@ def _auto_backend_name(device):
     return "none available"
 
 
-def _peak_rss_mb() -> float:
-    try:
-        import resource
-    except ImportError:  # not on POSIX
-        return float("nan")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def _apply_defaults(args):
     """A new run: every RESUME_FIXED option left out takes its default; one that
     means nothing with the chosen optimizer or schedule is an error."""
@@ -162,18 +153,17 @@ def _apply_defaults(args):
         args.weight_decay = 0.01 if args.optimizer == "adamw" else 0.0
 
 
-def _saved_options(model, opt, extra) -> dict:
-    """The RESUME_FIXED options a checkpoint was trained with (None where one does
-    not apply, e.g. --momentum for Adam)."""
-    state = extra["trainer"]
+def _saved_options(model, opt, info) -> dict:
+    """The RESUME_FIXED options a checkpoint (``info``: its upgraded extra) was
+    trained with (None where one does not apply, e.g. --momentum for Adam)."""
+    state = info["trainer"]
     sched, ocfg = state["schedule"], opt.config()
-    return {"model": extra.get("model") if extra.get("task") == "denoise" else model.name,
-            "batch_size": state["batch_size"], "optimizer": ocfg.get("name"),
-            "lr": sched.get("base_lr"), "momentum": ocfg.get("momentum"),
-            "nesterov": ocfg.get("nesterov"), "weight_decay": ocfg.get("weight_decay"),
-            "schedule": sched.get("name"), "step_size": sched.get("step_size"),
-            "gamma": sched.get("gamma"), "dtype": model.dtype.name,
-            "seed": extra.get("seed", 0)}
+    return {"model": info["model"], "batch_size": state["batch_size"],
+            "optimizer": ocfg.get("name"), "lr": sched.get("base_lr"),
+            "momentum": ocfg.get("momentum"), "nesterov": ocfg.get("nesterov"),
+            "weight_decay": ocfg.get("weight_decay"), "schedule": sched.get("name"),
+            "step_size": sched.get("step_size"), "gamma": sched.get("gamma"),
+            "dtype": model.dtype.name, "seed": info["seed"]}
 
 
 def _conflict(flag, given, saved, path) -> CliError:
@@ -215,13 +205,9 @@ def _check_freeze(args, model, resumed_path=None):
 
 def _build(args):
     from .. import nn
-    from ..nn.training import MODELS
+    from ..nn.runs import build_model
 
-    if args.model in ENCDEC:
-        model = nn.build_encdec(args.model, seed=args.seed, dtype=args.dtype,
-                                backend=args.backend)
-    else:
-        model = MODELS[args.model](seed=args.seed, dtype=args.dtype, backend=args.backend)
+    model = build_model(args.model, seed=args.seed, dtype=args.dtype, backend=args.backend)
     name, lr, wd = args.optimizer, args.lr, args.weight_decay
     if name == "sgd":
         opt = nn.SGD(lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=wd)
@@ -292,13 +278,6 @@ def _check_augment_matches(args, saved_spec, path):
                         path)
 
 
-def _install_sigint(handler):
-    try:
-        return signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: Ctrl-C handling is the caller's
-        return None
-
-
 def _fresh_model(args, device):
     """A new model for ``args`` (no --resume): built, ``--weights`` loaded,
     ``--freeze`` applied, moved to the device; with its optimizer and schedule."""
@@ -322,9 +301,11 @@ def _fresh_model(args, device):
     return model, opt, schedule
 
 
-def _resume(args, device, ckpt_path):
-    """``(model, optimizer, extra)`` from OUT/checkpoint.npz for --resume, with the
+def _resume(args, device, ckpt_path, trainer_cls):
+    """The ``TrainingRun`` that OUT/checkpoint.npz continues, for --resume, with the
     options it fixes checked against the command line and filled into ``args``."""
+    from ..nn.runs import TrainingRun, upgrade_extra
+
     if not os.path.exists(ckpt_path):
         raise CliError(f"--resume: no checkpoint at {ckpt_path}")
     model, opt, extra = load_model(ckpt_path, "--resume", backend=args.backend,
@@ -332,17 +313,46 @@ def _resume(args, device, ckpt_path):
     try:
         if opt is None:
             raise KeyError("optimizer")
-        saved = _saved_options(model, opt, extra)
+        info = upgrade_extra(extra, model)
+        saved = _saved_options(model, opt, info)
     except (KeyError, TypeError, AttributeError) as exc:  # no or corrupt trainer state
         raise CliError(f"--resume: {ckpt_path} holds no usable training state "
                        f"(missing {exc})") from exc
+    except ValueError as exc:  # e.g. a corrupt noise_std
+        raise CliError(f"--resume: {ckpt_path}: corrupt training state ({exc})") from exc
     _check_resume_options(args, saved, ckpt_path)
-    _check_augment_matches(args, extra["trainer"].get("augment"), ckpt_path)
+    _check_augment_matches(args, info["trainer"].get("augment"), ckpt_path)
     _check_freeze(args, model, ckpt_path)
     if args.weights:
         print(f"note: --weights {args.weights} is not loaded: --resume continues from "
               f"the checkpoint's weights", file=sys.stderr)
-    return model, opt, extra
+    if args.noise is not None and info["task"] != "denoise":
+        raise CliError("--noise is for the denoisers; this checkpoint holds a classifier")
+    try:
+        run = TrainingRun.resume(model, opt, extra, trainer=trainer_cls)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"--resume: {ckpt_path}: corrupt training state "
+                       f"({type(exc).__name__}: {exc})") from exc
+    if args.noise is not None and args.noise != run.task.noise_std:
+        raise _conflict("--noise", f"{args.noise:g}", f"{run.task.noise_std:g}", ckpt_path)
+    return run
+
+
+def _fresh_run(args, device, trainer_cls):
+    """A new ``TrainingRun`` for ``args`` (no --resume)."""
+    from ..nn.runs import TrainingRun, task_of_model
+    from ..nn.tasks import make_task
+
+    augment = _augment_pipeline(args.augment, args.seed)
+    model, opt, schedule = _fresh_model(args, device)
+    if task_of_model(args.model) == "denoise":
+        task = make_task("denoise", noise_std=DEFAULT_NOISE if args.noise is None
+                         else args.noise)
+    else:
+        task = make_task("classify")
+    trainer = trainer_cls(model, opt, schedule, batch_size=args.batch_size, seed=args.seed,
+                          augment=augment, task=task)
+    return TrainingRun(trainer, model_name=args.model, seed=args.seed)
 
 
 def _start_out(out, root):
@@ -358,16 +368,17 @@ def _start_out(out, root):
 
 
 def _run(args, comm=None) -> int:
-    from .. import nn
+    from ..nn.runs import CHECKPOINT, fit
     from ..nn.training import Trainer
 
     root = comm is None or comm.rank == 0
+    trainer_cls = Trainer
     if comm is not None:
         from functools import partial
 
         from ..distributed import DistributedTrainer
 
-        Trainer = partial(DistributedTrainer, comm=comm)  # noqa: N806
+        trainer_cls = partial(DistributedTrainer, comm=comm)
     if args.threads is not None and comm is None:
         set_threads(args.threads)
     device = args.device or ("gpu" if args.backend == "cupy" else "cpu")
@@ -379,268 +390,41 @@ def _run(args, comm=None) -> int:
         raise CliError(str(exc)) from exc
     if args.noise is not None and args.model not in ENCDEC and not args.resume:
         raise CliError("--noise is for the denoisers (--model autoencoder or unet)")
-    if comm is not None and args.model in ENCDEC:
-        raise CliError("--distributed trains the classifiers (cnn, dense) only")
     ckpt_path = os.path.join(args.out, CHECKPOINT)
-    metrics_path = os.path.join(args.out, METRICS)
     if args.resume:
-        model, opt, extra = _resume(args, device, ckpt_path)
-        denoiser = extra.get("task") == "denoise"
-        if args.noise is not None and not denoiser:
-            raise CliError("--noise is for the denoisers; this checkpoint holds a "
-                           "classifier")
-        if comm is not None and denoiser:
-            raise CliError("--distributed trains the classifiers (cnn, dense) only")
+        run = _resume(args, device, ckpt_path, trainer_cls)
     else:
         _apply_defaults(args)
-        augment = _augment_pipeline(args.augment, args.seed)
-        model, opt, schedule = _fresh_model(args, device)
-        denoiser = args.model in ENCDEC
+        run = _fresh_run(args, device, trainer_cls)
+    # DistributedTrainer reduces a classifier's statistics and evaluates a classifier.
+    if comm is not None and run.task.name != "classify":
+        raise CliError("--distributed trains the classifiers (cnn, dense) only")
+    trainer, model = run.trainer, run.model
     _start_out(args.out, root)
     data_dir, (train_x, train_y) = load_data("train", args.data, args.limit)
     _, (test_x, test_y) = load_data("test", data_dir, args.test_limit)
     check_model_fits_data(model, train_x, ckpt_path if args.resume else
                           f"--model {args.model}")
-    data_info = {"train_size": len(train_x), "limit": args.limit}
     if args.resume:
-        trained_on = extra.get("data") if isinstance(extra.get("data"), dict) else {}
+        trained_on = run.data or {}
         if trained_on and trained_on.get("train_size") != len(train_x):
             raise CliError(f"--resume: the checkpoint was trained on "
                            f"{trained_on.get('train_size')} images but this run loads "
                            f"{len(train_x)} (use the same --limit)")
-        if denoiser:
-            return _run_denoiser(args, device, data_dir, train_x, test_x,
-                                 model, opt, resumed=extra)
-        state = extra["trainer"]
-        try:
-            trainer = Trainer(model, opt, nn.make_schedule(state["schedule"]),
-                              batch_size=state["batch_size"], seed=extra.get("seed", 0))
-            trainer.restore(state)  # rebuilds the checkpoint's augmentation
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CliError(f"--resume: {ckpt_path}: corrupt training state "
-                           f"({type(exc).__name__}: {exc})") from exc
-        # The metrics file follows the checkpoint (a line written after the last
-        # checkpoint by a crashed run is dropped).
-        if root:
-            with open(metrics_path, "w") as f:
-                for m in trainer.history:
-                    f.write(json.dumps(m) + "\n")
-        print(f"resuming from {ckpt_path}: epoch {trainer.epoch + 1}, batch "
-              f"{trainer.batch}")
-        seed = extra.get("seed", 0)
-    elif denoiser:
-        return _run_denoiser(args, device, data_dir, train_x, test_x, model, opt,
-                             schedule=schedule, augment=augment)
-    else:
-        trainer = Trainer(model, opt, schedule, batch_size=args.batch_size, seed=args.seed,
-                          augment=augment)
-        if root:
-            open(metrics_path, "w").close()
-        seed = args.seed
+        where = (f"epoch {trainer.epoch + 1}, batch {trainer.batch}"
+                 if run.task.stops_mid_epoch else
+                 f"{run.model_name}, epoch {trainer.epoch + 1}")
+        print(f"resuming from {ckpt_path}: {where}")
+    run.data = {"train_size": len(train_x), "limit": args.limit}
 
     model.summary()
     backend = args.backend or f"auto ({_auto_backend_name(device)})"
+    described = run.task.describe()
     print(f"data: {data_dir} ({len(train_x)} train, {len(test_x)} test images); "
-          f"backend: {backend}; device: {device}; optimizer: {opt.config()}")
+          f"backend: {backend}; device: {device}; optimizer: {trainer.optimizer.config()}"
+          + (f"; {described}" if described else ""))
     if trainer.augment is not None:
         print(f"augmentation: {trainer.augment.spec}")
-
-    def save():
-        if not root:
-            return
-        nn.save_checkpoint(ckpt_path, model, opt, {
-            "trainer": trainer.state(), "data": data_info, "seed": seed,
-            "augment": trainer.augment.spec if trainer.augment is not None else None})
-
-    def on_sigint(signum, frame):
-        trainer.stop_requested = True
-        print("\ninterrupt: stopping after this batch and saving a checkpoint "
-              "(Ctrl-C again to abort without saving)", file=sys.stderr)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread: Ctrl-C handling is the caller's
-        pass
-    try:
-        while trainer.epoch < args.epochs:
-            metrics = trainer.train_epoch(train_x, train_y, progress=not args.no_progress)
-            if metrics.get("interrupted"):
-                save()
-                print(f"saved {ckpt_path} (epoch {trainer.epoch + 1}, batch "
-                      f"{trainer.batch}); continue with --resume")
-                return 130
-            t0 = time.perf_counter()
-            result = trainer.evaluate(test_x, test_y)
-            metrics.update(test_loss=result["loss"], test_acc=result["accuracy"],
-                           eval_time_s=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
-            trainer.history.append(metrics)
-            save()
-            if root:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-            print(f"epoch {metrics['epoch']}/{args.epochs}: train loss "
-                  f"{metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f} | test loss "
-                  f"{metrics['test_loss']:.4f} acc {metrics['test_acc']:.4f} | "
-                  f"{metrics['images_per_s']:,.0f} img/s", flush=True)
-            if trainer.stop_requested:
-                print(f"saved {ckpt_path} after epoch {trainer.epoch}; continue with "
-                      f"--resume")
-                return 130
-    except KeyboardInterrupt:
-        print("aborted; the last checkpoint is the previous one", file=sys.stderr)
-        return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if trainer.history:
-        best = max(m["test_acc"] for m in trainer.history)
-        print(f"done: final test accuracy {trainer.history[-1]['test_acc']:.4f} "
-              f"(best {best:.4f}); checkpoint {ckpt_path}; peak RSS "
-              f"{_peak_rss_mb():,.0f} MB")
-    else:
-        print(f"nothing to do: the checkpoint already has {trainer.epoch} epochs")
-    return 0
-
-
-def _run_denoiser(args, device, data_dir, train_x, test_x, model, opt, *, resumed=None,
-                  schedule=None, augment=None) -> int:
-    """``--model autoencoder|unet``: ``train_denoiser`` one epoch per call, with the
-    optimizer carried over (its state is in the checkpoint) and a seed per epoch
-    (a new shuffle and new noise each epoch; the same on a resumed run). ``resumed``
-    is the checkpoint's ``extra`` on --resume."""
-    import numpy as np
-
-    from .. import nn
-    from ..nn.encdec import evaluate_denoiser, train_denoiser
-    from ..nn.training import Progress, _jsonable_state
-
-    if len(train_x) < 1 or len(test_x) < 1:
-        raise CliError(f"a denoiser needs training and test images (got {len(train_x)} "
-                       f"and {len(test_x)})")
-    ckpt_path = os.path.join(args.out, CHECKPOINT)
-    metrics_path = os.path.join(args.out, METRICS)
-    data_info = {"train_size": len(train_x), "limit": args.limit}
-    if resumed is not None:
-        extra = resumed
-        model_name = extra.get("model", model.name)
-        try:
-            noise = float(extra["noise_std"])
-            if args.noise is not None and args.noise != noise:
-                raise _conflict("--noise", f"{args.noise:g}", f"{noise:g}", ckpt_path)
-            state = extra["trainer"]
-            seed = int(extra.get("seed", 0))
-            augment = _augment_pipeline(state.get("augment"), seed)
-            if augment is not None:
-                augment.set_state(state["augment_state"])
-            schedule = nn.make_schedule(state["schedule"])
-            batch_size = int(state["batch_size"])
-            epoch, history = int(state["epoch"]), list(state["history"])
-            model.rng.bit_generator.state = state["model_rng_state"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CliError(f"--resume: {ckpt_path}: corrupt training state "
-                           f"({type(exc).__name__}: {exc})") from exc
-        with open(metrics_path, "w") as f:  # the metrics follow the checkpoint
-            for m in history:
-                f.write(json.dumps(m) + "\n")
-        print(f"resuming from {ckpt_path}: {model_name}, epoch {epoch + 1}")
-    else:
-        model_name = args.model
-        noise = DEFAULT_NOISE if args.noise is None else args.noise
-        seed, batch_size, epoch, history = args.seed, args.batch_size, 0, []
-        open(metrics_path, "w").close()
-
-    model.summary()
-    backend = args.backend or f"auto ({_auto_backend_name(device)})"
-    print(f"data: {data_dir} ({len(train_x)} train, {len(test_x)} test images); "
-          f"backend: {backend}; device: {device}; optimizer: {opt.config()}; "
-          f"noise std {noise:g}")
-    if augment is not None:
-        print(f"augmentation: {augment.spec}")
-    spec = augment.spec if augment is not None else None
-    # The test noise is drawn from one seed every epoch, so the PSNRs compare.
-    test_seed = int(np.random.SeedSequence([seed, 5]).generate_state(1)[0])
-    steps = math.ceil(len(train_x) / batch_size)
-
-    def save():
-        state = {"epoch": epoch, "history": list(history), "batch_size": batch_size,
-                 "schedule": schedule.config(), "augment": spec,
-                 "augment_state": (_jsonable_state(augment.get_state())
-                                   if augment is not None else None),
-                 "model_rng_state": _jsonable_state(model.rng.bit_generator.state)}
-        nn.save_checkpoint(ckpt_path, model, opt, {
-            "task": "denoise", "model": model_name, "trainer": state, "noise_std": noise,
-            "data": data_info, "seed": seed, "augment": spec})
-
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):
-        stop["requested"] = True
-        print("\ninterrupt: stopping after this epoch (denoisers resume at epoch "
-              "boundaries) and saving a checkpoint (Ctrl-C again to abort without "
-              "saving)", file=sys.stderr)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    start_epoch = epoch
-    previous = _install_sigint(on_sigint)
-    try:
-        while epoch < args.epochs:
-            opt.lr = schedule(epoch)
-            bar = None if args.no_progress else Progress(steps, f"epoch {epoch + 1}")
-            running = {"sum": 0.0, "start": time.perf_counter()}
-
-            def progress(step, total, loss, bar=bar, running=running):
-                running["sum"] += loss
-                if bar is not None:
-                    seen = min(step * batch_size, len(train_x))
-                    rate = seen / max(time.perf_counter() - running["start"], 1e-9)
-                    bar.update(step, f"loss {running['sum'] / step:.5f} {rate:,.0f} img/s",
-                               final=step == total)
-
-            # A seed per epoch: a fresh shuffle and fresh noise, reproducible on resume.
-            epoch_seed = int(np.random.SeedSequence([seed, 4, epoch]).generate_state(1)[0])
-            # train_denoiser always evaluates its test images at the end; hand it one
-            # (the real evaluation below uses the whole test set and a fixed noise).
-            result = train_denoiser(model, train_x, epochs=1, batch_size=batch_size,
-                                    noise_std=noise, seed=epoch_seed, progress=progress,
-                                    test_images=test_x[:1], augment=augment,
-                                    optimizer=opt)
-            t0 = time.perf_counter()
-            ev = evaluate_denoiser(model, test_x, noise, seed=test_seed)
-            metrics = {"epoch": epoch + 1, "train_loss": float(result["history"][0]),
-                       "test_loss": ev["mse_denoised"], "psnr_noisy": ev["psnr_noisy"],
-                       "psnr_denoised": ev["psnr_denoised"],
-                       "images_per_s": len(train_x) / max(result["seconds"], 1e-9),
-                       "train_time_s": result["seconds"],
-                       "eval_time_s": time.perf_counter() - t0, "lr": opt.lr,
-                       "peak_rss_mb": _peak_rss_mb()}
-            history.append(metrics)
-            epoch += 1
-            save()
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            print(f"epoch {epoch}/{args.epochs}: train loss {metrics['train_loss']:.5f} | "
-                  f"test loss {metrics['test_loss']:.5f} | PSNR noisy "
-                  f"{metrics['psnr_noisy']:.2f} dB -> denoised "
-                  f"{metrics['psnr_denoised']:.2f} dB | {metrics['images_per_s']:,.0f} "
-                  f"img/s", flush=True)
-            if stop["requested"]:
-                print(f"saved {ckpt_path} after epoch {epoch}; continue with --resume")
-                return 130
-    except KeyboardInterrupt:
-        print("aborted; the last checkpoint is the previous one", file=sys.stderr)
-        return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if epoch > start_epoch:
-        last = history[-1]
-        best = max(m["psnr_denoised"] for m in history)
-        print(f"done: test PSNR noisy {last['psnr_noisy']:.2f} dB -> denoised "
-              f"{last['psnr_denoised']:.2f} dB (best {best:.2f} dB) on {len(test_x)} "
-              f"images, noise std {noise:g}; checkpoint {ckpt_path}; peak RSS "
-              f"{_peak_rss_mb():,.0f} MB")
-    else:
-        print(f"nothing to do: the checkpoint already has {epoch} epochs")
-    return 0
+    outcome = fit(run, train_x, train_y, test_x, test_y, args.epochs, args.out,
+                  progress=not args.no_progress, root=root)
+    return 0 if outcome == "done" else 130

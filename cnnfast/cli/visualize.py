@@ -56,8 +56,9 @@ def _history(args, extra):
             return history
     elif args.metrics:
         raise CliError(f"--metrics {args.metrics!r} does not exist")
-    trainer = extra.get("trainer") if isinstance(extra.get("trainer"), dict) else {}
-    history = trainer.get("history") or extra.get("history") or []
+    from ..nn.runs import checkpoint_history
+
+    history = checkpoint_history(extra) or extra.get("history") or []
     return list(history) if isinstance(history, list) else []
 
 

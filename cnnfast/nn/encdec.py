@@ -7,24 +7,24 @@
   (``cnnfast.nn.resample``); the decoder upsamples with ``ConvTranspose2d`` or
   ``Upsample`` + convolution.
 * :func:`train_denoiser`: trains either on (noisy -> clean) pairs with the mean
-  squared error and Adam, and reports the PSNR of noisy and denoised held-out
-  images (:func:`psnr`).
+  squared error and Adam (the one ``Trainer`` with a ``DenoisingTask``), and
+  reports the PSNR of noisy and denoised held-out images (:func:`psnr`).
+
+``psnr``, ``add_noise`` and ``evaluate_denoiser`` are defined with the denoising
+task in ``cnnfast.nn.tasks`` and importable from here too.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Optional
 
-import numpy as np
-
-from .base import array_module
 from .layers import Conv2d, ConvTranspose2d, MaxPool2d, ReLU, Sigmoid
-from .losses import mse
 from .model import Sequential
 from .optim import Adam
 from .resample import SkipConcat, Upsample
+from .tasks import DenoisingTask, add_noise, evaluate_denoiser, psnr  # noqa: F401
+from .training import Trainer
 
 ENCDEC_MODELS = ("autoencoder", "unet")
 
@@ -122,54 +122,6 @@ def is_encdec(model) -> bool:
         model.input_shape)
 
 
-# ----------------------------------------------------------------------------- denoising
-
-
-def psnr(a, b, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB: ``10 log10(data_range^2 / mean((a-b)^2))``
-    over all elements (``inf`` for identical arrays)."""
-    if tuple(a.shape) != tuple(b.shape):
-        raise ValueError(f"psnr: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
-    xp = array_module(a)
-    diff = a.astype(np.float64) - xp.asarray(b).astype(np.float64)
-    m = float((diff * diff).mean())
-    if m == 0:
-        return math.inf
-    return 10.0 * math.log10(float(data_range) ** 2 / m)
-
-
-def add_noise(clean, std: float, rng: np.random.Generator):
-    """``clip(clean + std * N(0, 1), 0, 1)``, noise drawn on the CPU (seeded, the
-    same on every device); returns a new array of ``clean``'s module and dtype."""
-    xp = array_module(clean)
-    noise = rng.standard_normal(clean.shape).astype(clean.dtype) * clean.dtype.type(std)
-    return xp.clip(clean + xp.asarray(noise), 0, 1)
-
-
-def _as_float(images, dtype, xp):
-    images = np.asarray(images) if array_module(images) is np else images
-    if images.ndim == 3:
-        images = images[:, None]
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W) or (N, H, W), got shape "
-                         f"{tuple(images.shape)}")
-    if images.dtype == np.uint8:
-        return xp.asarray(images).astype(dtype) / dtype.type(255)
-    return xp.asarray(images).astype(dtype, copy=False)
-
-
-def evaluate_denoiser(model, clean, noise_std: float, seed: int = 0,
-                      batch_size: int = 256) -> dict:
-    """PSNR of noisy and of denoised ``clean`` images (float in [0, 1]; noise from
-    ``seed``): ``{"psnr_noisy", "psnr_denoised", "mse_denoised"}``."""
-    xp = model.xp
-    clean = _as_float(clean, model.dtype, xp)
-    noisy = add_noise(clean, noise_std, np.random.default_rng(seed))
-    out = model.predict(noisy, batch_size)
-    return {"psnr_noisy": psnr(noisy, clean), "psnr_denoised": psnr(out, clean),
-            "mse_denoised": float(((out - clean) ** 2).mean())}
-
-
 def train_denoiser(model: Sequential, images, epochs: int = 1, batch_size: int = 64,
                    lr: float = 1e-3, noise_std: float = 0.3, seed: int = 0,
                    backend: Optional[str] = None, progress: Optional[Callable] = None,
@@ -198,35 +150,21 @@ def train_denoiser(model: Sequential, images, epochs: int = 1, batch_size: int =
         if n_all - n_test < 1:
             raise ValueError(f"need at least 2 images to hold some out, got {n_all}")
         test_images, images = images[n_all - n_test:], images[:n_all - n_test]
-    xp = model.xp
-    dtype = model.dtype
-    rng = np.random.default_rng(seed)
     opt = optimizer if optimizer is not None else Adam(lr=lr)
-    n = len(images)
-    steps_per_epoch = math.ceil(n / batch_size)
-    steps, step = epochs * steps_per_epoch, 0
+    # One generator, seeded with ``seed``, shuffles and draws the noise for the run.
+    trainer = Trainer(model, opt, batch_size=batch_size, seed=seed, augment=augment,
+                      task=DenoisingTask(noise_std, seeding="run"))
+    steps_per_epoch = -(-len(images) // batch_size)
+    steps = epochs * steps_per_epoch
     history = []
     t0 = time.perf_counter()
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        total = 0.0
-        for start in range(0, n, batch_size):
-            idx = np.sort(order[start:start + batch_size])
-            clean = _as_float(images[idx], dtype, xp)
-            if augment is not None:
-                clean = augment(clean)
-            noisy = add_noise(clean, noise_std, rng)
-            out = model.forward(noisy, training=True)
-            loss, grad = mse(out, clean)
-            model.backward(grad)
-            opt.step(model)
-            total += loss * len(idx)
-            step += 1
-            if progress is not None:
-                progress(step, steps, loss)
-        history.append(total / n)
+    for e in range(epochs):
+        on_step = None if progress is None else (
+            lambda b, nb, loss, done=e * steps_per_epoch: progress(done + b, steps, loss))
+        history.append(trainer.train_epoch(images, progress=False,
+                                           on_step=on_step)["train_loss"])
     seconds = time.perf_counter() - t0
     result = evaluate_denoiser(model, test_images, noise_std, seed=seed + 1)
-    result.update(history=history, seconds=seconds, steps=steps, train_images=n,
+    result.update(history=history, seconds=seconds, steps=steps, train_images=len(images),
                   test_images=len(test_images))
     return result

@@ -1,13 +1,18 @@
-"""The training loop: mini-batch training and evaluation, with a state that a
-checkpoint captures exactly (weights, optimizer, both RNGs, position in the epoch),
-so that an interrupted or resumed run continues bit for bit where it stopped.
+"""The training loop: mini-batch training and evaluation of any task
+(``cnnfast.nn.tasks``: classifiers, denoisers), with a state that a checkpoint
+captures exactly (weights, optimizer, the RNGs, position in the epoch), so that an
+interrupted or resumed run continues bit for bit where it stopped.
 
 Two generators: the model's (initial weights, then dropout masks) and the data
-one (the per-epoch shuffle). The data generator's state is recorded at the start
-of each epoch; resuming mid-epoch restores it and redraws the same permutation.
-An optional augmentation pipeline (``cnnfast.augment``) has a third generator; its
-state is recorded after every batch (the batches already trained are not
-redrawn on resume, so the next batch continues its sequence).
+one (the per-epoch shuffle, and a denoiser's noise). The data generator's state is
+recorded at the start of each epoch (a task may instead seed each epoch's
+generator itself); resuming mid-epoch restores it and redraws the same
+permutation. An optional augmentation pipeline (``cnnfast.augment``) has a third
+generator; its state is recorded after every batch (the batches already trained
+are not redrawn on resume, so the next batch continues its sequence).
+
+The epoch loop around it (evaluation, metrics file, checkpoints, Ctrl-C) is
+``cnnfast.nn.runs``.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import layers as L
-from .data import to_float
-from .losses import softmax_cross_entropy
+from .data import to_float  # noqa: F401  (part of this module's namespace)
+from .losses import softmax_cross_entropy  # noqa: F401
 from .model import Sequential
 from .optim import Schedule
+# evaluate is the classifiers' evaluation (defined with the tasks; public here too).
+from .tasks import ClassificationTask, evaluate  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- models
@@ -95,38 +102,50 @@ class Progress:
 
 
 class Trainer:
-    """Mini-batch training of ``model`` with ``optimizer`` under ``schedule``.
+    """Mini-batch training of ``model`` with ``optimizer`` under ``schedule``, for
+    ``task`` (default: a ``ClassificationTask``; see ``cnnfast.nn.tasks``).
 
     ``images`` are uint8 (N, C, H, W) scaled per batch to the model dtype in
-    [0, 1]; ``labels`` int (N,). Set ``stop_requested = True`` (e.g. from a SIGINT
-    handler) to end the epoch after the current batch; ``fit`` then returns early
-    and ``position`` says where it stopped.
+    [0, 1]; ``labels`` int (N,) (None for a denoiser). Set ``stop_requested = True``
+    (e.g. from a SIGINT handler) to end the epoch after the current batch (the
+    task's ``stops_mid_epoch``; else after the epoch); ``train_epoch`` then returns
+    early and ``epoch``/``batch`` say where it stopped. ``loss`` replaces the
+    task's loss.
 
     ``augment`` (a ``cnnfast.augment.Pipeline``, optional) transforms every float
-    training batch (never evaluation batches); its generator state is part of
-    :meth:`state`, so a resumed run draws the same augmentations.
+    training batch (never evaluation batches; a denoiser's clean batch, before
+    the noise); its generator state is part of :meth:`state`, so a resumed run
+    draws the same augmentations.
     """
 
     def __init__(self, model: Sequential, optimizer, schedule: Optional[Schedule] = None,
-                 batch_size: int = 64, seed: int = 0, loss: Callable = softmax_cross_entropy,
-                 augment=None):
+                 batch_size: int = 64, seed: int = 0, loss: Optional[Callable] = None,
+                 augment=None, *, task=None):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be positive")
         if augment is not None and not all(hasattr(augment, a) for a in
                                            ("__call__", "spec", "get_state", "set_state")):
             raise TypeError(f"augment={augment!r} must be a cnnfast.augment.Pipeline")
-        self.model, self.optimizer, self.loss = model, optimizer, loss
+        self.task = task if task is not None else ClassificationTask()
+        self.model, self.optimizer = model, optimizer
+        self.loss = loss if loss is not None else self.task.loss
         # An empty pipeline is no augmentation (and records none).
         self.augment = augment if augment is not None and augment.spec else None
         self.schedule = schedule or Schedule(optimizer.lr)
         self.batch_size = int(batch_size)
-        self.data_rng = np.random.default_rng([int(seed), 1])
+        self.seed = int(seed)
+        self.data_rng = self.task.data_rng(self.seed)
         self.epoch = 0  # the epoch in progress (or next)
         self.batch = 0  # the next batch within it
-        self._epoch_rng_state = self.data_rng.bit_generator.state
+        # None where the task seeds each epoch's generator itself.
+        self._epoch_rng_state = (None if self._reseeds() else
+                                 self.data_rng.bit_generator.state)
         self.running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
         self.history = []
         self.stop_requested = False
+
+    def _reseeds(self) -> bool:
+        return self.task.epoch_seed(self.seed, self.epoch) is not None
 
     # -- state ----------------------------------------------------------------------
     def state(self) -> dict:
@@ -154,8 +173,13 @@ class Trainer:
         elif spec and self.augment.spec != spec:
             raise ValueError(f"the state's augmentation {spec!r} differs from this "
                              f"trainer's {self.augment.spec!r}")
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        self._epoch_rng_state = state["epoch_rng_state"]  # train_epoch restores it
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if batch and not self.task.stops_mid_epoch:
+            raise ValueError(f"batch {batch}: a {self.task.name} run resumes at epoch "
+                             f"boundaries")
+        self.epoch, self.batch = epoch, batch
+        # train_epoch restores it (a task that seeds every epoch needs none).
+        self._epoch_rng_state = None if self._reseeds() else state["epoch_rng_state"]
         self.model.rng.bit_generator.state = state["model_rng_state"]
         if self.augment is not None:
             self.augment.set_state(state["augment_state"])
@@ -165,88 +189,74 @@ class Trainer:
     # -- one step -------------------------------------------------------------------
     def train_step(self, x, y):
         """Forward, loss, backward, update; returns (loss, correct count)."""
-        logits = self.model.forward(x, training=True)
-        loss, grad = self.loss(logits, y)
+        outputs = self.model.forward(x, training=True)
+        loss, grad = self.loss(outputs, y)
         self.model.backward(grad)
         self.optimizer.step(self.model)
-        correct = int((logits.argmax(axis=1) == y).sum()) if y.ndim == 1 else 0
-        return loss, correct
+        return loss, self.task.correct(outputs, y)
 
-    def train_epoch(self, images, labels, progress: bool = True, stream=None) -> dict:
+    def train_epoch(self, images, labels=None, progress: bool = True, stream=None,
+                    on_step: Optional[Callable] = None) -> dict:
         """Train the rest of epoch ``self.epoch``; returns its metrics (or a partial
-        result with ``"interrupted": True`` when ``stop_requested`` is set)."""
-        xp, model = self.model.xp, self.model
+        result with ``"interrupted": True`` when ``stop_requested`` is set).
+        ``on_step(batch, batches, loss)`` is called after every step."""
+        xp, model, task = self.model.xp, self.model, self.task
         n = len(images)
         nb = math.ceil(n / self.batch_size)
         # The permutation comes from the state at the start of the epoch, so a
         # mid-epoch resume redraws the same one.
-        self.data_rng.bit_generator.state = self._epoch_rng_state
+        seed = task.epoch_seed(self.seed, self.epoch)
+        if seed is None:
+            self.data_rng.bit_generator.state = self._epoch_rng_state
+        else:
+            self.data_rng = np.random.default_rng(seed)
         perm = self.data_rng.permutation(n)
         bar = Progress(nb, f"epoch {self.epoch + 1}", stream) if progress else None
         start = time.perf_counter()
         base_time = self.running["time"]
         while self.batch < nb:
-            if self.stop_requested:
+            if self.stop_requested and task.stops_mid_epoch:
                 self.running["time"] = base_time + time.perf_counter() - start
                 return {"interrupted": True}
             idx = np.sort(perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size])
-            x = to_float(images[idx], model.dtype, xp)
+            x = task.to_float(images[idx], model)
             if self.augment is not None:
                 x = self.augment(x)
-            y = xp.asarray(labels[idx])
-            self.optimizer.lr = self.schedule(self.epoch + self.batch / nb)
+            x, y = task.pair(x, None if labels is None else labels[idx], self.data_rng, xp)
+            self.optimizer.lr = self.schedule(self.epoch + self.batch / nb
+                                              if task.schedule_per_batch else self.epoch)
             loss, correct = self.train_step(x, y)
             r = self.running
             r["loss_sum"] += loss * len(idx)
             r["correct"] += correct
             r["seen"] += len(idx)
             self.batch += 1
+            if on_step is not None:
+                on_step(self.batch, nb, loss)
             if bar:
                 elapsed = base_time + time.perf_counter() - start
-                bar.update(self.batch, f"loss {r['loss_sum'] / r['seen']:.4f} "
-                                       f"acc {r['correct'] / r['seen']:.4f} "
+                bar.update(self.batch, f"{task.progress_text(r)} "
                                        f"{r['seen'] / max(elapsed, 1e-9):,.0f} img/s",
                            final=self.batch == nb)
         r = self.running
         elapsed = base_time + time.perf_counter() - start
-        metrics = {"epoch": self.epoch + 1, "train_loss": r["loss_sum"] / max(r["seen"], 1),
-                   "train_acc": r["correct"] / max(r["seen"], 1),
+        metrics = {"epoch": self.epoch + 1, **task.train_metrics(r),
                    "images_per_s": r["seen"] / max(elapsed, 1e-9), "train_time_s": elapsed,
                    "lr": self.optimizer.lr}
         # Epoch boundary: the next epoch starts from the generator as it is now.
         self.epoch += 1
         self.batch = 0
-        self._epoch_rng_state = self.data_rng.bit_generator.state
+        self._epoch_rng_state = (None if self._reseeds() else
+                                 self.data_rng.bit_generator.state)
         self.running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
         return metrics
 
-    def evaluate(self, images, labels, batch_size: int = 500, classes: Optional[int] = None):
-        return evaluate(self.model, images, labels, batch_size, classes)
-
-
-def evaluate(model: Sequential, images, labels, batch_size: int = 500,
-             classes: Optional[int] = None) -> dict:
-    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted)
-    of ``model`` on uint8 ``images`` and int ``labels``."""
-    if batch_size < 1:  # range() would silently skip every image
-        raise ValueError(f"batch_size={batch_size!r} must be >= 1")
-    xp = model.xp
-    classes = classes or int(model.output_shape[0])
-    confusion = np.zeros((classes, classes), np.int64)
-    loss_sum = 0.0
-    for i in range(0, len(images), batch_size):
-        x = to_float(images[i:i + batch_size], model.dtype, xp)
-        y = labels[i:i + batch_size]
-        logits = model.forward(x, training=False)
-        loss, _ = softmax_cross_entropy(logits, xp.asarray(y))
-        loss_sum += loss * len(y)
-        pred = logits.argmax(axis=1)
-        pred = pred.get() if hasattr(pred, "get") else pred
-        np.add.at(confusion, (y, pred), 1)
-    n = max(len(images), 1)
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-    return {"loss": loss_sum / n, "accuracy": float(confusion.trace() / n),
-            "per_class": per_class.tolist(), "confusion": confusion}
+    def evaluate(self, images, labels=None, batch_size: Optional[int] = None,
+                 classes: Optional[int] = None) -> dict:
+        """The task's evaluation of the model (classifiers: :func:`evaluate`, by
+        batches of 500; denoisers: ``evaluate_denoiser`` with the run's test noise)."""
+        return self.task.evaluate(self.model, images, labels, batch_size=batch_size,
+                                  classes=classes, seed=self.seed)
 
 
 def _jsonable_state(state):
