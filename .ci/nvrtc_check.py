@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cnnfast.backends.cuda import conv_launch as cuda_launch
+from cnnfast.backends.cuda import conv_launch
 
 
 def _check(result, what):
@@ -40,14 +40,14 @@ def compile_file(file: str, arch: str, ptxas_verbose: bool):
     """(ok, log, lowered names, cubin size) for one file and one architecture."""
     from cuda.bindings import nvrtc
 
-    source = cuda_launch.source_text(file)
-    names = cuda_launch.name_expressions(file)
+    source = conv_launch.source_text(file)
+    names = conv_launch.name_expressions(file)
     prog = _check(nvrtc.nvrtcCreateProgram(source.encode(), file.encode(), 0, [], []),
                   "nvrtcCreateProgram")
     try:
         for name in names:
             _check(nvrtc.nvrtcAddNameExpression(prog, name.encode()), f"add {name}")
-        options = [o.encode() for o in cuda_launch.NVRTC_OPTIONS]
+        options = [o.encode() for o in conv_launch.NVRTC_OPTIONS]
         options.append(f"--gpu-architecture={arch}".encode())
         if ptxas_verbose:
             options.append(b"--ptxas-options=-v")
@@ -104,10 +104,10 @@ def main(argv=None) -> int:
         print(f"NVRTC unavailable: {type(exc).__name__}: {exc}\n(pip install "
               f"cuda-bindings nvidia-cuda-nvrtc-cu12)", file=sys.stderr)
         return 2
-    print(f"NVRTC {version[0]}.{version[1]}, options {' '.join(cuda_launch.NVRTC_OPTIONS)}")
+    print(f"NVRTC {version[0]}.{version[1]}, options {' '.join(conv_launch.NVRTC_OPTIONS)}")
     failed = 0
     for arch in archs:
-        for file in cuda_launch.SOURCE_FILES:
+        for file in conv_launch.SOURCE_FILES:
             t0 = time.perf_counter()
             ok, log, lowered, cubin = compile_file(file, arch, args.ptxas_verbose)
             dt = time.perf_counter() - t0

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Sanitizer jobs for the CUDA emulator (cnnfast/backends/cuda/emu) and the kernels it runs.
 #
-#  1. ASan + UBSan: the emulator library (every kernel of cnnfast/cuda) built with
-#     -fsanitize=address,undefined; tests/test_cuda_emu.py and test_cuda_pool_paths.py
-#     run on it (every kernel and path,
-#     ranks 1-3, both dtypes, the emulator's own semantics), and 200 random cases of
-#     the fuzzer (tests/test_fuzz.py); then a deliberate out-of-bounds kernel must be
-#     reported.
+#  1. ASan + UBSan: the emulator library (every kernel of cnnfast/backends/cuda/kernels)
+#     built with -fsanitize=address,undefined; tests/test_cuda_emu.py and
+#     test_cuda_pool_paths.py run on it (every kernel and path, ranks 1-3, both dtypes,
+#     the emulator's own semantics), and 200 random cases of the fuzzer
+#     (tests/test_fuzz.py); then a deliberate out-of-bounds kernel must be reported.
 #  2. TSan: the same library built with -fsanitize=thread (each CUDA thread is a TSan
 #     fiber; happens-before only at barriers, warp collectives and block boundaries);
 #     the same tests and 100 fuzz cases run on it with halt_on_error; then the

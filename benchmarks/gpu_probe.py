@@ -64,7 +64,7 @@ def tiles():
     import cupy as cp
 
     import cnnfast
-    from cnnfast.backends.cuda import conv_launch as cuda_launch
+    from cnnfast.backends.cuda import conv_launch
 
     rng = np.random.default_rng(0)
     layers = [  # (name, C, H, W, O, k, stride, pad)
@@ -75,7 +75,7 @@ def tiles():
         ("3x3 c64 13", 64, 13, 13, 64, 3, 1, 0),
     ]
     print("us per call; rows: layer, batch, op; columns: tile (auto = the heuristic)")
-    names = ["auto"] + list(cuda_launch.GEMM_TILES)
+    names = ["auto"] + list(conv_launch.GEMM_TILES)
     print(f"{'':28s}" + "".join(f"{t:>10s}" for t in names))
     for name, c, h, w_, o, k, s, pad in layers:
         for n in (8, 32):
@@ -93,7 +93,7 @@ def tiles():
             for op, fn in ops.items():
                 row = []
                 for tile in names:
-                    with cuda_launch.override(path="gemm", tile=None if tile == "auto" else tile):
+                    with conv_launch.override(path="gemm", tile=None if tile == "auto" else tile):
                         row.append(_timed(fn, 20))
                 print(f"{name:14s} n{n:<3d} {op:8s}" + "".join(f"{t:10.1f}" for t in row),
                       flush=True)

@@ -89,7 +89,7 @@ def test_second_process_hits_cupys_kernel_cache(tmp_path):
 def test_every_tile_and_phase_path_on_the_gpu(tile):
     """The tile shapes and ADJ stride phases on the device, forced, against the numpy
     reference (float64): shapes big enough for several blocks per dim."""
-    from cnnfast.backends.cuda import conv_launch as cuda_launch
+    from cnnfast.backends.cuda import conv_launch
     from cnnfast.backends.numpy import backend as ref
 
     rt = cupy_backend.runtime()
@@ -101,14 +101,14 @@ def test_every_tile_and_phase_path_on_the_gpu(tile):
     wt = rng.standard_normal((24, 70, 3, 3))
     pt = P.conv_transpose_params(x.shape, wt.shape, (3, 2), 1, (1, 0), 2, (2, 1))
     dev = cupy.asarray
-    with cuda_launch.override(path="gemm", tile=tile):
-        y = cuda_launch.conv(rt, dev(x), dev(w), dev(b), p)
+    with conv_launch.override(path="gemm", tile=tile):
+        y = conv_launch.conv(rt, dev(x), dev(w), dev(b), p)
         gy = rng.standard_normal(y.shape)
-        grads = cuda_launch.conv_backward(rt, dev(gy), dev(x), dev(w), p,
+        grads = conv_launch.conv_backward(rt, dev(gy), dev(x), dev(w), p,
                                           frozenset({"x", "weight", "bias"}))
-        yt = cuda_launch.conv_transpose(rt, dev(x), dev(wt), None, pt)
+        yt = conv_launch.conv_transpose(rt, dev(x), dev(wt), None, pt)
         gyt = rng.standard_normal(yt.shape)
-        gt = cuda_launch.conv_transpose_backward(rt, dev(gyt), dev(x), dev(wt), pt,
+        gt = conv_launch.conv_transpose_backward(rt, dev(gyt), dev(x), dev(wt), pt,
                                                  frozenset({"x", "weight"}))
     np.testing.assert_allclose(y.get(), ref.conv(x, w, b, p), rtol=1e-10, atol=1e-10)
     for got, exp in zip(grads, ref.conv_backward(gy, x, w, p, {"x", "weight", "bias"})):

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnfast.backends.cuda import conv_launch as cuda_launch
-
-from cnnfast.backends.cuda import pool_launch as cuda_pool_ops
+from cnnfast.backends.cuda import conv_launch, pool_launch
+from cnnfast.backends.cuda.common import CONV_GEO, POOL_GEO, pack_geometry
 from cnnfast import params as P
 from cnnfast.backends.numpy import backend as ref
 
@@ -174,10 +173,11 @@ def test_array_arguments_are_checked(mod):
 
 
 def test_every_name_expression_is_instantiated(rt):
-    for file in cuda_launch.SOURCE_FILES:
-        for name in cuda_launch.name_expressions(file):
+    for file in conv_launch.SOURCE_FILES:
+        for name in conv_launch.name_expressions(file):
             k = rt.function(file, name)
-            assert k.signature[-1] in ("c:i4", "s:i4", "s:i8"), (name, k.signature)
+            assert k.signature[-1] in ("c:i4:int", "s:i4:int", "s:i8:long long"), (
+                name, k.signature)
 
 
 def _conv_case(rank, groups, c=4, o=6, seed=0, dtype=np.float64):
@@ -196,10 +196,10 @@ def _conv_case(rank, groups, c=4, o=6, seed=0, dtype=np.float64):
 @pytest.mark.parametrize("groups", [1, 2])
 def test_conv_paths(rt, path, rank, groups):
     x, w, b, p = _conv_case(rank, groups)
-    with cuda_launch.override(path=path):
-        y = cuda_launch.conv(rt, x, w, b, p)
+    with conv_launch.override(path=path):
+        y = conv_launch.conv(rt, x, w, b, p)
         gy = np.random.default_rng(1).standard_normal(y.shape)
-        gx, _, _ = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"x"}))
+        gx, _, _ = conv_launch.conv_backward(rt, gy, x, w, p, frozenset({"x"}))
     np.testing.assert_allclose(y, ref.conv(x, w, b, p), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gx, ref.conv_backward(gy, x, w, p, {"x"})[0], rtol=1e-12, atol=1e-12)
 
@@ -211,10 +211,10 @@ def test_conv_transpose_paths(rt, path):
     w = rng.standard_normal((4, 3, 3, 2))
     b = rng.standard_normal(6)
     p = P.conv_transpose_params(x.shape, w.shape, (2, 3), ((1, 0), (2, 1)), (1, 1), 2, (1, 2))
-    with cuda_launch.override(path=path):
-        y = cuda_launch.conv_transpose(rt, x, w, b, p)
+    with conv_launch.override(path=path):
+        y = conv_launch.conv_transpose(rt, x, w, b, p)
         gy = rng.standard_normal(y.shape)
-        gx, _, _ = cuda_launch.conv_transpose_backward(rt, gy, x, w, p, frozenset({"x"}))
+        gx, _, _ = conv_launch.conv_transpose_backward(rt, gy, x, w, p, frozenset({"x"}))
     np.testing.assert_allclose(y, ref.conv_transpose(x, w, b, p), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gx, ref.conv_transpose_backward(gy, x, w, p, {"x"})[0],
                                rtol=1e-12, atol=1e-12)
@@ -224,9 +224,9 @@ def test_conv_transpose_paths(rt, path):
 def test_split_k_weight_gradient_is_exact_and_deterministic(rt, splits):
     x, w, b, p = _conv_case(2, 2, dtype=np.float32)
     gy = np.random.default_rng(3).standard_normal((2, 6) + p.out_shape).astype(np.float32)
-    with cuda_launch.override(splits=splits):
-        _, gw1, gb1 = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"weight", "bias"}))
-        _, gw2, gb2 = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"weight", "bias"}))
+    with conv_launch.override(splits=splits):
+        _, gw1, gb1 = conv_launch.conv_backward(rt, gy, x, w, p, frozenset({"weight", "bias"}))
+        _, gw2, gb2 = conv_launch.conv_backward(rt, gy, x, w, p, frozenset({"weight", "bias"}))
     _, gw_ref, gb_ref = ref.conv_backward(gy.astype(np.float64), x.astype(np.float64),
                                           w.astype(np.float64), p, {"weight", "bias"})
     np.testing.assert_allclose(gw1, gw_ref, rtol=1e-4, atol=1e-4)
@@ -238,11 +238,11 @@ def test_max_pool_backward_overlapping_windows_many_segments(rt):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 2, 40, 40))
     p = P.pool_params(x.shape, 3, 1, 1, 1, False)
-    y, idx = cuda_launch.max_pool(rt, x, p, True)
+    y, idx = pool_launch.max_pool(rt, x, p, True)
     gy = rng.standard_normal(y.shape)
-    gx = cuda_launch.max_pool_backward(rt, gy, idx, x.shape)
+    gx = pool_launch.max_pool_backward(rt, gy, idx, x.shape)
     np.testing.assert_allclose(gx, ref.max_pool_backward(gy, idx, x.shape), rtol=1e-12, atol=1e-12)
-    assert gx.tobytes() == cuda_launch.max_pool_backward(rt, gy, idx, x.shape).tobytes()
+    assert gx.tobytes() == pool_launch.max_pool_backward(rt, gy, idx, x.shape).tobytes()
 
 
 def test_public_api_runs_on_cuda_emu():
@@ -272,8 +272,8 @@ def test_availability_names_a_missing_compiler(monkeypatch):
 
 
 def test_nvrtc_source_inlines_headers():
-    for file in cuda_launch.SOURCE_FILES:
-        text = cuda_launch.source_text(file)
+    for file in conv_launch.SOURCE_FILES:
+        text = conv_launch.source_text(file)
         assert '#include "' not in text
         assert "enum ConvGeoField" in text
 
@@ -283,37 +283,39 @@ def test_cache_key_is_deterministic_across_processes():
             "print(' '.join(c.cache_key(f) for f in c.SOURCE_FILES))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout.split()
-    assert out == [cuda_launch.cache_key(f) for f in cuda_launch.SOURCE_FILES]
-    assert cuda_launch.cache_key("conv.cu") != cuda_launch.cache_key("conv.cu", ("-G",))
+    assert out == [conv_launch.cache_key(f) for f in conv_launch.SOURCE_FILES]
+    assert conv_launch.cache_key("conv.cu") != conv_launch.cache_key("conv.cu", ("-G",))
 
 
-class _ReadFields(dict):
-    """A geometry field table that records which fields the packing looks up."""
-
-    def __init__(self, fields):
-        super().__init__(fields)
-        self.read = set()
-
-    def __getitem__(self, name):
-        self.read.add(name)
-        return super().__getitem__(name)
-
-
-def test_the_launchers_fill_every_geometry_field_of_the_header(monkeypatch):
-    # The field tables are parsed from common.cuh, so their layout matches it by
-    # construction; what can go wrong is a field added there that the launchers
-    # never pack, which would reach the kernels as 0.
-    conv_fields = _ReadFields(cuda_launch.CONV_FIELDS)
-    monkeypatch.setattr(cuda_launch, "CONV_FIELDS", conv_fields)
+def test_geometry_is_packed_by_field_name_and_complete():
+    """pack_geometry puts each value at its field's place in the header's layout and
+    refuses a geometry that misses a field (which the kernels would read as 0), names
+    an unknown one, or gives a per-dim field without its 3 dims."""
+    full = dict(N=2, G=1, CI=3, CO=4, I=(1, 6, 7), O=(1, 5, 6), K=(1, 2, 2), S=(1, 1, 1),
+                P=(0, 0, 1), D=(1, 1, 1), HAS_BIAS=True, SPLITS=1, KCHUNK=0, KSPLITS=5)
+    geo = pack_geometry(CONV_GEO, **full)
+    assert len(geo) == CONV_GEO.size
+    at = {name: geo[i] for name, i in CONV_GEO.index.items()}
+    assert (at["CI"], at["I1"], at["I2"], at["P2"], at["HAS_BIAS"], at["KSPLITS"]) == (
+        3, 6, 7, 1, 1, 5)
+    missing = {k: v for k, v in full.items() if k != "KSPLITS"}
+    with pytest.raises(ValueError, match="fields not given: CG_KSPLITS"):
+        pack_geometry(CONV_GEO, **missing)
+    with pytest.raises(ValueError, match="no field CG_BOGUS"):
+        pack_geometry(CONV_GEO, BOGUS=1, **full)
+    with pytest.raises(ValueError, match="per-dim"):
+        pack_geometry(CONV_GEO, **dict(full, I=(6, 7)))
+    with pytest.raises(NotImplementedError, match="int32"):
+        pack_geometry(CONV_GEO, **dict(full, N=2 ** 31))
+    # The launchers fill every field (or the packing raises), max-pool backward's
+    # geometry (no pooling params) included.
     p = P.conv_params((2, 4, 5, 6, 7), (6, 2, 3, 3, 3), 2, 1, 1, 2)
-    cuda_launch._conv_geo(2, 2, 4, 6, p.in_shape, p.out_shape, p)
-    assert set(conv_fields) - conv_fields.read == set()
-
-    pool_fields = _ReadFields(cuda_pool_ops.POOL_FIELDS)
-    monkeypatch.setattr(cuda_pool_ops, "POOL_FIELDS", pool_fields)
-    p = P.pool_params((2, 3, 5, 6, 7), 2, None, 1, 1, False)
-    cuda_pool_ops._pool_geo.__wrapped__(6, p.in_shape, p.out_shape, p)  # uncached
-    assert set(pool_fields) - pool_fields.read == set()
+    conv_launch._conv_geo(2, 2, 4, 6, p.in_shape, p.out_shape, p)
+    pp = P.pool_params((2, 3, 5, 6, 7), 2, None, 1, 1, False)
+    geo = pool_launch._pool_geo.__wrapped__(6, pp.in_shape, pp.out_shape, pp)  # uncached
+    assert (geo[POOL_GEO.index["P2"]], geo[POOL_GEO.index["K2"]]) == (1, 2)
+    geo = pool_launch._pool_geo.__wrapped__(6, pp.in_shape, pp.out_shape, None, 4, 2, 4)
+    assert [geo[POOL_GEO.index[f]] for f in ("P2", "K2", "SEGMENTS", "MODE")] == [0, 1, 4, 2]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -325,33 +327,33 @@ def test_all_eight_ops_small(rt, rank, dtype):
     rng = np.random.default_rng(rank)
     f64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
     x, w, b, p = _conv_case(rank, 2, dtype=dtype)
-    y = cuda_launch.conv(rt, x, w, b, p)
+    y = conv_launch.conv(rt, x, w, b, p)
     np.testing.assert_allclose(y, ref.conv(f64(x), f64(w), f64(b), p), rtol=tol, atol=tol * 10)
     gy = rng.standard_normal(y.shape).astype(dtype)
     all_grads = frozenset({"x", "weight", "bias"})
-    for got, exp in zip(cuda_launch.conv_backward(rt, gy, x, w, p, all_grads),
+    for got, exp in zip(conv_launch.conv_backward(rt, gy, x, w, p, all_grads),
                         ref.conv_backward(f64(gy), f64(x), f64(w), p, all_grads)):
         np.testing.assert_allclose(got, exp, rtol=tol, atol=tol * 10)
     wt = rng.standard_normal((4, 3) + w.shape[2:]).astype(dtype)
     pt = P.conv_transpose_params(x.shape, wt.shape, 2, 1, 1, 1, 1)
-    yt = cuda_launch.conv_transpose(rt, x, wt, None, pt)
+    yt = conv_launch.conv_transpose(rt, x, wt, None, pt)
     np.testing.assert_allclose(yt, ref.conv_transpose(f64(x), f64(wt), None, pt), rtol=tol,
                                atol=tol * 10)
     gyt = rng.standard_normal(yt.shape).astype(dtype)
-    for got, exp in zip(cuda_launch.conv_transpose_backward(rt, gyt, x, wt, pt, all_grads),
+    for got, exp in zip(conv_launch.conv_transpose_backward(rt, gyt, x, wt, pt, all_grads),
                         ref.conv_transpose_backward(f64(gyt), f64(x), f64(wt), pt, all_grads)):
         np.testing.assert_allclose(got, exp, rtol=tol, atol=tol * 10)
     pp = P.pool_params(x.shape, 3, 2, 1, 1, True, False, None)
-    ym, idx = cuda_launch.max_pool(rt, x, pp, True)
+    ym, idx = pool_launch.max_pool(rt, x, pp, True)
     ym_ref, idx_ref = ref.max_pool(x, pp, True)
     np.testing.assert_array_equal(ym, ym_ref)
     np.testing.assert_array_equal(idx, idx_ref)
     gym = rng.standard_normal(ym.shape).astype(dtype)
-    np.testing.assert_allclose(cuda_launch.max_pool_backward(rt, gym, idx, x.shape),
+    np.testing.assert_allclose(pool_launch.max_pool_backward(rt, gym, idx, x.shape),
                                ref.max_pool_backward(f64(gym), idx, x.shape), rtol=tol, atol=tol)
-    ya = cuda_launch.avg_pool(rt, x, pp)
+    ya = pool_launch.avg_pool(rt, x, pp)
     np.testing.assert_allclose(ya, ref.avg_pool(f64(x), pp), rtol=tol, atol=tol)
-    np.testing.assert_allclose(cuda_launch.avg_pool_backward(rt, gym, pp),
+    np.testing.assert_allclose(pool_launch.avg_pool_backward(rt, gym, pp),
                                ref.avg_pool_backward(f64(gym), pp), rtol=tol, atol=tol)
 
 
@@ -363,13 +365,13 @@ def test_gemm_with_several_tiles_in_every_dimension(rt):
     w = rng.standard_normal((70, 20, 3, 3))
     b = rng.standard_normal(70)
     p = P.conv_params(x.shape, w.shape, 1, 1, 1, 1)
-    with cuda_launch.override(path="gemm", splits=2):
-        y = cuda_launch.conv(rt, x, w, b, p)
+    with conv_launch.override(path="gemm", splits=2):
+        y = conv_launch.conv(rt, x, w, b, p)
         gy = rng.standard_normal(y.shape)
-        grads = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"x", "weight", "bias"}))
+        grads = conv_launch.conv_backward(rt, gy, x, w, p, frozenset({"x", "weight", "bias"}))
         wt = rng.standard_normal((20, 70, 3, 3))
         pt = P.conv_transpose_params(x.shape, wt.shape, 2, 1, 1, 1, 1)
-        yt = cuda_launch.conv_transpose(rt, x, wt, None, pt)
+        yt = conv_launch.conv_transpose(rt, x, wt, None, pt)
     np.testing.assert_allclose(y, ref.conv(x, w, b, p), rtol=1e-11, atol=1e-11)
     for got, exp in zip(grads, ref.conv_backward(gy, x, w, p, {"x", "weight", "bias"})):
         np.testing.assert_allclose(got, exp, rtol=1e-11, atol=1e-10)
@@ -395,8 +397,8 @@ def test_float16_rounding_matches_numpy(rt, scale):
     x = _f16_values(rng, 4096).reshape(1, 1, 4096)
     w = np.full((1, 1, 1), scale, np.float16)
     p = P.conv_params(x.shape, w.shape, 1, 0, 1, 1)
-    with cuda_launch.override(path="direct"):
-        y = cuda_launch.conv(rt, x, w, None, p)
+    with conv_launch.override(path="direct"):
+        y = conv_launch.conv(rt, x, w, None, p)
     with np.errstate(invalid="ignore", over="ignore"):
         # 0 + x*w: the kernel's sum starts at +0, so -0 products give +0.
         expected = (np.float32(0) + x.astype(np.float32) * np.float32(w[0, 0, 0])).astype(np.float16)
@@ -412,23 +414,23 @@ def test_float16_ops_accumulate_in_float32(rt):
     w = (rng.standard_normal((16, 8, 3, 3)) / 8).astype(np.float16)
     p = P.conv_params(x.shape, w.shape, 1, 1, 1, 1)
     f64 = lambda a: a.astype(np.float64)  # noqa: E731
-    y = cuda_launch.conv(rt, x, w, None, p)
+    y = conv_launch.conv(rt, x, w, None, p)
     assert y.dtype == np.float16
     # float32 accumulation: only the final rounding to half (~5e-4 relative) remains.
     np.testing.assert_allclose(y.astype(np.float64), ref.conv(f64(x), f64(w), None, p),
                                rtol=2e-3, atol=2e-3)
     gy = rng.standard_normal(y.shape).astype(np.float16)
-    got = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"x", "weight", "bias"}))
+    got = conv_launch.conv_backward(rt, gy, x, w, p, frozenset({"x", "weight", "bias"}))
     exp = ref.conv_backward(f64(gy), f64(x), f64(w), p, {"x", "weight", "bias"})
     for g, e in zip(got, exp):
         scale = np.abs(e).max()
         np.testing.assert_allclose(g.astype(np.float64), e, rtol=2e-3, atol=2e-3 * scale)
     pp = P.pool_params(x.shape, 3, 2, 1, 1, True)
-    ym, idx = cuda_launch.max_pool(rt, x, pp, True)
+    ym, idx = pool_launch.max_pool(rt, x, pp, True)
     ym_ref, idx_ref = ref.max_pool(x, pp, True)
     np.testing.assert_array_equal(ym, ym_ref)
     np.testing.assert_array_equal(idx, idx_ref)
-    ya = cuda_launch.avg_pool(rt, x, pp)
+    ya = pool_launch.avg_pool(rt, x, pp)
     np.testing.assert_allclose(ya.astype(np.float64), ref.avg_pool(f64(x), pp), rtol=2e-3, atol=2e-3)
 
 
@@ -437,18 +439,18 @@ def test_zero_channels(rt):
     x = np.ones((2, 0, 5, 5))
     w = np.ones((3, 0, 3, 3))
     p = P.conv_params(x.shape, w.shape, 1, 1, 1, 1)
-    y = cuda_launch.conv(rt, x, w, np.ones(3), p)
+    y = conv_launch.conv(rt, x, w, np.ones(3), p)
     np.testing.assert_array_equal(y, ref.conv(x, w, np.ones(3), p))
     gy = np.ones(y.shape)
-    for got, exp in zip(cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"x", "weight", "bias"})),
+    for got, exp in zip(conv_launch.conv_backward(rt, gy, x, w, p, frozenset({"x", "weight", "bias"})),
                         ref.conv_backward(gy, x, w, p, {"x", "weight", "bias"})):
         assert got.shape == exp.shape
         np.testing.assert_array_equal(got, exp)
     w0 = np.ones((0, 2, 3, 3))
     x2 = np.ones((2, 2, 5, 5))
     p0 = P.conv_params(x2.shape, w0.shape, 1, 1, 1, 1)
-    assert cuda_launch.conv(rt, x2, w0, None, p0).shape == (2, 0, 5, 5)
-    got = cuda_launch.conv_backward(rt, np.ones((2, 0, 5, 5)), x2, w0, p0,
+    assert conv_launch.conv(rt, x2, w0, None, p0).shape == (2, 0, 5, 5)
+    got = conv_launch.conv_backward(rt, np.ones((2, 0, 5, 5)), x2, w0, p0,
                                     frozenset({"x", "weight", "bias"}))
     np.testing.assert_array_equal(got[0], 0)
     assert got[1].shape == (0, 2, 3, 3) and got[2].shape == (0,)
@@ -456,8 +458,8 @@ def test_zero_channels(rt):
 
 def test_unsupported_names_the_limit():
     p = P.conv_params((1, 70000, 4), (70000, 1, 1), 1, 0, 1, 70000)
-    assert "groups" in cuda_launch.unsupported("conv", p, "float32")
-    assert cuda_launch.unsupported("conv", _conv_case(2, 1)[3], "float32") is None
+    assert "groups" in conv_launch.unsupported("conv", p, "float32")
+    assert conv_launch.unsupported("conv", _conv_case(2, 1)[3], "float32") is None
 
 
 # ----------------------------------------------------------------------------- tiles, phases
@@ -468,21 +470,21 @@ def _all_conv_ops(rt, x, w, b, p, pt, wt):
     returns [(got, expected)]."""
     rng = np.random.default_rng(11)
     out = []
-    y = cuda_launch.conv(rt, x, w, b, p)
+    y = conv_launch.conv(rt, x, w, b, p)
     gy = rng.standard_normal(y.shape)
     out.append((y, ref.conv(x, w, b, p)))
-    out += list(zip(cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"x", "weight", "bias"})),
+    out += list(zip(conv_launch.conv_backward(rt, gy, x, w, p, frozenset({"x", "weight", "bias"})),
                     ref.conv_backward(gy, x, w, p, {"x", "weight", "bias"})))
-    yt = cuda_launch.conv_transpose(rt, x, wt, None, pt)
+    yt = conv_launch.conv_transpose(rt, x, wt, None, pt)
     gyt = rng.standard_normal(yt.shape)
     out.append((yt, ref.conv_transpose(x, wt, None, pt)))
-    out += list(zip(cuda_launch.conv_transpose_backward(rt, gyt, x, wt, pt,
+    out += list(zip(conv_launch.conv_transpose_backward(rt, gyt, x, wt, pt,
                                                         frozenset({"x", "weight"})),
                     ref.conv_transpose_backward(gyt, x, wt, pt, {"x", "weight"})))
     return [(g, e) for g, e in out if e is not None]
 
 
-@pytest.mark.parametrize("tile", sorted(cuda_launch.GEMM_TILES))
+@pytest.mark.parametrize("tile", sorted(conv_launch.GEMM_TILES))
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_every_gemm_tile_on_every_mode(rt, tile, rank):
     """Each tile shape, forced, on the three GEMM modes: rows and columns that do not
@@ -499,7 +501,7 @@ def test_every_gemm_tile_on_every_mode(rt, tile, rank):
     wt = rng.standard_normal((6, 20) + k)
     pt = P.conv_transpose_params(x.shape, wt.shape, (3, 2, 2)[:rank], ((1, 0), (2, 1), (0, 0))[:rank],
                                  (1, 0, 1)[:rank], 2, (2, 1, 1)[:rank])
-    with cuda_launch.override(path="gemm", tile=tile, splits=3):
+    with conv_launch.override(path="gemm", tile=tile, splits=3):
         pairs = _all_conv_ops(rt, x, w, b, p, pt, wt)
     for got, exp in pairs:
         np.testing.assert_allclose(got, exp, rtol=1e-11, atol=1e-11)
@@ -514,7 +516,7 @@ def test_adjoint_phases_cover_outputs_no_tap_reaches(rt):
     wt = rng.standard_normal((4, 3, 2, 1))
     b = rng.standard_normal(3)
     pt = P.conv_transpose_params(x.shape, wt.shape, (4, 3), 0, (3, 2), 1, 1)
-    y = cuda_launch.conv_transpose(rt, x, wt, b, pt)
+    y = conv_launch.conv_transpose(rt, x, wt, b, pt)
     np.testing.assert_allclose(y, ref.conv_transpose(x, wt, b, pt), rtol=1e-12, atol=1e-12)
     assert np.all(y[:, :, 2::4, :] == b[None, :, None, None])
 
@@ -527,9 +529,9 @@ def test_direct_weight_gradient_of_depthwise(rt, taps, splits):
     w = rng.standard_normal((16, 1) + taps)
     p = P.conv_params(x.shape, w.shape, (2, 1), (1, 2) if taps == (3, 3) else 1, (1, 2), 8)
     gy = rng.standard_normal((3, 16) + p.out_shape)
-    with cuda_launch.override(path="direct", splits=splits):
-        _, gw, _ = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"weight"}))
-        _, gw2, _ = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"weight"}))
+    with conv_launch.override(path="direct", splits=splits):
+        _, gw, _ = conv_launch.conv_backward(rt, gy, x, w, p, frozenset({"weight"}))
+        _, gw2, _ = conv_launch.conv_backward(rt, gy, x, w, p, frozenset({"weight"}))
     np.testing.assert_allclose(gw, ref.conv_backward(gy, x, w, p, {"weight"})[1],
                                rtol=1e-12, atol=1e-12)
     assert gw.tobytes() == gw2.tobytes()
@@ -546,11 +548,11 @@ def test_direct_3x3_instantiation(rt, stride):
     p = P.conv_params(x.shape, w.shape, stride, ((2, 0), (1, 2)), (1, 2), 6)
     wt = rng.standard_normal((6, 2, 3, 3))
     pt = P.conv_transpose_params(x.shape, wt.shape, stride, 1, 0, 6, (2, 1))
-    with cuda_launch.override(path="direct"):
-        y = cuda_launch.conv(rt, x, w, b, p)
+    with conv_launch.override(path="direct"):
+        y = conv_launch.conv(rt, x, w, b, p)
         gy = rng.standard_normal(y.shape)
-        gx, _, _ = cuda_launch.conv_backward(rt, gy, x, w, p, frozenset({"x"}))
-        yt = cuda_launch.conv_transpose(rt, x, wt, None, pt)
+        gx, _, _ = conv_launch.conv_backward(rt, gy, x, w, p, frozenset({"x"}))
+        yt = conv_launch.conv_transpose(rt, x, wt, None, pt)
     np.testing.assert_allclose(y, ref.conv(x, w, b, p), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gx, ref.conv_backward(gy, x, w, p, {"x"})[0], rtol=1e-12,
                                atol=1e-12)

@@ -38,11 +38,11 @@ def test_nvrtc_compiles_every_kernel_for_sm80_and_sm90():
                            "--arch", "sm_80", "--arch", "sm_90"],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from cnnfast.backends.cuda import conv_launch as cuda_launch
+    from cnnfast.backends.cuda import conv_launch
 
     for arch in ("sm_80", "sm_90"):
-        for file in cuda_launch.SOURCE_FILES:
-            n = len(cuda_launch.name_expressions(file))
+        for file in conv_launch.SOURCE_FILES:
+            n = len(conv_launch.name_expressions(file))
             assert f"[{arch}] {file}: ok ({n} kernels" in proc.stdout, proc.stdout
 
 
@@ -56,15 +56,15 @@ def test_nvrtc_check_fails_on_a_broken_kernel(tmp_path, monkeypatch):
         import nvrtc_check
     finally:
         sys.path.pop(0)
-    from cnnfast.backends.cuda import conv_launch as cuda_launch
+    from cnnfast.backends.cuda import conv_launch
 
     (tmp_path / "common.cuh").write_text("#pragma once\n")
     (tmp_path / "conv.cu").write_text(
         '#include "common.cuh"\ntemplate <class T> __global__ void conv_gemm(T* y) '
         '{ y[0] = undefined_name; }\n')
-    monkeypatch.setattr(cuda_launch, "name_expressions", lambda f: ("conv_gemm<float>",))
-    real = cuda_launch.source_text
-    monkeypatch.setattr(cuda_launch, "source_text", lambda f: real(f, str(tmp_path)))
+    monkeypatch.setattr(conv_launch, "name_expressions", lambda f: ("conv_gemm<float>",))
+    real = conv_launch.source_text
+    monkeypatch.setattr(conv_launch, "source_text", lambda f: real(f, str(tmp_path)))
     ok, log, _, _ = nvrtc_check.compile_file("conv.cu", "sm_80", False)
     assert not ok and "undefined_name" in log
 
@@ -79,3 +79,4 @@ def test_cupy_backend_imports_and_explains_itself():
     reason = cupy_backend.availability()
     if cupy_backend.cupy is None:
         assert reason and "CuPy is not installed" in reason
+        assert cupy_backend.last_paths() == {}  # no runtime, no call

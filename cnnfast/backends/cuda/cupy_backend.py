@@ -1,13 +1,15 @@
 """The ``cupy`` backend: cnnfast's CUDA kernels on cupy arrays.
 
-The kernels are the CUDA C++ files of ``cnnfast/cuda`` (package data), compiled at
-run time by NVRTC through ``cupy.RawModule`` with the template instantiations of
-``cnnfast.conv_launch.name_expressions`` -- one module per source file, memoized per
-device. The source string handed to CuPy has its headers inlined
+The kernels are the CUDA C++ files of ``cnnfast/backends/cuda/kernels`` (package data),
+compiled at run time by NVRTC through ``cupy.RawModule`` with the template
+instantiations of ``conv_launch.name_expressions`` -- one module per source file and C
+type, memoized per device. The source string handed to CuPy has its headers inlined
 (``conv_launch.source_text``) and is the same in every process, so CuPy's on-disk
 kernel cache (``~/.cupy/kernel_cache``, ``CUPY_CACHE_DIR``) is hit from the second run
-on. The operations themselves are ``cnnfast.backends.cuda.conv_launch``'s, shared with the
-``cuda-emu`` backend that runs the same kernels on the CPU for testing.
+on. The operations themselves are those of ``cnnfast.backends.cuda.conv_launch`` and
+``pool_launch``, shared with the ``cuda-emu`` backend that runs the same kernels on the
+CPU for testing; ``last_paths()`` records the paths of this thread's last convolution
+call.
 
 Install with ``pip install cnnfast[gpu]`` (CuPy for CUDA 12); this module imports
 without CuPy and ``availability()`` then says why it cannot run.
@@ -53,11 +55,20 @@ ALGORITHMS = conv_launch.ALGORITHMS
 explain = conv_launch.explain
 
 
+def last_paths() -> dict:
+    """The paths of this thread's last convolution call, by result (``"y"``,
+    ``"grad_x"``, ``"grad_weight"``): the names ``explain`` gives and ``algorithm=``
+    takes."""
+    return conv_launch.last_paths(_runtime)
+
+
 class CupyRuntime:
-    """The runtime object of ``cnnfast.backends.cuda.conv_launch`` on the current CuPy device."""
+    """The runtime of the CUDA launchers (``cnnfast.backends.cuda.common``) on the
+    current CuPy device."""
 
     def __init__(self):
         self.xp = cupy
+        self.record = conv_launch.PathRecord()
         self._modules = {}  # (device id, file, C type, options) -> RawModule
         self._functions = {}  # (device id, name) -> RawKernel
         self._geo = {}  # (device id, geometry) -> device int32 array
@@ -134,7 +145,7 @@ def warmup(devices=None, dtypes=None):
 
     rt = runtime()
     t0 = time.perf_counter()
-    ctypes = [conv_launch.CTYPES[str(np.dtype(d))] for d in dtypes] if dtypes else \
+    ctypes = [conv_launch.ctype(np.dtype(d)) for d in dtypes] if dtypes else \
         list(conv_launch.CTYPES.values())
     for dev in devices if devices is not None else [cupy.cuda.Device().id]:
         for file in conv_launch.SOURCE_FILES:

@@ -1,11 +1,13 @@
 """The ``cuda-emu`` backend: cnnfast's CUDA kernels run on the CPU by the emulator.
 
-The kernel source of ``cnnfast/backends/cuda/kernels/*.cu`` is compiled, unchanged, by the host C++
-compiler together with ``cnnfast/backends/cuda/emu/cuda_emu.h`` (CUDA keywords defined away;
-every CUDA thread a fiber; see that header) into a shared library loaded with ctypes.
-The operations are the ones of ``cnnfast.backends.cuda.conv_launch`` -- the very launch code the
-``cupy`` backend runs -- on numpy arrays. Opt-in only (debugging and CI): it is slow,
-and it is never chosen automatically.
+The kernel source of ``cnnfast/backends/cuda/kernels/*.cu`` is compiled, unchanged, by
+the host C++ compiler together with ``cnnfast/backends/cuda/emu/cuda_emu.h`` (CUDA
+keywords defined away; every CUDA thread a fiber; see that header) into a shared
+library loaded with ctypes. The operations are those of
+``cnnfast.backends.cuda.conv_launch`` and ``pool_launch`` -- the very launch code the
+``cupy`` backend runs -- on numpy arrays; ``last_paths()`` records the paths of this
+thread's last convolution call. Opt-in only (debugging and CI): it is slow, and it is
+never chosen automatically.
 
 The library is built on first use (``g++ -O2 -shared -fPIC``, ~20 s) and cached in
 ``$XDG_CACHE_HOME/cnnfast/cuda_emu`` (default ``~/.cache/...``; override with
@@ -172,14 +174,6 @@ class EmuModule:
         return EmuKernel(self, name, launch, sig)
 
 
-_CODE_DTYPES = {"f2": np.float16, "f4": np.float32, "f8": np.float64, "i4": np.int32, "u4": np.uint32,
-                "i8": np.int64, "u8": np.uint64, "i1": np.int8, "u1": np.uint8,
-                "b1": np.bool_}
-_CODE_CTYPES = {"f2": "half_t", "f4": "float", "f8": "double", "i4": "int", "u4": "unsigned int",
-                "i8": "long long", "u8": "unsigned long long", "i1": "signed char",
-                "u1": "unsigned char", "b1": "bool"}
-
-
 def _dims(value, what):
     if isinstance(value, (int, np.integer)):
         value = (int(value),)
@@ -207,9 +201,9 @@ class EmuKernel:
                             f"{len(self.signature)} ({', '.join(self.signature)})")
         keep, slots = [], (ctypes.c_void_p * max(1, len(args)))()
         for i, (code, arg) in enumerate(zip(self.signature, args)):
-            kind, t = code.split(":")
-            dtype = np.dtype(_CODE_DTYPES[t])
-            ctype = _CODE_CTYPES[t]
+            # cuda_emu.h's ParamCode: kind, numpy type string, C type name.
+            kind, t, ctype = code.split(":", 2)
+            dtype = np.dtype(t)
             where = f"{self.name}: argument {i}"
             if kind in ("p", "c"):
                 const = "const " if kind == "c" else ""
@@ -268,13 +262,15 @@ def env_flags():
 
 
 class EmuRuntime:
-    """The runtime object of ``cnnfast.backends.cuda.conv_launch`` for the emulator."""
+    """The runtime of the CUDA launchers (``cnnfast.backends.cuda.common``) for the
+    emulator."""
 
     xp = np
 
     def __init__(self, flags=None):
         self.module = EmuModule({f: conv_launch.name_expressions(f)
                                  for f in conv_launch.SOURCE_FILES}, flags)
+        self.record = conv_launch.PathRecord()
         self._functions = {}
         self._tables = {}
 
@@ -328,6 +324,13 @@ def unsupported(op, params, dtype):
 
 ALGORITHMS = conv_launch.ALGORITHMS
 explain = conv_launch.explain
+
+
+def last_paths() -> dict:
+    """The paths of this thread's last convolution call, by result (``"y"``,
+    ``"grad_x"``, ``"grad_weight"``): the names ``explain`` gives and ``algorithm=``
+    takes."""
+    return conv_launch.last_paths(_runtime)
 
 
 OPS = conv_launch.make_ops(runtime)

@@ -1,6 +1,8 @@
 """Pooling launches of the CUDA backends (``cupy`` and ``cuda-emu``): the host side
-of ``cnnfast/backends/cuda/kernels/pool.cu``. Shared machinery (runtime protocol, geometry packing,
-template names) is in ``cnnfast.backends.cuda.common`` and ``cnnfast.backends.cuda.conv_launch``.
+of ``cnnfast/backends/cuda/kernels/pool.cu``. What it shares with the convolution
+launches (runtime protocol, geometry packing, constants read from the kernel sources)
+is in ``cnnfast.backends.cuda.common``; the kernels' template instantiations and the
+backends' op table are ``cnnfast.backends.cuda.conv_launch``'s.
 
 Paths (see pool.cu for the kernels' design):
 
@@ -29,7 +31,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .common import CTYPES, POOL_FIELDS, check_int32_extent, launch_1d, pack_geometry
+from .common import (BLOCK_THREADS, POOL_GEO, check_int32_extent, ctype, kernel_constants,
+                     launch_1d, pack_geometry)
 from ...geometry import lift_to_3d, pads_after_3d, pads_before_3d
 from ...params import PoolParams
 
@@ -37,13 +40,15 @@ from ...params import PoolParams
 KERNELS = ("max_pool_fwd", "max_pool_fwd_warp", "max_pool_bwd_reach", "max_pool_bwd",
            "max_pool_bwd_scatter", "avg_pool_fwd", "avg_pool_fwd_warp", "avg_pool_bwd")
 
-# Input cells per thread along the last dim in the backward gathers (pool.cu MPB_RUN
+_K = kernel_constants("pool.cu")
+# Input cells per thread along the last dim in the backward gathers (pool.cu's MPB_RUN
 # and POOL_RUN; the best measured on an H100).
-MAX_BWD_RUN = 4
-AVG_BWD_RUN = 8
-# PG_MODE of each max-pool backward path (pool.cu's MPB_* enum: 0 auto, 1 the box
-# path of the chosen kernel, 2 the plane scan).
-_MAX_BWD_MODES = {None: 0, "gather": 1, "segments": 2, "scatter": 1}
+MAX_BWD_RUN = _K["MPB_RUN"]
+AVG_BWD_RUN = _K["POOL_RUN"]
+# PG_MODE of each max-pool backward path (pool.cu's MPB_* enum: automatic, the box
+# path of the chosen kernel, the plane scan).
+_MAX_BWD_MODES = {None: _K["MPB_AUTO"], "gather": _K["MPB_BOX"],
+                  "segments": _K["MPB_SEGMENTS"], "scatter": _K["MPB_BOX"]}
 # Test hooks: force the forward path ("thread" or "warp") or the max-pool backward
 # path ("gather", "segments" or "scatter"); None restores the automatic choice.
 _overrides = {"fwd": None, "max_bwd": None}
@@ -80,12 +85,14 @@ def _fast_div(d):
 
 
 @lru_cache(maxsize=512)
-def _pool_geo(nc, ishape, oshape, p: PoolParams = None, segments=1, mode=0, run=1):
+def _pool_geo(nc, ishape, oshape, p: PoolParams = None, segments=1,
+              mode=_MAX_BWD_MODES[None], run=1):
     """The int32 geometry of pool.cu (a tuple; cached: a training loop repeats a few
     shapes, and the divider arithmetic costs host time at every launch)."""
     ishape, oshape = lift_to_3d(ishape, 1), lift_to_3d(oshape, 1)
     if p is None:  # max-pool backward: only the shapes matter
-        fields = dict(K=(1, 1, 1), S=(1, 1, 1), D=(1, 1, 1))
+        fields = dict(K=(1, 1, 1), S=(1, 1, 1), P=(0, 0, 0), Q=(0, 0, 0), D=(1, 1, 1),
+                      INCLUDE_PAD=0, DIVISOR=0)
     else:
         fields = dict(K=lift_to_3d(p.kernel, 1), S=lift_to_3d(p.stride, 1),
                       P=pads_before_3d(p.padding),
@@ -98,8 +105,8 @@ def _pool_geo(nc, ishape, oshape, p: PoolParams = None, segments=1, mode=0, run=
     (fields["MIP"], fields["HIP"]), (fields["MOP"], fields["HOP"]) = (
         _fast_div(max(1, int(np.prod(ishape)))), _fast_div(max(1, int(np.prod(oshape)))))
     fields["MCH"], fields["HCH"] = _fast_div(-(-ishape[2] // run))  # runs per row
-    return tuple(pack_geometry(POOL_FIELDS, "PG_", NC=nc, I=ishape, O=oshape,
-                               SEGMENTS=segments, MODE=mode, **fields))
+    return pack_geometry(POOL_GEO, NC=nc, I=ishape, O=oshape, SEGMENTS=segments, MODE=mode,
+                         **fields)
 
 
 def _forward_path(outputs, p: PoolParams):
@@ -115,9 +122,10 @@ def _forward_path(outputs, p: PoolParams):
     return "thread"
 
 
-# Grid cap of the grid-stride kernels: ~8 waves of 256-thread blocks on a 132-SM GPU
-# (H100/H200). A thread then covers several elements, which spreads its geometry loads
-# (~45 uniform int loads) over them; 8 waves keep the last one's imbalance small.
+# Grid cap of the grid-stride kernels: ~8 waves of blocks of BLOCK_THREADS (256) on a
+# 132-SM GPU (H100/H200). A thread then covers several elements, which spreads its
+# geometry loads (~45 uniform int loads) over them; 8 waves keep the last one's
+# imbalance small.
 MAX_BLOCKS = 8192
 
 
@@ -128,8 +136,8 @@ def _grid(threads, max_blocks=None):
 
 def _launch_forward(rt, name, ct, outputs, p, args):
     if _forward_path(outputs, p) == "warp":
-        grid = max(1, min(-(-outputs * 32 // 256), MAX_BLOCKS))  # warp-stride loops
-        rt.function("pool.cu", f"{name}_warp<{ct}>")((grid,), (256,), args)
+        grid = max(1, min(-(-outputs * 32 // BLOCK_THREADS), MAX_BLOCKS))  # warp-stride loops
+        rt.function("pool.cu", f"{name}_warp<{ct}>")((grid,), (BLOCK_THREADS,), args)
     else:
         grid, block = _grid(outputs)
         rt.function("pool.cu", f"{name}<{ct}>")(grid, block, args)
@@ -137,7 +145,7 @@ def _launch_forward(rt, name, ct, outputs, p, args):
 
 def max_pool(rt, x, p: PoolParams, return_indices):
     check_int32_extent(x, x.shape[:2] + tuple(p.out_shape))
-    ct = CTYPES[str(x.dtype)]
+    ct = ctype(x.dtype)
     nc = x.shape[0] * x.shape[1]
     y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
     idx = rt.xp.empty(y.shape if return_indices else (1,), np.int64)
@@ -149,7 +157,7 @@ def max_pool(rt, x, p: PoolParams, return_indices):
 
 def max_pool_backward(rt, gy, indices, x_shape):
     check_int32_extent(gy)
-    ct = CTYPES[str(gy.dtype)]
+    ct = ctype(gy.dtype)
     nc = int(x_shape[0]) * int(x_shape[1])
     plane = int(np.prod(x_shape[2:]))
     scatter = _max_bwd_scatter(gy.size, int(np.prod(x_shape)))
@@ -189,7 +197,7 @@ def _max_bwd_scatter(outputs, inputs):
 
 def avg_pool(rt, x, p: PoolParams):
     check_int32_extent(x, x.shape[:2] + tuple(p.out_shape))
-    ct = CTYPES[str(x.dtype)]
+    ct = ctype(x.dtype)
     nc = x.shape[0] * x.shape[1]
     y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
     _launch_forward(rt, "avg_pool_fwd", ct, y.size, p, (
@@ -199,7 +207,7 @@ def avg_pool(rt, x, p: PoolParams):
 
 def avg_pool_backward(rt, gy, p: PoolParams):
     check_int32_extent(gy)
-    ct = CTYPES[str(gy.dtype)]
+    ct = ctype(gy.dtype)
     nc = gy.shape[0] * gy.shape[1]
     check_int32_extent(gy.shape[:2] + tuple(p.in_shape))
     gx = rt.xp.empty(gy.shape[:2] + tuple(p.in_shape), gy.dtype)

@@ -171,8 +171,11 @@ using Body = void (*)(void* closure);
 int launch(const unsigned* grid, const unsigned* block, unsigned shared_mem, Body body,
            void* closure, const char* name);
 
+// A parameter type's code (numpy's type string, which the host turns into the dtype
+// an argument must have) and its C name (for the host's error messages).
 template <class T> struct TypeCode;
-#define CUDA_EMU_CODE(T, s) template <> struct TypeCode<T> { static constexpr const char* code = s; };
+#define CUDA_EMU_CODE(T, s) template <> struct TypeCode<T> { \
+    static constexpr const char* code = s; static constexpr const char* name = #T; };
 // For a kernel's own types (at global scope), e.g. CUDA_EMU_TYPE_CODE(half_t, "f2").
 #define CUDA_EMU_TYPE_CODE(T, s) namespace cuda_emu { CUDA_EMU_CODE(T, s) }
 CUDA_EMU_CODE(float, "f4")
@@ -186,10 +189,14 @@ CUDA_EMU_CODE(signed char, "i1")
 CUDA_EMU_CODE(unsigned char, "u1")
 CUDA_EMU_CODE(bool, "b1")
 
-// A parameter's code: "s:f4" (a float scalar), "p:f4" (float*), "c:f4" (const float*).
-template <class A> struct ParamCode { static std::string get() { return std::string("s:") + TypeCode<A>::code; } };
-template <class A> struct ParamCode<A*> { static std::string get() { return std::string("p:") + TypeCode<A>::code; } };
-template <class A> struct ParamCode<const A*> { static std::string get() { return std::string("c:") + TypeCode<A>::code; } };
+// A parameter's code: "s:f4:float" (a float scalar), "p:f4:float" (float*),
+// "c:f4:float" (const float*).
+template <class A> std::string type_code() {
+    return std::string(TypeCode<A>::code) + ":" + TypeCode<A>::name;
+}
+template <class A> struct ParamCode { static std::string get() { return "s:" + type_code<A>(); } };
+template <class A> struct ParamCode<A*> { static std::string get() { return "p:" + type_code<A>(); } };
+template <class A> struct ParamCode<const A*> { static std::string get() { return "c:" + type_code<A>(); } };
 
 template <class... A>
 std::string signature(void (*)(A...)) {

@@ -3,13 +3,22 @@
 // Every kernel sees 1, 2 and 3 spatial dims alike: the host lifts a rank-r problem to
 // 3 dims by prepending dims of size 1 (kernel 1, stride 1, pad 0, dilation 1), which
 // leaves flat offsets unchanged. Geometry travels as a small int32 array whose layout
-// is the enums below; cnnfast/backends/cuda/conv_launch.py parses these enums, so the order is
-// written down once, here.
+// is the enums below: the host packs it by field name from these enums.
+//
+// Constants the host needs too (block sizes, table layouts, run lengths, modes) are
+// integer #defines and enumerators of these files: cnnfast/backends/cuda/common.py
+// reads them from the source (kernel_constants), so each is written once, here or in
+// the .cu file that uses it.
 //
 // The same source is compiled by NVRTC (through CuPy) and by g++ with
 // emu/cuda_emu.h (the CPU emulator): stay within what the emulator supports (no
 // inline PTX, no dynamic shared memory, no grid-wide sync, no tensor-core intrinsics).
 #pragma once
+
+// Threads per block of every kernel but the GEMM (GEMM_THREADS, conv.cu): the host's
+// 1-d launches use at most this many, and the reductions written for a full block
+// (conv_wgrad_direct, channel_sum) exactly this many.
+#define BLOCK_THREADS 256
 
 enum ConvGeoField {
     CG_N, CG_G, CG_CI, CG_CO,

@@ -19,7 +19,8 @@
 //
 // Index arithmetic is hoisted out of the inner loops. Everything that depends only on
 // the reduction index k lives in a row table built once per geometry on the host
-// (cnnfast/backends/cuda/conv_launch.py, ROW_* below); what depends only on the output column is
+// (cnnfast/backends/cuda/conv_launch.py, which reads the ROW_*/PH_* layouts, the modes,
+// GEMM_THREADS and DW_TAPS from this file); what depends only on the output column is
 // decoded once per thread. A B element is then
 //     data[col_base + row.x_off + flat(row.v + col.v)]      (CORR, WGRAD)
 //     data[col_base + row.x_off + flat((col.v - row.v)/s)]  (ADJ, where exact)
@@ -37,7 +38,7 @@
 // q = u*s + q0 and tap t, the input (q + pad - t*d)/s = u + (q0 + pad - t*d)/s, and
 // the quotient is exact: the row table stores it, so the kernel never divides.
 //
-// Tiles: BM x BN outputs per block of 256 threads laid out THR_M x THR_N; a thread
+// Tiles: BM x BN outputs per block of GEMM_THREADS threads laid out THR_M x THR_N; a thread
 // keeps TM x TN accumulators (rows (i/4)*4*THR_M + 4*ty + i%4, likewise columns: each
 // group of 4 is contiguous in shared memory, read as one vector). BK = 8 reduction
 // steps per tile; shared tiles are double-buffered (the next tile's global loads are
@@ -59,6 +60,8 @@
 #define ROW_V0 1
 #define ROW_AOFF 4
 #define ROW_STRIDE 8
+static_assert(ROW_XOFF == 0 && ROW_V0 == 1 && ROW_STRIDE % 4 == 0,
+              "conv_gemm reads a row's offset and coordinates as one aligned int4");
 
 // Phase table (ADJ; one phase otherwise): PH_STRIDE ints per phase.
 //   PH_U0..2  columns of the phase per dim; PH_Q0..2 first output coordinate;
@@ -285,7 +288,7 @@ conv_gemm(const T* __restrict__ a, const T* __restrict__ x, const T* __restrict_
 // fixes the last two kernel dims at compile time (2-d 3x3 is the common case): the tap
 // loops unroll and their loads are all in flight at once instead of one by one.
 template <class T, int MODE, int KH, int KW>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(BLOCK_THREADS)
 conv_direct(const T* __restrict__ w, const T* __restrict__ x, const T* __restrict__ bias,
             T* __restrict__ y, const int* __restrict__ geo) {
     typedef typename AccOf<T>::type Acc;
@@ -342,11 +345,11 @@ conv_direct(const T* __restrict__ w, const T* __restrict__ x, const T* __restric
 // no atomics. Output: ws[slice][co][c][tap].
 #define DW_TAPS 16
 template <class T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(BLOCK_THREADS)
 conv_wgrad_direct(const T* __restrict__ gy, const T* __restrict__ x, T* __restrict__ ws,
                   const int* __restrict__ geo) {
     typedef typename AccOf<T>::type Acc;
-    __shared__ Acc part[DW_TAPS][256 / 32];
+    __shared__ Acc part[DW_TAPS][BLOCK_THREADS / 32];
     ConvGeo g;
     g.load(geo);
     const int M = g.CO / g.G, cg = g.CI / g.G;
@@ -367,7 +370,7 @@ conv_wgrad_direct(const T* __restrict__ gy, const T* __restrict__ x, T* __restri
     const int total = g.N * g.OP;
     const int chunk = (total + gridDim.z - 1) / gridDim.z;
     const int e_beg = blockIdx.z * chunk, e_end = imin(e_beg + chunk, total);
-    for (int e = e_beg + threadIdx.x; e < e_end; e += 256) {
+    for (int e = e_beg + threadIdx.x; e < e_end; e += BLOCK_THREADS) {
         int n = e / g.OP, p = e % g.OP;
         int o01 = p / g.O[2];
         int b2 = (p % g.O[2]) * g.S[2] - g.P[2];
@@ -393,7 +396,7 @@ conv_wgrad_direct(const T* __restrict__ gy, const T* __restrict__ x, T* __restri
     __syncthreads();
     if (threadIdx.x < ntap) {
         Acc s = Acc(0);
-        for (int w8 = 0; w8 < 256 / 32; ++w8) s += part[threadIdx.x][w8];
+        for (int w8 = 0; w8 < BLOCK_THREADS / 32; ++w8) s += part[threadIdx.x][w8];
         ws[(i64)blockIdx.z * g.CO * cg * g.KT + (co * cg + c) * g.KT + t_beg + threadIdx.x] =
             T(s);
     }
@@ -401,7 +404,7 @@ conv_wgrad_direct(const T* __restrict__ gy, const T* __restrict__ x, T* __restri
 
 // Adds the split-K slices of the weight gradient in slice order (deterministic).
 template <class T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(BLOCK_THREADS)
 sum_splits(const T* __restrict__ ws, T* __restrict__ out, int splits, long long count) {
     typedef typename AccOf<T>::type Acc;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < count;
@@ -414,22 +417,24 @@ sum_splits(const T* __restrict__ ws, T* __restrict__ out, int splits, long long 
 
 // Bias gradient: one block per channel sums grad_y over (n, position) in a fixed
 // order -- strided per-thread sums, a shared-memory tree, then a warp shuffle.
+static_assert(BLOCK_THREADS >= 64 && (BLOCK_THREADS & (BLOCK_THREADS - 1)) == 0,
+              "channel_sum's tree halves a block of a power of two >= 64 threads");
 template <class T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(BLOCK_THREADS)
 channel_sum(const T* __restrict__ gy, T* __restrict__ out, int n_batch, int channels,
             long long plane) {
     typedef typename AccOf<T>::type Acc;
-    __shared__ Acc part[256];
+    __shared__ Acc part[BLOCK_THREADS];
     const int c = blockIdx.x;
     const int tid = threadIdx.x;
     Acc s = Acc(0);
     for (int n = 0; n < n_batch; ++n) {
         const T* row = gy + ((i64)n * channels + c) * plane;
-        for (long long p = tid; p < plane; p += 256) s += Acc(row[p]);
+        for (long long p = tid; p < plane; p += BLOCK_THREADS) s += Acc(row[p]);
     }
     part[tid] = s;
     __syncthreads();
-    for (int stride = 128; stride >= 32; stride /= 2) {
+    for (int stride = BLOCK_THREADS / 2; stride >= 32; stride /= 2) {
         if (tid < stride) part[tid] += part[tid + stride];
         __syncthreads();
     }

@@ -18,16 +18,16 @@
 // per run of cells along the last dim; max backward: see its section below.
 #include "common.cuh"
 
-// 256 threads, at least 4 blocks per SM: at most 64 registers. Bare
+// BLOCK_THREADS (256) threads, at least 4 blocks per SM: at most 64 registers. Bare
 // __launch_bounds__(256) made ptxas cap these kernels near 48 registers and spill
 // (ptxas -v); 64 holds them without spills at half occupancy, plenty for these
 // gather/stream kernels.
-#define POOL_BOUNDS __launch_bounds__(256, 4)
+#define POOL_BOUNDS __launch_bounds__(BLOCK_THREADS, 4)
 
 // Division by an invariant n-bit divisor d as a multiply and a shift (Granlund and
 // Montgomery): for every numerator n < 2**31, floor(n / d) == (n * m) >> s with
 // m = ceil(2**(31 + l) / d), s = 31 + l, l = ceil(log2 d) (m = 1, s = l for powers of
-// two). The host computes m and s (cuda_pool_ops._fast_div); a variable 32-bit
+// two). The host computes m and s (pool_launch._fast_div); a variable 32-bit
 // division costs ~20 instructions on a GPU, this 3.
 struct FastDiv {
     unsigned m;
@@ -409,7 +409,7 @@ avg_pool_fwd_warp(const T* __restrict__ x, T* __restrict__ y, const int* __restr
 // each candidate's gy[o] / divisor(o) is computed once for the cells it covers (each
 // cell still sums its own contributions in the order above). Dilated windows: one
 // thread per cell, with a divisibility test per candidate.
-#define POOL_RUN 8  // must match cuda_pool_ops.AVG_BWD_RUN
+#define POOL_RUN 8  // pool_launch.py reads it (AVG_BWD_RUN) to size the grid
 
 // Stores a run's n <= N results at out: one vector store when the run is whole and
 // aligned (rows of a multiple of N cells), else element by element.
@@ -605,7 +605,8 @@ __device__ __forceinline__ int reach_hi(long long b, int I, int O, const FastDiv
     return (int)(h < O - 1 ? h : O - 1);
 }
 
-// Modes of the max-pool backward kernels (PG_MODE): automatic, or forced for tests.
+// Modes of the max-pool backward kernels (PG_MODE): automatic, or forced for tests
+// (pool_launch.py reads the values).
 enum { MPB_AUTO = 0, MPB_BOX = 1, MPB_SEGMENTS = 2 };
 
 // Whether to visit the candidate boxes (gather or scatter) rather than scan whole
@@ -649,7 +650,7 @@ __device__ __forceinline__ void max_bwd_segments(const T* __restrict__ gy,
 // Input cells per thread along the last dim in the gather: the run's candidate
 // outputs (the union of its cells' boxes) are read once, and the index decoding and
 // box arithmetic are shared by the run. 4 measured faster than 8 here (an H100, 2-D
-// 3x3/2: 176 vs 213 us); must match cuda_pool_ops.MAX_BWD_RUN.
+// 3x3/2: 176 vs 213 us); pool_launch.py reads it (MAX_BWD_RUN) to size the grid.
 #define MPB_RUN 4  // the accumulation below is written for 4
 
 template <class T>
