@@ -581,7 +581,7 @@ def reduction_lengths(case: Case) -> dict:
 
 def _tolerance(dtype, k, bound):
     if dtype == np.float16:
-        # float16 is accumulated in float32 (cuda_launch); the partial sums of split
+        # float16 is accumulated in float32 (conv_launch); the partial sums of split
         # reductions and the result are rounded to float16: at most eps16 * S more.
         f32 = np.finfo(np.float32)
         return ((k + 4) * f32.eps + 2 * np.finfo(np.float16).eps) * bound \
@@ -603,12 +603,12 @@ def _settings(case: Case, backend: str):
             _cpp.set_simd_path(k["simd"])
             undo.append(lambda: _cpp.set_simd_path("auto"))
         if backend in ("cuda-emu", "cupy"):
-            from cnnfast.backends.cuda import conv_launch as cuda_launch
-            from cnnfast.backends.cuda import pool_launch as cuda_pool_ops
+            from cnnfast.backends.cuda import conv_launch
+            from cnnfast.backends.cuda import pool_launch
             stack = contextlib.ExitStack()
-            stack.enter_context(cuda_launch.override(
+            stack.enter_context(conv_launch.override(
                 path=k.get("conv_path"), splits=k.get("splits"), tile=k.get("tile")))
-            stack.enter_context(cuda_pool_ops.override(fwd=k.get("pool_fwd"),
+            stack.enter_context(pool_launch.override(fwd=k.get("pool_fwd"),
                                                        max_bwd=k.get("max_bwd")))
             undo.append(stack.close)
         yield
