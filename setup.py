@@ -1,7 +1,8 @@
 """Builds the pybind11 extension cnnfast.backends.cpp._cpp from csrc/.
 
 The extension is compiled for the baseline ISA of the target (no -march=native):
-AVX2+FMA code sits in files that enable it with `#pragma GCC target`, and is
+AVX2+FMA code sits in a file that enables it with `#pragma GCC target`
+(csrc/isa/kernels_avx2.cpp), and is
 chosen at run time by CPU-feature detection (csrc/cpu_features.cpp).
 
 CNNFAST_DEBUG=1 builds with -O1 -g -fsanitize=address,undefined and bounds checks.
@@ -24,7 +25,12 @@ def version():
 
 
 DEBUG = os.environ.get("CNNFAST_DEBUG", "") == "1"
-SOURCES = sorted(glob.glob("csrc/*.cpp"))
+# csrc/*.cpp: module, bindings, CPU features; csrc/isa/*.cpp: the kernels, one
+# translation unit per ISA. The kernel headers are in csrc/{common,gemm,conv,pool}/
+# (csrc/cuda_emu/ is not part of this extension).
+SOURCES = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/isa/*.cpp"))
+HEADERS = sorted(glob.glob("csrc/*.h") + [
+    h for d in ("common", "gemm", "conv", "pool") for h in glob.glob(f"csrc/{d}/*.h")])
 
 compile_args, link_args = [], []
 if sys.platform != "win32":
@@ -48,7 +54,7 @@ ext = Pybind11Extension(
     + ([("CNNFAST_DEBUG", "1")] if DEBUG else []),
     extra_compile_args=compile_args,
     extra_link_args=link_args,
-    depends=sorted(glob.glob("csrc/*.h")),
+    depends=HEADERS,
 )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})

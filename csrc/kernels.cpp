@@ -4,7 +4,9 @@
 //
 // Arrays arrive C-contiguous from cnnfast/backends/cpp/backend.py, outputs
 // preallocated there with numpy; nothing is copied here. Dtypes, contiguity and
-// sizes are checked (cheap) before the GIL is released around every kernel.
+// sizes are checked (cheap) before the GIL is released around every kernel; the
+// geometry arrives as a ConvGeometry / PoolGeometry, checked when it was made
+// (geometry.cpp).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -42,7 +44,7 @@ struct Scratch {
 thread_local Scratch t_scratch;
 }  // namespace
 
-void* scratch(int slot, std::size_t bytes) {
+void* scratch(ScratchSlot slot, std::size_t bytes) {
     Scratch& s = t_scratch;
     if (bytes > s.n[slot]) {
         const std::size_t nb = (bytes + 4095) / 4096 * 4096;
@@ -136,48 +138,6 @@ T* out_ptr(py::array& a, const char* name, long size) {
         throw py::type_error(std::string(name) + " has a different dtype from the other arrays");
     check_array(a, name, size, true);
     return static_cast<T*>(a.mutable_data());
-}
-
-ConvGeo conv_geo(const std::vector<long>& v) {
-    if (v.size() != 22) throw py::value_error("conv geometry must have 22 entries");
-    ConvGeo g;
-    g.N = v[0];
-    g.C = v[1];
-    g.O = v[2];
-    g.G = v[3];
-    for (int i = 0; i < 3; ++i) {
-        g.in[i] = v[4 + i];
-        g.out[i] = v[7 + i];
-        g.k[i] = v[10 + i];
-        g.s[i] = v[13 + i];
-        g.d[i] = v[16 + i];
-        g.lo[i] = v[19 + i];
-    }
-    for (int i = 0; i < 3; ++i)
-        if (g.in[i] < 1 || g.out[i] < 1 || g.k[i] < 1 || g.s[i] < 1 || g.d[i] < 1)
-            throw py::value_error("conv geometry: extents, strides and dilations must be >= 1");
-    if (g.N < 1 || g.G < 1 || g.C < 1 || g.O < 1 || g.C % g.G || g.O % g.G)
-        throw py::value_error("conv geometry: bad channel or group counts");
-    g.finish();
-    return g;
-}
-
-PoolGeo pool_geo(const std::vector<long>& v) {
-    if (v.size() != 19) throw py::value_error("pool geometry must have 19 entries");
-    PoolGeo g;
-    g.planes = v[0];
-    for (int i = 0; i < 3; ++i) {
-        g.in[i] = v[1 + i];
-        g.out[i] = v[4 + i];
-        g.k[i] = v[7 + i];
-        g.s[i] = v[10 + i];
-        g.d[i] = v[13 + i];
-        g.lo[i] = v[16 + i];
-    }
-    for (int i = 0; i < 3; ++i)
-        if (g.in[i] < 1 || g.out[i] < 1 || g.k[i] < 1 || g.s[i] < 1 || g.d[i] < 1)
-            throw py::value_error("pool geometry: extents, strides and dilations must be >= 1");
-    return g;
 }
 
 int threads_arg(int nt) { return nt < 1 ? 1 : nt; }
@@ -339,11 +299,14 @@ void avg_pool_backward_t(const py::array& gy, py::array& gx, const Counts& c, do
 
 }  // namespace
 
+// geometry.cpp: _cpp.ConvGeometry and _cpp.PoolGeometry, the bindings' geometry arguments.
+void register_geometry(py::module_& m);
+
 void register_kernels(py::module_& m) {
+    register_geometry(m);  // first: the kernels' signatures name the geometry types
     m.def("conv_forward",
           [](const py::array& x, const py::array& w, const py::object& b, py::array& y,
-             const std::vector<long>& geo, int nt, const std::string& path) {
-              const ConvGeo g = conv_geo(geo);
+             const ConvGeo& g, int nt, const std::string& path) {
               const int pa = resolve_path(kFwd, g, path);
               if (dtype_of(x, "x") == DT::F32)
                   conv_forward_t<float>(x, w, b, y, g, threads_arg(nt), pa);
@@ -353,14 +316,13 @@ void register_kernels(py::module_& m) {
           },
           py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("geometry"),
           py::arg("threads"), py::arg("path") = "auto",
-          "y = conv(x, weight) (+ bias) into the preallocated y. geometry: [N, C, O, G, "
-          "in*3, out*3, kernel*3, stride*3, dilation*3, pad_before*3]. path: 'auto' or a "
+          "y = conv(x, weight) (+ bias) into the preallocated y. geometry: a ConvGeometry. "
+          "path: 'auto' or a "
           "name of conv_paths() (PathUnfit if it cannot run the geometry). Returns the "
           "path that ran.");
     m.def("conv_backward_data",
           [](const py::array& gy, const py::array& w, const py::object& b, py::array& gx,
-             const std::vector<long>& geo, int nt, const std::string& path) {
-              const ConvGeo g = conv_geo(geo);
+             const ConvGeo& g, int nt, const std::string& path) {
               const int pa = resolve_path(kBwdData, g, path);
               if (dtype_of(gy, "grad_y") == DT::F32)
                   conv_backward_data_t<float>(gy, w, b, gx, g, threads_arg(nt), pa);
@@ -373,9 +335,8 @@ void register_kernels(py::module_& m) {
           "grad_x = the adjoint of conv wrt x applied to grad_y (+ bias per x channel); "
           "also the forward pass of a transposed convolution.");
     m.def("conv_backward_weight",
-          [](const py::array& x, const py::array& gy, py::array& gw, const std::vector<long>& geo,
-             int nt, const std::string& path) {
-              const ConvGeo g = conv_geo(geo);
+          [](const py::array& x, const py::array& gy, py::array& gw, const ConvGeo& g, int nt,
+             const std::string& path) {
               const int pa = resolve_path(kBwdWeight, g, path);
               if (dtype_of(x, "x") == DT::F32)
                   conv_backward_weight_t<float>(x, gy, gw, g, threads_arg(nt), pa);
@@ -387,9 +348,9 @@ void register_kernels(py::module_& m) {
           py::arg("threads"), py::arg("path") = "auto",
           "grad_weight of conv into the preallocated array; returns the path that ran.");
     m.def("conv_path",
-          [](const std::string& op, const std::vector<long>& geo, const std::string& path) {
+          [](const std::string& op, const ConvGeo& g, const std::string& path) {
               const char* why = "";
-              const int pa = resolve_path(conv_op(op), conv_geo(geo), path, &why);
+              const int pa = resolve_path(conv_op(op), g, path, &why);
               return py::make_tuple(std::string(kPathNames[pa]), std::string(why));
           },
           py::arg("op"), py::arg("geometry"), py::arg("path") = "auto",
@@ -409,17 +370,14 @@ void register_kernels(py::module_& m) {
           py::arg("grad_y"), py::arg("grad_bias"), py::arg("threads"),
           "grad_bias[c] = sum of grad_y over every axis but the channel axis.");
     m.def("max_pool",
-          [](const py::array& x, py::array& y, const py::object& idx, const std::vector<long>& geo,
-             int nt) {
-              const PoolGeo g = pool_geo(geo);
+          [](const py::array& x, py::array& y, const py::object& idx, const PoolGeo& g, int nt) {
               if (dtype_of(x, "x") == DT::F32)
                   max_pool_t<float>(x, y, idx, g, threads_arg(nt));
               else
                   max_pool_t<double>(x, y, idx, g, threads_arg(nt));
           },
           py::arg("x"), py::arg("y"), py::arg("indices"), py::arg("geometry"), py::arg("threads"),
-          "Max pooling into y (and int64 indices when given). geometry: [planes, in*3, "
-          "out*3, kernel*3, stride*3, dilation*3, pad_before*3].");
+          "Max pooling into y (and int64 indices when given). geometry: a PoolGeometry.");
     m.def("max_pool_backward",
           [](const py::array& gy, const py::array& idx, py::array& gx, int nt) {
               if (dtype_of(gy, "grad_y") == DT::F32)
@@ -432,8 +390,7 @@ void register_kernels(py::module_& m) {
     m.def("avg_pool",
           [](const py::array& x, py::array& y, const std::vector<double>& cz,
              const std::vector<double>& cy, const std::vector<double>& cx, double ov,
-             const std::vector<long>& geo, int nt) {
-              const PoolGeo g = pool_geo(geo);
+             const PoolGeo& g, int nt) {
               const Counts c = counts_of(g, cz, cy, cx, ov);
               if (dtype_of(x, "x") == DT::F32)
                   avg_pool_t<float>(x, y, c, ov, g, threads_arg(nt));
@@ -447,8 +404,7 @@ void register_kernels(py::module_& m) {
     m.def("avg_pool_backward",
           [](const py::array& gy, py::array& gx, const std::vector<double>& cz,
              const std::vector<double>& cy, const std::vector<double>& cx, double ov,
-             const std::vector<long>& geo, int nt) {
-              const PoolGeo g = pool_geo(geo);
+             const PoolGeo& g, int nt) {
               const Counts c = counts_of(g, cz, cy, cx, ov);
               if (dtype_of(gy, "grad_y") == DT::F32)
                   avg_pool_backward_t<float>(gy, gx, c, ov, g, threads_arg(nt));

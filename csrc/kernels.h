@@ -1,9 +1,11 @@
 // Shared declarations of the cpp backend's kernels.
 //
-// The kernels themselves live in kernels_impl.h, compiled twice: once for the
-// baseline ISA (kernels_portable.cpp) and once with AVX2+FMA enabled
-// (kernels_avx2.cpp, x86-64 only). kernels.cpp picks a table at run time, owns the
-// per-thread workspace and the Python bindings.
+// The kernels themselves live in kernels_impl.h and the parts it includes (common/,
+// gemm/, conv/, pool/), compiled twice: once for the baseline ISA
+// (isa/kernels_portable.cpp) and once with AVX2+FMA enabled (isa/kernels_avx2.cpp,
+// x86-64 only). kernels.cpp picks a table at run time, owns the per-thread workspace
+// and the Python bindings. This header is ISA-independent: the geometry (ConvGeo,
+// PoolGeo), the path choice, the scratch slots and the function table.
 #pragma once
 
 #include <cstddef>
@@ -134,15 +136,73 @@ struct PoolGeo {
 
 // The denormal policy (cnnfast.set_flush_denormal): true flushes denormals to zero
 // (FTZ + DAZ) in every kernel thread, false (the default) keeps IEEE arithmetic.
-// An out-of-line function, not an atomic, so kernels_impl.h stays free of std::
+// An out-of-line function, not an atomic, so the kernels stay free of std::
 // templates (see there).
 bool flush_denormal();
 
+// ----------------------------------------------------------------------------- scratch
+// The kernels' per-thread scratch buffers (scratch(), tscratch<T> in common/scratch.h):
+// kScratchSlots numbered slots per thread. The names below are the slots' users; the
+// users of one slot are never live at once (kernels do not nest, except
+// conv_bwd_data_s1, which runs conv_fwd_s1 with kS1FlippedW held), and the sets of
+// buffers live together are checked below. A kernel's "shared" buffer is filled by the
+// calling thread before its parallel region (thread 0 of that region) and read by all.
+enum ScratchSlot : int {
+    // slot 0
+    kD2Rows = 0,              // d2_*: the zero-padded input rows of a block of output rows
+    kRowsTapSums = 0,         // direct_bwd_weight_rows: 8 partial sums per tap
+    kFwdPackB = 0,            // conv_fwd (gemm), conv_fwd_s1: the packed im2col panel of a tile
+    kBwdDataPackA = 0,        // conv_bwd_data (gemm): the packed weight rows of a channel chunk
+    kBwdWeightCols = 0,       // conv_bwd_weight: the im2col rows of a channel chunk
+    kMaxPoolTaps = 0,         // max_pool: the winning tap of each output of a row
+    kAvgPoolRow = 0,          // avg_pool_bwd: a row of gy / divisor
+    // slot 1
+    kD2ZeroRow = 1,           // d2_*: the row of zeros read outside the input
+    kFwdTileC = 1,            // conv_fwd (gemm), conv_fwd_s1: the product tile before the copy out
+    kBwdDataPackB = 1,        // conv_bwd_data (gemm): the packed gy tile
+    kBwdWeightGy = 1,         // conv_bwd_weight: the gy rows of a tile before packing
+    kMaxPoolTapOffsets = 1,   // max_pool: the flat offset of each tap in its window
+    // slot 2
+    kFwdColRow = 2,           // conv_fwd (gemm): one im2col row of a tile before packing
+    kS1PaddedRows = 2,        // conv_fwd_s1: the zero-padded input rows of a tile
+    kBwdDataCols = 2,         // conv_bwd_data (gemm): the dcols of a tile before col2im
+    kBwdWeightPackA = 2,      // conv_bwd_weight: the packed gy tile (A)
+    // slot 3
+    kFwdPackedW = 3,          // conv_fwd (gemm), conv_fwd_s1: every group's packed weight (shared)
+    kBwdWeightPackB = 3,      // conv_bwd_weight: the packed im2col rows (B)
+    // slot 4
+    kS1FlippedW = 4,          // conv_bwd_data_s1: the flipped, transposed weight (shared)
+    kBwdWeightPaddedRows = 4, // conv_bwd_weight (gemm-s1): the zero-padded input rows
+    // slot 5
+    kS1TapOffsets = 5,        // conv_fwd_s1: where each im2col row starts in the padded rows
+};
 constexpr int kScratchSlots = 6;
 
-// Per-thread scratch buffer number `slot` (0..kScratchSlots-1) of at least `bytes`, 64-byte aligned.
-// Grows on demand and is kept for later calls (bounded by the largest tile seen).
-void* scratch(int slot, std::size_t bytes);
+template <int N>
+constexpr bool scratch_slots_distinct(const ScratchSlot (&s)[N]) {
+    for (int i = 0; i < N; ++i)
+        for (int j = i + 1; j < N; ++j)
+            if (s[i] == s[j]) return false;
+    return true;
+}
+// The buffers of one kernel call that are live together.
+static_assert(scratch_slots_distinct<2>({kD2Rows, kD2ZeroRow}), "d2_* scratch");
+static_assert(scratch_slots_distinct<6>({kS1FlippedW, kFwdPackedW, kFwdPackB, kFwdTileC,
+                                         kS1PaddedRows, kS1TapOffsets}),
+              "conv_bwd_data_s1 / conv_fwd_s1 scratch");
+static_assert(scratch_slots_distinct<4>({kFwdPackedW, kFwdPackB, kFwdTileC, kFwdColRow}),
+              "conv_fwd scratch");
+static_assert(scratch_slots_distinct<3>({kBwdDataPackA, kBwdDataPackB, kBwdDataCols}),
+              "conv_bwd_data scratch");
+static_assert(scratch_slots_distinct<5>({kBwdWeightCols, kBwdWeightGy, kBwdWeightPackA,
+                                         kBwdWeightPackB, kBwdWeightPaddedRows}),
+              "conv_bwd_weight scratch");
+static_assert(scratch_slots_distinct<2>({kMaxPoolTaps, kMaxPoolTapOffsets}), "max_pool scratch");
+static_assert(kS1TapOffsets < kScratchSlots && kS1FlippedW < kScratchSlots, "kScratchSlots");
+
+// Per-thread scratch buffer `slot` of at least `bytes`, 64-byte aligned. Grows on
+// demand and is kept for later calls (bounded by the largest tile seen).
+void* scratch(ScratchSlot slot, std::size_t bytes);
 
 // Function table of one instruction-set variant for element type T.
 template <class T>

@@ -1,5 +1,5 @@
 """The cpp backend's direct kernels for one input channel per group (depthwise
-convolutions): the vectorised 1-d/2-d fast path (csrc/kernels_impl.h, d2_*) and the
+convolutions): the vectorised 1-d/2-d fast path (csrc/conv/direct2d.h, d2_*) and the
 generic row kernels it falls back to, against the numpy reference.
 
 The shapes aim at the fast path's corners: output rows shorter and longer than one

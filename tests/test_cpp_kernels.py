@@ -277,7 +277,9 @@ def test_max_pool_backward_binding_rejects_out_of_range_indices():
 def test_bindings_check_their_arrays():
     x = _arr((1, 1, 4, 4))
     w = _arr((1, 1, 3, 3))
-    geo = [1, 1, 1, 1, 1, 4, 4, 1, 2, 2, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    geo = _cpp.ConvGeometry(batch=1, in_channels=1, out_channels=1, groups=1,
+                            in_size=(1, 4, 4), out_size=(1, 2, 2), kernel=(1, 3, 3),
+                            stride=(1, 1, 1), dilation=(1, 1, 1), pad_before=(0, 0, 0))
     with pytest.raises(ValueError, match="elements"):
         _cpp.conv_forward(x, w, None, np.empty((1, 1, 3, 3), np.float32), geo, 1)
     with pytest.raises(TypeError, match="dtype"):
@@ -287,6 +289,49 @@ def test_bindings_check_their_arrays():
         y = np.empty((1, 1, 2, 2), np.float32)
         y.flags.writeable = False
         _cpp.conv_forward(x, w, None, y, geo, 1)
+
+
+def _conv_geometry(**over):
+    fields = dict(batch=1, in_channels=2, out_channels=4, groups=2, in_size=(1, 5, 5),
+                  out_size=(1, 3, 3), kernel=(1, 3, 3), stride=(1, 1, 1), dilation=(1, 1, 1),
+                  pad_before=(0, 0, 0))
+    fields.update(over)
+    return _cpp.ConvGeometry(**fields)
+
+
+def test_geometry_is_named_and_checked_once():
+    # The geometry crosses into C++ by field name, is checked when made and is
+    # read-only afterwards.
+    g = _conv_geometry()
+    assert (g.batch, g.in_channels, g.out_channels, g.groups) == (1, 2, 4, 2)
+    assert g.in_size == (1, 5, 5) and g.kernel == (1, 3, 3) and g.pad_before == (0, 0, 0)
+    assert "ConvGeometry(batch=1" in repr(g)
+    with pytest.raises(AttributeError):
+        g.batch = 2
+    with pytest.raises(TypeError):
+        _cpp.ConvGeometry(1, 2, 4, 2, (1, 5, 5), (1, 3, 3), (1, 3, 3), (1, 1, 1), (1, 1, 1),
+                          (0, 0, 0))  # keywords only
+    for over, match in [(dict(in_size=(1, 0, 5)), "in_size"),
+                        (dict(kernel=(3, 3)), "kernel must have 3 entries"),
+                        (dict(stride=(1, 0, 1)), "stride"),
+                        (dict(dilation=(1, 1, -1)), "dilation"),
+                        (dict(pad_before=(0, -1, 0)), "pad_before"),
+                        (dict(batch=0), "batch"),
+                        (dict(groups=3), "groups 3 must divide"),
+                        (dict(batch=2**40, in_channels=2**20, groups=1), "overflow")]:
+        with pytest.raises(ValueError, match=match):
+            _conv_geometry(**over)
+    p = _cpp.PoolGeometry(planes=3, in_size=(1, 4, 4), out_size=(1, 2, 2), kernel=(1, 2, 2),
+                          stride=(1, 2, 2), dilation=(1, 1, 1), pad_before=(0, 0, 0))
+    assert p.planes == 3 and p.out_size == (1, 2, 2)
+    with pytest.raises(ValueError, match="pool geometry: planes"):
+        _cpp.PoolGeometry(planes=-1, in_size=(1, 4, 4), out_size=(1, 2, 2), kernel=(1, 2, 2),
+                          stride=(1, 2, 2), dilation=(1, 1, 1), pad_before=(0, 0, 0))
+    # the kernels take nothing else
+    x, w = _arr((1, 2, 5, 5)), _arr((4, 1, 3, 3))
+    with pytest.raises(TypeError):
+        _cpp.conv_forward(x, w, None, np.empty((1, 4, 3, 3), np.float32),
+                          [1, 2, 4, 2, 1, 5, 5, 1, 3, 3, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0], 1)
 
 
 def test_workspace_is_bounded_by_tiles():

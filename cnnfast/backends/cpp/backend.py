@@ -1,7 +1,8 @@
 """The C++ backend: the kernels of ``csrc/`` through the pybind11 module ``cnnfast.backends.cpp._cpp``.
 
 Every convolution op is one of three C++ kernels on a "forward" geometry ``x (N, C,
-*in) -> y (N, O, *out)`` with weight ``(O, C/G, *k)`` (see ``csrc/kernels_impl.h``):
+*in) -> y (N, O, *out)`` with weight ``(O, C/G, *k)``, passed as a ``_cpp.ConvGeometry``
+made by field name (see ``csrc/kernels_impl.h`` and ``csrc/geometry.cpp``):
 
 * ``conv_forward``: ``y = conv(x, w) + b``;
 * ``conv_backward_data``: the adjoint of the above in ``x`` (``gx`` from ``gy``);
@@ -13,9 +14,9 @@ weight is that same array (see ``numpy_backend``'s docstring): its forward pass 
 ``conv_backward_data``, its input gradient ``conv_forward`` and its weight gradient
 ``conv_backward_weight`` with the roles of ``x`` and ``gy`` swapped.
 
-Rank 1 and 2 are run as rank 3 with leading extent-1 dims. Outputs are allocated here
-with numpy and filled in place; the inputs (C-contiguous from the dispatcher) are
-read without copies. The GIL is released inside every kernel. Thread count:
+Rank 1 and 2 are run as rank 3 with leading extent-1 dims (pooling likewise, through a
+``_cpp.PoolGeometry``). Outputs are allocated here with numpy and filled in place; the
+inputs (C-contiguous from the dispatcher) are read without copies. The GIL is released inside every kernel. Thread count:
 ``cnnfast.get_num_threads()`` per call (``set_num_threads``, else
 ``CNNFAST_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the cores available).
 
@@ -65,8 +66,9 @@ def availability():
         return (f"the C++ extension cnnfast.backends.cpp._cpp is not built ({_IMPORT_ERROR}); build it "
                 f"with `pip install --no-build-isolation -e .`")
     if not hasattr(_cpp, "conv_forward"):
-        return ("cnnfast.backends.cpp._cpp was built without kernels (csrc/kernels*.cpp missing from "
-                "the build); rebuild with `pip install --no-build-isolation -e .`")
+        return ("cnnfast.backends.cpp._cpp was built without kernels (csrc/kernels.cpp or "
+                "csrc/isa/ missing from the build); rebuild with "
+                "`pip install --no-build-isolation -e .`")
     return None
 
 
@@ -79,17 +81,20 @@ def num_threads() -> int:
 
 
 def _conv_geo(n, c, o, groups, p: ConvParams, in_shape, out_shape):
-    """[N, C, O, G, in*3, out*3, k*3, stride*3, dilation*3, pad_before*3]."""
-    return ([n, c, o, groups] + list(lift_to_3d(in_shape, 1))
-            + list(lift_to_3d(out_shape, 1)) + list(lift_to_3d(p.kernel, 1))
-            + list(lift_to_3d(p.stride, 1)) + list(lift_to_3d(p.dilation, 1))
-            + list(pads_before_3d(p.padding)))
+    """The kernels' ``_cpp.ConvGeometry`` (checked in C++ when made), rank lifted to 3."""
+    return _cpp.ConvGeometry(
+        batch=n, in_channels=c, out_channels=o, groups=groups,
+        in_size=lift_to_3d(in_shape, 1), out_size=lift_to_3d(out_shape, 1),
+        kernel=lift_to_3d(p.kernel, 1), stride=lift_to_3d(p.stride, 1),
+        dilation=lift_to_3d(p.dilation, 1), pad_before=pads_before_3d(p.padding))
 
 
 def _pool_geo(planes, p: PoolParams):
-    return ([planes] + list(lift_to_3d(p.in_shape, 1)) + list(lift_to_3d(p.out_shape, 1))
-            + list(lift_to_3d(p.kernel, 1)) + list(lift_to_3d(p.stride, 1))
-            + list(lift_to_3d(p.dilation, 1)) + list(pads_before_3d(p.padding)))
+    """The kernels' ``_cpp.PoolGeometry`` over ``planes`` = N*C planes."""
+    return _cpp.PoolGeometry(
+        planes=planes, in_size=lift_to_3d(p.in_shape, 1), out_size=lift_to_3d(p.out_shape, 1),
+        kernel=lift_to_3d(p.kernel, 1), stride=lift_to_3d(p.stride, 1),
+        dilation=lift_to_3d(p.dilation, 1), pad_before=pads_before_3d(p.padding))
 
 
 # ----------------------------------------------------------------------------- conv

@@ -1,5 +1,5 @@
-// The kernels of kernels_impl.h for the baseline ISA (SSE2 on x86-64, NEON on
-// AArch64): the path used without AVX2+FMA or with CNNFAST_SIMD=portable.
+// The kernels (kernels_impl.h and its parts) for the baseline ISA (SSE2 on x86-64,
+// NEON on AArch64): the path used without AVX2+FMA or with CNNFAST_SIMD=portable.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
