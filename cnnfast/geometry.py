@@ -2,14 +2,14 @@
 
 * Lifting to 3-D: the compiled kernels (numba, C++, CUDA) are written for 3 spatial
   dims only, and run a rank-1/2 call as a 3-D one with neutral leading dims. Each
-  backend keeps its own packing of the lifted values (a positional list for C++, a
-  named int32 array for CUDA, tuples for numba); the lifting rule is here.
+  backend keeps its own packing of the lifted values (the named ``ConvGeometry`` /
+  ``PoolGeometry`` for C++, a named int32 array for CUDA, tuples for numba); the lifting rule is here.
 * The flipped adjoint weight: a transposed convolution (and the input gradient of a
   convolution) is a stride-1 correlation with the weight transposed per group and
   flipped in space (the algebra is in ``cnnfast.backends.numpy.backend``'s
   docstring). The numpy and numba backends use ``flipped_adjoint_weight``; the C++
   kernels, which cannot call Python, build the same weight in
-  ``conv_bwd_data_s1`` (``csrc/kernels_impl.h``).
+  ``conv_bwd_data_s1`` (``csrc/conv/gemm_s1.h``).
 """
 
 from __future__ import annotations

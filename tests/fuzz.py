@@ -20,7 +20,7 @@ with and without padding) are frequent on purpose: the lower-rank fast paths of 
 backend take exactly those dims for granted (the cpp bug of conv3d with depth 1,
 padding (1, 0, 0), stride 3 lived there). About one case in six is "big": shapes that
 reach the blocked / row-block / tiled paths of the cpp kernels (see
-csrc/kernels_impl.h: use_direct, d2_ok, s1_ok, GEMM blocking) while staying a few
+csrc/kernels.h: choose_path, d2_ok, s1_ok; csrc/gemm/: blocking) while staying a few
 milliseconds.
 
 Tolerances (``_tolerance``): the reference runs in float64 on the very inputs the
@@ -308,7 +308,7 @@ def _gen_conv(rng, op, stats):
 
 def _conv_tags(p, g, cg, og, transposed, big):
     """Labels of the cpp paths a convolution reaches (a mirror of the dispatch in
-    csrc/kernels_impl.h, for the run summary only)."""
+    csrc/kernels.h, for the run summary only)."""
     tags = ["big"] if big else []
     if cg == 1:
         tags.append("one-channel-per-group")

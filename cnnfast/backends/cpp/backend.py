@@ -2,7 +2,7 @@
 
 Every convolution op is one of three C++ kernels on a "forward" geometry ``x (N, C,
 *in) -> y (N, O, *out)`` with weight ``(O, C/G, *k)``, passed as a ``_cpp.ConvGeometry``
-made by field name (see ``csrc/kernels_impl.h`` and ``csrc/geometry.cpp``):
+made by field name (see ``csrc/kernels.h`` and ``csrc/geometry.cpp``):
 
 * ``conv_forward``: ``y = conv(x, w) + b``;
 * ``conv_backward_data``: the adjoint of the above in ``x`` (``gx`` from ``gy``);
