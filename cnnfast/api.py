@@ -6,8 +6,8 @@ to the backend chosen by ``cnnfast.registry``. Inputs are never modified.
 
 Any DLPack array (torch tensors, JAX arrays, ...) is read in place as the numpy or
 cupy array that views its memory, and the results go back as the caller's array type
-(``_bridged``, ``cnnfast.arrays``); ``out=`` is checked before any work and written
-after every kernel of the call has succeeded (``_check_out``, ``_write``).
+(``cnnfast.bridge``); ``out=`` is checked before any work and written after every
+kernel of the call has succeeded.
 
 ``explain`` runs the same validation and backend choice and stops there: every
 function chooses its kernel through ``_select``, which under ``explain`` describes
@@ -25,19 +25,11 @@ import numpy as np
 
 from . import autotune as _autotune
 from . import params as P
-from .arrays import (array_kind, cuda_scope, dlpack_device, export, import_dlpack,
-                     is_cuda_device, is_cupy_array, is_native)
+from .arrays import FLOAT_DTYPES, array_kind, dtype_name
+from .bridge import (bridged, check_grad_outs, check_out, check_pool_outs, write,
+                     write_grads)
 from .registry import backend_for, get_backend, select
 
-_FLOAT_DTYPES = ("float16", "float32", "float64")
-# dtype -> name without str(dtype), which costs microseconds per call (as much as a
-# small GPU kernel); cupy arrays carry numpy dtypes too.
-_DTYPE_NAME = {np.dtype(n): n for n in _FLOAT_DTYPES + ("int64",)}
-
-
-def _dtype_name(dtype) -> str:
-    name = _DTYPE_NAME.get(dtype)
-    return name if name is not None else str(dtype)
 
 
 # ----------------------------------------------------------------------------- explain
@@ -164,8 +156,8 @@ def _check_arrays(**arrays):
         if a is None:
             continue
         k = array_kind(a, name)
-        d = _dtype_name(a.dtype)
-        if d not in _FLOAT_DTYPES:
+        d = dtype_name(a.dtype)
+        if d not in FLOAT_DTYPES:
             raise TypeError(f"{name} has dtype {d}; expected float32 or float64 (or float16 "
                             f"on the CUDA backends)")
         if kind is None:
@@ -237,188 +229,6 @@ def _empty_conv_grads(kind, dtype, wanted, grad_y, x_shape, w_shape):
             grad_bias)
 
 
-# ----------------------------------------------------------------------------- DLPack and out=
-#
-# Any DLPack array (torch tensors, JAX arrays, array-API objects) goes in as the numpy
-# (CPU memory) or cupy (CUDA memory) array that views its memory (cnnfast.arrays), runs
-# as those do, and comes back as the caller's array type: that of the first array
-# argument (x for the forward functions, grad_y for the backward ones). Arrays of
-# several kinds are accepted when they live on one device. ``out=`` is validated by each
-# op before any work and written only after every kernel of the call has succeeded, so
-# a failing call leaves it untouched; the backends allocate their results, so out= saves
-# the caller's allocation, not a copy (see docs/interop.md).
-
-
-class _Bridge:
-    """One call's conversions: its DLPack arrays in, its results out as the caller's
-    array type; for CUDA memory the device (and torch's stream) of the call."""
-
-    __slots__ = ("like", "scope")
-
-    def __init__(self, like):
-        self.like = like
-        self.scope = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        if self.scope is not None:
-            self.scope.close()
-
-    def take(self, a, name):
-        """``a`` as a numpy or cupy array when it is a DLPack array (without a copy),
-        else as it is (the op's validation names what is wrong with it)."""
-        if a is None or is_native(a) or not hasattr(a, "__dlpack__"):
-            return a
-        device = dlpack_device(a, name)
-        if self.scope is None and is_cuda_device(device):
-            self.scope = cuda_scope(a, name, device)
-        return import_dlpack(a, name, device)
-
-    def take_out(self, out):
-        if isinstance(out, (tuple, list)):
-            return type(out)(self.take(o, f"out[{i}]") for i, o in enumerate(out))
-        return self.take(out, "out")
-
-    def give(self, result, out):
-        """The call's answer: ``out`` (the caller's own object) where given, else the
-        result as the caller's array type."""
-        if isinstance(result, tuple):
-            if out is None:
-                out = (None,) * len(result)
-            elif not isinstance(out, (tuple, list)):
-                out = (out,) + (None,) * (len(result) - 1)  # max_pool: out is y's
-            return tuple(o if o is not None else export(r, self.like)
-                         for r, o in zip(result, out))
-        return out if out is not None else export(result, self.like)
-
-
-def _native(*arrays) -> bool:
-    """True when every array given is numpy or cupy: the call needs no bridge."""
-    for a in arrays:
-        if a is not None and not isinstance(a, np.ndarray) and not is_cupy_array(a):
-            return False
-    return True
-
-
-def _bridged(run, names, arrays, out, *args):
-    """``run(*arrays, *args, out)``: directly for numpy/cupy arrays and no ``out``, else
-    with the DLPack arrays and ``out`` imported and the result handed back as the
-    caller's array type (``out`` itself where given)."""
-    if out is None and _native(*arrays):
-        return run(*arrays, *args, None)
-    with _Bridge(arrays[0]) as bridge:
-        imported = [bridge.take(a, name) for a, name in zip(arrays, names)]
-        return bridge.give(run(*imported, *args, bridge.take_out(out)), out)
-
-
-_MAX_OVERLAP_WORK = 1 << 16  # numpy.shares_memory's effort before assuming overlap
-
-
-def _overlaps(a, b) -> bool:
-    """Whether arrays ``a`` and ``b`` share memory: exact for numpy (within a bounded
-    effort; too hard counts as overlap), the memory bounds for cupy."""
-    if a is None or b is None or a.size == 0 or b.size == 0:
-        return False
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
-            return False  # host and device memory
-        if not np.may_share_memory(a, b):
-            return False
-        try:
-            return bool(np.shares_memory(a, b, max_work=_MAX_OVERLAP_WORK))
-        except Exception:  # numpy.exceptions.TooHardError
-            return True
-    (a_lo, a_hi), (b_lo, b_hi) = _span(a), _span(b)
-    return a_lo < b_hi and b_lo < a_hi
-
-
-def _span(a):
-    """[first byte, last byte + 1) of the memory a cupy array spans."""
-    lo = hi = a.data.ptr
-    for n, s in zip(a.shape, a.strides):
-        if s > 0:
-            hi += (n - 1) * s
-        else:
-            lo += (n - 1) * s
-    return lo, hi + a.itemsize
-
-
-def _check_out(out, name, shape, dtype, kind, inputs, taken=()):
-    """``out`` (``name``: ``"out"`` or ``"out[i] (grad_...)"``) fits a result of
-    ``shape`` and ``dtype`` on ``kind`` arrays, is C-contiguous and writable and
-    shares memory with none of ``inputs`` (name -> array) nor the outs ``taken``
-    earlier. Returns it."""
-    if not is_native(out):
-        raise TypeError(f"{name} must be a numpy or cupy array or a DLPack array of "
-                        f"shape {tuple(shape)} and dtype {dtype}, got {type(out).__name__}")
-    k = "numpy" if isinstance(out, np.ndarray) else "cupy"
-    if k != kind:
-        raise TypeError(f"{name} is a {k} array but the inputs are {kind} arrays; {name} "
-                        f"must live on the inputs' device (no silent transfer)")
-    d = _dtype_name(out.dtype)
-    if d != dtype:
-        raise TypeError(f"{name} has dtype {d}; expected {dtype}, the result's dtype (no "
-                        f"silent cast)")
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(out.shape)}; expected {tuple(shape)}, "
-                         f"the result's shape")
-    if not out.flags.c_contiguous:
-        raise ValueError(f"{name} is not C-contiguous (strides {tuple(out.strides)}); "
-                         f"cnnfast writes results only into C-contiguous arrays")
-    if not getattr(out.flags, "writeable", True):
-        raise ValueError(f"{name} is read-only; it must be a writable array")
-    for other, a in inputs.items():
-        if _overlaps(out, a):
-            raise ValueError(f"{name} shares memory with the input {other}; {name} must "
-                             f"overlap no input (and no other out)")
-    for other, a in taken:
-        if _overlaps(out, a):
-            raise ValueError(f"{name} shares memory with {other}; each out must have "
-                             f"memory of its own")
-    return out
-
-
-_GRAD_NAMES = ("x", "weight", "bias")
-
-
-def _check_grad_outs(out, shapes, dtype, kind, wanted, inputs):
-    """``out`` of a convolution backward function: ``None`` or ``(grad_x,
-    grad_weight, grad_bias)`` with ``None`` for any not given; each given one checked
-    as ``_check_out`` checks, and only for a gradient in ``needs``. Returns the three
-    (``None`` where not given)."""
-    if out is None:
-        return (None, None, None)
-    if not isinstance(out, (tuple, list)) or len(out) != 3:
-        raise TypeError(f"out must be a tuple (or list) (grad_x, grad_weight, grad_bias) "
-                        f"with None for any not given, got {type(out).__name__}"
-                        + (f" of length {len(out)}" if isinstance(out, (tuple, list))
-                           else ""))
-    taken = []
-    for i, (o, grad, shape) in enumerate(zip(out, _GRAD_NAMES, shapes)):
-        if o is None:
-            continue
-        name = f"out[{i}] (grad_{grad})"
-        if grad not in wanted:
-            asked = tuple(g for g in _GRAD_NAMES if g in wanted)
-            raise ValueError(f"{name} is given but {grad!r} is not in needs={asked}")
-        taken.append((name, _check_out(o, name, shape, dtype, kind, inputs, taken)))
-    return out
-
-
-def _write(out, result):
-    """``result`` copied into ``out`` (returned), or ``result`` itself without one."""
-    if out is None:
-        return result
-    out[...] = result
-    return out
-
-
-def _write_grads(outs, grads):
-    return tuple(_write(o, g) if g is not None else g for o, g in zip(outs, grads))
-
-
 # ----------------------------------------------------------------------------- conv
 
 _CONV_ARRAYS = ("x", "weight", "bias")
@@ -427,7 +237,7 @@ _GRAD_ARRAYS = ("grad_y", "x", "weight")
 
 def _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
           rank=None, out=None):
-    return _bridged(_run_conv, _CONV_ARRAYS, (x, weight, bias), out, stride, padding,
+    return bridged(_run_conv, _CONV_ARRAYS, (x, weight, bias), out, stride, padding,
                     dilation, groups, backend, algorithm, rank)
 
 
@@ -441,13 +251,13 @@ def _run_conv(x, weight, bias, stride, padding, dilation, groups, backend, algor
     out_shape = (x.shape[0], weight.shape[0]) + p.out_shape
     P.check_result_size(out_shape, "the output")
     if out is not None:
-        _check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
+        check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
                                                         "bias": bias})
     kernel, p = _select_conv("conv", kind, dtype, p, backend, x_shape=x.shape,
                              w_shape=weight.shape)
     if _is_empty_conv(x.shape, weight.shape):
-        return _write(out, _empty_conv(kind, dtype, out_shape, bias))
-    return _write(out, kernel(_contiguous(x, kind), _contiguous(weight, kind),
+        return write(out, _empty_conv(kind, dtype, out_shape, bias))
+    return write(out, kernel(_contiguous(x, kind), _contiguous(weight, kind),
                               _contiguous(bias, kind), p))
 
 
@@ -506,7 +316,7 @@ def conv_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, 
     ``out``: ``(grad_x, grad_weight, grad_bias)`` arrays to write the gradients into,
     ``None`` for any not given (each checked as ``conv``'s ``out``, and only for a
     name in ``needs``); results come back as the type of ``grad_y``."""
-    return _bridged(_run_conv_backward, _GRAD_ARRAYS, (grad_y, x, weight), out, stride,
+    return bridged(_run_conv_backward, _GRAD_ARRAYS, (grad_y, x, weight), out, stride,
                     padding, dilation, groups, needs, backend, algorithm)
 
 
@@ -518,16 +328,16 @@ def _run_conv_backward(grad_y, x, weight, stride, padding, dilation, groups, nee
     p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding, dilation,
                                        groups), algorithm)
     _check_grad_y(grad_y, (x.shape[0], weight.shape[0]) + p.out_shape)
-    outs = _check_grad_outs(out, (x.shape, weight.shape, (weight.shape[0],)), dtype, kind,
+    outs = check_grad_outs(out, (x.shape, weight.shape, (weight.shape[0],)), dtype, kind,
                             wanted, {"grad_y": grad_y, "x": x, "weight": weight})
     kernel, p = _select_conv("conv_backward", kind, dtype, p, backend, x_shape=x.shape,
                              w_shape=weight.shape, needs=wanted)
     if not wanted:
         return None, None, None
     if _is_empty_conv(x.shape, weight.shape):
-        return _write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape,
+        return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape,
                                                     weight.shape))
-    return _write_grads(outs, kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
+    return write_grads(outs, kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
                                      _contiguous(weight, kind), p, wanted))
 
 
@@ -536,7 +346,7 @@ def _run_conv_backward(grad_y, x, weight, stride, padding, dilation, groups, nee
 
 def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation,
                     backend, algorithm, rank=None, out=None):
-    return _bridged(_run_conv_transpose, _CONV_ARRAYS, (x, weight, bias), out, stride,
+    return bridged(_run_conv_transpose, _CONV_ARRAYS, (x, weight, bias), out, stride,
                     padding, output_padding, groups, dilation, backend, algorithm, rank)
 
 
@@ -551,13 +361,13 @@ def _run_conv_transpose(x, weight, bias, stride, padding, output_padding, groups
     out_shape = (x.shape[0], c_out) + p.out_shape
     P.check_result_size(out_shape, "the output")
     if out is not None:
-        _check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
+        check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
                                                         "bias": bias})
     kernel, p = _select_conv("conv_transpose", kind, dtype, p, backend, x_shape=x.shape,
                              w_shape=weight.shape)
     if _is_empty_conv(x.shape, weight.shape):
-        return _write(out, _empty_conv(kind, dtype, out_shape, bias))
-    return _write(out, kernel(_contiguous(x, kind), _contiguous(weight, kind),
+        return write(out, _empty_conv(kind, dtype, out_shape, bias))
+    return write(out, kernel(_contiguous(x, kind), _contiguous(weight, kind),
                               _contiguous(bias, kind), p))
 
 
@@ -602,7 +412,7 @@ def conv_transpose_backward(grad_y, x, weight, stride=1, padding=0, output_paddi
                             backend=None, algorithm="auto", out=None):
     """Gradients of ``conv_transpose``: ``(grad_x, grad_weight, grad_bias)``. DLPack
     arrays and ``out`` as in ``conv_backward``."""
-    return _bridged(_run_conv_transpose_backward, _GRAD_ARRAYS, (grad_y, x, weight), out,
+    return bridged(_run_conv_transpose_backward, _GRAD_ARRAYS, (grad_y, x, weight), out,
                     stride, padding, output_padding, groups, dilation, needs, backend,
                     algorithm)
 
@@ -616,16 +426,16 @@ def _run_conv_transpose_backward(grad_y, x, weight, stride, padding, output_padd
                                                  output_padding, groups, dilation), algorithm)
     c_out = weight.shape[1] * p.groups
     _check_grad_y(grad_y, (x.shape[0], c_out) + p.out_shape)
-    outs = _check_grad_outs(out, (x.shape, weight.shape, (c_out,)), dtype, kind, wanted,
+    outs = check_grad_outs(out, (x.shape, weight.shape, (c_out,)), dtype, kind, wanted,
                             {"grad_y": grad_y, "x": x, "weight": weight})
     kernel, p = _select_conv("conv_transpose_backward", kind, dtype, p, backend,
                              x_shape=x.shape, w_shape=weight.shape, needs=wanted)
     if not wanted:
         return None, None, None
     if _is_empty_conv(x.shape, weight.shape):
-        return _write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape,
+        return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape,
                                                     weight.shape))
-    return _write_grads(outs, kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
+    return write_grads(outs, kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
                                      _contiguous(weight, kind), p, wanted))
 
 
@@ -634,7 +444,7 @@ def _run_conv_transpose_backward(grad_y, x, weight, stride, padding, output_padd
 
 def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
               backend, rank=None, out=None):
-    return _bridged(_run_max_pool, ("x",), (x,), out, kernel_size, stride, padding,
+    return bridged(_run_max_pool, ("x",), (x,), out, kernel_size, stride, padding,
                     dilation, ceil_mode, return_indices, backend, rank)
 
 
@@ -647,38 +457,15 @@ def _run_max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_i
         raise TypeError(f"return_indices={return_indices!r} must be a bool")
     out_shape = x.shape[:2] + p.out_shape
     P.check_result_size(out_shape, "the output")
-    y_out, idx_out = _check_pool_outs(out, out_shape, dtype, kind, return_indices, x)
+    y_out, idx_out = check_pool_outs(out, out_shape, dtype, kind, return_indices, x)
     kernel = _select("max_pool", kind, dtype, p, backend)
     if x.shape[0] == 0 or x.shape[1] == 0:
         y = _empty(kind, out_shape, dtype)
         idx = _empty(kind, y.shape, "int64")
     else:
         y, idx = kernel(_contiguous(x, kind), p, bool(return_indices))
-    y = _write(y_out, y)
-    return (y, _write(idx_out, idx)) if return_indices else y
-
-
-def _check_pool_outs(out, shape, dtype, kind, return_indices, x):
-    """``max_pool``'s ``out``: y's array, or with ``return_indices=True`` also a pair
-    ``(y, indices)`` with ``None`` for either. Returns the two (``None`` where not
-    given)."""
-    if out is None:
-        return None, None
-    if not isinstance(out, tuple):
-        return _check_out(out, "out", shape, dtype, kind, {"x": x}), None
-    if not return_indices or len(out) != 2:
-        raise TypeError(f"out must be an array for the pooled output"
-                        + (" or, with return_indices=True, a pair (y, indices) with None "
-                           "for either" if return_indices else "")
-                        + f"; got a {len(out)}-tuple")
-    y_out, idx_out = out
-    taken = []
-    if y_out is not None:
-        taken.append(("out[0] (y)", _check_out(y_out, "out[0] (y)", shape, dtype, kind,
-                                               {"x": x})))
-    if idx_out is not None:
-        _check_out(idx_out, "out[1] (indices)", shape, "int64", kind, {"x": x}, taken)
-    return y_out, idx_out
+    y = write(y_out, y)
+    return (y, write(idx_out, idx)) if return_indices else y
 
 
 def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
@@ -736,7 +523,7 @@ def _check_x_shape(x_shape):
 def max_pool_backward(grad_y, indices, x_shape, *, backend=None, out=None):
     """Gradient of ``max_pool`` with respect to x, from the winners' ``indices``.
     DLPack arrays as in ``conv_backward``; ``out``: grad_x's array."""
-    return _bridged(_run_max_pool_backward, ("grad_y", "indices"), (grad_y, indices), out,
+    return bridged(_run_max_pool_backward, ("grad_y", "indices"), (grad_y, indices), out,
                     x_shape, backend)
 
 
@@ -746,7 +533,7 @@ def _run_max_pool_backward(grad_y, indices, x_shape, backend, out):
     if array_kind(indices, "indices") != kind:
         raise TypeError(f"indices is a {array_kind(indices, 'indices')} array but grad_y "
                         f"is a {kind} array; mixed devices are not allowed")
-    if _dtype_name(indices.dtype) != "int64":
+    if dtype_name(indices.dtype) != "int64":
         raise TypeError(f"indices has dtype {indices.dtype}; expected int64 (as returned "
                         f"by max_pool(..., return_indices=True))")
     if tuple(indices.shape) != tuple(grad_y.shape):
@@ -756,7 +543,7 @@ def _run_max_pool_backward(grad_y, indices, x_shape, backend, out):
         raise ValueError(f"grad_y has shape {tuple(grad_y.shape)}; for x_shape={x_shape} "
                          f"it must be ({x_shape[0]}, {x_shape[1]}, *pooled)")
     if out is not None:
-        _check_out(out, "out", x_shape, dtype, kind, {"grad_y": grad_y, "indices": indices})
+        check_out(out, "out", x_shape, dtype, kind, {"grad_y": grad_y, "indices": indices})
     plane = P.prod(x_shape[2:])
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= plane):
         raise ValueError(f"indices must lie in [0, {plane}) (flat offsets into each "
@@ -764,14 +551,14 @@ def _run_max_pool_backward(grad_y, indices, x_shape, backend, out):
                          f"[{int(indices.min())}, {int(indices.max())}]")
     kernel = _select("max_pool_backward", kind, dtype, x_shape, backend)
     if grad_y.size == 0:
-        return _write(out, _empty(kind, x_shape, dtype))
-    return _write(out, kernel(_contiguous(grad_y, kind), _contiguous(indices, kind),
+        return write(out, _empty(kind, x_shape, dtype))
+    return write(out, kernel(_contiguous(grad_y, kind), _contiguous(indices, kind),
                               x_shape))
 
 
 def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
               divisor_override, dilation, backend, rank=None, out=None):
-    return _bridged(_run_avg_pool, ("x",), (x,), out, kernel_size, stride, padding,
+    return bridged(_run_avg_pool, ("x",), (x,), out, kernel_size, stride, padding,
                     ceil_mode, count_include_pad, divisor_override, dilation, backend, rank)
 
 
@@ -784,11 +571,11 @@ def _run_avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
     out_shape = x.shape[:2] + p.out_shape
     P.check_result_size(out_shape, "the output")
     if out is not None:
-        _check_out(out, "out", out_shape, dtype, kind, {"x": x})
+        check_out(out, "out", out_shape, dtype, kind, {"x": x})
     kernel = _select("avg_pool", kind, dtype, p, backend)
     if x.shape[0] == 0 or x.shape[1] == 0:
-        return _write(out, _empty(kind, out_shape, dtype))
-    return _write(out, kernel(_contiguous(x, kind), p))
+        return write(out, _empty(kind, out_shape, dtype))
+    return write(out, kernel(_contiguous(x, kind), p))
 
 
 def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -836,7 +623,7 @@ def avg_pool_backward(grad_y, x_shape, kernel_size, stride=None, padding=0, ceil
                       backend=None, out=None):
     """Gradient of ``avg_pool`` with respect to x. DLPack arrays as in
     ``conv_backward``; ``out``: grad_x's array."""
-    return _bridged(_run_avg_pool_backward, ("grad_y",), (grad_y,), out, x_shape,
+    return bridged(_run_avg_pool_backward, ("grad_y",), (grad_y,), out, x_shape,
                     kernel_size, stride, padding, ceil_mode, count_include_pad,
                     divisor_override, dilation, backend)
 
@@ -849,11 +636,11 @@ def _run_avg_pool_backward(grad_y, x_shape, kernel_size, stride, padding, ceil_m
                       count_include_pad, divisor_override)
     _check_grad_y(grad_y, x_shape[:2] + p.out_shape)
     if out is not None:
-        _check_out(out, "out", x_shape, dtype, kind, {"grad_y": grad_y})
+        check_out(out, "out", x_shape, dtype, kind, {"grad_y": grad_y})
     kernel = _select("avg_pool_backward", kind, dtype, p, backend)
     if grad_y.size == 0:
-        return _write(out, _empty(kind, x_shape, dtype))
-    return _write(out, kernel(_contiguous(grad_y, kind), p))
+        return write(out, _empty(kind, x_shape, dtype))
+    return write(out, kernel(_contiguous(grad_y, kind), p))
 
 
 _EXPLAINABLE = {fn.__name__: fn for fn in (

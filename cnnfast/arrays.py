@@ -29,6 +29,18 @@ _DEVICE_NAMES = {1: "CPU", 2: "CUDA", 3: "CUDAHost", 4: "OpenCL", 7: "Vulkan", 8
                  14: "OneAPI", 15: "WebGPU", 16: "Hexagon", 17: "MAIA"}
 
 
+FLOAT_DTYPES = ("float16", "float32", "float64")
+# dtype -> name without str(dtype), which costs microseconds per call (as much as a
+# small GPU kernel); cupy arrays carry numpy dtypes too.
+_DTYPE_NAME = {np.dtype(n): n for n in FLOAT_DTYPES + ("int64",)}
+
+
+def dtype_name(dtype) -> str:
+    """The dtype's name ("float32", ...), fast for the dtypes the kernels take."""
+    name = _DTYPE_NAME.get(dtype)
+    return name if name is not None else str(dtype)
+
+
 def is_cupy_array(a) -> bool:
     """True when ``a`` is a cupy array (without importing cupy)."""
     return type(a).__module__.split(".")[0] == "cupy"
