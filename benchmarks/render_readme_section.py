@@ -9,7 +9,10 @@
 
 Without result files it takes every ``*.json`` in ``benchmarks/results/``: the CPU
 run(s) first, then any GPU run, shown side by side with each device named. The
-section is generated from the JSON written by ``cnnfast bench --json``, never typed.
+section is generated from the JSON written by ``cnnfast bench --json``, never typed:
+the CPU line names the model, family/model/stepping, SIMD flags and the cpp ISA path,
+and each cnnfast cell ends with the algorithm it ran (as far as the files record them;
+older files lack the CPU numbers and algorithms and render without them).
 """
 
 from __future__ import annotations

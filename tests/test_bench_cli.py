@@ -97,6 +97,22 @@ FAKE_MODULES = {
         OPS["avg_pool"] = _boom
         OPS["max_pool"] = _declines
     """,
+    # A path record that alternates between calls (as autotuning might).
+    "fakepaths": """
+        from cnnfast.backends.numpy.backend import OPS as _OPS
+        ARRAY = "numpy"
+        OPS = dict(_OPS)
+        _calls = [0]
+        _last = {}
+        def _conv(x, w, b, p):
+            _last.clear()
+            _last["y"] = "even" if _calls[0] % 2 == 0 else "odd"
+            _calls[0] += 1
+            return _OPS["conv"](x, w, b, p)
+        OPS["conv"] = _conv
+        def last_paths():
+            return dict(_last)
+    """,
     # Ctrl-C in the middle of a run.
     "fakeinterrupt": """
         from cnnfast.backends.numpy.backend import OPS as _OPS
@@ -508,3 +524,96 @@ def test_gpu_path_with_a_fake_cupy(suite, tmp_path, monkeypatch):
         assert "torch-cuda" in doc["backends"]["skipped"]
         assert all(r["vs_reference"] is None for r in gpu_rows)
         assert all(r["vs_reference"] is not None for r in _rows(doc, impl="numpy"))
+
+
+# ----------------------------------------------------------------- CPU and algorithm
+
+
+def test_fresh_run_records_cpu_isa_and_algorithm_keys(suite, tmp_path):
+    path = tmp_path / "k.json"
+    assert main(["bench", "--suite", str(suite), "--backend", "numpy", "--no-reference",
+                 "--shape", "t.conv.n2,t.maxpool", "--json", str(path), *FAST]) == 0
+    doc = json.loads(path.read_text())
+    assert check_document(doc) == []
+    m = doc["machine"]
+    for key in ("cpu_vendor", "cpu_family", "cpu_model_number", "cpu_stepping",
+                "cpu_flags"):
+        assert key in m, key
+    assert m["cpu_vendor"] is None or isinstance(m["cpu_vendor"], str)
+    for key in ("cpu_family", "cpu_model_number", "cpu_stepping"):
+        assert m[key] is None or (isinstance(m[key], int) and not isinstance(m[key], bool))
+    assert m["cpu_flags"] is None or all(
+        isinstance(k, str) and isinstance(v, bool) for k, v in m["cpu_flags"].items())
+    import platform
+    from pathlib import Path
+
+    if platform.machine() in ("x86_64", "AMD64") and Path("/proc/cpuinfo").exists():
+        assert isinstance(m["cpu_family"], int) and isinstance(m["cpu_model_number"], int)
+        assert {"avx2", "fma", "avx512f", "avx512vl", "avx512bw"} <= set(m["cpu_flags"])
+    if registry.get_backend("cpp").available:
+        assert doc["versions"]["cpp_simd_path"] in ("avx2", "portable")
+    # numpy records no path; every row says so explicitly.
+    assert all("algorithm" in r and r["algorithm"] is None and r["paths"] is None
+               for r in doc["results"])
+
+
+def test_cpp_rows_record_the_path_explain_and_last_paths_give(suite, tmp_path):
+    import numpy as np
+
+    import cnnfast
+
+    cpp = registry.get_backend("cpp")
+    if not cpp.available:
+        pytest.skip(f"cpp backend unavailable: {cpp.reason}")
+    path = tmp_path / "c.json"
+    assert main(["bench", "--suite", str(suite), "--backend", "numpy,cpp",
+                 "--no-reference", "--shape", "t.conv.n2,t.maxpool", "--json", str(path),
+                 "--markdown", str(tmp_path / "c.md"), *FAST]) == 0
+    doc = json.loads(path.read_text())
+    assert check_document(doc) == []
+    # The same case called directly: x (2, 3, 8, 8), weight (4, 3, 3, 3), padding 1.
+    x = np.ones((2, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    gy = np.ones((2, 4, 8, 8), np.float32)
+    calls = {
+        "forward": (("y",), lambda: cnnfast.conv(x, w, padding=1, backend="cpp"),
+                    lambda: cnnfast.explain("conv", x, w, padding=1, backend="cpp")),
+        "backward_input": (("grad_x",), lambda: cnnfast.conv_backward(
+            gy, x, w, padding=1, needs=("x",), backend="cpp"), lambda: cnnfast.explain(
+            "conv_backward", gy, x, w, padding=1, needs=("x",), backend="cpp")),
+        "backward_weight": (("grad_weight",), lambda: cnnfast.conv_backward(
+            gy, x, w, padding=1, needs=("weight",), backend="cpp"), lambda: cnnfast.explain(
+            "conv_backward", gy, x, w, padding=1, needs=("weight",), backend="cpp")),
+    }
+    md = (tmp_path / "c.md").read_text()
+    for op, (results, run, explain) in calls.items():
+        r = _rows(doc, impl="cpp", case="t.conv.n2", op=op)[0]
+        assert r["status"] == "ok", r
+        run()
+        assert r["paths"] == cpp.module.last_paths()
+        assert set(r["paths"]) == set(results)
+        assert r["algorithm"] == r["paths"][results[0]]
+        # explain names the result (except y) and then the path it would run.
+        said = explain()
+        prefix = "cpp: " + ("" if results[0] == "y" else results[0] + " ")
+        assert said.startswith(prefix + r["algorithm"] + " "), (said, r["algorithm"])
+        assert f"`{r['algorithm']}`" in next(
+            l for l in md.splitlines() if l.startswith(f"| t.conv.n2 | {op} |"))
+    # Poolings record no path (not the previous convolution's).
+    pool = _rows(doc, impl="cpp", case="t.maxpool")[0]
+    assert pool["algorithm"] is None and pool["paths"] is None
+
+
+def test_a_path_that_changes_between_samples_is_listed(suite, tmp_path, fake_backends):
+    path = tmp_path / "v.json"
+    assert main(["bench", "--suite", str(suite), "--backend", "fakepaths",
+                 "--no-reference", "--shape", "t.conv.n2", "--op", "forward",
+                 "--json", str(path), *FAST, "--repeat", "3"]) == 0
+    doc = json.loads(path.read_text())
+    assert check_document(doc) == []
+    r = _rows(doc, impl="fakepaths")[0]
+    # Calls: warm-up (even), calibration (odd), then three samples of one call each:
+    # even, odd, even; the row's algorithm is the last timed call's.
+    assert r["number"] == 1 and len(r["times_s"]) == 3
+    assert r["algorithm"] == "even" and r["paths"] == {"y": "even"}
+    assert r["algorithms_seen"] == ["even", "odd"]

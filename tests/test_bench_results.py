@@ -264,3 +264,143 @@ def test_two_cpu_runs_name_their_cpus():
     header = next(l for l in report.markdown([a, b]).splitlines() if l.startswith("| case"))
     assert header == ("| case | op | numpy (Test, 2 thr) | "
                       "numpy (Intel Xeon Gold 6130, 16 thr) | cupy (A100) |")
+
+
+# ----------------------------------------------------------------- CPU and algorithm
+
+
+X86_CPUINFO = """\
+processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 85
+model name\t: Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz
+stepping\t: 4
+flags\t\t: fpu sse4_2 avx f16c fma avx2 avx512f avx512dq avx512cd avx512bw avx512vl
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 85
+flags\t\t: fpu
+"""
+
+ARM_CPUINFO = """\
+processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp asimddp sve
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x1
+CPU part\t: 0xd40
+CPU revision\t: 1
+"""
+
+
+def test_cpu_details_from_cpuinfo():
+    from cnnfast.bench.results import X86_FLAGS, cpu_details
+
+    x86 = cpu_details(X86_CPUINFO)
+    assert (x86["cpu_vendor"], x86["cpu_family"], x86["cpu_model_number"],
+            x86["cpu_stepping"]) == ("GenuineIntel", 6, 85, 4)
+    assert list(x86["cpu_flags"]) == list(X86_FLAGS)  # every flag, present or not
+    assert x86["cpu_flags"]["avx2"] and x86["cpu_flags"]["avx512bw"]
+    assert x86["cpu_flags"]["avx512_vnni"] is False  # the first processor's flags only
+    arm = cpu_details(ARM_CPUINFO)
+    assert (arm["cpu_vendor"], arm["cpu_family"], arm["cpu_model_number"],
+            arm["cpu_stepping"]) == ("0x41", 8, 0xd40, 1)
+    assert arm["cpu_flags"]["sve"] and arm["cpu_flags"]["asimd"]
+    assert not arm["cpu_flags"]["sve2"]
+    assert cpu_details("") == {"cpu_vendor": None, "cpu_family": None,
+                               "cpu_model_number": None, "cpu_stepping": None,
+                               "cpu_flags": None}
+
+
+def new_document():
+    """A document with the optional keys of newer writers (CPU numbers and flags,
+    the cpp ISA path, each row's algorithm)."""
+    cpp = row(impl="cpp")
+    cpp.update(algorithm="gemm-s1", paths={"y": "gemm-s1"})
+    torch = row(impl="torch")
+    torch.update(algorithm=None, paths=None)
+    pool = row(case="p", impl="cpp")
+    pool.update(kind="max_pool", algorithm=None, paths=None)
+    doc = document([row(), cpp, torch, pool])
+    doc["machine"].update(cpu_vendor="GenuineIntel", cpu_family=6, cpu_model_number=85,
+                          cpu_stepping=4,
+                          cpu_flags={"avx2": True, "fma": True, "avx512f": False})
+    doc["versions"].update(cpp_simd_path="avx2", cpp_compiler="gcc 12",
+                           cpp_cpu_features={"avx2": True, "fma": True})
+    return doc
+
+
+def test_optional_keys_may_be_absent_but_are_typed_when_present():
+    assert check_document(document([row()])) == []  # an old file: none of them
+    assert check_document(new_document()) == []
+    for mutate, message in [
+        (lambda d: d["machine"].update(cpu_family="6"), "$.machine.cpu_family: expected int"),
+        (lambda d: d["machine"].update(cpu_flags={"avx2": "yes"}),
+         "$.machine.cpu_flags.avx2: expected bool"),
+        (lambda d: d["machine"].update(cpu_flags=["avx2"]), "$.machine.cpu_flags: expected"),
+        (lambda d: d["versions"].update(cpp_simd_path=None), "$.versions.cpp_simd_path"),
+        (lambda d: d["results"][1].update(algorithm=3), "$.results[1].algorithm: expected"),
+        (lambda d: d["results"][1].update(paths={"y": 1}), "$.results[1].paths.y: expected"),
+        (lambda d: d["results"][1].update(algorithms_seen="a"), "algorithms_seen: expected"),
+    ]:
+        doc = new_document()
+        mutate(doc)
+        errors = check_document(doc)
+        assert any(message in e for e in errors), (message, errors)
+    doc = new_document()
+    doc["machine"].update(cpu_family=None, cpu_flags=None)  # unreadable: null is valid
+    assert check_document(doc) == []
+
+
+def test_markdown_and_table_show_algorithm_and_cpu_details():
+    doc = new_document()
+    md = report.markdown([doc])
+    assert ("- CPU: Test CPU (2 threads), family 6, model 85, stepping 4; SIMD avx2 fma; "
+            "cpp ISA path avx2.") in md
+    line = next(l for l in md.splitlines() if l.startswith("| c | forward"))
+    assert line == ("| c | forward | 1 s, 1e-06 GF/s | 1 s, 1e-06 GF/s, `gemm-s1` | "
+                    "1 s, 1e-06 GF/s |")
+    assert "`" not in next(l for l in md.splitlines() if l.startswith("| p | forward"))
+    table = report.text_table(doc).splitlines()
+    assert table[0].split()[-1] == "algorithm"
+    assert table[2].split()[-1] == "gemm-s1" and table[1].split()[-1] == "-"
+    assert any("family 6, model 85" in l for l in report.summary_lines(doc))
+    # A path that changed between samples shows every one.
+    doc["results"][1]["algorithms_seen"] = ["gemm-s1", "direct"]
+    assert "`gemm-s1 / direct`" in report.markdown([doc])
+
+
+def test_old_documents_render_without_algorithm_or_cpu_numbers():
+    md = report.markdown([document([row(), row(impl="cpp")])])
+    assert "- CPU: Test CPU (2 threads). cnnfast 0" in md
+    assert "`" not in next(l for l in md.splitlines() if l.startswith("| c |"))
+    assert report.text_table(document([row()])).splitlines()[1].split()[-1] == "-"
+
+
+def test_recorded_results_files_still_load_and_render():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    paths = [folder / name for name in ("cpu.json", "gpu.json") if (folder / name).exists()]
+    if not paths:
+        pytest.skip("no recorded results in benchmarks/results")
+    docs = [load_json(p) for p in paths]
+    md = report.markdown(docs)
+    assert "| case | op |" in md
+    for doc in docs:
+        report.text_table(doc)
+
+
+def test_render_readme_section_shows_algorithm_and_isa_path(tmp_path):
+    render = _render_script()
+    write_json(new_document(), tmp_path / "cpu.json")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- bench:start -->\n<!-- bench:end -->\n")
+    assert render.main([str(readme), str(tmp_path / "cpu.json")]) == 0
+    text = readme.read_text()
+    assert "family 6, model 85, stepping 4" in text and "cpp ISA path avx2" in text
+    assert "`gemm-s1`" in text

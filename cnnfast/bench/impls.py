@@ -89,6 +89,11 @@ class Impl:
     def synchronize(self):
         pass
 
+    def last_paths(self, case: Case) -> Optional[dict]:
+        """The algorithm paths of the last call (``{result: path}``), read right after
+        it; None when the implementation records none (torch, poolings)."""
+        return None
+
     def timer(self):
         """A function ``time(fn, number) -> seconds for number calls``."""
         import time
@@ -121,6 +126,18 @@ class CnnfastImpl(Impl):
 
     def unavailable(self):
         return self._reason
+
+    def last_paths(self, case):
+        """The backend module's ``last_paths()`` (this thread's last convolution call),
+        for convolutions only: poolings record nothing and would show the paths of an
+        earlier convolution."""
+        if case.kind not in CONV_KINDS or self._backend is None:
+            return None
+        read = getattr(self._backend.module, "last_paths", None)
+        if read is None:
+            return None
+        paths = read()
+        return {str(k): str(v) for k, v in paths.items()} if paths else None
 
     def _array(self, a):
         if a is None or self.device == "cpu":
@@ -198,6 +215,16 @@ class CnnfastImpl(Impl):
             return lambda: cnnfast.avg_pool(x, **pool, backend=name)
         shape = case.x_shape
         return lambda: cnnfast.avg_pool_backward(gy, shape, **pool, backend=name)
+
+
+def algorithm_name(paths: Optional[dict]) -> Optional[str]:
+    """``{"y": "gemm-s1"}`` -> ``"gemm-s1"``; several results -> ``"grad_x=gemm,
+    grad_weight=direct"``; None or empty -> None."""
+    if not paths:
+        return None
+    if len(paths) == 1:
+        return str(next(iter(paths.values())))
+    return ", ".join(f"{name}={path}" for name, path in paths.items())
 
 
 def _cnnfast_op(case, op):

@@ -42,6 +42,36 @@ def device_label(doc, device: str) -> str:
     return f"{m['cpu']} ({m['threads']} threads)"
 
 
+def cpu_details(doc) -> str:
+    """The CPU's family/model/stepping numbers, its SIMD features present and the
+    cpp backend's ISA path, as far as the document records them ("" for none):
+    ``"family 6, model 85, stepping 7; SIMD avx2 fma avx512f; cpp ISA path avx2"``."""
+    m, parts = doc["machine"], []
+    ids = [f"{label} {m[key]}" for label, key in (
+        ("family", "cpu_family"), ("model", "cpu_model_number"),
+        ("stepping", "cpu_stepping")) if m.get(key) is not None]
+    if ids:
+        parts.append(", ".join(ids))
+    flags = m.get("cpu_flags")
+    if isinstance(flags, dict):
+        present = [name for name, have in flags.items() if have]
+        parts.append("SIMD " + (" ".join(present) if present else "none of "
+                                + " ".join(flags)))
+    path = doc["versions"].get("cpp_simd_path")
+    if path:
+        parts.append(f"cpp ISA path {path}")
+    return "; ".join(parts)
+
+
+def algorithm(row) -> Optional[str]:
+    """The path(s) the row's cnnfast backend ran (None: torch, poolings, old files);
+    several different ones across the timed samples are joined with " / "."""
+    seen = row.get("algorithms_seen")
+    if seen:
+        return " / ".join(seen)
+    return row.get("algorithm")
+
+
 def _short_device(doc, device: str, distinct_cpus: bool = False) -> str:
     if device == "gpu":
         name = doc["machine"].get("gpu") or "GPU"
@@ -108,14 +138,14 @@ def skipped_lines(doc) -> list:
 def text_table(doc) -> str:
     """One line per (case, op, implementation), grouped by case."""
     header = ("case", "op", "impl", "median", "IQR", "min-max", "throughput", "%peak",
-              "vs torch", "check", "1st call")
+              "vs torch", "check", "1st call", "algorithm")
     lines = [header]
     last_case = None
     for row in doc["results"]:
         case = row["case"] if row["case"] != last_case else ""
         last_case = row["case"]
         if row["status"] != "ok":
-            lines.append((case, row["op"], row["impl"], _na(row, 60)) + ("",) * 7)
+            lines.append((case, row["op"], row["impl"], _na(row, 60)) + ("",) * 8)
             continue
         spread = rel_spread(row)
         lines.append((
@@ -129,9 +159,10 @@ def text_table(doc) -> str:
              "oracle": "oracle"}[row["check"]],
             # The warm-up call: JIT compilation and cache misses show here.
             format_time(row.get("first_call_s")),
+            algorithm(row) or "-",
         ))
     # A status cell (n/a: reason) spans the numeric columns: do not let it widen them.
-    blank = ("",) * 7
+    blank = ("",) * 8
     widths = [max(len(line[i]) for line in lines
                   if not (i == 3 and line is not header and line[4:] == blank))
               for i in range(len(header))]
@@ -149,6 +180,9 @@ def summary_lines(doc) -> list:
     m, s = doc["machine"], doc["settings"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores; threads: {s['threads']}"
              + (f"; GPU: {m['gpu']}" if m.get("gpu") else "")]
+    details = cpu_details(doc)
+    if details:
+        lines.append(f"CPU: {details}")
     if m.get("load_average_at_start") is not None:
         lines.append(f"load average (1, 5, 15 min): {m['load_average_at_start']} at the "
                      f"start, {m.get('load_average_at_end')} at the end")
@@ -182,8 +216,10 @@ def markdown(docs, *, title: Optional[str] = None) -> str:
     for doc in docs:
         m, s = doc["machine"], doc["settings"]
         devices = sorted({r["device"] for r in doc["results"]})
+        details = cpu_details(doc)
         where = "; ".join(
-            f"{'GPU' if dev == 'gpu' else 'CPU'}: {device_label(doc, dev)}"
+            f"GPU: {device_label(doc, dev)}" if dev == "gpu" else
+            f"CPU: {device_label(doc, dev)}" + (f", {details}" if details else "")
             for dev in devices) or f"CPU: {device_label(doc, 'cpu')}"
         ver = doc["versions"]
         tools = ", ".join(f"{k} {ver[k]}" for k in ("cnnfast", "numpy", "numba", "torch",
@@ -195,9 +231,11 @@ def markdown(docs, *, title: Optional[str] = None) -> str:
                    + (f"; load average {load[0]:g} at the start" if load else ""))
         for line in skipped_lines(doc):
             out.append(f"  - skipped {line}")
+    algos = any(algorithm(r) for doc in docs for r in doc["results"])
     out += ["", "Median time per call, then GFLOP/s (convolutions) or GB/s (pooling), "
-            "then the speed relative to torch on the same device (above 1x: faster). "
-            f"{'; '.join(_peak_notes(docs))}", ""]
+            "then the speed relative to torch on the same device (above 1x: faster)"
+            + (", then, in `code`, the algorithm the cnnfast backend ran. " if algos
+               else ". ") + f"{'; '.join(_peak_notes(docs))}", ""]
     out.append("| case | op | " + " | ".join(label for label, _, _ in cols) + " |")
     out.append("|---|---|" + "---|" * len(cols))
     for case, op in _case_order(docs):
@@ -227,6 +265,9 @@ def _md_cell(row) -> str:
     parts = [format_time(row["median_s"]), throughput(row).replace("GFLOP/s", "GF/s")]
     if row.get("vs_reference") is not None:
         parts.append(f"{row['vs_reference']:.2f}x")
+    algo = algorithm(row)
+    if algo:
+        parts.append(f"`{algo.replace('|', '/')}`")
     text = ", ".join(parts)
     if row["check"] == "mismatch":
         text += " **(wrong result)**"

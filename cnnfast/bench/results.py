@@ -4,12 +4,22 @@ Layout (``SCHEMA`` below is the machine-checked version; ``validate`` checks a
 document against it with no dependency)::
 
     {"schema": "cnnfast-bench/1", "created": ISO-8601 UTC, "command": [argv...],
-     "machine": {"cpu", "cores", "threads", "platform", "gpu"},
-     "versions": {"cnnfast", "python", "numpy", "numba", "torch", "cupy", ...},
+     "machine": {"cpu", "cores", "threads", "platform", "gpu",
+                 ["cpu_vendor", "cpu_family", "cpu_model_number", "cpu_stepping",
+                  "cpu_flags": {flag: present}]},
+     "versions": {"cnnfast", "python", "numpy", "numba", "torch", "cupy",
+                  ["cpp_simd_path", "cpp_compiler", "cpp_cpu_features"], ...},
      "settings": {"suite", "quick", "repeat", "min_time_s", "pause_s", "threads",
                   "peak_gflops", "peak_gbs", "gpu_peak_gflops", "gpu_peak_gbs", "seed"},
      "backends": {"run": [names], "skipped": {name: reason}},
      "cases": [case descriptions], "results": [one row per (case, op, impl)]}
+
+Keys in [brackets] are optional: files written before they existed still validate.
+Each row may carry ``"algorithm"``: the path(s) the cnnfast backend ran for the timed
+calls (its ``last_paths()``: ``"gemm-s1"``, or ``"grad_x=gemm, grad_weight=direct"``
+for several results), and ``"paths"``, the same as ``{result: path}``; both are null
+for torch rows, poolings and backends that record no path. ``"algorithms_seen"``
+(only when the path changed between the timed samples) lists every one, in order.
 """
 
 from __future__ import annotations
@@ -26,6 +36,18 @@ SCHEMA_ID = "cnnfast-bench/1"
 _num = (int, float)
 _opt_num = (int, float, type(None))
 _opt_str = (str, type(None))
+_opt_int = (int, type(None))
+
+
+class optional:
+    """A schema for a key that may be absent (older files) and, when ``nullable``,
+    null; present, it must match ``schema``."""
+
+    def __init__(self, schema, nullable=False):
+        self.schema, self.nullable = schema, nullable
+
+    def __repr__(self):
+        return f"optional({self.schema!r}, nullable={self.nullable})"
 
 ROW_SCHEMA = {
     "case": str, "group": str, "kind": str, "op": str, "impl": str, "device": str,
@@ -35,13 +57,20 @@ ROW_SCHEMA = {
     "median_s": _opt_num, "q1_s": _opt_num, "q3_s": _opt_num, "min_s": _opt_num,
     "max_s": _opt_num, "gflops": _opt_num, "gbs": _opt_num, "peak_fraction": _opt_num,
     "vs_reference": _opt_num, "check": str, "max_rel_error": _opt_num,
+    "algorithm": optional(_opt_str), "paths": optional({str: str}, nullable=True),
+    "algorithms_seen": optional([str]),
 }
 SCHEMA = {
     "schema": str, "created": str, "command": [str],
     "machine": {"cpu": str, "cores": int, "threads": int, "platform": str,
-                "gpu": _opt_str},
+                "gpu": _opt_str, "cpu_vendor": optional(_opt_str),
+                "cpu_family": optional(_opt_int), "cpu_model_number": optional(_opt_int),
+                "cpu_stepping": optional(_opt_int),
+                "cpu_flags": optional({str: bool}, nullable=True)},
     "versions": {"cnnfast": str, "python": str, "numpy": str, "numba": _opt_str,
-                 "torch": _opt_str, "cupy": _opt_str},
+                 "torch": _opt_str, "cupy": _opt_str, "cpp_simd_path": optional(str),
+                 "cpp_compiler": optional(str),
+                 "cpp_cpu_features": optional({str: bool})},
     "settings": {"suite": str, "quick": bool, "repeat": int, "min_time_s": _num,
                  "pause_s": _num, "threads": int, "peak_gflops": _opt_num,
                  "peak_gbs": _opt_num, "gpu_peak_gflops": _opt_num,
@@ -62,8 +91,13 @@ def validate(doc, schema=SCHEMA, path="$") -> list:
     """Every way ``doc`` departs from ``schema``, as ``"path: message"`` strings
     (empty when valid). A schema is a type or tuple of types; a one-item list (every
     element matches it); a dict of required keys (extra keys are allowed, for newer
-    writers); or ``{str: schema}`` (a mapping from any string to values matching)."""
+    writers; a key whose schema is ``optional(...)`` may be absent); or
+    ``{str: schema}`` (a mapping from any string to values matching)."""
     errors = []
+    if isinstance(schema, optional):  # present (absence is checked by the dict)
+        if doc is None and schema.nullable:
+            return []
+        return validate(doc, schema.schema, path)
     if isinstance(schema, dict):
         if not isinstance(doc, dict):
             return [f"{path}: expected an object, got {type(doc).__name__}"]
@@ -76,7 +110,8 @@ def validate(doc, schema=SCHEMA, path="$") -> list:
             return errors
         for key, sub in schema.items():
             if key not in doc:
-                errors.append(f"{path}: missing key {key!r}")
+                if not isinstance(sub, optional):
+                    errors.append(f"{path}: missing key {key!r}")
             else:
                 errors += validate(doc[key], sub, f"{path}.{key}")
         return errors
@@ -138,6 +173,59 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+# The SIMD features the kernels' choice depends on (x86-64: the cpp backend runs its
+# avx2 path with AVX2+FMA; numba's LLVM uses what the CPU has), recorded present or not.
+X86_FLAGS = ("sse4_2", "avx", "f16c", "fma", "avx2", "avx512f", "avx512cd", "avx512dq",
+             "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16")
+ARM_FLAGS = ("asimd", "asimdhp", "asimddp", "sve", "sve2", "bf16", "i8mm")
+
+
+def cpu_details(cpuinfo_text=None) -> dict:
+    """The CPU's vendor, family, model number and stepping (x86: ``cpu family``,
+    ``model``, ``stepping`` of ``/proc/cpuinfo``; Arm: implementer, architecture and
+    part), and ``cpu_flags``: each SIMD feature of ``X86_FLAGS`` (or ``ARM_FLAGS``),
+    True or False. Keys whose value cannot be read are None (``cpu_flags`` too)."""
+    out = {"cpu_vendor": None, "cpu_family": None, "cpu_model_number": None,
+           "cpu_stepping": None, "cpu_flags": None}
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo_text = fh.read()
+        except OSError:
+            return out
+    fields = {}
+    for line in cpuinfo_text.splitlines():
+        if not line.strip():
+            if fields.get("flags") or fields.get("features"):
+                break  # the first processor's block is enough
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+
+    def number(*keys):
+        for key in keys:
+            text = fields.get(key)
+            if text:
+                try:
+                    return int(text, 0)  # Arm writes hex: 0x41
+                except ValueError:
+                    pass
+        return None
+
+    out["cpu_vendor"] = fields.get("vendor_id") or fields.get("cpu implementer") or None
+    out["cpu_family"] = number("cpu family", "cpu architecture")
+    out["cpu_model_number"] = number("model", "cpu part")
+    out["cpu_stepping"] = number("stepping", "cpu revision")
+    if "flags" in fields:
+        have = set(fields["flags"].split())
+        out["cpu_flags"] = {f: f in have for f in X86_FLAGS}
+    elif "features" in fields:
+        have = set(fields["features"].split())
+        out["cpu_flags"] = {f: f in have for f in ARM_FLAGS}
+    return out
+
+
 def gpu_name():
     """The CUDA device's name (CuPy, else torch), or None without one."""
     try:
@@ -167,9 +255,10 @@ def machine(threads: int) -> dict:
         load = [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):
         load = None
-    return {"cpu": cpu_model(), "cores": cores, "logical_cpus": os.cpu_count() or cores,
-            "threads": threads, "platform": platform.platform(),
-            "gpu": gpu_name(), "load_average_at_start": load}
+    return {"cpu": cpu_model(), **cpu_details(), "cores": cores,
+            "logical_cpus": os.cpu_count() or cores, "threads": threads,
+            "platform": platform.platform(), "gpu": gpu_name(),
+            "load_average_at_start": load}
 
 
 def versions() -> dict:
@@ -189,6 +278,8 @@ def versions() -> dict:
 
         out["cpp_simd_path"] = _cpp.simd_path()
         out["cpp_compiler"] = _cpp.compiler()
+        # What the extension itself detected (it also checks the OS saves AVX state).
+        out["cpp_cpu_features"] = {str(k): bool(v) for k, v in _cpp.cpu_features().items()}
     except Exception:  # noqa: BLE001
         pass
     if out.get("cupy"):

@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from .impls import Inputs, pick_output
+from .impls import Inputs, algorithm_name, pick_output
 from .suite import Case
 
 MISMATCH_TOL = {"float16": 2e-2, "float32": 1e-4, "float64": 1e-10}
@@ -113,7 +113,7 @@ def measure(case: Case, op: str, impls, inputs: Inputs, settings: Settings) -> l
                    reference=None, times_s=[], number=0, first_call_s=None,
                    median_s=None, q1_s=None, q3_s=None, min_s=None, max_s=None,
                    gflops=None, gbs=None, peak_fraction=None, vs_reference=None,
-                   check="unchecked", max_rel_error=None)
+                   check="unchecked", max_rel_error=None, algorithm=None, paths=None)
         rows.append(row)
         try:
             fn = impl.prepare(case, op, inputs)
@@ -143,7 +143,11 @@ def measure(case: Case, op: str, impls, inputs: Inputs, settings: Settings) -> l
             if settings.pause > 0:
                 time.sleep(settings.pause)
             row["times_s"].append(timer(fn, row["number"]) / row["number"])
+            _note_paths(impl, case, row)
     for impl, row, _, _ in live:
+        seen = row.pop("_algorithms", [])
+        if len(seen) > 1:  # the path changed between samples (autotuning, ...)
+            row["algorithms_seen"] = seen
         row.update(stats(row["times_s"]))
         gpu = row["device"] == "gpu"
         if flops:
@@ -163,6 +167,21 @@ def measure(case: Case, op: str, impls, inputs: Inputs, settings: Settings) -> l
             row["reference"] = ref["impl"]
             row["vs_reference"] = ref["median_s"] / row["median_s"]
     return rows
+
+
+def _note_paths(impl, case, row):
+    """Record the paths of the sample just timed (read outside the timed region):
+    ``algorithm`` and ``paths`` are those of the last timed call; every distinct
+    algorithm seen is kept in ``_algorithms``."""
+    try:
+        paths = impl.last_paths(case)
+    except Exception:  # noqa: BLE001 - a record we cannot read is no timing failure
+        paths = None
+    name = algorithm_name(paths)
+    row["paths"], row["algorithm"] = paths, name
+    seen = row.setdefault("_algorithms", [])
+    if name is not None and name not in seen:
+        seen.append(name)
 
 
 def _check(case, live):
