@@ -284,6 +284,90 @@ def test_strided_adjoint_by_stride_phases(case):
     np.testing.assert_allclose(gx, want, rtol=1e-10, atol=1e-10)
 
 
+# Weight gradients on the "gemm" path (``kernels.wgrad``): image by image (wide
+# rows of >= ROWS_STACK_BELOW positions, the input used in place or copied into
+# stride phases) and stacked (small images side by side), several chunks and
+# units, k blocks and output blocks with tails, groups, ranks 1-3.
+_WGRAD_CASES = [
+    # (x shape, w shape, conv keywords)
+    ((64, 1, 28, 28), (64, 1, 3, 3), dict()),                         # in place, 1 channel
+    ((3, 5, 40, 37), (7, 5, 3, 2), dict(padding=(2, (0, 3)), dilation=(1, 2))),
+    ((2, 3, 50, 47), (10, 3, 7, 7), dict(stride=2, padding=3)),        # stem-like, phases
+    ((5, 8, 9, 11), (10, 4, 3, 3), dict(stride=(2, 3), groups=2)),     # stacked, groups
+    ((6, 16, 7, 7), (9, 16, 1, 1), dict()),                            # stacked 1x1
+    ((3, 6, 700), (8, 6, 9), dict(padding=4)),                         # rank 1
+    ((2, 4, 6, 9, 10), (5, 4, 3, 2, 3),
+     dict(stride=(1, 2, 1), padding=1, dilation=(2, 1, 1))),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", _WGRAD_CASES)
+def test_weight_grad_rows_matches_reference(case, dtype):
+    xs, ws, kw = case
+    rng = np.random.default_rng(13)
+    x, w = _rand(rng, xs, dtype), _rand(rng, ws, dtype)
+    groups = kw.get("groups", 1)
+    p = P.conv_params(xs, ws, kw.get("stride", 1), kw.get("padding", 0),
+                      kw.get("dilation", 1), groups)
+    gy = _rand(rng, (xs[0], ws[0]) + tuple(p.out_shape), dtype)
+    gw = cnnfast.conv_backward(gy, x, w, needs=("weight",), backend="numba", **kw)[1]
+    assert nb.last_paths() == {"grad_weight": "gemm"}
+    want = ref.conv_backward(gy.astype(np.float64), x.astype(np.float64),
+                             w.astype(np.float64), p, frozenset({"weight"}))[1]
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(gw, want, rtol=tol, atol=tol * np.abs(want).max())
+    # The transposed convolution's weight gradient: the same kernel, roles swapped.
+    wt = _rand(rng, (ws[1] * groups, ws[0] // groups) + ws[2:], dtype)
+    kwt = {k: v for k, v in kw.items() if k != "padding"}
+    pt = P.conv_transpose_params(xs, wt.shape, kw.get("stride", 1), 0, 0, groups,
+                                 kw.get("dilation", 1))
+    gyt = _rand(rng, (xs[0], wt.shape[1] * groups) + tuple(pt.out_shape), dtype)
+    gwt = cnnfast.conv_transpose_backward(gyt, x, wt, needs=("weight",), backend="numba",
+                                          **kwt)[1]
+    want = ref.conv_transpose_backward(gyt.astype(np.float64), x.astype(np.float64),
+                                       wt.astype(np.float64), pt, frozenset({"weight"}))[1]
+    np.testing.assert_allclose(gwt, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_weight_grad_rows_bit_identical_across_thread_counts(threads):
+    """The chunks of positions (and so every sum) depend on the shapes only; the
+    thread count changes only how the k blocks are sliced between tasks."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    rng = np.random.default_rng(14)
+    cases = [(_rand(rng, xs), _rand(rng, ws), kw) for xs, ws, kw in _WGRAD_CASES]
+    cases.append((_rand(rng, (8, 32, 14, 14)), _rand(rng, (64, 32, 1, 1)), {}))  # k slices
+    grads = [_rand(rng, cnnfast.conv(x, w, backend="numba", **kw).shape)
+             for x, w, kw in cases]
+    results = []
+    for n in (1, 2, 1):
+        cnnfast.set_num_threads(n)
+        results.append([cnnfast.conv_backward(gy, x, w, needs=("weight",), backend="numba",
+                                              **kw)[1]
+                        for gy, (x, w, kw) in zip(grads, cases)])
+    for one, two in zip(results[0], results[1]):
+        assert one.tobytes() == two.tobytes()
+    for one, again in zip(results[0], results[2]):
+        assert one.tobytes() == again.tobytes()
+
+
+def test_weight_grad_rows_non_finite_input_is_exact():
+    """A padding position of the wide rows pairs a zero gradient with an input
+    value the exact sum never reads: an inf there would give NaN. The result is
+    then recomputed by the direct kernel, as the reference computes it."""
+    rng = np.random.default_rng(15)
+    x = _rand(rng, (2, 3, 9, 9), np.float64)
+    w = _rand(rng, (8, 3, 3, 3), np.float64)
+    x[0, 1, 4, 8] = np.inf  # last column: read by taps kw = 2 only
+    p = P.conv_params(x.shape, w.shape, 1, 0, 1, 1)
+    gy = _rand(rng, (2, 8, 7, 7), np.float64)
+    gw = cnnfast.conv_backward(gy, x, w, needs=("weight",), backend="numba")[1]
+    want = ref.conv_backward(gy, x, w, p, frozenset({"weight"}))[1]
+    assert np.isfinite(want[:, :, :, :2]).all() and not np.isfinite(want).all()
+    np.testing.assert_allclose(gw, want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("shape, kw", [
     ((7, 7), dict(kernel_size=7)),                                   # global: whole rows
     ((6, 7), dict(kernel_size=(3, 7), stride=2, padding=(1, 0))),   # whole rows, padded h
@@ -352,10 +436,10 @@ def test_one_compiled_specialisation_per_kernel_and_dtype():
     array) would cost a compile on a user's first call. The warmup must reach
     every kernel."""
     from cnnfast.cli.warmup import warm_numba
-    from cnnfast.backends.numba.kernels import common, direct, gemm, pool
+    from cnnfast.backends.numba.kernels import common, direct, gemm, pool, wgrad
 
     warm_numba(log=lambda *a: None)
-    kernels = {f"{m.__name__}.{name}": obj for m in (common, direct, gemm, pool)
+    kernels = {f"{m.__name__}.{name}": obj for m in (common, direct, gemm, pool, wgrad)
                for name, obj in vars(m).items()
                if isinstance(obj, numba.core.registry.CPUDispatcher)
                and obj.targetoptions.get("parallel")}

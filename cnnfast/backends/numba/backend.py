@@ -3,28 +3,32 @@
 Every array is viewed as 5-D ``(N, C, D, H, W)`` (size-1 leading spatial dims for
 ranks 1 and 2, with kernel 1, stride 1, padding 0 and dilation 1 there), so one
 compiled specialisation per kernel and dtype serves all ranks. The kernels live in
-``cnnfast.backends.numba.kernels`` (modules ``gemm``, ``direct``, ``pool``); this
-module only reshapes, picks a code path and launches:
+``cnnfast.backends.numba.kernels`` (modules ``gemm``, ``wgrad``, ``direct``,
+``pool``); this module only reshapes, picks a code path and launches:
 
-* convolution: a group with at least ``GEMM_MIN_OG`` output channels is an
-  im2col + register-blocked product: ``correlate_wide`` for stride 1 (contiguous
-  im2col copies over a padded input; a 1x1 convolution is a plain product of the
-  packed input), ``correlate_gemm`` for other strides; narrower groups
+* convolution: a group with at least ``GEMM_MIN_OG`` output channels is a
+  register-blocked product: ``correlate_wide`` over the padded input for stride 1
+  (an implicit im2col: panel rows read in place; a 1x1 convolution is a plain
+  product of the input) and over the input's stride phases for other strides
+  (``_phases_pay``), else ``correlate_gemm`` (im2col); narrower groups
   (depthwise) use ``correlate_direct``;
 * input gradient of conv / conv_transpose forward: for stride 1 the same
   correlation with the flipped, per-group transposed weight (the algebra is in
   ``cnnfast.backends.numpy.backend``), or ``correlate_t`` (a gather into output
   rows) when a group has few output channels; for other strides one such stride-1
   correlation per stride phase ("sub-pixel" decomposition, a sub-kernel each);
-* weight gradient: ``weight_grad_gemm`` (products over pixel tiles), or
-  ``weight_grad`` for depthwise; bias gradient: one task per channel;
+* weight gradient: ``weight_grad_rows`` (register-blocked dot products of
+  padded, stride-phase-split input rows with "wide" output-gradient rows: no
+  im2col), or ``weight_grad`` for depthwise (and to recompute a non-finite
+  result exactly); bias gradient: one task per channel;
 * pooling: row-vectorised forward kernels, plane-owning backward kernels.
 
 Algorithms (``ALGORITHMS``, ``cnnfast.explain``; the ``_path_*`` functions are the
 one place each choice is made, for the kernels and for ``explain``): ``direct`` (the
 fixed-order direct sums: ``correlate_direct``, ``correlate_t``, ``weight_grad``),
-``gemm`` (``correlate_gemm``, ``weight_grad_gemm``; a stride-1 input gradient as the
-flipped-weight correlation), ``gemm-wide`` (``correlate_wide``, stride 1 only) and
+``gemm`` (``correlate_gemm`` or, strided, ``correlate_wide`` over stride phases;
+``weight_grad_rows``; a stride-1 input gradient as the flipped-weight
+correlation), ``gemm-wide`` (``correlate_wide``, stride 1 only) and
 ``phases`` (strided input gradients / transposed convolutions). ``algorithm=`` pins
 one for every kernel of the call (``NotImplementedError`` where a kernel has no such
 path); ``last_paths()`` records the paths of this thread's last convolution call.
@@ -52,6 +56,7 @@ try:
     from .kernels import direct as _direct
     from .kernels import gemm as _gemm
     from .kernels import pool as _pool
+    from .kernels import wgrad as _wgrad
 except ImportError as exc:  # pragma: no cover - depends on the environment
     numba = None
     _IMPORT_ERROR = f"numba is not importable ({exc}); pip install numba"
@@ -64,12 +69,11 @@ DTYPES = ("float32", "float64")
 # A group needs this many output channels for the im2col product to pay
 # (below, each loaded column would feed too few multiply-adds).
 GEMM_MIN_OG = 4
-# A weight gradient whose rows are this short (input channels per group x taps) is a
-# few dot products per output channel: packing tiles for a product does not pay (the
-# Fashion-MNIST first layer: 1 x 9).
-WGRAD_GEMM_MIN_K = 16
 # The same for the stride phases of a transposed correlation (see there).
 PHASE_MIN_OG = 2
+# A strided correlation with fewer outputs per image than this keeps the im2col
+# product (the phase copy would not pay); see ``_phases_pay``.
+PHASE_WIDE_MIN_OUT = 64
 
 ALGORITHMS = ("direct", "gemm", "gemm-wide", "phases")
 _FORCED = "forced by algorithm="
@@ -197,19 +201,55 @@ def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path):
     out = y5.shape[2:]
     if path == "gemm-wide":
         padded, wide = _wide_rows(out, dil, kshape)
-        tile = _gemm.pick_tile(k, wide)
         if padded == x5.shape[2:] and not any(pad):
             xp = x5
         else:
             xp = np.empty(x5.shape[:2] + padded, x5.dtype)
             _launch(_gemm.pad_input, x5, xp, pad)
-        _launch(_gemm.correlate_wide, xp, wp, b, y5, kshape, dil, groups, tile,
-                _threads(), _gemm.NR)
+        kbase, koff = _wide_taps(x5.shape[1] // groups, kshape, dil, (1, 1, 1), padded)
+    elif any(s > 1 for s in stride) and _phases_pay(out, kshape, stride, dil):
+        # The input split into its stride phases: a stride-1 wide product over them.
+        ext, moff, tphase, _ = _rows_geometry(x5.shape[2:], out, kshape, stride, pad, dil)
+        S, plane, (N, C) = int(np.prod(stride)), int(np.prod(ext)), x5.shape[:2]
+        xp = np.empty((N, C * S) + ext, x5.dtype)
+        _launch(_wgrad.pack_phases, x5, xp.reshape(xp.size), ext,
+                (S * plane, plane, ext[2], C * S * plane), stride, pad)
+        kbase, koff = _wide_taps(C // groups, kshape, dil, stride, ext)
+        wide = ((out[0] - 1) * ext[1] + out[1]) * ext[2]
     else:
         tile = _gemm.pick_tile(k, int(np.prod(out)))
         _launch(_gemm.correlate_gemm, x5, wp, b, y5, kshape, stride, pad, dil, groups,
                 tile, _threads())
+        return y5
+    _launch(_gemm.correlate_wide, xp, wp, b, y5, kbase, koff, groups,
+            _gemm.pick_tile(k, wide), _threads(), _gemm.NR)
     return y5
+
+
+def _wide_taps(cg, kshape, dil, stride, ext):
+    """(kbase, koff) of ``correlate_wide``: im2col row ``k = c*T + t`` reads plane
+    ``c*S + phase(t)`` of the group from ``offset(t)`` in planes of extents
+    ``ext`` (the phases of a stride: ``S`` planes per channel)."""
+    S = int(np.prod(stride))
+    taps = np.array(list(itertools.product(*(range(v) for v in kshape))), np.int64)
+    td = taps * np.array(dil, np.int64)
+    m, r = td // np.array(stride, np.int64), td % np.array(stride, np.int64)
+    koff = (m[:, 0] * ext[1] + m[:, 1]) * ext[2] + m[:, 2]
+    phase = (r[:, 0] * stride[1] + r[:, 1]) * stride[2] + r[:, 2]
+    c = np.arange(cg, dtype=np.int64)[:, None]
+    return ((c * S + phase[None, :]).ravel(), np.broadcast_to(koff, (cg, len(koff))).ravel()
+            .copy())
+
+
+def _phases_pay(out, kshape, stride, dil):
+    """A strided correlation runs as a wide product over the input's stride phases
+    (no im2col copy) when each image has enough outputs (a panel or more) and the
+    wide rows do not double the work; else the im2col product."""
+    ext = [-(-((o - 1) * s + (k - 1) * d + 1) // s)
+           for o, s, k, d in zip(out, stride, kshape, dil)]
+    wide = ((out[0] - 1) * ext[1] + out[1]) * ext[2]
+    n = int(np.prod(out))
+    return n >= PHASE_WIDE_MIN_OUT and wide <= 2 * n
 
 
 def _flipped_adjoint_weight(w5, groups):
@@ -301,30 +341,87 @@ def _conv_geometry(p: ConvParams):
 
 def _path_weight_grad(og, k, algorithm="auto"):
     """(path, why) of a weight gradient, ``og`` output channels per group, rows of
-    ``k`` (input channels per group x taps): tiled products when a group has enough
-    output channels to fill the register tile and long enough rows, else (depthwise,
-    one-channel first layers) one fixed-order sum per element."""
+    ``k`` (input channels per group x taps): register-blocked dot products of
+    padded rows when a group has enough output channels to fill the register
+    block, else (depthwise) one fixed-order sum per element."""
     if algorithm == "auto":
-        if og >= GEMM_MIN_OG and k >= WGRAD_GEMM_MIN_K:
-            return "gemm", f"{og} output channels per group, rows of {k}"
-        return "direct", (f"{og} output channel(s) per group, rows of {k} (a product "
-                          f"needs >= {GEMM_MIN_OG} and >= {WGRAD_GEMM_MIN_K})")
+        if og >= GEMM_MIN_OG:
+            return "gemm", (f"{og} output channels per group, rows of {k}: dot products "
+                            f"of padded rows, no im2col")
+        return "direct", (f"{og} output channel(s) per group (a product needs "
+                          f">= {GEMM_MIN_OG})")
     if algorithm in ("direct", "gemm"):
         return algorithm, _FORCED
     raise _unfit("weight gradient", algorithm, "it has direct and gemm")
 
 
+def _rows_geometry(in3, out3, kshape, stride, pad, dil):
+    """The layout of ``weight_grad_rows``: the phase extents ``(Dq, Hq, Wq)`` (per
+    dim, the outputs read the padded positions ``[0, (out-1)*s + (k-1)*d]``,
+    ``ceil(that extent / s)`` of them per phase), the per-dim phase offsets and
+    the phase of every tap, and whether the input must be copied into phases."""
+    ext = tuple(-(-((o - 1) * s + (k - 1) * d + 1) // s)
+                for o, s, k, d in zip(out3, stride, kshape, dil))
+    copy = any(s != 1 or p != 0 or e != i for s, p, e, i in zip(stride, pad, ext, in3))
+    moff, tphase = [], []
+    for taps in itertools.product(*(range(k) for k in kshape)):
+        moff.append([t * d // s for t, d, s in zip(taps, dil, stride)])
+        r = [t * d % s for t, d, s in zip(taps, dil, stride)]
+        tphase.append((r[0] * stride[1] + r[1]) * stride[2] + r[2])
+    return ext, np.array(moff, np.int64), np.array(tphase, np.int64), copy
+
+
+# Images with fewer wide positions than this are stacked (the input copied with
+# the rows of the images side by side, see ``kernels.wgrad.pack_phases``): the
+# dot products run over several images instead of short rows, and the padding
+# rows of an image are not computed (their gradient rows are gathered from the
+# images, though: slower above this).
+ROWS_STACK_BELOW = 512
+
+
+def _weight_grad_rows(a5, b5, w_shape, stride, pad, dil, groups, dtype):
+    """``weight_grad_rows`` (see ``kernels.wgrad``): None where the result is not
+    finite (a padding zero may have met an inf or NaN input: the caller
+    recomputes it exactly)."""
+    w5 = _shape5(w_shape)
+    N, C = a5.shape[:2]
+    O, (OD, OH, OW) = b5.shape[1], b5.shape[2:]
+    (Dq, Hq, Wq), moff, tphase, copy = _rows_geometry(a5.shape[2:], b5.shape[2:], w5[2:],
+                                                      stride, pad, dil)
+    S = int(np.prod(stride))
+    qn = ((OD - 1) * Hq + OH - 1) * Wq + OW  # wide positions of one image
+    plane = Dq * Hq * Wq
+    if qn < ROWS_STACK_BELOW:  # (C, S, Dq, Hq, N, Wq)
+        nst, nimg, xsn, xsc = N, 1, 0, N * plane
+        vlen = (((OD - 1) * Hq + OH - 1) * N + N - 1) * Wq + OW
+        strides = (S * N * plane, N * plane, N * Wq, Wq)
+    else:  # image by image: (N, C, S, Dq, Hq, Wq)
+        nst, nimg, xsn, xsc, vlen = 1, N, C * S * plane, plane, qn
+        strides = (S * plane, plane, Wq, C * S * plane)
+    if copy or nst > 1:
+        xq = np.empty(N * C * S * plane, dtype)
+        _launch(_wgrad.pack_phases, a5, xq, (Dq, Hq, Wq), strides, stride, pad)
+    else:  # the input as it is
+        xq = a5.reshape(a5.size)
+    pitch = nst * Wq  # between the rows of the row space
+    toff = (moff[:, 0] * Hq + moff[:, 1]) * pitch + moff[:, 2]
+    og, k = O // groups, int(np.prod(w5[1:]))
+    qc, nunit, nchunk, nks, nwork = _wgrad.plan(vlen, nimg, og, k, O,
+                                                np.dtype(dtype).itemsize, _threads())
+    part = np.empty((nchunk, O * k), dtype)
+    gw = np.empty((O, k), dtype)  # 2-D for every rank: one specialisation
+    geo = tuple(int(v) for v in (S, Hq, Wq, nst, nimg, xsn, xsc, vlen, nunit, nchunk, nks,
+                                 qc, nwork))
+    _launch(_wgrad.weight_grad_rows, xq, b5, gw, part, toff, tphase, geo, groups)
+    return gw.reshape(w_shape) if np.isfinite(gw).all() else None
+
+
 def _weight_grad(a5, b5, w_shape, stride, pad, dil, groups, dtype, path):
     """Weight gradient by ``path`` (of ``_path_weight_grad``)."""
-    og = w_shape[0] // groups
-    k = int(np.prod(w_shape[1:]))
     if path == "gemm":
-        mr, nr = _gemm.MR, _gemm.NR
-        gwp = np.empty((groups, -(-og // mr) * mr, -(-k // nr) * nr), dtype)
-        kshape = _shape5(w_shape)[2:]
-        _launch(_gemm.weight_grad_gemm, a5, b5, gwp, kshape, stride, pad, dil, groups,
-                _gemm.pick_tile(k, int(np.prod(b5.shape[2:]))), _threads())
-        return np.ascontiguousarray(gwp[:, :og, :k]).reshape(w_shape)
+        gw = _weight_grad_rows(a5, b5, w_shape, stride, pad, dil, groups, dtype)
+        if gw is not None:
+            return gw
     gw = np.empty(_shape5(w_shape), dtype)
     _launch(_direct.weight_grad, a5, b5, gw, stride, pad, dil, groups)
     return gw.reshape(w_shape)

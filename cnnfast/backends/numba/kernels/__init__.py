@@ -15,8 +15,11 @@ Modules:
 
 * ``common``: ``span`` and the flat-row helpers (``fill``, ``axpy``, ...) every
   kernel inlines;
-* ``gemm``: the product kernels (im2col + an MR x NR register-blocked product):
-  ``correlate_wide``, ``correlate_gemm``, ``weight_grad_gemm``;
+* ``gemm``: the product kernels (an MR x NR register-blocked product over im2col
+  panels, read in place from wide rows or copied): ``correlate_wide``,
+  ``correlate_gemm``;
+* ``wgrad``: the weight gradient as register-blocked dot products of rows
+  (``pack_phases``, ``weight_grad_rows``);
 * ``direct``: the fixed-order direct sums: ``correlate_direct``, ``correlate_t``,
   ``weight_grad``, ``bias_grad``;
 * ``pool``: the pooling kernels.
@@ -27,7 +30,8 @@ Three primitives carry the four convolution ops (the algebra is in the docstring
 * correlation, ``y[n, o, q] = b[o] + sum_{c, t} w[o, c, t] * x[n, g*CG + c, q*s - p + t*d]``
   -- conv forward, the input gradient of conv_transpose, and (stride 1) the input
   gradient of conv and conv_transpose forward through the flipped weight:
-  ``correlate_wide`` (stride 1), ``correlate_gemm`` (any stride), or
+  ``correlate_wide`` (stride 1, or strided over the input's stride phases),
+  ``correlate_gemm`` (any stride), or
   ``correlate_direct`` for depthwise-like cases (fewer than MR output channels per
   group), where a product has nothing to reuse.
 * ``correlate_t``: the adjoint of correlation with respect to ``x`` for any
@@ -36,15 +40,17 @@ Three primitives carry the four convolution ops (the algebra is in the docstring
   with few output channels per group only: a strided adjoint is split into
   stride phases, each a stride-1 correlation on the paths above.
 * weight gradient, ``gw[o, c, t] = sum_{n, q} b[n, o, q] * a[n, g*CG + c, q*s - p + t*d]``:
-  ``weight_grad_gemm`` (products over pixel tiles, one task per chunk of weight
-  columns) and ``weight_grad`` (one fixed-order sum per (o, c) pair, depthwise).
+  ``weight_grad_rows`` (dot products of padded input rows, split into stride
+  phases, with "wide" gradient rows, over chunks of positions fixed by the
+  shapes, whose partial sums are added in chunk order) and ``weight_grad`` (one
+  fixed-order sum per (o, c) pair, depthwise).
 
 Paddings may be negative (a negative pad crops), which the adjoint needs.
 
-Every parallel task owns a disjoint block of the output and sums every element in
-a fixed order that does not depend on the task split, so results are
-bit-identical from run to run and for any thread count (no atomics, no scattering
-across tasks).
+Every parallel task owns a disjoint block of the output (or of a chunk's partial
+sums) and sums every element in a fixed order that does not depend on the task
+split, so results are bit-identical from run to run and for any thread count (no
+atomics, no scattering across tasks).
 """
 
 from __future__ import annotations

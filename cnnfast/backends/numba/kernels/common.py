@@ -60,26 +60,6 @@ def copy_strided(df, ds, sf, ss, step, m):
 
 
 @njit(**ROW)
-def copy_strided2(df, ds, dstep, sf, ss, sstep, m):
-    """``df[ds + t*dstep] = sf[ss + t*sstep]`` for t < m (transposing copies)."""
-    d0 = uint64(ds)
-    s0 = uint64(ss)
-    du = uint64(dstep)
-    su = uint64(sstep)
-    for t in range(uint64(m)):
-        df[d0 + du * t] = sf[s0 + su * t]
-
-
-@njit(**ROW)
-def fill_strided(df, ds, dstep, m, value):
-    """``df[ds + t*dstep] = value`` for t < m."""
-    d0 = uint64(ds)
-    du = uint64(dstep)
-    for t in range(uint64(m)):
-        df[d0 + du * t] = value
-
-
-@njit(**ROW)
 def axpy(yf, ys, xf, xs, step, m, a):
     """``yf[ys + t] += a * xf[xs + t*step]`` for t < m."""
     y0 = uint64(ys)

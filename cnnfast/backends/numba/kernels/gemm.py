@@ -1,17 +1,19 @@
-"""Product ("gemm") kernels: im2col + a register-blocked MR x NR product.
+"""Product ("gemm") kernels: a register-blocked MR x NR product over im2col panels.
 
-* ``correlate_wide`` (stride 1): im2col of a tile of "wide" output rows over a
-  zero-padded input (``pad_input``), where every panel row is one contiguous
-  copy, then the register-blocked product (``_micro``: MR x NR accumulators in
-  registers). 1x1 convolutions take this path with no padding and no waste: a
-  plain product of the packed input.
-* ``correlate_gemm`` (any stride): the same product after a general im2col.
-* ``weight_grad_gemm``: the weight gradient as products over pixel tiles, one
-  task per chunk of weight columns (``_micro_t``).
+* ``correlate_wide``: the product over "wide" output rows of input planes: the
+  zero-padded input (``pad_input``, stride 1) or its stride phases
+  (``wgrad.pack_phases``, any stride), where every panel row is one contiguous
+  run of a plane, read in place (``_micro_x``: an implicit im2col; MR x NR
+  accumulators in registers). 1x1 convolutions take this path with no padding
+  and no waste: a plain product of the input.
+* ``correlate_gemm`` (any stride): the same product after a general im2col
+  (``_im2col``, ``_micro``), for outputs too small for the wide rows.
+
+(The weight gradient's products are in ``wgrad``.)
 
 The weight is packed once per call (``pack_weight``); ``pick_tile`` sizes the
-im2col tile. Every task owns a disjoint block of the output and sums in a fixed
-order that does not depend on the task split (see ``cnnfast.backends.numba.kernels``).
+tile. Every task owns a disjoint block of the output and sums in a fixed order
+that does not depend on the task split (see ``cnnfast.backends.numba.kernels``).
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import JIT
-from .common import copy_strided, copy_strided2, fill, fill_strided, span
+from .common import copy_strided, fill, span
 
-# Register tile of the product: MR output channels x NR output pixels. 4 x 32
-# accumulators are 8 AVX-512 (16 AVX2) float32 registers; measured best here.
+# Register tile of the product: MR output channels x NR output pixels. 4 x 16
+# float32 accumulators are 8 AVX2 registers, which leaves room for the operands:
+# with 4 x 32 (16 registers, all of AVX2's) LLVM spilled accumulators to the
+# stack in the inner loop, 2x slower (measured on AVX2 Zen 4: 4x16, 5x16 and
+# 3x32 run alike, 6x16 and 4x32 at half their speed).
 MR = 4
-NR = 32
+NR = 16
 
 
 @intrinsic
@@ -75,6 +80,31 @@ def _micro(cp, wp, g, ob, K, tile):
         a3 = wp[g, ob, k, 3]
         for j in range(NR):
             v = cp[k, j]
+            acc[0, j] += a0 * v
+            acc[1, j] += a1 * v
+            acc[2, j] += a2 * v
+            acc[3, j] += a3 * v
+    for i in range(MR):
+        for j in range(NR):
+            tile[i, j] = acc[i, j]
+
+
+@njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
+def _micro_x(xf, base, koff, wp, g, ob, K, tile):
+    """``_micro`` with the panel read in place: ``cp[k, j] = xf[base + koff[k] + j]``
+    (an implicit im2col; the caller keeps every read inside the array)."""
+    acc = carray(_stack_tile(xf.dtype), (MR, NR))
+    for i in range(MR):
+        for j in range(NR):
+            acc[i, j] = 0
+    for k in range(K):
+        a0 = wp[g, ob, k, 0]
+        a1 = wp[g, ob, k, 1]
+        a2 = wp[g, ob, k, 2]
+        a3 = wp[g, ob, k, 3]
+        s0 = uint64(base + koff[k])
+        for j in range(uint64(NR)):  # unsigned: no wraparound select per load
+            v = xf[s0 + j]
             acc[0, j] += a0 * v
             acc[1, j] += a1 * v
             acc[2, j] += a2 * v
@@ -233,25 +263,26 @@ def pad_input(x, xp, pad):
 
 
 @njit(**JIT)
-def correlate_wide(xp, wp, b, y, kshape, dil, groups, PT, nthreads, nr_runtime):
-    """Stride-1 correlation of a zero-padded input ``xp`` as tiled products.
+def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime):
+    """Correlation as tiled products over "wide" rows of input planes ``xp``
+    (N, planes, Dq, Hq, Wq): the zero-padded input (stride 1), or its stride
+    phases (``wgrad.pack_phases``, image by image; any stride).
 
-    The output is computed over "wide" rows as long as ``xp``'s rows: for wide
-    position ``q = (od*Hp + oh)*Wp + ow`` every tap reads ``xp``'s flat plane at
-    ``q + offset(tap)``, so an im2col panel row is one contiguous copy (no
-    per-row index arithmetic). Positions with ``ow >= OW`` or ``oh >= OH`` are
-    computed and dropped (waste ``Wp/OW``, chosen by the caller).
-    ``nr_runtime`` is NR, passed at run time on purpose (see the copy loop).
+    Row ``k`` (input channel c, tap t) of the im2col of output position ``q`` is
+    the value at ``q + koff[k]`` of plane ``kbase[k]`` (counted from the group's
+    first plane), where ``q = (od*Hq + oh)*Wq + ow`` is the "wide" position: the
+    outputs are computed over rows as long as the planes' rows, so that a panel
+    row is one contiguous run, read in place (``_micro_x``). Positions with
+    ``ow >= OW`` or ``oh >= OH`` are computed and dropped (waste ``Wq/OW``, chosen
+    by the caller). ``nr_runtime`` is NR, passed at run time on purpose (see the
+    copy loop).
     """
-    N, C, Dp, Hp, Wp = xp.shape
+    N, NP, Dp, Hp, Wp = xp.shape
     O = y.shape[1]
     OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
-    KD, KH, KW = kshape
-    dd, dh, dw = dil
-    CG = C // groups
+    PG = NP // groups  # planes per group
     OG = O // groups
-    T = KD * KH * KW
-    K = CG * T
+    K = koff.shape[0]
     OGB = wp.shape[1]
     plane = Dp * Hp * Wp
     Qn = ((OD - 1) * Hp + OH) * Wp
@@ -259,13 +290,11 @@ def correlate_wide(xp, wp, b, y, kshape, dil, groups, PT, nthreads, nr_runtime):
     xflat = xp.reshape(xp.size)
     yflat = y.reshape(y.size)
     unr = uint64(nr_runtime)
-    offs = np.empty(T, np.int64)
-    t = 0
-    for kd in range(KD):
-        for kh in range(KH):
-            for kw in range(KW):
-                offs[t] = (kd * dd * Hp + kh * dh) * Wp + kw * dw
-                t += 1
+    offmax = 0
+    kfull = np.empty(K, np.int64)  # row k of the implicit im2col
+    for k in range(K):
+        offmax = max(offmax, koff[k])
+        kfull[k] = kbase[k] * plane + koff[k]
     ntask = N * groups * ntile
     # Chunks allocate their buffers once; results do not depend on the split.
     nchunk = min(ntask, 4 * nthreads)
@@ -273,6 +302,7 @@ def correlate_wide(xp, wp, b, y, kshape, dil, groups, PT, nthreads, nr_runtime):
         col = np.empty((PT // NR, K, NR), xp.dtype)
         acc = np.empty((MR, NR), xp.dtype)
         accf = acc.reshape(MR * NR)
+        sink = np.zeros(1, xp.dtype)
         for task in range(chunk * ntask // nchunk, (chunk + 1) * ntask // nchunk):
             tile = task % ntile
             r = task // ntile
@@ -285,29 +315,52 @@ def correlate_wide(xp, wp, b, y, kshape, dil, groups, PT, nthreads, nr_runtime):
             # (each costs atomic reference counting), no wraparound selects, no
             # full unrolling into scalar code (LLVM cannot prove that col and xf
             # do not overlap) -- 3x faster than the obvious loop (measured).
+            # The panels whose reads stay inside the plane are read in place
+            # (``_micro_x``: no im2col copy, which cost as much as the product
+            # for few output channels); the last ones of a plane are copied, with
+            # zeros past its end. Flat, unsigned indices and a runtime trip count
+            # in the copy: no array views (each costs atomic reference counting),
+            # no wraparound selects, no full unrolling into scalar code (LLVM
+            # cannot prove that col and xf do not overlap) -- 3x faster (measured).
             cf = col.reshape(col.size)
+            gbase = (n * NP + g * PG) * plane
+            # Touch the tile's new input (past what the chunk's previous tile
+            # read) plane by plane, one load per cache line: a few sequential
+            # streams that the prefetcher follows, before the product reads them
+            # panel by panel, a line from each of many planes at a time (memory
+            # latency: 10% slower for 1x1 convs, measured).
+            s = xp.dtype.type(0)
+            t0 = q0 if task == chunk * ntask // nchunk else q0 + offmax
+            t1 = min(q0 + qn + offmax, plane)
+            for pl in range(PG):
+                pb = gbase + pl * plane
+                for u in range(t0, t1, 16):
+                    s += xflat[pb + u]
+            sink[0] += s
             for jb in range(npan):
                 qs = q0 + jb * NR
-                k = 0
-                for c in range(CG):
-                    sbase = (n * C + g * CG + c) * plane
-                    for t in range(T):
-                        st = qs + offs[t]
-                        d0 = uint64((jb * K + k) * NR)
-                        if st + NR <= plane:
-                            s0 = uint64(sbase + st)
-                            for j in range(unr):
-                                cf[d0 + j] = xflat[s0 + j]
-                        else:  # past the plane: only dropped positions read here
-                            for j in range(NR):
-                                cf[d0 + uint64(j)] = (xflat[sbase + st + j]
-                                                      if st + j < plane else 0)
-                        k += 1
+                if qs + offmax + NR <= plane:
+                    continue
+                for k in range(K):
+                    st = qs + koff[k]
+                    sbase = gbase + kbase[k] * plane
+                    d0 = uint64((jb * K + k) * NR)
+                    if st + NR <= plane:
+                        s0 = uint64(sbase + st)
+                        for j in range(unr):
+                            cf[d0 + j] = xflat[s0 + j]
+                    else:  # past the plane: only dropped positions read here
+                        for j in range(NR):
+                            cf[d0 + uint64(j)] = (xflat[sbase + st + j]
+                                                  if st + j < plane else 0)
             for ob in range(OGB):
                 rows = min(MR, OG - ob * MR)
                 for jb in range(npan):
-                    _micro(col[jb], wp, g, ob, K, acc)
                     qs = q0 + jb * NR
+                    if qs + offmax + NR <= plane:
+                        _micro_x(xflat, gbase + qs, kfull, wp, g, ob, K, acc)
+                    else:
+                        _micro(col[jb], wp, g, ob, K, acc)
                     cols = min(NR, qn - jb * NR)
                     j = 0
                     while j < cols:
@@ -338,141 +391,3 @@ def pack_weight(w, groups, dtype):
     wp = np.zeros((groups, ogb * MR, k), dtype)
     wp[:, :og] = w.reshape(groups, og, k)
     return np.ascontiguousarray(wp.reshape(groups, ogb, MR, k).transpose(0, 1, 3, 2))
-
-
-# ----------------------------------------------------------------------------- gradients
-
-
-@njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
-def _micro_t(cp, ap, K, tile):
-    """``tile[i, j] = sum_k ap[k, i] * cp[k, j]`` (k < K) for one MR x NR tile:
-    ``_micro`` with the left operand as a plain (K', MR) array."""
-    acc = carray(_stack_tile(cp.dtype), (MR, NR))
-    for i in range(MR):
-        for j in range(NR):
-            acc[i, j] = 0
-    for k in range(K):
-        a0 = ap[k, 0]
-        a1 = ap[k, 1]
-        a2 = ap[k, 2]
-        a3 = ap[k, 3]
-        for j in range(NR):
-            v = cp[k, j]
-            acc[0, j] += a0 * v
-            acc[1, j] += a1 * v
-            acc[2, j] += a2 * v
-            acc[3, j] += a3 * v
-    for i in range(MR):
-        for j in range(NR):
-            tile[i, j] = acc[i, j]
-
-
-@njit(**JIT)
-def weight_grad_gemm(a, bg, gw, kshape, stride, pad, dil, groups, PT, nthreads):
-    """``weight_grad`` as tiled products, for groups with enough output channels.
-
-    ``gw`` is written as (G, ceil(OG/MR)*MR, ceil(K/NR)*NR) (padded; the caller
-    crops): ``gw[g, o, k] = sum_{n, q} bg[n, g*OG + o, q] * col[n, k, q]`` where
-    ``col`` is the im2col of ``a``. Task = (group, chunk of NR-wide k panels); it
-    loops over every image and pixel tile in a fixed order, packing the pixels x
-    k panel of ``col`` (transposed) and the pixels x MR panels of ``bg`` into
-    private buffers, so each weight element is one fixed-order sum whatever the
-    thread count.
-    """
-    N, C = a.shape[0], a.shape[1]
-    O = bg.shape[1]
-    OD, OH, OW = bg.shape[2], bg.shape[3], bg.shape[4]
-    KD, KH, KW = kshape
-    sd, sh, sw = stride
-    pd, ph, pw = pad
-    dd, dh, dw = dil
-    D, H, W = a.shape[2], a.shape[3], a.shape[4]
-    CG = C // groups
-    OG = O // groups
-    T = KD * KH * KW
-    K = CG * T
-    OGB = (OG + MR - 1) // MR
-    NP = (K + NR - 1) // NR
-    P = OD * OH * OW
-    ntile = (P + PT - 1) // PT
-    af = a.reshape(a.size)
-    bf = bg.reshape(bg.size)
-    spans = np.empty((KW, 2), np.int64)
-    for kw in range(KW):
-        lo, hi = span(OW, sw, kw * dw - pw, W)
-        spans[kw, 0] = lo
-        spans[kw, 1] = hi
-    nkc = min(NP, max(1, (4 * nthreads + groups - 1) // groups))
-    for task in prange(groups * nkc):
-        kc = task % nkc
-        g = task // nkc
-        kp0 = kc * NP // nkc
-        kp1 = (kc + 1) * NP // nkc
-        npk = kp1 - kp0
-        cpt = np.zeros((npk, PT, NR), a.dtype)  # zeros: k past K stays 0
-        cptf = cpt.reshape(cpt.size)
-        apk = np.zeros((OGB, PT, MR), a.dtype)  # zeros: o past OG stays 0
-        apkf = apk.reshape(apk.size)
-        gacc = np.zeros((OGB, npk, MR, NR), a.dtype)
-        acc = np.empty((MR, NR), a.dtype)
-        for n in range(N):
-            for tile in range(ntile):
-                p0 = tile * PT
-                pn = min(PT, P - p0)
-                # bg panels: apk[ob, q, i] = bg[n, g*OG + ob*MR + i, p0 + q]
-                for o in range(OG):
-                    ob = o // MR
-                    copy_strided2(apkf, (ob * PT) * MR + (o - ob * MR), MR, bf,
-                                  (n * O + g * OG + o) * P + p0, 1, pn)
-                # col panels, transposed: cpt[kp, q, kk] = col[k = (kp0+kp)*NR + kk, p0 + q]
-                for kp in range(npk):
-                    for kk in range(NR):
-                        k = (kp0 + kp) * NR + kk
-                        if k >= K:
-                            break
-                        c = k // T
-                        t = k - c * T
-                        kd = t // (KH * KW)
-                        kh = (t // KW) % KH
-                        kw = t % KW
-                        lo_w = spans[kw, 0]
-                        hi_w = spans[kw, 1]
-                        cbase = (n * C + g * CG + c) * D
-                        dbase = kp * PT * NR + kk
-                        j = 0
-                        while j < pn:
-                            p = p0 + j
-                            ow0 = p % OW
-                            r = p // OW
-                            oh = r % OH
-                            od = r // OH
-                            seg = min(OW - ow0, pn - j)
-                            idd = od * sd - pd + kd * dd
-                            ih = oh * sh - ph + kh * dh
-                            d0 = dbase + j * NR
-                            if 0 <= idd < D and 0 <= ih < H:
-                                lo = min(max(lo_w - ow0, 0), seg)
-                                hi = max(min(hi_w - ow0, seg), lo)
-                                fill_strided(cptf, d0, NR, lo, 0)
-                                if hi > lo:
-                                    copy_strided2(cptf, d0 + lo * NR, NR, af,
-                                                  ((cbase + idd) * H + ih) * W
-                                                  + (ow0 + lo) * sw + kw * dw - pw, sw,
-                                                  hi - lo)
-                                fill_strided(cptf, d0 + hi * NR, NR, seg - hi, 0)
-                            else:
-                                fill_strided(cptf, d0, NR, seg, 0)
-                            j += seg
-                for ob in range(OGB):
-                    for kp in range(npk):
-                        _micro_t(cpt[kp], apk[ob], pn, acc)
-                        ga = gacc[ob, kp]
-                        for i in range(MR):
-                            for jj in range(NR):
-                                ga[i, jj] += acc[i, jj]
-        for ob in range(OGB):
-            for kp in range(npk):
-                for i in range(MR):
-                    for jj in range(NR):
-                        gw[g, ob * MR + i, (kp0 + kp) * NR + jj] = gacc[ob, kp, i, jj]
-
