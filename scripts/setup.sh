@@ -19,5 +19,5 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".[dev,bench]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[dev,bench,jax]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import cnnfast, cnnfast.backends.cpp._cpp, torch; print('cnnfast', cnnfast.__version__, 'ready; backends:', ', '.join(cnnfast.available_backends()))"
