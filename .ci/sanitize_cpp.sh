@@ -5,8 +5,8 @@
 # bounds checks in the kernels) in a temporary copy of the sources -- the normal
 # build in the tree is left alone -- and runs a subset of the tests against it:
 # the cpp backend's part of the shared grid and of the fuzzer (tests/test_fuzz.py, a
-# fresh seed each run) and tests/test_cpp_*.py, on both SIMD paths. Python itself is
-# not sanitized: the ASan runtime is preloaded.
+# fresh seed each run), tests/test_cpp_*.py and tests/test_winograd.py, on both SIMD
+# paths. Python itself is not sanitized: the ASan runtime is preloaded.
 # Usage: .ci/sanitize_cpp.sh            (~2-4 min on 2 busy cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,13 +42,14 @@ run_tests() {
     # $1: label; further args: extra environment
     local label=$1
     shift
-    echo "== ASan + UBSan ($label): cpp grid and fuzz subsets + tests/test_cpp_*.py"
+    echo "== ASan + UBSan ($label): cpp grid and fuzz subsets, tests/test_cpp_*.py, winograd"
     # Run from the copy, so that its cnnfast (with the debug extension) is imported.
     (cd "$work/src" && env "$@" PYTHONPATH="$work/src" LD_PRELOAD="$asan $stdcxx" \
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=67" \
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
         CNNFAST_SANITIZE_EXPECT_DEBUG=1 \
         "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cpp_kernels.py tests/test_cpp_direct.py \
+        tests/test_winograd.py tests/test_cpp_wgrad_short.py \
         tests/test_backend_grid.py tests/test_fuzz.py -k cpp 2>&1 | tail -5; exit "${PIPESTATUS[0]}")
 }
 

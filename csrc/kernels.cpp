@@ -34,14 +34,28 @@ std::atomic<long long> g_ws_peak{0};
 struct Scratch {
     void* p[kScratchSlots] = {};
     std::size_t n[kScratchSlots] = {};
-    ~Scratch() {
+    void release() {
         for (int i = 0; i < kScratchSlots; ++i) {
             std::free(p[i]);
             g_ws_bytes -= (long long)n[i];
+            p[i] = nullptr;
+            n[i] = 0;
         }
     }
+    ~Scratch() { release(); }
 };
 thread_local Scratch t_scratch;
+
+// Frees the workspace of the calling thread and of the threads of its kernel team of
+// nt (those a call with nt threads runs on), and restarts the peak from what is still
+// held (other threads'): a test hook, so that a test can measure one call's peak after
+// larger calls (release_workspace in Python).
+void release_workspace(int nt) {
+#pragma omp parallel num_threads(nt)
+    t_scratch.release();
+    t_scratch.release();
+    g_ws_peak = g_ws_bytes.load();
+}
 }  // namespace
 
 void* scratch(ScratchSlot slot, std::size_t bytes) {
@@ -417,6 +431,15 @@ void register_kernels(py::module_& m) {
     m.def("workspace_bytes",
           [] { return py::make_tuple(g_ws_bytes.load(), g_ws_peak.load()); },
           "(bytes held now, peak bytes) of the kernels' reusable per-thread workspace.");
+    m.def("release_workspace",
+          [](int nt) {
+              py::gil_scoped_release nogil;
+              release_workspace(threads_arg(nt));
+          },
+          py::arg("threads"),
+          "Free the workspace of this thread and of its kernel threads (a team of "
+          "`threads`), and restart the peak of workspace_bytes() from what other threads "
+          "still hold (tests: one call's peak after larger calls).");
     m.def("set_flush_denormal", [](bool flush) { g_flush_denormal = flush; }, py::arg("flush"),
           "The kernels' denormal policy (use cnnfast.set_flush_denormal): True flushes "
           "denormals to zero (FTZ + DAZ) in every kernel thread, False keeps them.");

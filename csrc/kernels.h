@@ -39,10 +39,21 @@ struct ConvGeo {
 // path_unfit says why a forced path cannot run a geometry. Both kernel builds
 // (portable, AVX2) and the bindings use these, so the choice exists once.
 enum ConvOp { kFwd = 0, kBwdData = 1, kBwdWeight = 2 };
-enum ConvPath { kAuto = -1, kDirect2d = 0, kDirectRows = 1, kGemmS1 = 2, kGemm = 3 };
-constexpr int kNumPaths = 4;
-// d2_* register-blocked direct kernels, direct_*_rows, stride-1 im2col GEMM, im2col GEMM.
-constexpr const char* kPathNames[kNumPaths] = {"direct-2d", "direct-rows", "gemm-s1", "gemm"};
+enum ConvPath {
+    kAuto = -1,
+    kDirect2d = 0,
+    kDirectRows = 1,
+    kGemmS1 = 2,
+    kGemm = 3,
+    kWinograd = 4,
+    kWgradShort = 5
+};
+constexpr int kNumPaths = 6;
+// d2_* register-blocked direct kernels, direct_*_rows, stride-1 im2col GEMM, im2col GEMM,
+// Winograd F(4x4, 3x3) (conv/winograd.h), the short-reduction weight gradient
+// (conv/wgrad_short.h).
+constexpr const char* kPathNames[kNumPaths] = {"direct-2d", "direct-rows", "gemm-s1", "gemm",
+                                               "winograd", "wgrad-short"};
 // Depth of the GEMM reduction tile (Blk<T>::KC); the stride-1 weight gradient tiles
 // whole output rows, so it needs rows of at most this many outputs.
 constexpr long kGemmKC = 256;
@@ -68,12 +79,81 @@ inline bool use_direct(const ConvGeo& g) { return g.cg == 1 && g.og < 8; }
 // Stride 1 along y and x of a 1-d or 2-d convolution (the gemm-s1 kernels).
 inline bool s1_ok(const ConvGeo& g) { return g.s[1] == 1 && g.s[2] == 1 && z_collapsed(g); }
 
+// Winograd F(4x4, 3x3) (conv/winograd.h): a 2-d 3x3 correlation, stride 1, dilation 1,
+// one group, any padding; float32 and float64 (both meet its accuracy contract,
+// tests/test_winograd.py).
+inline bool wino_ok(const ConvGeo& g) {
+    return z_collapsed(g) && g.G == 1 && g.k[1] == 3 && g.k[2] == 3 && g.s[1] == 1 &&
+           g.s[2] == 1 && g.d[1] == 1 && g.d[2] == 1;
+}
+// The automatic choice takes it where it was measured to win clearly (about 2x: its
+// error bound is the call's largest sum of |terms|, not each output's own) against
+// the previous choice (gemm-s1; AMD EPYC Zen 4, AVX2, 1 thread, CPU time, winograd /
+// gemm-s1 for forward / input gradient / weight gradient, float32 and float64 alike):
+//  * >= 16 channels in the products' reduction: the input channels (forward, weight
+//    gradient) or the output channels (input gradient). Below that the transforms
+//    take most of what the products save (28x28, 8 images, C -> 64: C = 1: 1.5 / 1.6
+//    / 2.4, C = 3: 1.0 / 1.2 / 1.4, C = 4: 1.0 / 1.0 / 0.9, C = 8: 0.7 / 0.7 / 0.7,
+//    C = 16: 0.4 / 0.5 / 0.5; the output channels matter little: 64 -> 1..16: forward
+//    0.3-0.4); C = K = 16 .. 512 on 7x7 .. 56x56: 0.3-0.6.
+//  * >= 16 tiles of 4x4 outputs of the kernel's product (N * ceil(H/4) * ceil(W/4) of
+//    its output: y, or x for the input gradient): the weight transform (36 values per
+//    kernel) is paid once per call (512 -> 512 channels on 7x7, 4 tiles per image:
+//    1 image 1.2 / 2.0 / 1.3, 2 images 0.7 / 1.0 / 0.8, 4 images 0.4 / 0.5 / 0.6; 64
+//    channels on 8x8: 1.2 / 1.1 / 0.9 with 1 image, 0.4 / 0.4 / 0.5 with 4).
+constexpr long kWinoMinChannels = 16, kWinoMinTiles = 16;
+inline long wino_tiles(int op, const ConvGeo& g) {
+    const long* o = op == kBwdData ? g.in : g.out;
+    return g.N * ((o[1] + 3) / 4) * ((o[2] + 3) / 4);
+}
+inline bool use_wino(int op, const ConvGeo& g) {
+    return wino_ok(g) && (op == kBwdData ? g.O : g.C) >= kWinoMinChannels &&
+           wino_tiles(op, g) >= kWinoMinTiles;
+}
+
+// wgrad-short (conv/wgrad_short.h): the weight gradient of a 1-d or 2-d convolution
+// with a short reduction per output channel, C/G * KH * KW <= 256 (any stride, padding,
+// dilation, groups; float32 and float64).
+constexpr long kWsMaxTaps = 256;
+inline bool ws_ok(int op, const ConvGeo& g) {
+    return op == kBwdWeight && z_collapsed(g) && g.Kw <= kWsMaxTaps;
+}
+// The automatic choice takes it with 8 or more outputs per group (fewer: the direct
+// kernels or gemm keep it) for a stride > 1, or for stride 1 with at most 64 input
+// channels x taps per group, where it was measured to beat the previous choice (AMD
+// EPYC Zen 3/4, AVX2, float32, 1 thread, min of 10 on a loaded machine, wgrad-short /
+// previous, (N, C, O, H=W, k, stride, pad)):
+//   stride 1 vs gemm-s1: (64,1,64,28,3,1,0) 0.80 (2.7 vs 3.4 ms), (64,1,32,28,3,1,1)
+//     0.55, (64,1,16,28,5,1,2) 0.68, (16,3,64,32,3,1,1) 0.52, (16,3,16,32,3,1,1) 0.42,
+//     (8,3,64,128,3,1,1) 0.56, (32,2,8,16,3,1,1) 0.46; longer reductions are mixed:
+//     (8,3,64,64,7,1,3) 0.75 but (16,4,64,32,5,1,2) 1.38, so stride 1 stops at 64;
+//   stride 2 vs gemm: (16,3,8,32,3,2,1) 0.40, (16,3,96,64,3,2,1) 0.73, (16,3,32,128,3,
+//     2,1) 0.45-0.65, (8,3,64,224,7,2,3) 0.70.
+constexpr long kWsMaxTapsS1 = 64;
+inline bool use_ws(int op, const ConvGeo& g) {
+    return ws_ok(op, g) && g.og >= 8 &&
+           (g.s[1] > 1 || g.s[2] > 1 || g.Kw <= kWsMaxTapsS1);
+}
+
 // The automatic path of kernel `op` (a ConvOp) for g; `why` (optional) receives the
 // reason, for cnnfast.explain.
 inline int choose_path(int op, const ConvGeo& g, const char** why = nullptr) {
     const char* because = "";
     int path = kGemm;
-    if (use_direct(g)) {
+    if (use_wino(op, g)) {
+        path = kWinograd;
+        because = op == kBwdData ? "2-d 3x3, stride 1, no dilation, one group; >= 16 output "
+                                   "channels and >= 16 tiles of 4x4 input positions"
+                                 : "2-d 3x3, stride 1, no dilation, one group; >= 16 input "
+                                   "channels and >= 16 tiles of 4x4 outputs";
+    } else if (use_ws(op, g)) {
+        path = kWgradShort;
+        because = g.s[1] > 1 || g.s[2] > 1
+                      ? "weight gradient of a strided 1-d/2-d convolution, at most 256 input "
+                        "channels x taps and 8 or more outputs per group"
+                      : "weight gradient of a 1-d/2-d convolution, at most 64 input channels "
+                        "x taps and 8 or more outputs per group";
+    } else if (use_direct(g)) {
         path = d2_ok(g) ? kDirect2d : kDirectRows;
         because = path == kDirect2d
                       ? "1 input channel and < 8 outputs per group, a 1-d/2-d kernel of a "
@@ -119,6 +199,17 @@ inline const char* path_unfit(int op, int path, const ConvGeo& g) {
                 return "gemm-s1 (weight gradient) needs output rows of at most 256";
             return nullptr;
         case kGemm:
+            return nullptr;
+        case kWinograd:
+            return wino_ok(g) ? nullptr
+                              : "winograd needs a 2-d 3x3 kernel, stride 1, dilation 1 and "
+                                "one group";
+        case kWgradShort:
+            if (op != kBwdWeight) return "wgrad-short is a weight-gradient kernel only";
+            if (!z_collapsed(g)) return "wgrad-short needs a 1-d or 2-d convolution";
+            if (g.Kw > kWsMaxTaps)
+                return "wgrad-short needs at most 256 input channels x taps per group "
+                       "(C/G * KH * KW)";
             return nullptr;
         default:
             return "unknown path";
@@ -175,6 +266,23 @@ enum ScratchSlot : int {
     kBwdWeightPaddedRows = 4, // conv_bwd_weight (gemm-s1): the zero-padded input rows
     // slot 5
     kS1TapOffsets = 5,        // conv_fwd_s1: where each im2col row starts in the padded rows
+    // winograd (conv/winograd.h), forward and input gradient (wino_run)
+    kWinoM = 0,               // the 36 products' results for a chunk of output channels
+    kWinoV = 1,               // the transformed input of a block (one block per thread),
+                              // or the transformed weights of a chunk (shared block)
+    kWinoRows = 2,            // a block's zero-padded input rows; the weight transform's rows
+    kWinoSharedV = 3,         // the transformed input of a block all threads work on (shared)
+    kWinoU = 4,               // the transformed weights of the layer (shared)
+    // winograd, weight gradient (wino_bwd_weight)
+    kWinoGradX = 0,           // the transformed input windows of a chunk of tiles
+    kWinoGradGy = 1,          // the transformed gy windows of the chunk
+    kWinoGradRows = 2,        // the zero-padded input and gy rows of the chunk
+    kWinoGradPack = 3,        // both packed operands of one of the 36 products
+    kWinoGradDU = 4,          // the work item's dL/dU accumulator
+    // wgrad-short (conv/wgrad_short.h)
+    kWsGyT = 0,               // the transposed gy rows of a chunk ([row][ox][o])
+    kWsRows = 1,              // the zero-padded input rows of a chunk
+    kWsPartials = 3,          // every run's partial weight gradient (shared)
 };
 constexpr int kScratchSlots = 6;
 
@@ -198,6 +306,12 @@ static_assert(scratch_slots_distinct<5>({kBwdWeightCols, kBwdWeightGy, kBwdWeigh
                                          kBwdWeightPackB, kBwdWeightPaddedRows}),
               "conv_bwd_weight scratch");
 static_assert(scratch_slots_distinct<2>({kMaxPoolTaps, kMaxPoolTapOffsets}), "max_pool scratch");
+static_assert(scratch_slots_distinct<5>({kWinoM, kWinoV, kWinoRows, kWinoSharedV, kWinoU}),
+              "winograd scratch");
+static_assert(scratch_slots_distinct<5>({kWinoGradX, kWinoGradGy, kWinoGradRows, kWinoGradPack,
+                                         kWinoGradDU}),
+              "winograd weight-gradient scratch");
+static_assert(scratch_slots_distinct<3>({kWsGyT, kWsRows, kWsPartials}), "wgrad-short scratch");
 static_assert(kS1TapOffsets < kScratchSlots && kS1FlippedW < kScratchSlots, "kScratchSlots");
 
 // Per-thread scratch buffer `slot` of at least `bytes`, 64-byte aligned. Grows on

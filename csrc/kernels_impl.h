@@ -11,12 +11,13 @@
 //            (ukernel_generic.h / ukernel_avx2.h, pack_generic.h / pack_avx2.h)
 //   conv/    im2col / col2im, the direct kernels (direct2d*.h: d2_*, direct_rows.h,
 //            direct.h choosing between them), the stride-1 GEMM path (gemm_s1.h),
-//            the three conv kernels with the im2col GEMM path (conv.h), bias_grad
+//            Winograd F(4x4, 3x3) (winograd.h), the three conv kernels with the
+//            im2col GEMM path (conv.h), bias_grad
 //   pool/    max and average pooling
 //
 // Each part opens namespace cnnfast::CNNFAST_KNS itself and includes the parts it
-// uses; the ISA macros are read only by common/simd.h (the vector width) and
-// gemm/isa.h.
+// uses; the ISA macros are read only by common/simd.h (the vector width),
+// gemm/isa.h and conv/winograd.h (its AVX2 transposes and weight transform).
 //
 // Only raw pointers and our own inline helpers are used here (no std:: templates):
 // an out-of-line copy of a shared template instantiated under the AVX2 target could
@@ -50,6 +51,8 @@
 #include "conv/im2col.h"
 #include "conv/direct.h"
 #include "conv/gemm_s1.h"
+#include "conv/winograd.h"
+#include "conv/wgrad_short.h"
 #include "conv/conv.h"
 #include "conv/bias_grad.h"
 #include "pool/max_pool.h"

@@ -36,7 +36,12 @@ gradients, where a wrong path moves many terms anyway). K is per output array
 (e.g. C_in/groups * prod(kernel) + 1 for a convolution, N * prod(out) for its weight
 gradient). float16 is accumulated in float32 and rounded once more per partial sum:
 float32's eps in that formula plus 2 * eps16 * S. Max pooling is exact: values and
-indices equal, NaN where the reference has NaN.
+indices equal, NaN where the reference has NaN. Results the cpp backend made with its
+Winograd path (``last_paths()``, forced or chosen) have a bound of their own: its
+transforms mix the values of a whole tile, so an element's error follows the largest
+S of the result, not its own; the tolerance is then at least 1e-5 * max S + 1e-4 *
+|expected| in float32, 1e-12 * max S in float64 (the contract tests/test_winograd.py
+checks on adversarial data).
 
 Every case also checks that the inputs are unchanged (compared with copies made
 before the call), the dtypes and shapes of the results, and that gradients not in
@@ -245,7 +250,43 @@ def _channels(rng, big):
     return g, int(_pick(rng, cg_pool)), int(_pick(rng, og_pool))
 
 
+def _gen_winograd(rng, op, stats):
+    """A 2-d 3x3 convolution of stride 1, dilation 1 and one group: the shapes of the
+    cpp backend's Winograd path (forced, or chosen with >= 16 channels in the reduction
+    and >= 16 tiles of 4x4 outputs), with any padding."""
+    transposed = op.startswith("conv_transpose")
+    spatial = tuple(int(rng.integers(1, 21)) for _ in range(2))
+    pairs = [(int(rng.integers(0, 4)), int(rng.integers(0, 4))) for _ in range(2)]
+    c_in, c_out = (int(_pick(rng, (1, 3, 8, 12, 16, 33))) for _ in range(2))
+    n = int(_pick(rng, (1, 2, 3, 4)))
+    kw = {"stride": 1, "padding": _padding_arg(rng, pairs), "dilation": 1, "groups": 1}
+    x_shape = (n, c_in) + spatial
+    try:
+        if transposed:
+            kw["output_padding"] = 0
+            w_shape = (c_in, c_out, 3, 3)
+            p = P.conv_transpose_params(x_shape, w_shape, 1, kw["padding"], 0, 1, 1)
+        else:
+            w_shape = (c_out, c_in, 3, 3)
+            p = P.conv_params(x_shape, w_shape, 1, kw["padding"], 1, 1)
+    except ValueError:
+        stats.invalid += 1
+        return None
+    cost = n * c_out * c_in * 9 * max(math.prod(p.out_shape), math.prod(spatial))
+    if cost > BIG_COST_LIMIT:
+        stats.costly += 1
+        return None
+    if op.endswith("backward"):
+        kw["needs"] = _pick(rng, (("x", "weight", "bias"), ("x",), ("weight",)),
+                            (0.6, 0.2, 0.2))
+    stats.tag("winograd-shaped")
+    return dict(x_shape=x_shape, w_shape=w_shape, kwargs=kw,
+                bias=not op.endswith("backward") and rng.random() < 0.6)
+
+
 def _gen_conv(rng, op, stats):
+    if rng.random() < 0.08:
+        return _gen_winograd(rng, op, stats)
     transposed = op.startswith("conv_transpose")
     backward = op.endswith("backward")
     big = rng.random() < 0.17
@@ -410,7 +451,8 @@ def _knobs(rng):
 
 # The algorithm names of the backends whose convolution paths the fuzzer forces (fixed
 # here, not read from the backends, so that a seed makes the same cases everywhere).
-_ALGORITHMS = {"cpp": ("direct-2d", "direct-rows", "gemm-s1", "gemm"),
+_ALGORITHMS = {"cpp": ("direct-2d", "direct-rows", "gemm-s1", "gemm", "winograd",
+                       "wgrad-short"),
                "numba": ("direct", "gemm", "gemm-wide", "phases")}
 
 
@@ -629,8 +671,17 @@ def _to_numpy(a):
     return a if a is None or isinstance(a, np.ndarray) else a.get()
 
 
-def _compare(name, got, exp, bound, k, dtype, exact):
-    """What is wrong with result ``name`` (None when it matches)."""
+def _winograd_tolerance(dtype, exp, bound):
+    """The Winograd path's contract (see the module docstring)."""
+    smax = float(np.max(bound[np.isfinite(bound)], initial=0.0))
+    if dtype == np.float32:
+        return 1e-5 * smax + 1e-4 * np.abs(np.nan_to_num(exp))
+    return np.full_like(exp, 1e-12 * smax)
+
+
+def _compare(name, got, exp, bound, k, dtype, exact, winograd=False):
+    """What is wrong with result ``name`` (None when it matches); ``winograd``: the
+    backend made it with a Winograd path."""
     if got is None or exp is None:
         return None if got is None and exp is None else \
             f"{name}: got {type(got).__name__}, expected {type(exp).__name__}"
@@ -650,6 +701,8 @@ def _compare(name, got, exp, bound, k, dtype, exact):
         err = np.abs(g - e)
     err[~finite] = 0
     tol = np.zeros_like(e) if exact else _tolerance(dtype, k, bound)
+    if winograd:
+        tol = np.maximum(tol, _winograd_tolerance(dtype, e, bound.astype(np.float64)))
     bad = err > tol
     if not bad.any():
         return None
@@ -657,6 +710,14 @@ def _compare(name, got, exp, bound, k, dtype, exact):
     return (f"{name}: {int(bad.sum())} of {bad.size} elements differ; first at {i}: got "
             f"{g[i]:.9g}, expected {e[i]:.9g} (tolerance {tol[i]:.3g}; max error "
             f"{err.max():.3g})")
+
+
+def _winograd_results(backend: str) -> set:
+    """The results of the last call the backend made with a Winograd path."""
+    if backend != "cpp":
+        return set()
+    from cnnfast.backends.cpp import backend as cpp
+    return {name for name, path in cpp.last_paths().items() if path == "winograd"}
 
 
 def check_case(case: Case, backend: str) -> list:
@@ -670,6 +731,7 @@ def check_case(case: Case, backend: str) -> list:
         with _settings(case, backend):
             dev = _to_backend(arrays, kind)
             got = {k: _to_numpy(v) for k, v in run_op(case, dev, backend).items()}
+            winograd = _winograd_results(backend)
             if kind != "numpy":
                 arrays = {k: _to_numpy(v) for k, v in dev.items()}
     except NotImplementedError:  # the backend declines the case (allowed by the API)
@@ -695,7 +757,7 @@ def check_case(case: Case, backend: str) -> list:
         if exp is not None and name != "indices":
             exp = exp.astype(np.float64)
         msg = _compare(name, got.get(name), exp, bounds[name], lengths.get(name, 1),
-                       np.dtype(case.dtype), exact)
+                       np.dtype(case.dtype), exact, name in winograd)
         if msg:
             problems.append(msg)
     return problems

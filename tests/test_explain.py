@@ -29,12 +29,14 @@ DEPTHWISE_2D = _case((2, 4, 9, 9), (4, 1, 3, 3), groups=4, padding=1)
 DEPTHWISE_3D = _case((1, 2, 5, 5, 5), (2, 1, 2, 2, 2), groups=2)
 DENSE_S1 = _case((2, 8, 9, 9), (8, 8, 3, 3), padding=1)
 DENSE_S2 = _case((2, 8, 9, 9), (8, 8, 3, 3), stride=2)
+DENSE16_S1 = _case((2, 16, 9, 9), (16, 16, 3, 3), padding=1)
 
 # (backend, algorithm) -> (op, case, result): a case the automatic choice sends there.
 AUTO = {
     ("cpp", "direct-2d"): ("conv", DEPTHWISE_2D, "y"),
     ("cpp", "direct-rows"): ("conv", DEPTHWISE_3D, "y"),
     ("cpp", "gemm-s1"): ("conv", DENSE_S1, "y"),
+    ("cpp", "winograd"): ("conv", DENSE16_S1, "y"),  # 16 channels, 18 tiles of 4x4
     ("cpp", "gemm"): ("conv", DENSE_S2, "y"),
     ("numba", "direct"): ("conv", DEPTHWISE_2D, "y"),
     ("numba", "gemm"): ("conv", DENSE_S2, "y"),
@@ -50,6 +52,7 @@ FORCED = {
     ("cpp", "direct-rows"): (DEPTHWISE_2D, ALL_OPS),
     ("cpp", "gemm-s1"): (DEPTHWISE_2D, ALL_OPS),
     ("cpp", "gemm"): (DEPTHWISE_3D, ALL_OPS),
+    ("cpp", "winograd"): (DENSE_S1, ALL_OPS),
     ("numba", "direct"): (DENSE_S2, ALL_OPS),
     ("numba", "gemm"): (DEPTHWISE_2D, ALL_OPS),
     ("numba", "gemm-wide"): (DEPTHWISE_2D, ("conv", "conv_transpose")),
@@ -63,6 +66,9 @@ UNFIT = [
     ("cpp", "direct-2d", "conv", DEPTHWISE_3D),   # 3-d
     ("cpp", "direct-rows", "conv_backward", DENSE_S2),
     ("cpp", "gemm-s1", "conv_transpose", DENSE_S2),  # stride 2
+    ("cpp", "winograd", "conv", DENSE_S2),  # stride 2
+    ("cpp", "winograd", "conv_backward", DEPTHWISE_2D),  # groups
+    ("cpp", "winograd", "conv", DEPTHWISE_3D),  # 3-d
     ("numba", "gemm-wide", "conv", DENSE_S2),
     ("numba", "gemm-wide", "conv_backward", DENSE_S1),  # no wide weight gradient
     ("numba", "phases", "conv", DENSE_S2),
@@ -140,14 +146,16 @@ def test_forced_algorithm_that_cannot_run_raises(backend, algorithm, op, case):
 def test_unknown_algorithm_names():
     (x, w), kw = _args("conv", DENSE_S1)
     with pytest.raises(ValueError, match="tap-matmul"):  # lists the vocabularies
-        cf.conv2d(x, w, algorithm="winograd", **kw)
+        cf.conv2d(x, w, algorithm="fft", **kw)
+    with pytest.raises(ValueError, match="'tap-matmul'"):  # cpp's, not numpy's
+        cf.conv2d(x, w, backend="numpy", algorithm="winograd", **kw)
     with pytest.raises(ValueError, match="'tap-matmul'"):  # not numpy's
         cf.conv2d(x, w, backend="numpy", algorithm="gemm", **kw)
     with pytest.raises(TypeError):
         cf.conv2d(x, w, algorithm=3, **kw)
     with pytest.raises(ValueError):
         cf.conv_transpose_backward(*_args("conv_transpose_backward", DENSE_S1)[0],
-                                   algorithm="winograd", **kw)
+                                   algorithm="fft", **kw)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numba"])

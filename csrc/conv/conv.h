@@ -1,5 +1,6 @@
 // The three conv kernels (conv_fwd, conv_bwd_data, conv_bwd_weight): the path
-// dispatch and the im2col GEMM path (gemm; and gemm-s1 for the weight gradient).
+// dispatch and the im2col GEMM path (gemm; and gemm-s1 for the weight gradient). The
+// other paths: direct.h, gemm_s1.h, winograd.h.
 // A part of the per-ISA kernels, in namespace cnnfast::CNNFAST_KNS: included by
 // kernels_impl.h (compiled once per ISA, see there), not on its own.
 #pragma once
@@ -11,6 +12,8 @@
 #include "conv/direct.h"
 #include "conv/gemm_s1.h"
 #include "conv/im2col.h"
+#include "conv/winograd.h"
+#include "conv/wgrad_short.h"
 #include "gemm/gemm_packed.h"
 #include "gemm/pack.h"
 
@@ -24,6 +27,7 @@ static void conv_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y,
                      int path) {
     if (path == kDirect2d || path == kDirectRows) return direct_fwd<T>(g, x, w, b, y, nt, path);
     if (path == kGemmS1) return conv_fwd_s1<T>(g, x, w, b, y, nt);
+    if (path == kWinograd) return wino_fwd<T>(g, x, w, b, y, nt);
     constexpr int MR = Blk<T>::MR, NR = Blk<T>::NR;
     const long M = g.og, K = g.Kw, Q = g.N * g.Pout;
     const long apanel = round_up(M, MR) * K;
@@ -110,6 +114,7 @@ static void conv_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b,
     if (path == kDirect2d || path == kDirectRows)
         return direct_bwd_data<T>(g, gy, w, b, gx, nt, path);
     if (path == kGemmS1) return conv_bwd_data_s1<T>(g, gy, w, b, gx, nt);
+    if (path == kWinograd) return wino_bwd_data<T>(g, gy, w, b, gx, nt);
     constexpr int MR = Blk<T>::MR, NR = Blk<T>::NR;
     const long O = g.og;
     // Rows of dcols per item: whole channels, about 192 rows.
@@ -156,6 +161,8 @@ template <class T>
 static void conv_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt, int path) {
     if (path == kDirect2d || path == kDirectRows)
         return direct_bwd_weight<T>(g, x, gy, gw, nt, path);
+    if (path == kWinograd) return wino_bwd_weight<T>(g, x, gy, gw, nt);
+    if (path == kWgradShort) return wgrad_short<T>(g, x, gy, gw, nt);
     constexpr int MR = Blk<T>::MR;
     const long M = g.og, Q = g.N * g.Pout;
     // Reduction tiles (a function of the shape only, so the sum order is fixed):

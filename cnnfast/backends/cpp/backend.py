@@ -24,8 +24,13 @@ Algorithms (``ALGORITHMS``, ``cnnfast.explain``): each of the three kernels runs
 the paths named by ``_cpp.conv_paths()`` -- ``direct-2d`` (register-blocked direct
 kernels: one input channel per group, 1-d/2-d, kernel 1x3, 1x5, 3x3, 5x5 or 7x7),
 ``direct-rows`` (direct kernels for any other one-channel-per-group case),
-``gemm-s1`` (stride-1 im2col GEMM over zero-padded rows, 1-d/2-d) and ``gemm``
-(im2col GEMM, any case). ``choose_path`` in ``csrc/kernels.h`` is the automatic
+``gemm-s1`` (stride-1 im2col GEMM over zero-padded rows, 1-d/2-d), ``gemm``
+(im2col GEMM, any case), ``winograd`` (Winograd F(4x4, 3x3): 2-d 3x3 kernels of
+stride 1, no dilation, one group; ``csrc/conv/winograd.h``, whose error is bounded by
+the largest sum of |terms| of the call rather than each output's own, see
+tests/test_winograd.py), and ``wgrad-short`` (weight gradient only: 1-d/2-d, at most 256
+input channels x taps per group, vectorised over the output channels;
+``csrc/conv/wgrad_short.h``). ``choose_path`` in ``csrc/kernels.h`` is the automatic
 choice; ``algorithm=`` forces one path on every kernel of the call (a path that cannot
 run a kernel's geometry raises ``_cpp.PathUnfit``, a ``NotImplementedError``). Each
 call records the paths that ran in ``last_paths()``.
@@ -148,6 +153,8 @@ _DESCRIPTION = {
     "direct-rows": "direct kernel, row by row",
     "gemm-s1": "stride-1 im2col GEMM",
     "gemm": "im2col GEMM",
+    "winograd": "winograd F(4x4,3x3): 36 products of transformed 6x6 tiles",
+    "wgrad-short": "short-reduction weight gradient, vectorised over output channels",
 }
 
 

@@ -1,0 +1,302 @@
+"""The cpp backend's Winograd F(4x4, 3x3) path (``algorithm="winograd"``; see
+``csrc/conv/winograd.h``): 2-d convolutions with a 3x3 kernel, stride 1, dilation 1,
+one group, any padding -- forward, input gradient and weight gradient, float32 and
+float64.
+
+Accuracy contract: the transforms mix the values of a whole 6x6 tile, so an output's
+error is not bounded by its own sum of |terms| but by the largest one of the call,
+S = max over the outputs of sum |terms| (the float64 reference applied to |inputs|):
+
+* float32: |got - exact| <= 1e-5 * S + 1e-4 * |exact| for every output;
+* float64: |got - exact| <= 1e-12 * S (else float64 would keep the exact algorithms),
+
+with ``exact`` the float64 numpy reference on the very inputs the kernel got, on
+random data and on adversarial data: a wide dynamic range (values x 10**U(-4, 4)),
+large channel counts at small spatial sizes, constant-sign data (no cancellation: S
+is as large as the values allow) and one huge value among small ones (in x, in the
+weight or in gy).
+
+Its limit: a transformed tile mixes every value of the window with every tap, so the
+error of a product is ~eps * (largest |value| of one operand in a tile) * (largest of
+the other), which S holds only when the two meet in an exact term. Two huge values,
+one in each operand of a product (x and gy for the weight gradient, the weight and gy
+for the input gradient, x and the weight of one channel for the forward) at positions
+that never meet break the S bound: the error then follows their product
+(test_cpp_winograd_two_huge_values_error_follows_their_product).
+
+Every test name holds "cpp" so that ``-k cpp`` (the sanitizer job) selects them.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+import cnnfast
+from cnnfast.registry import get_backend
+
+_cpp = pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built")
+if get_backend("cpp").reason is not None:  # pragma: no cover - depends on the build
+    pytest.skip(f"cpp backend unavailable: {get_backend('cpp').reason}",
+                allow_module_level=True)
+from cnnfast.backends.cpp import backend as cpp  # noqa: E402
+
+BOUNDS = {np.float32: (1e-5, 1e-4), np.float64: (1e-12, 0.0)}  # (x S, x |exact|)
+
+
+@pytest.fixture
+def threads():
+    before = cnnfast.get_num_threads()
+    yield cnnfast.set_num_threads
+    cnnfast.set_num_threads(before)
+
+
+def _values(rng, kind, shape, huge=False):
+    if kind == "one-huge":  # small values, and one huge value in the array `huge` names
+        v = rng.standard_normal(shape) * 1e-3
+        if huge:
+            v.flat[rng.integers(v.size)] = 1e4
+        return v
+    if kind == "wide-range":
+        return rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 4, shape)
+    if kind == "constant-sign":
+        return np.abs(rng.standard_normal(shape))
+    return rng.standard_normal(shape)  # "normal", "deep"
+
+
+def _ops(x, w, gy, b, kw, backend, algorithm="auto"):
+    """y, grad_x, grad_weight of one 2-d convolution."""
+    y = cnnfast.conv2d(x, w, b, backend=backend, algorithm=algorithm, **kw)
+    gx, gw, _ = cnnfast.conv_backward(gy, x, w, needs=("x", "weight"), backend=backend,
+                                      algorithm=algorithm, **kw)
+    return {"y": y, "grad_x": gx, "grad_weight": gw}
+
+
+def _reference(x, w, gy, b, kw):
+    """The exact float64 results and their S (the reference on |inputs|)."""
+    f = [None if a is None else a.astype(np.float64) for a in (x, w, gy, b)]
+    exact = _ops(*f, kw, "numpy")
+    bounds = _ops(*[None if a is None else np.abs(a) for a in f], kw, "numpy")
+    return exact, {k: float(v.max()) if v.size else 0.0 for k, v in bounds.items()}
+
+
+def _worst(got, exact, S, dtype):
+    """max over the outputs of |err| / bound (the contract holds while < 1)."""
+    a, r = BOUNDS[dtype]
+    out = {}
+    for k, e in exact.items():
+        bound = a * S[k] + r * np.abs(e)
+        err = np.abs(got[k].astype(np.float64) - e)
+        tiny = np.finfo(np.float64).tiny
+        out[k] = float(np.max(err / np.maximum(bound, tiny))) if e.size else 0.0
+    return out
+
+
+def _check(x, w, gy, b, kw, dtype, what):
+    x, w, gy = (a.astype(dtype) for a in (x, w, gy))
+    b = None if b is None else b.astype(dtype)
+    copies = [a.copy() for a in (x, w, gy)]
+    got = _ops(x, w, gy, b, kw, "cpp", "winograd")
+    assert set(cpp.last_paths().values()) == {"winograd"}
+    for a, c in zip((x, w, gy), copies):
+        assert np.array_equal(a, c), f"{what}: an input was modified"
+    for k, v in got.items():
+        assert v.dtype == dtype, (what, k)
+    exact, S = _reference(x, w, gy, b, kw)
+    worst = _worst(got, exact, S, dtype)
+    assert max(worst.values()) < 1, f"{what} {np.dtype(dtype).name}: |err| / bound {worst}"
+    return worst
+
+
+# (kind, N, C, K, H, W, padding[, the array with the huge value])
+ADVERSARIAL = [
+    ("normal", 2, 32, 32, 15, 15, 1),
+    ("wide-range", 2, 64, 64, 14, 14, 1),
+    ("deep", 2, 512, 512, 6, 6, 1),
+    ("deep", 1, 256, 384, 5, 7, 1),
+    ("constant-sign", 2, 64, 48, 13, 13, 1),
+    ("one-huge", 2, 16, 16, 11, 12, 1, "x"),
+    ("one-huge", 2, 16, 16, 11, 12, 1, "w"),
+    ("one-huge", 2, 16, 16, 11, 12, 1, "gy"),
+    ("one-huge", 1, 128, 128, 9, 9, 2, "x"),
+    ("one-huge", 1, 128, 128, 9, 9, 2, "w"),
+    ("one-huge", 1, 128, 128, 9, 9, 2, "gy"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", ADVERSARIAL,
+                         ids=lambda c: "-".join(map(str, (c[0], *c[7:], f"C{c[2]}", f"K{c[3]}"))))
+def test_cpp_winograd_accuracy_contract(case, dtype):
+    kind, n, c, k, h, w, pad = case[:7]
+    huge = case[7] if len(case) > 7 else None
+    for seed in range(4 if huge else 1):  # a few places for the huge value
+        rng = np.random.default_rng([zlib.crc32(repr(case).encode()), seed])
+        x = _values(rng, kind, (n, c, h, w), huge == "x")
+        wt = _values(rng, kind, (k, c, 3, 3), huge == "w")
+        gy = _values(rng, kind, (n, k, h + 2 * pad - 2, w + 2 * pad - 2), huge == "gy")
+        b = _values(rng, kind, (k,))
+        _check(x, wt, gy, b, dict(padding=pad), dtype, f"{kind} seed {seed}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_cpp_winograd_two_huge_values_error_follows_their_product(dtype):
+    # x and gy huge at places that never meet in a term of the weight gradient: its
+    # error is ~eps * their product (not bounded by S, which holds no such term)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 4, 8, 8)) * 1e-3
+    gy = rng.standard_normal((1, 4, 8, 8)) * 1e-3
+    w = rng.standard_normal((4, 4, 3, 3))
+    x[0, 1, 0, 0] = gy[0, 2, 3, 3] = 1e4  # one tile; offset (-3, -3): no tap
+    x, gy, w = (a.astype(dtype) for a in (x, gy, w))
+    gw = cnnfast.conv_backward(gy, x, w, padding=1, needs=("weight",), backend="cpp",
+                               algorithm="winograd")[1]
+    f64 = [a.astype(np.float64) for a in (gy, x, w)]
+    exact = cnnfast.conv_backward(*f64, padding=1, needs=("weight",), backend="numpy")[1]
+    S = cnnfast.conv_backward(*(np.abs(a) for a in f64), padding=1, needs=("weight",),
+                              backend="numpy")[1].max()
+    err = np.abs(gw - exact).max()
+    eps = np.finfo(dtype).eps
+    assert err <= 100 * eps * 1e8  # the product of the two huge values
+    assert S < 1e5  # ... which S holds nothing of: S alone would not bound the error
+
+
+# (N, C, K, H, W, padding): sizes not multiple of 4, 1x1 and 2x2 images with padding,
+# one channel in or out, asymmetric and large padding (the input gradient's padding
+# 2 - p is then negative), several images per tile block, and both schedules (one
+# block per thread; all threads on one block with its own weight transform).
+GRID = [
+    (1, 1, 1, 1, 1, 1),
+    (2, 3, 1, 2, 2, 1),
+    (1, 1, 5, 3, 3, 0),
+    (3, 2, 3, 1, 4, 2),
+    (2, 5, 7, 9, 4, 3),
+    (2, 4, 6, 7, 10, ((0, 2), (1, 0))),
+    (1, 6, 4, 8, 8, "same"),
+    (2, 3, 5, 6, 5, "valid"),
+    (4, 8, 16, 13, 13, 0),
+    (2, 16, 8, 17, 23, 1),
+    (1, 7, 9, 4, 33, 1),
+    (3, 33, 20, 21, 11, 1),
+    (8, 24, 40, 28, 28, 1),
+    (1, 70, 13, 10, 10, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "x".join(map(str, c[:5])) + f"-p{c[5]}")
+def test_cpp_winograd_matches_the_reference(case, dtype):
+    n, c, k, h, w, pad = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((k, c, 3, 3))
+    b = rng.standard_normal(k)
+    y = cnnfast.conv2d(x, wt, padding=pad, backend="numpy")
+    gy = rng.standard_normal(y.shape)
+    _check(x, wt, gy, b, dict(padding=pad), dtype, str(case))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_cpp_winograd_transposed_convolutions(dtype):
+    # conv_transpose runs the input-gradient kernel, its backward pass the forward and
+    # weight-gradient kernels
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 12, 9, 10)).astype(dtype)
+    w = rng.standard_normal((12, 10, 3, 3)).astype(dtype)
+    b = rng.standard_normal(10).astype(dtype)
+    y = cnnfast.conv_transpose2d(x, w, b, padding=1, backend="cpp", algorithm="winograd")
+    assert cpp.last_paths() == {"y": "winograd"}
+    ref = cnnfast.conv_transpose2d(*(a.astype(np.float64) for a in (x, w, b)), padding=1,
+                                   backend="numpy")
+    S = cnnfast.conv_transpose2d(np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64)),
+                                 padding=1, backend="numpy").max()
+    a, r = BOUNDS[dtype]
+    assert np.all(np.abs(y - ref) <= a * S + r * np.abs(ref))
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    got = cnnfast.conv_transpose_backward(gy, x, w, padding=1, needs=("x", "weight"),
+                                          backend="cpp", algorithm="winograd")
+    assert set(cpp.last_paths().values()) == {"winograd"}
+    f64 = [v.astype(np.float64) for v in (gy, x, w)]
+    want = cnnfast.conv_transpose_backward(*f64, padding=1, needs=("x", "weight"),
+                                           backend="numpy")
+    Sb = cnnfast.conv_transpose_backward(*(np.abs(v) for v in f64), padding=1,
+                                         needs=("x", "weight"), backend="numpy")
+    for g, e, s in zip(got[:2], want[:2], Sb[:2]):
+        assert np.all(np.abs(g - e) <= a * s.max() + r * np.abs(e))
+
+
+# One case per schedule of wino_geo (csrc/conv/winograd.h) with 2 threads: a block per
+# thread (many tiles), all threads on one block with a weight transform per chunk of
+# output channels (few tiles), all threads on each of a few blocks with the weights
+# transformed once. 1, 2 and 3 threads also change the schedule of the first.
+SCHEDULES = [(8, 32, 40, 28, 28), (2, 96, 100, 6, 6), (8, 512, 16, 14, 14)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", SCHEDULES, ids=lambda c: "x".join(map(str, c)))
+def test_cpp_winograd_bits_do_not_depend_on_the_thread_count(threads, case, dtype):
+    n, c, k, h, w = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    gy = rng.standard_normal((n, k, h, w)).astype(dtype)
+    runs = []
+    for nt in (1, 2, 3):
+        threads(nt)
+        runs.append(_ops(x, wt, gy, b, dict(padding=1), "cpp", "winograd"))
+    for r in runs[1:]:
+        for name in r:
+            assert np.array_equal(r[name], runs[0][name]), name
+
+
+@pytest.mark.parametrize("what,kw,x_shape,w_shape", [
+    ("stride 2", dict(stride=2), (1, 4, 9, 9), (4, 4, 3, 3)),
+    ("5x5", {}, (1, 4, 9, 9), (4, 4, 5, 5)),
+    ("groups", dict(groups=2), (1, 4, 9, 9), (4, 2, 3, 3)),
+    ("dilation 2", dict(dilation=2), (1, 4, 9, 9), (4, 4, 3, 3)),
+    ("1-d", {}, (1, 4, 9), (4, 4, 3)),
+    ("3-d", {}, (1, 4, 5, 5, 5), (4, 4, 3, 3, 3)),
+    ("3x1", {}, (1, 4, 9, 9), (4, 4, 3, 1)),
+])
+def test_cpp_winograd_refuses_what_it_cannot_run(what, kw, x_shape, w_shape):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    with pytest.raises(NotImplementedError, match="winograd needs"):
+        cnnfast.conv(x, w, backend="cpp", algorithm="winograd", **kw)
+    y = cnnfast.conv(x, w, backend="numpy", **kw)
+    with pytest.raises(NotImplementedError, match="winograd"):
+        cnnfast.conv_backward(y, x, w, backend="cpp", algorithm="winograd", **kw)
+    with pytest.raises(NotImplementedError, match="winograd"):
+        cnnfast.explain("conv", x, w, backend="cpp", algorithm="winograd", **kw)
+
+
+def test_cpp_winograd_is_the_automatic_choice_for_deep_float32_layers():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 64, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    text = cnnfast.explain("conv", x, w, padding=1, backend="cpp")
+    assert "winograd F(4x4,3x3)" in text, text
+    cnnfast.conv2d(x, w, padding=1, backend="cpp")
+    assert cpp.last_paths() == {"y": "winograd"}
+    # not for a stride-2 layer, nor for a thin one (a few channels: the transforms
+    # would cost more than the products save)
+    cnnfast.conv2d(x, w, padding=1, stride=2, backend="cpp")
+    assert cpp.last_paths() == {"y": "gemm"}
+    cnnfast.conv2d(x[:, :4], w[:4, :4], padding=1, backend="cpp")
+    assert cpp.last_paths() == {"y": "gemm-s1"}
+
+
+def test_cpp_winograd_workspace_is_bounded():
+    # no whole-batch buffer: the transformed input of this batch would be ~29 MB
+    _cpp.release_workspace(max(8, cnnfast.get_num_threads()))
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((16, 64, 56, 56)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    y = cnnfast.conv2d(x, w, padding=1, backend="cpp", algorithm="winograd")
+    cnnfast.conv_backward(y, x, w, padding=1, backend="cpp", algorithm="winograd")
+    held, peak = _cpp.workspace_bytes()
+    whole_batch_v = 36 * 64 * 16 * 14 * 14 * 4
+    assert 0 < held <= peak < whole_batch_v / 4
