@@ -23,6 +23,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from . import activation as _activation
 from . import autotune as _autotune
 from . import params as P
 from .arrays import FLOAT_DTYPES, array_kind, dtype_name
@@ -194,6 +195,20 @@ def _check_grad_y(grad_y, expected_shape):
                          f"has shape {tuple(expected_shape)}")
 
 
+def _check_activated_y(y, p, expected_shape):
+    """The backward's ``y=``: given exactly when ``activation=`` is, shaped like the
+    forward output."""
+    if p.activation is None and y is not None:
+        raise ValueError("y= is only used with activation= (the activated output the "
+                         "derivative is read from); pass activation= or drop y=")
+    if p.activation is not None and y is None:
+        raise ValueError(f"activation={p.activation!r} needs y=, the activated output of "
+                         f"the forward call (the derivative is read from it)")
+    if y is not None and tuple(y.shape) != tuple(expected_shape):
+        raise ValueError(f"y has shape {tuple(y.shape)}; the forward output has shape "
+                         f"{tuple(expected_shape)}")
+
+
 def _empty(kind, shape, dtype):
     if kind == "numpy":
         return np.zeros(shape, dtype)
@@ -213,14 +228,15 @@ def _is_empty_conv(x_shape, w_shape) -> bool:
     return 0 in x_shape or 0 in w_shape
 
 
-def _empty_conv(kind, dtype, out_shape, bias):
+def _empty_conv(kind, dtype, out_shape, bias, p):
     y = _empty(kind, out_shape, dtype)
     if bias is not None and y.size:
         y[...] = bias.reshape((-1,) + (1,) * (len(out_shape) - 2))
-    return y
+    return _activation.apply(y, p.activation, p.negative_slope)
 
 
-def _empty_conv_grads(kind, dtype, wanted, grad_y, x_shape, w_shape):
+def _empty_conv_grads(kind, dtype, wanted, grad_y, x_shape, w_shape, y, p):
+    grad_y = _activation.grad(grad_y, y, p.activation, p.negative_slope)
     grad_bias = None
     if "bias" in wanted:
         grad_bias = grad_y.sum(axis=(0,) + tuple(range(2, grad_y.ndim)))
@@ -232,21 +248,23 @@ def _empty_conv_grads(kind, dtype, wanted, grad_y, x_shape, w_shape):
 # ----------------------------------------------------------------------------- conv
 
 _CONV_ARRAYS = ("x", "weight", "bias")
-_GRAD_ARRAYS = ("grad_y", "x", "weight")
+_GRAD_ARRAYS = ("grad_y", "x", "weight", "y")
+_SLOPE = _activation.DEFAULT_NEGATIVE_SLOPE
 
 
 def _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
-          rank=None, out=None):
+          activation, negative_slope, rank=None, out=None):
     return bridged(_run_conv, _CONV_ARRAYS, (x, weight, bias), out, stride, padding,
-                    dilation, groups, backend, algorithm, rank)
+                    dilation, groups, backend, algorithm, activation, negative_slope, rank)
 
 
-def _run_conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm, rank,
-              out):
+def _run_conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
+              activation, negative_slope, rank, out):
     kind, dtype = _check_arrays(x=x, weight=weight, bias=bias)
     P.check_rank(x, "x", rank)
     p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding, dilation,
                                        groups), algorithm)
+    p = P.with_activation(p, activation, negative_slope)
     _check_bias(bias, weight.shape[0])
     out_shape = (x.shape[0], weight.shape[0]) + p.out_shape
     P.check_result_size(out_shape, "the output")
@@ -256,13 +274,13 @@ def _run_conv(x, weight, bias, stride, padding, dilation, groups, backend, algor
     kernel, p = _select_conv("conv", kind, dtype, p, backend, x_shape=x.shape,
                              w_shape=weight.shape)
     if _is_empty_conv(x.shape, weight.shape):
-        return write(out, _empty_conv(kind, dtype, out_shape, bias))
+        return write(out, _empty_conv(kind, dtype, out_shape, bias, p))
     return write(out, kernel(_contiguous(x, kind), _contiguous(weight, kind),
                               _contiguous(bias, kind), p))
 
 
 def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-         algorithm="auto", out=None):
+         algorithm="auto", activation=None, negative_slope=_SLOPE, out=None):
     """Convolution (cross-correlation, as torch) of ``x`` (N, C_in, *spatial) with
     ``weight`` (C_out, C_in // groups, *kernel).
 
@@ -278,84 +296,98 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, bac
     ``"auto"`` follows ``set_algorithm``/``use_algorithm`` when they pin a name, else
     the autotuned choice when ``set_autotune(True)`` (see ``cnnfast.autotune``).
 
+    ``activation``: ``None``, ``"relu"``, ``"leaky_relu"`` (with ``negative_slope``
+    >= 0), ``"sigmoid"`` or ``"tanh"``, applied after the bias in the kernel's epilogue
+    (``conv_backward`` takes the same arguments and ``y=``, this call's result).
+
     Every array may be any DLPack array (a torch tensor, ...): the result comes back as
     the type of ``x``. ``out``: an array of the result's shape, dtype and device,
     C-contiguous, overlapping no input; the result is written there and ``out`` is
     returned (see docs/interop.md).
     """
     return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
-                 out=out)
+                 activation, negative_slope, out=out)
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-           algorithm="auto", out=None):
+           algorithm="auto", activation=None, negative_slope=_SLOPE, out=None):
     """``conv`` for ``x`` of shape (N, C, L)."""
     return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
-                 rank=1, out=out)
+                 activation, negative_slope, rank=1, out=out)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-           algorithm="auto", out=None):
+           algorithm="auto", activation=None, negative_slope=_SLOPE, out=None):
     """``conv`` for ``x`` of shape (N, C, H, W)."""
     return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
-                 rank=2, out=out)
+                 activation, negative_slope, rank=2, out=out)
 
 
 def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-           algorithm="auto", out=None):
+           algorithm="auto", activation=None, negative_slope=_SLOPE, out=None):
     """``conv`` for ``x`` of shape (N, C, D, H, W)."""
     return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
-                 rank=3, out=out)
+                 activation, negative_slope, rank=3, out=out)
 
 
 def conv_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                  needs=("x", "weight", "bias"), backend=None, algorithm="auto", out=None):
+                  needs=("x", "weight", "bias"), backend=None, algorithm="auto",
+                  activation=None, negative_slope=_SLOPE, y=None, out=None):
     """Gradients of ``conv`` with respect to x, weight and bias: ``(grad_x,
     grad_weight, grad_bias)``, with ``None`` for the names not in ``needs``.
     ``algorithm`` pins the algorithm of every kernel of the call (see ``conv``).
     ``out``: ``(grad_x, grad_weight, grad_bias)`` arrays to write the gradients into,
     ``None`` for any not given (each checked as ``conv``'s ``out``, and only for a
-    name in ``needs``); results come back as the type of ``grad_y``."""
-    return bridged(_run_conv_backward, _GRAD_ARRAYS, (grad_y, x, weight), out, stride,
-                    padding, dilation, groups, needs, backend, algorithm)
+    name in ``needs``); results come back as the type of ``grad_y``. With
+    ``activation`` (as given to ``conv``), ``y`` is ``conv``'s result and ``grad_y`` is
+    multiplied by the activation's derivative at ``y`` first (for all three
+    gradients)."""
+    return bridged(_run_conv_backward, _GRAD_ARRAYS, (grad_y, x, weight, y), out, stride,
+                    padding, dilation, groups, needs, backend, algorithm, activation,
+                    negative_slope)
 
 
-def _run_conv_backward(grad_y, x, weight, stride, padding, dilation, groups, needs,
-                       backend, algorithm, out):
+def _run_conv_backward(grad_y, x, weight, y, stride, padding, dilation, groups, needs,
+                       backend, algorithm, activation, negative_slope, out):
     wanted = P.grad_needs(needs)
-    kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight)
+    kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight, y=y)
     P.check_rank(x, "x")
     p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding, dilation,
                                        groups), algorithm)
+    p = P.with_activation(p, activation, negative_slope)
     _check_grad_y(grad_y, (x.shape[0], weight.shape[0]) + p.out_shape)
+    _check_activated_y(y, p, grad_y.shape)
     outs = check_grad_outs(out, (x.shape, weight.shape, (weight.shape[0],)), dtype, kind,
-                            wanted, {"grad_y": grad_y, "x": x, "weight": weight})
+                            wanted, {"grad_y": grad_y, "x": x, "weight": weight, "y": y})
     kernel, p = _select_conv("conv_backward", kind, dtype, p, backend, x_shape=x.shape,
                              w_shape=weight.shape, needs=wanted)
     if not wanted:
         return None, None, None
     if _is_empty_conv(x.shape, weight.shape):
         return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape,
-                                                    weight.shape))
+                                                    weight.shape, y, p))
     return write_grads(outs, kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
-                                     _contiguous(weight, kind), p, wanted))
+                                     _contiguous(weight, kind), p, wanted,
+                                     _contiguous(y, kind)))
 
 
 # ----------------------------------------------------------------------------- conv_transpose
 
 
 def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation,
-                    backend, algorithm, rank=None, out=None):
+                    backend, algorithm, activation, negative_slope, rank=None, out=None):
     return bridged(_run_conv_transpose, _CONV_ARRAYS, (x, weight, bias), out, stride,
-                    padding, output_padding, groups, dilation, backend, algorithm, rank)
+                    padding, output_padding, groups, dilation, backend, algorithm,
+                    activation, negative_slope, rank)
 
 
 def _run_conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation,
-                        backend, algorithm, rank, out):
+                        backend, algorithm, activation, negative_slope, rank, out):
     kind, dtype = _check_arrays(x=x, weight=weight, bias=bias)
     P.check_rank(x, "x", rank)
     p = P.with_algorithm(P.conv_transpose_params(x.shape, weight.shape, stride, padding,
                                                  output_padding, groups, dilation), algorithm)
+    p = P.with_activation(p, activation, negative_slope)
     c_out = weight.shape[1] * p.groups
     _check_bias(bias, c_out)
     out_shape = (x.shape[0], c_out) + p.out_shape
@@ -366,16 +398,17 @@ def _run_conv_transpose(x, weight, bias, stride, padding, output_padding, groups
     kernel, p = _select_conv("conv_transpose", kind, dtype, p, backend, x_shape=x.shape,
                              w_shape=weight.shape)
     if _is_empty_conv(x.shape, weight.shape):
-        return write(out, _empty_conv(kind, dtype, out_shape, bias))
+        return write(out, _empty_conv(kind, dtype, out_shape, bias, p))
     return write(out, kernel(_contiguous(x, kind), _contiguous(weight, kind),
                               _contiguous(bias, kind), p))
 
 
 def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                   dilation=1, *, backend=None, algorithm="auto", out=None):
+                   dilation=1, *, backend=None, algorithm="auto", activation=None,
+                   negative_slope=_SLOPE, out=None):
     """Transposed convolution of ``x`` (N, C_in, *spatial) with ``weight``
-    (C_in, C_out // groups, *kernel); ``padding`` crops the output. DLPack arrays and
-    ``out`` as in ``conv``.
+    (C_in, C_out // groups, *kernel); ``padding`` crops the output. ``activation``,
+    DLPack arrays and ``out`` as in ``conv``.
 
     >>> import numpy as np, cnnfast
     >>> cnnfast.conv_transpose(np.ones((1, 1, 2)), np.ones((1, 1, 2)), stride=2,
@@ -383,60 +416,72 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
     array([1., 1., 1., 1.])
     """
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
-                           dilation, backend, algorithm, out=out)
+                           dilation, backend, algorithm, activation, negative_slope,
+                           out=out)
 
 
 def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None, algorithm="auto", out=None):
+                     dilation=1, *, backend=None, algorithm="auto", activation=None,
+                     negative_slope=_SLOPE, out=None):
     """``conv_transpose`` for ``x`` of shape (N, C, L)."""
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
-                           dilation, backend, algorithm, rank=1, out=out)
+                           dilation, backend, algorithm, activation, negative_slope,
+                           rank=1, out=out)
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None, algorithm="auto", out=None):
+                     dilation=1, *, backend=None, algorithm="auto", activation=None,
+                     negative_slope=_SLOPE, out=None):
     """``conv_transpose`` for ``x`` of shape (N, C, H, W)."""
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
-                           dilation, backend, algorithm, rank=2, out=out)
+                           dilation, backend, algorithm, activation, negative_slope,
+                           rank=2, out=out)
 
 
 def conv_transpose3d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None, algorithm="auto", out=None):
+                     dilation=1, *, backend=None, algorithm="auto", activation=None,
+                     negative_slope=_SLOPE, out=None):
     """``conv_transpose`` for ``x`` of shape (N, C, D, H, W)."""
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
-                           dilation, backend, algorithm, rank=3, out=out)
+                           dilation, backend, algorithm, activation, negative_slope,
+                           rank=3, out=out)
 
 
 def conv_transpose_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
                             groups=1, dilation=1, *, needs=("x", "weight", "bias"),
-                            backend=None, algorithm="auto", out=None):
-    """Gradients of ``conv_transpose``: ``(grad_x, grad_weight, grad_bias)``. DLPack
-    arrays and ``out`` as in ``conv_backward``."""
-    return bridged(_run_conv_transpose_backward, _GRAD_ARRAYS, (grad_y, x, weight), out,
+                            backend=None, algorithm="auto", activation=None,
+                            negative_slope=_SLOPE, y=None, out=None):
+    """Gradients of ``conv_transpose``: ``(grad_x, grad_weight, grad_bias)``.
+    ``activation`` and ``y``, DLPack arrays and ``out`` as in ``conv_backward``."""
+    return bridged(_run_conv_transpose_backward, _GRAD_ARRAYS, (grad_y, x, weight, y), out,
                     stride, padding, output_padding, groups, dilation, needs, backend,
-                    algorithm)
+                    algorithm, activation, negative_slope)
 
 
-def _run_conv_transpose_backward(grad_y, x, weight, stride, padding, output_padding, groups,
-                                 dilation, needs, backend, algorithm, out):
+def _run_conv_transpose_backward(grad_y, x, weight, y, stride, padding, output_padding,
+                                 groups, dilation, needs, backend, algorithm, activation,
+                                 negative_slope, out):
     wanted = P.grad_needs(needs)
-    kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight)
+    kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight, y=y)
     P.check_rank(x, "x")
     p = P.with_algorithm(P.conv_transpose_params(x.shape, weight.shape, stride, padding,
                                                  output_padding, groups, dilation), algorithm)
+    p = P.with_activation(p, activation, negative_slope)
     c_out = weight.shape[1] * p.groups
     _check_grad_y(grad_y, (x.shape[0], c_out) + p.out_shape)
+    _check_activated_y(y, p, grad_y.shape)
     outs = check_grad_outs(out, (x.shape, weight.shape, (c_out,)), dtype, kind, wanted,
-                            {"grad_y": grad_y, "x": x, "weight": weight})
+                            {"grad_y": grad_y, "x": x, "weight": weight, "y": y})
     kernel, p = _select_conv("conv_transpose_backward", kind, dtype, p, backend,
                              x_shape=x.shape, w_shape=weight.shape, needs=wanted)
     if not wanted:
         return None, None, None
     if _is_empty_conv(x.shape, weight.shape):
         return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape,
-                                                    weight.shape))
+                                                    weight.shape, y, p))
     return write_grads(outs, kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
-                                     _contiguous(weight, kind), p, wanted))
+                                     _contiguous(weight, kind), p, wanted,
+                                     _contiguous(y, kind)))
 
 
 # ----------------------------------------------------------------------------- pooling

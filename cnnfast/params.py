@@ -20,6 +20,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .activation import ACTIVATIONS
+
 Ints = Tuple[int, ...]
 Pairs = Tuple[Tuple[int, int], ...]
 
@@ -43,6 +45,11 @@ class ConvParams:
     # "auto" or a name from the backend's vocabulary (its ``ALGORITHMS``; see
     # ``cnnfast.explain``): the backend runs that algorithm or raises NotImplementedError.
     algorithm: str = "auto"
+    # The fused activation (``cnnfast.activation``): None or one of ACTIVATIONS, applied
+    # after the bias by the forward kernels; the backward kernels multiply grad_y by its
+    # derivative (read from the activated output y) before the three gradients.
+    activation: Optional[str] = None
+    negative_slope: float = 0.0  # leaky_relu's slope; 0.0 for every other activation
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,27 @@ def with_algorithm(p: ConvParams, algorithm) -> ConvParams:
         raise TypeError(f"algorithm={algorithm!r} must be a str ('auto' or a name from "
                         f"cnnfast.explain's vocabulary)")
     return p if algorithm == "auto" else replace(p, algorithm=algorithm)
+
+
+def with_activation(p: ConvParams, activation, negative_slope) -> ConvParams:
+    """``p`` with the fused ``activation`` (None: ``p`` itself), after checking it and
+    ``negative_slope`` (a finite real >= 0: the derivative is read from y, see
+    ``cnnfast.activation``)."""
+    if activation is None:
+        return p
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not supported; expected None or "
+                         f"one of {', '.join(map(repr, ACTIVATIONS))}")
+    if isinstance(negative_slope, (bool, np.bool_)) or not isinstance(
+            negative_slope, (int, float, np.integer, np.floating)):
+        raise TypeError(f"negative_slope={negative_slope!r} must be a real number")
+    slope = float(negative_slope)
+    if not (math.isfinite(slope) and slope >= 0):
+        raise ValueError(f"negative_slope={negative_slope!r} must be finite and >= 0 (the "
+                         f"backward reads the derivative from the activated output y, "
+                         f"which a negative slope makes ambiguous)")
+    return replace(p, activation=activation,
+                   negative_slope=slope if activation == "leaky_relu" else 0.0)
 
 
 # ----------------------------------------------------------------------------- memo

@@ -42,6 +42,7 @@ import threading
 
 import numpy as np
 
+from ... import activation
 from ... import threads as _threads
 from ...geometry import lift_to_3d, pads_before_3d
 from ...params import ConvParams, PoolParams, pool_window_counts
@@ -181,10 +182,11 @@ def conv(x, w, b, p: ConvParams):
     _check_forced("conv", geo, p)
     y = np.empty((n, o) + tuple(p.out_shape), x.dtype)
     _run("y", "forward", x, w, b, y, geo, p)
-    return y
+    return activation.apply(y, p.activation, p.negative_slope)
 
 
-def conv_backward(gy, x, w, p: ConvParams, needs):
+def conv_backward(gy, x, w, p: ConvParams, needs, y=None):
+    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     _record.paths = {}
     geo = _geometry(x.shape, w.shape, p)
     _check_forced("conv_backward", geo, p, needs)
@@ -208,10 +210,11 @@ def conv_transpose(x, w, b, p: ConvParams):
     _check_forced("conv_transpose", geo, p)
     y = np.empty((x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
     _run("y", "backward_data", x, w, b, y, geo, p)
-    return y
+    return activation.apply(y, p.activation, p.negative_slope)
 
 
-def conv_transpose_backward(gy, x, w, p: ConvParams, needs):
+def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None):
+    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     _record.paths = {}
     c_out = w.shape[1] * p.groups
     geo = _geometry(x.shape, w.shape, p)

@@ -30,6 +30,7 @@ from .common import (BLOCK_THREADS, CONV_GEO, CTYPES, CUDA_DIR, DTYPES,  # noqa:
 # The pooling launches: their kernel names for name_expressions, their ops for make_ops.
 from .pool_launch import KERNELS as POOL_KERNELS
 from .pool_launch import avg_pool, avg_pool_backward, max_pool, max_pool_backward
+from ... import activation
 from ...geometry import lift_to_3d, pads_before_3d
 from ...params import ConvParams
 
@@ -516,10 +517,11 @@ def conv(rt, x, w, b, p: ConvParams):
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
     _forward_like(rt, MODE_CORR, path, w, x, b, y, n, p.groups, c, o, p.in_shape,
                   p.out_shape, p)
-    return y
+    return activation.apply(y, p.activation, p.negative_slope)
 
 
-def conv_backward(rt, gy, x, w, p: ConvParams, needs):
+def conv_backward(rt, gy, x, w, p: ConvParams, needs, y=None):
+    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     check_int32_extent(gy, x, w)
     paths = _record_paths(rt, "conv_backward", p, x.shape, w.shape, needs)
     n, c = x.shape[:2]
@@ -549,10 +551,11 @@ def conv_transpose(rt, x, w, b, p: ConvParams):
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
     _forward_like(rt, MODE_ADJ, path, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape,
                   p)
-    return y
+    return activation.apply(y, p.activation, p.negative_slope)
 
 
-def conv_transpose_backward(rt, gy, x, w, p: ConvParams, needs):
+def conv_transpose_backward(rt, gy, x, w, p: ConvParams, needs, y=None):
+    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     check_int32_extent(gy, x, w)
     paths = _record_paths(rt, "conv_transpose_backward", p, x.shape, w.shape, needs)
     n, c = x.shape[:2]

@@ -47,6 +47,7 @@ import threading
 
 import numpy as np
 
+from ... import activation
 from ...geometry import flipped_adjoint_weight, lift_to_3d, pads_before_3d
 from ...params import ConvParams, PoolParams, pool_window_counts
 from ...threads import get_num_threads
@@ -484,10 +485,11 @@ def conv(x, w, b, p: ConvParams):
     y = np.empty((x.shape[0], o) + tuple(p.out_shape), x.dtype)
     _correlate(_as5(x), _as5(w), _zeros_bias(b, o, x.dtype), _as5(y), stride, pad, dil,
                p.groups, path)
-    return y
+    return activation.apply(y, p.activation, p.negative_slope)
 
 
-def conv_backward(gy, x, w, p: ConvParams, needs):
+def conv_backward(gy, x, w, p: ConvParams, needs, y=None):
+    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     paths = _paths("conv_backward", p, w.shape, needs)
     stride, pad, dil = _conv_geometry(p)
     gx = gw = gb = None
@@ -511,10 +513,11 @@ def conv_transpose(x, w, b, p: ConvParams):
     y = np.empty((x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
     _correlate_t(_as5(x), _as5(w), _zeros_bias(b, c_out, x.dtype), _as5(y), stride, pad,
                  dil, p.groups, path)
-    return y
+    return activation.apply(y, p.activation, p.negative_slope)
 
 
-def conv_transpose_backward(gy, x, w, p: ConvParams, needs):
+def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None):
+    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     paths = _paths("conv_transpose_backward", p, w.shape, needs)
     stride, pad, dil = _conv_geometry(p)
     gx = gw = gb = None

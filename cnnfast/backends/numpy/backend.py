@@ -38,6 +38,7 @@ import itertools
 
 import numpy as np
 
+from ... import activation
 from ...geometry import flipped_adjoint_weight
 from ...params import ConvParams, PoolParams, pool_window_counts
 
@@ -150,10 +151,11 @@ def conv(x, w, b, p: ConvParams):
     y = correlate(x, w, p.stride, p.padding, p.dilation, p.groups, p.out_shape)
     if b is not None:
         y += _bias_shape(b, p.rank)
-    return y
+    return activation.apply(y, p.activation, p.negative_slope)
 
 
-def conv_backward(gy, x, w, p: ConvParams, needs):
+def conv_backward(gy, x, w, p: ConvParams, needs, y=None):
+    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     gx = gw = gb = None
     if "x" in needs:
         # Output padding is implicit: out_shape is x's own shape, so rows the forward
@@ -178,10 +180,11 @@ def conv_transpose(x, w, b, p: ConvParams):
     y = transposed_correlate(x, w, p.stride, p.padding, p.dilation, p.groups, p.out_shape)
     if b is not None:
         y += _bias_shape(b, p.rank)
-    return y
+    return activation.apply(y, p.activation, p.negative_slope)
 
 
-def conv_transpose_backward(gy, x, w, p: ConvParams, needs):
+def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None):
+    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     gx = gw = gb = None
     if "x" in needs:
         gx = correlate(gy, w, p.stride, p.padding, p.dilation, p.groups, p.in_shape)
