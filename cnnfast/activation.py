@@ -6,7 +6,9 @@ v * negative_slope; ``sigmoid`` 1 / (1 + exp(-v)); ``tanh``. NaN stays NaN.
 
 Backward, from the activated output ``y`` alone (so a layer keeps one array): the
 derivative is ``y > 0`` (relu), ``1 if y > 0 else negative_slope`` (leaky_relu),
-``y * (1 - y)`` (sigmoid), ``1 - y * y`` (tanh); at 0 (and NaN) the piecewise ones
+``y * (1 - y)`` (sigmoid), ``(1 - y) * (1 + y)`` (tanh: not ``1 - y * y``, which
+loses every digit as |y| -> 1; each factor here is exact or one rounding, so the
+derivative is within 2 eps relative); at 0 (and NaN) the piecewise ones
 take the left side, as torch's ``threshold_backward`` does. Recovering the side from
 ``y`` needs ``negative_slope >= 0`` (a negative slope maps x < 0 to y > 0; torch's
 in-place leaky_relu refuses it for the same reason), which ``cnnfast.params`` checks.
@@ -56,5 +58,5 @@ def grad(grad_y, y, activation, negative_slope):
     if activation == "sigmoid":
         return grad_y * (y * (1 - y))
     if activation == "tanh":
-        return grad_y * (1 - y * y)
+        return grad_y * ((1 - y) * (1 + y))
     raise ValueError(f"unknown activation {activation!r}")

@@ -43,6 +43,15 @@ S of the result, not its own; the tolerance is then at least 1e-5 * max S + 1e-4
 |expected| in float32, 1e-12 * max S in float64 (the contract tests/test_winograd.py
 checks on adversarial data).
 
+About a third of the convolution cases fuse an activation (``activation=``, with a
+random ``negative_slope`` for leaky_relu; the backward cases get ``y=``, an activated
+output of the matching range, with exact zeros for relu), and forward ones often get
+"wide" data (values x 30: sigmoid and tanh saturate). The bound of an activated result
+is that of the sum it activates: forward, the activation's Lipschitz constant L (1,
+max(1, slope), 1/4 for sigmoid) times the sum's tolerance plus 4 eps of the value (the
+activation's own rounding); backward, the tolerance of the gradients of
+g = grad_y * act'(y) with S taken over |g| and K + 4 more terms (g's own rounding).
+
 Every case also checks that the inputs are unchanged (compared with copies made
 before the call), the dtypes and shapes of the results, and that gradients not in
 ``needs`` come back as None.
@@ -79,6 +88,7 @@ if __name__ == "__main__":  # run as a script: import the checkout's cnnfast
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cnnfast  # noqa: E402
+from cnnfast import activation  # noqa: E402
 from cnnfast import params as P  # noqa: E402
 from cnnfast import registry  # noqa: E402
 
@@ -88,6 +98,7 @@ OPS = ("conv", "conv_backward", "conv_transpose", "conv_transpose_backward",
 OP_WEIGHTS = (0.16, 0.17, 0.13, 0.15, 0.12, 0.07, 0.10, 0.10)
 
 GRAD_NAMES = ("grad_x", "grad_weight", "grad_bias")
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
 # Work per case (multiply-adds, or pooling taps); past it a case is drawn again.
 COST_LIMIT = 300_000
 BIG_COST_LIMIT = 3_000_000
@@ -120,9 +131,11 @@ class Case:
 
     def call(self, backend="numpy") -> str:
         """The call as Python source (the array names are those of make_inputs)."""
+        act_y = ", y=y" if "activation" in self.kwargs else ""
         args = {
             "conv": "x, w, b", "conv_transpose": "x, w, b",
-            "conv_backward": "gy, x, w", "conv_transpose_backward": "gy, x, w",
+            "conv_backward": f"gy, x, w{act_y}",
+            "conv_transpose_backward": f"gy, x, w{act_y}",
             "max_pool": "x", "avg_pool": "x",
             "max_pool_backward": f"gy, indices, {self.x_shape!r}",
             "avg_pool_backward": f"gy, {self.x_shape!r}",
@@ -484,7 +497,19 @@ def gen_case(seed: int, index: int, stats: Stats = None) -> Case:
     case.threads = int(_pick(rng, (1, 2, 3, 4, 7), (0.45, 0.2, 0.2, 0.1, 0.05)))
     case.knobs = _knobs(rng)
     case.seed = int(rng.integers(2 ** 31))
+    if op.startswith("conv") and rng.random() < 0.33:
+        _draw_activation(rng, case)
     return case
+
+
+def _draw_activation(rng, case):
+    """A fused activation for a convolution case (see the module docstring)."""
+    act = _pick(rng, ACTIVATIONS)
+    case.kwargs["activation"] = act
+    if act == "leaky_relu":
+        case.kwargs["negative_slope"] = float(_pick(rng, (0.01, 0.2, 0.0, 3.0)))
+    if not case.op.endswith("backward") and rng.random() < 0.3:
+        case.data = "wide"
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -536,15 +561,20 @@ def _lay_out(a, layout):
 
 
 def make_inputs(case: Case) -> dict:
-    """The case's input arrays by name (x, w, b, gy, indices), in its dtype and layout."""
+    """The case's input arrays by name (x, w, b, gy, y, indices), in its dtype and
+    layout."""
     rng = np.random.default_rng(case.seed)
     dt = np.dtype(case.dtype)
     a = {}
     if case.op in ("conv", "conv_transpose", "conv_backward", "conv_transpose_backward"):
-        a["x"] = rng.standard_normal(case.x_shape)
+        a["x"] = rng.standard_normal(case.x_shape) * (30 if case.data == "wide" else 1)
         a["w"] = rng.standard_normal(case.w_shape)
         if case.op.endswith("backward"):
             a["gy"] = rng.standard_normal(_out_shape(case))
+            if "activation" in case.kwargs:  # an activated output: relu has exact zeros
+                a["y"] = activation.apply(rng.standard_normal(_out_shape(case)) * 2,
+                                          case.kwargs["activation"],
+                                          case.kwargs.get("negative_slope", 0.01))
         elif case.bias:
             a["b"] = rng.standard_normal(_out_shape(case)[1])
     elif case.op in ("max_pool", "avg_pool"):
@@ -588,6 +618,8 @@ def run_op(case: Case, arrays: dict, backend: str):
     if case.op in ("conv", "conv_transpose"):
         return {"y": f(x, w, b, **kw)}
     if case.op in ("conv_backward", "conv_transpose_backward"):
+        if "activation" in case.kwargs:
+            kw["y"] = arrays["y"]
         return dict(zip(GRAD_NAMES, f(gy, x, w, **kw)))
     if case.op == "max_pool":
         r = f(x, **kw)
@@ -679,9 +711,42 @@ def _winograd_tolerance(dtype, exp, bound):
     return np.full_like(exp, 1e-12 * smax)
 
 
-def _compare(name, got, exp, bound, k, dtype, exact, winograd=False):
+def _bounds(case: Case, f64: dict) -> dict:
+    """Per result, S of every element: the reference on |inputs|; with an activation,
+    that of the activated sum (forward: the sum before the activation; backward: the
+    gradients of |g|, g = grad_y * act'(y))."""
+    plain = Case(**{**case.__dict__, "kwargs": _without_activation(case.kwargs)})
+    arrays = dict(f64)
+    if case.op.endswith("backward") and "activation" in case.kwargs:
+        arrays["gy"] = activation.grad(f64["gy"], f64["y"], case.kwargs["activation"],
+                                       case.kwargs.get("negative_slope", 0.01))
+    arrays = {k: v if v is None or k == "indices" else np.abs(v) for k, v in arrays.items()}
+    return run_op(plain, arrays, "numpy")
+
+
+def _activation_tolerance(case: Case, f64: dict):
+    """How an activated result's tolerance differs (see the module docstring): a dict
+    of the Lipschitz constant, extra eps * S, the relative part (eps * |value|) and,
+    forward, the sum before the activation; None without an activation."""
+    act = case.kwargs.get("activation")
+    if act is None:
+        return None
+    if case.op.endswith("backward"):  # g = grad_y * act'(y) rounded once or twice
+        return {"lipschitz": 1.0, "extra_eps": 4.0, "rel": 0.0, "pre": None}
+    plain = Case(**{**case.__dict__, "kwargs": _without_activation(case.kwargs)})
+    lipschitz = {"relu": 1.0, "tanh": 1.0, "sigmoid": 0.25,
+                 "leaky_relu": max(1.0, case.kwargs.get("negative_slope", 0.01))}[act]
+    return {"lipschitz": lipschitz, "extra_eps": 0.0, "rel": 4.0,
+            "pre": run_op(plain, f64, "numpy")["y"]}
+
+
+def _without_activation(kwargs):
+    return {k: v for k, v in kwargs.items() if k not in ("activation", "negative_slope")}
+
+
+def _compare(name, got, exp, bound, k, dtype, exact, winograd=False, act=None):
     """What is wrong with result ``name`` (None when it matches); ``winograd``: the
-    backend made it with a Winograd path."""
+    backend made it with a Winograd path; ``act``: ``_activation_tolerance``."""
     if got is None or exp is None:
         return None if got is None and exp is None else \
             f"{name}: got {type(got).__name__}, expected {type(exp).__name__}"
@@ -701,8 +766,13 @@ def _compare(name, got, exp, bound, k, dtype, exact, winograd=False):
         err = np.abs(g - e)
     err[~finite] = 0
     tol = np.zeros_like(e) if exact else _tolerance(dtype, k, bound)
+    pre = e if act is None or act["pre"] is None else act["pre"]
     if winograd:
-        tol = np.maximum(tol, _winograd_tolerance(dtype, e, bound.astype(np.float64)))
+        tol = np.maximum(tol, _winograd_tolerance(dtype, pre, bound.astype(np.float64)))
+    if act is not None:
+        eps = float(np.finfo(dtype).eps)
+        tol = act["lipschitz"] * (tol + act["extra_eps"] * eps * bound) \
+            + act["rel"] * eps * np.abs(e)
     bad = err > tol
     if not bad.any():
         return None
@@ -747,17 +817,16 @@ def check_case(case: Case, backend: str) -> list:
     exact = case.op == "max_pool"
     try:
         expected = run_op(case, f64, "numpy")
-        bounds = expected if exact else run_op(
-            case, {k: v if v is None or k == "indices" else np.abs(v) for k, v in f64.items()},
-            "numpy")
+        bounds = expected if exact else _bounds(case, f64)
     except Exception:
         return problems + [f"the numpy reference raised:\n{traceback.format_exc(limit=-3)}"]
     lengths = reduction_lengths(case)
+    act = _activation_tolerance(case, f64)
     for name, exp in expected.items():
         if exp is not None and name != "indices":
             exp = exp.astype(np.float64)
         msg = _compare(name, got.get(name), exp, bounds[name], lengths.get(name, 1),
-                       np.dtype(case.dtype), exact, name in winograd)
+                       np.dtype(case.dtype), exact, name in winograd, act)
         if msg:
             problems.append(msg)
     return problems

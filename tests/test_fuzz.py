@@ -53,6 +53,8 @@ def test_generator_is_reproducible_and_covers_the_space():
     convs = [c for c in cases if c.w_shape]
     assert any(c.kwargs["groups"] > 1 and c.w_shape[1] == 1 for c in convs)  # depthwise
     assert any(c.kwargs["padding"] in ("same", "valid") for c in convs)
+    assert {c.kwargs.get("activation") for c in convs} == {None, *fuzz.ACTIVATIONS}
+    assert any(c.data == "wide" for c in convs)
     for tag in ("z-collapsed-padded", "one-channel-per-group", "K>256", "output_padding",
                 "asymmetric-pad", "global-pool", "big"):
         assert stats.tags.get(tag), f"no {tag!r} case in 800: {stats.summary()}"
