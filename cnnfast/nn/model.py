@@ -9,6 +9,7 @@ import numpy as np
 
 from .base import Layer, array_module, layer_from_config, to_device, to_numpy
 from .checkpoint_file import read_arrays
+from .fusion import plan
 
 
 def _xp_for(device):
@@ -26,6 +27,14 @@ class Sequential:
     (e.g. ``(1, 28, 28)``); given it, the model is built at once (parameters created
     from ``seed``), else call ``build(input_shape)``.
 
+    ``fuse`` (default ``True``, also a settable attribute): run a convolution and the
+    activation after it as one kernel call, and convolution -> ReLU -> max pooling as
+    convolution -> max pooling -> ReLU (``cnnfast.nn.fusion``; ``fusion_plan()`` shows
+    the groups). The results equal the unfused model's (bit for bit where the
+    arithmetic is the same; the activations' arithmetic may differ by rounding where a
+    backend's kernels compute them); layers, parameters, summaries and checkpoints are
+    the same either way.
+
     >>> from cnnfast import nn
     >>> m = nn.Sequential([nn.Flatten(), nn.Dense(3)], input_shape=(1, 2, 2), seed=0)
     >>> m.output_shape, m.param_count()
@@ -34,7 +43,7 @@ class Sequential:
 
     def __init__(self, layers: Iterable[Layer], input_shape=None, *, dtype="float32",
                  seed: Optional[int] = None, name: str = "sequential",
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, fuse: bool = True):
         self.layers: List[Layer] = list(layers)
         for layer in self.layers:
             if not isinstance(layer, Layer):
@@ -48,6 +57,8 @@ class Sequential:
         self.input_shape = None
         self.output_shape = None
         self.xp = np
+        self.fuse = fuse
+        self._steps = None  # the plan the last training forward ran, for backward
         self._assign_names()
         self.set_backend(backend)
         if input_shape is not None:
@@ -102,6 +113,22 @@ class Sequential:
             shape = tuple(layer.output_shape(shape))
         return out
 
+    @property
+    def fuse(self) -> bool:
+        return self._fuse
+
+    @fuse.setter
+    def fuse(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"fuse={value!r} must be a bool")
+        self._fuse = bool(value)
+
+    def fusion_plan(self) -> List[tuple]:
+        """The layer names of each step ``forward`` runs, in order: a tuple of several
+        names is a fused group (see ``fuse``)."""
+        return [tuple(layer.name for layer in step.layers)
+                for step in plan(self.layers, self.fuse)]
+
     def _check_built(self):
         if self.input_shape is None:
             raise RuntimeError("the model is not built: pass input_shape or call build()")
@@ -132,8 +159,11 @@ class Sequential:
         if array_module(x) is not self.xp:
             raise TypeError(f"input is a {array_module(x).__name__} array but the model "
                             f"weights live in {self.xp.__name__} (use model.to(...))")
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        steps = plan(self.layers, self.fuse)
+        if training:
+            self._steps = steps  # backward follows the plan this forward ran
+        for step in steps:
+            x = step.forward(x, training)
         return x
 
     __call__ = forward
@@ -142,16 +172,17 @@ class Sequential:
         """Back-propagate ``grad`` (d loss / d output); fills each trainable layer's
         ``grads``. Layers before the first trainable one are skipped, and that one
         computes no input gradient."""
-        first = next((i for i, layer in enumerate(self.layers)
-                      if layer.needs_param_grads), None)
+        steps = self._steps if self._steps is not None else plan(self.layers, self.fuse)
+        self._steps = None
+        first = next((i for i, step in enumerate(steps) if step.needs_param_grads), None)
         if first is None:
-            for layer in self.layers:
-                layer._cache = None
+            for step in steps:
+                step.clear()
             return
-        for i in range(len(self.layers) - 1, first - 1, -1):
-            grad = self.layers[i].backward(grad, need_input_grad=i > first)
-        for layer in self.layers[:first]:
-            layer._cache = None
+        for i in range(len(steps) - 1, first - 1, -1):
+            grad = steps[i].backward(grad, need_input_grad=i > first)
+        for step in steps[:first]:
+            step.clear()
 
     def predict(self, x, batch_size: int = 256):
         """Forward in evaluation mode, in batches; returns the stacked outputs."""
@@ -255,13 +286,14 @@ class Sequential:
 
     @classmethod
     def from_config(cls, cfg: dict, seed=None, backend=None,
-                    build: bool = True) -> "Sequential":
+                    build: bool = True, fuse: bool = True) -> "Sequential":
         """The model ``config()`` describes; ``build=False`` leaves it unbuilt
-        (nothing allocated: ``state_shapes`` can check a checkpoint first)."""
+        (nothing allocated: ``state_shapes`` can check a checkpoint first). ``fuse``
+        is not part of the configuration: it does not change what the model computes."""
         layers = [layer_from_config(entry) for entry in cfg["layers"]]
         model = cls(layers, input_shape=(cfg.get("input_shape") or None) if build else None,
                     dtype=cfg["dtype"], seed=seed, name=cfg.get("name", "sequential"),
-                    backend=backend)
+                    backend=backend, fuse=fuse)
         for layer, flag in zip(model.layers, cfg.get("trainable", [])):
             layer.trainable = bool(flag)
         return model

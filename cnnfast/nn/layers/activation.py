@@ -1,8 +1,19 @@
 """Element-wise activations: ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, written
-with the array module of the input (numpy or cupy)."""
+with the array module of the input (numpy or cupy).
+
+Their arithmetic is ``cnnfast.activation``'s (the reference of the kernels' fused
+``activation=``; Sigmoid and Tanh call its derivative), operation for operation, so a
+``Sequential`` that fuses one into the convolution before it (``fused_activation``)
+computes the same numbers.
+"""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
+from ... import activation as _reference
 from ..base import Layer, array_module, register_layer
 
 
@@ -12,9 +23,14 @@ class ReLU(Layer):
     def default_name(cls):
         return "relu"
 
+    def fused_activation(self):
+        """``(activation, negative_slope)`` for a convolution kernel's
+        ``activation=`` doing this layer's work."""
+        return "relu", 0.0
+
     def forward(self, x, training=False):
         xp = array_module(x)
-        y = xp.maximum(x, 0)
+        y = xp.maximum(x, 0)  # NaN stays NaN
         if training:
             self._cache = x > 0  # a bool mask: a quarter of a float32 copy
         return y
@@ -23,7 +39,12 @@ class ReLU(Layer):
         mask = self._need_cache()
         if not need_input_grad:
             return None
-        return grad * mask
+        # grad where the mask is set, else +0 -- even where grad is NaN or inf (as
+        # torch's threshold_backward and the kernels' fused relu; grad * mask would
+        # keep them). Selected on the bits: a branch-free AND, several times faster
+        # than where() on a mixed mask.
+        bits = grad.view(np.dtype(f"u{grad.dtype.itemsize}"))
+        return (bits & -mask.astype(bits.dtype)).view(grad.dtype)
 
 
 @register_layer
@@ -35,6 +56,12 @@ class LeakyReLU(Layer):
     @classmethod
     def default_name(cls):
         return "leaky_relu"
+
+    def fused_activation(self):
+        """As ``ReLU.fused_activation``; ``None`` for a negative (or NaN) slope, which
+        the kernels refuse: their derivative is read from the output's sign."""
+        s = self.negative_slope
+        return ("leaky_relu", s) if math.isfinite(s) and s >= 0 else None
 
     def forward(self, x, training=False):
         xp = array_module(x)
@@ -57,6 +84,10 @@ class LeakyReLU(Layer):
 
 @register_layer
 class Sigmoid(Layer):
+    def fused_activation(self):
+        """As ``ReLU.fused_activation``."""
+        return "sigmoid", 0.0
+
     def forward(self, x, training=False):
         xp = array_module(x)
         # Stable for large |x|: exp of a non-positive number only.
@@ -70,11 +101,15 @@ class Sigmoid(Layer):
         y = self._need_cache()
         if not need_input_grad:
             return None
-        return grad * y * (1 - y)
+        return _reference.grad(grad, y, "sigmoid", 0.0)
 
 
 @register_layer
 class Tanh(Layer):
+    def fused_activation(self):
+        """As ``ReLU.fused_activation``."""
+        return "tanh", 0.0
+
     def forward(self, x, training=False):
         y = array_module(x).tanh(x)
         if training:
@@ -85,4 +120,4 @@ class Tanh(Layer):
         y = self._need_cache()
         if not need_input_grad:
             return None
-        return grad * (1 - y * y)
+        return _reference.grad(grad, y, "tanh", 0.0)

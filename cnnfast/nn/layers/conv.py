@@ -25,6 +25,7 @@ class _Conv(Layer):
     TensorFlow's rule: output = ceil(input / stride))."""
 
     rank: Optional[int] = None
+    _op = "conv"  # the kernel API functions: api.<_op> and api.<_op>_backward
 
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, use_bias=True, kernel_initializer="glorot_uniform",
@@ -97,11 +98,21 @@ class _Conv(Layer):
                     dilation=_tuple(self.dilation, rank, "dilation"), groups=self.groups)
 
     def forward(self, x, training=False):
+        return self.forward_activated(x, training)
+
+    def forward_activated(self, x, training=False, activation=None, negative_slope=0.0):
+        """``forward`` followed by ``activation`` (``cnnfast.activation``'s names),
+        applied by the kernel call itself (``activation=`` of ``cnnfast.conv`` and
+        ``conv_transpose``): how ``Sequential`` fuses this layer with the activation
+        layer after it. ``backward`` applies the activation's derivative, read from
+        the activated output kept here."""
         self._require_built()
-        y = api.conv(x, self.params["weight"], self.params.get("bias"),
-                     backend=self.backend, **self._kernel_args())
+        y = getattr(api, self._op)(x, self.params["weight"], self.params.get("bias"),
+                                   backend=self.backend, activation=activation,
+                                   negative_slope=negative_slope, **self._kernel_args())
         if training:
-            self._cache = x
+            self._cache = (x, activation, negative_slope,
+                           None if activation is None else y)
         return y
 
     def _needs(self, need_input_grad):
@@ -113,12 +124,13 @@ class _Conv(Layer):
         return tuple(needs)
 
     def backward(self, grad, need_input_grad=True):
-        x = self._need_cache()
+        x, activation, slope, y = self._need_cache()
         needs = self._needs(need_input_grad)
         if not needs:
             return None
-        gx, gw, gb = api.conv_backward(grad, x, self.params["weight"], needs=needs,
-                                       backend=self.backend, **self._kernel_args())
+        gx, gw, gb = getattr(api, self._op + "_backward")(
+            grad, x, self.params["weight"], needs=needs, backend=self.backend,
+            activation=activation, negative_slope=slope, y=y, **self._kernel_args())
         if self.trainable:
             self.grads["weight"] = gw
             if self.use_bias:
@@ -159,6 +171,8 @@ class _ConvTranspose(_Conv):
     """N-d transposed convolution, weight (C_in, C_out // groups, *kernel) (torch's
     layout). ``padding`` crops the output; ``'same'`` gives output = input * stride."""
 
+    _op = "conv_transpose"
+
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
                  groups=1, dilation=1, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", name=None):
@@ -190,28 +204,6 @@ class _ConvTranspose(_Conv):
         return dict(stride=_tuple(self.stride, rank, "stride"), padding=self._pads,
                     output_padding=_tuple(self.output_padding, rank, "output_padding"),
                     dilation=_tuple(self.dilation, rank, "dilation"), groups=self.groups)
-
-    def forward(self, x, training=False):
-        self._require_built()
-        y = api.conv_transpose(x, self.params["weight"], self.params.get("bias"),
-                               backend=self.backend, **self._kernel_args())
-        if training:
-            self._cache = x
-        return y
-
-    def backward(self, grad, need_input_grad=True):
-        x = self._need_cache()
-        needs = self._needs(need_input_grad)
-        if not needs:
-            return None
-        gx, gw, gb = api.conv_transpose_backward(
-            grad, x, self.params["weight"], needs=needs, backend=self.backend,
-            **self._kernel_args())
-        if self.trainable:
-            self.grads["weight"] = gw
-            if self.use_bias:
-                self.grads["bias"] = gb
-        return gx
 
     def config(self):
         cfg = super().config()
