@@ -4,8 +4,12 @@ examples.
 
 The computations (:func:`grad_cam`, :func:`feature_maps`) need only numpy (or
 cupy); the drawing needs matplotlib (``pip install cnnfast[viz]``), imported
-lazily with the Agg backend (no display). Every PNG is written atomically: to a
-temporary file in the target folder, then ``os.replace``.
+lazily. The figures are built with matplotlib's object-oriented API
+(``matplotlib.figure.Figure`` drawn by ``FigureCanvasAgg``): nothing here imports
+``pyplot`` or calls ``matplotlib.use``, so the caller's backend (a notebook's
+inline one, an interactive window) is left as it was and no display is needed.
+Every PNG is written atomically: to a temporary file in the target folder, then
+``os.replace``. Messages (a picture skipped) go to the ``cnnfast.viz`` logger.
 
 Grad-CAM (Selvaraju et al., 2017) with the layers' own backward passes: the
 gradient of the class logit with respect to the last convolution's output
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from typing import List, Optional
@@ -29,19 +34,31 @@ from .nn.base import to_numpy
 from .nn.layers import Dropout, LeakyReLU, ReLU, _Conv, _ConvTranspose
 from .nn.resample import _Block, resize_bilinear
 
+logger = logging.getLogger(__name__)
+
 
 def require_matplotlib():
-    """``matplotlib.pyplot`` with the Agg backend, or an ImportError that says how
-    to install it."""
+    """The ``matplotlib.figure.Figure`` class, or an ImportError that says how to
+    install matplotlib. Neither pyplot nor the global backend is touched."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401  (first: its absence is the usual failure)
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError("cnnfast's pictures need matplotlib: pip install "
                           "'cnnfast[viz]' (or pip install matplotlib)") from exc
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    return Figure
 
-    return plt
+
+def new_figure(**kwargs):
+    """A figure outside pyplot's figure manager, with an Agg canvas of its own:
+    it draws without a display and without changing the session's backend, and is
+    freed with its last reference (no ``plt.close`` to forget)."""
+    Figure = require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _umask() -> int:
@@ -51,8 +68,7 @@ def _umask() -> int:
 
 
 def save_figure(fig, path, dpi: int = 100) -> str:
-    """Save ``fig`` as a PNG at ``path`` atomically, then close it."""
-    plt = require_matplotlib()
+    """Save ``fig`` (a :func:`new_figure`) as a PNG at ``path`` atomically."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -66,8 +82,6 @@ def save_figure(fig, path, dpi: int = 100) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    finally:
-        plt.close(fig)
     return path
 
 
@@ -115,13 +129,20 @@ def feature_maps(model, x, transposed: bool = True):
             return y
         return wrapped
 
+    # A fused model runs a convolution and its activation as one call, so the
+    # convolution's own output would never pass through its forward: unfuse for now.
+    fused = bool(getattr(model, "fuse", False))
     try:
+        if fused:
+            model.fuse = False
         for name, layer in targets:
             layer.forward = recorder(name, layer)  # an instance attribute shadows the method
         model.forward(x)
     finally:
         for _, layer in targets:
             layer.__dict__.pop("forward", None)
+        if fused:
+            model.fuse = True
     return outputs
 
 
@@ -228,7 +249,6 @@ def _grid(count, max_cols=8):
 def plot_filters(model, path, max_filters: int = 64) -> str:
     """The first convolution's filters, one panel each (first input channel, or RGB
     for 3 input channels), on a symmetric colour scale per filter."""
-    plt = require_matplotlib()
     convs = conv_layers(model, transposed=False)
     if not convs:
         raise ValueError("the model has no convolution")
@@ -238,8 +258,8 @@ def plot_filters(model, path, max_filters: int = 64) -> str:
         raise NotImplementedError(f"filters of a {w.ndim - 2}-D convolution are not drawn")
     count = min(w.shape[0], max_filters)
     rows, cols = _grid(count)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.4), squeeze=False,
-                             layout="constrained")
+    fig = new_figure(figsize=(1.1 * cols, 1.1 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= count:
@@ -259,12 +279,11 @@ def plot_filters(model, path, max_filters: int = 64) -> str:
 
 def plot_feature_maps(name, maps, image, path, max_maps: int = 32) -> str:
     """One convolution's output channels for one image (``maps`` (K, h, w))."""
-    plt = require_matplotlib()
     maps = np.asarray(maps, dtype=np.float64)
     count = min(maps.shape[0], max_maps)
     rows, cols = _grid(count + 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows + 0.4), squeeze=False,
-                             layout="constrained")
+    fig = new_figure(figsize=(1.2 * cols, 1.2 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes.flat[0].imshow(image, cmap="gray", vmin=0, vmax=1)
@@ -280,9 +299,9 @@ def plot_feature_maps(name, maps, image, path, max_maps: int = 32) -> str:
 
 def plot_grad_cam(images, heatmaps, titles, path) -> str:
     """Each image above its Grad-CAM overlay (``images``, ``heatmaps``: (N, H, W))."""
-    plt = require_matplotlib()
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    fig = new_figure(figsize=(1.6 * n, 3.6))
+    axes = fig.subplots(2, n, squeeze=False)
     for i in range(n):
         top, bottom = axes[0, i], axes[1, i]
         top.imshow(images[i], cmap="gray", vmin=0, vmax=1)
@@ -320,7 +339,6 @@ def plot_curves(history: List[dict], path) -> str:
     ``epoch``, ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``,
     ``psnr_noisy``, ``psnr_denoised``; a panel whose keys are all missing is left
     out)."""
-    plt = require_matplotlib()
     if not history:
         raise ValueError("no metrics to plot")
     epochs = [m.get("epoch", i + 1) for i, m in enumerate(history)]
@@ -330,7 +348,8 @@ def plot_curves(history: List[dict], path) -> str:
     panels = [(t, keys) for t, keys in panels if keys]
     if not panels:
         raise ValueError(f"no known metric in the history (keys: {sorted(history[0])})")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    fig = new_figure(figsize=(4.2 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):
         for key in keys:
             pts = [(e, m[key]) for e, m in zip(epochs, history) if key in m]
@@ -346,13 +365,13 @@ def plot_curves(history: List[dict], path) -> str:
 def plot_confusion(confusion, class_names, path) -> str:
     """The confusion matrix (rows: true class, columns: predicted), row-normalised
     colours with the counts written in."""
-    plt = require_matplotlib()
     conf = np.asarray(confusion)
     k = conf.shape[0]
     names = (list(class_names) if class_names and len(class_names) == k
              else [str(i) for i in range(k)])
     rates = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(0.55 * k + 2.5, 0.55 * k + 1.8))
+    fig = new_figure(figsize=(0.55 * k + 2.5, 0.55 * k + 1.8))
+    ax = fig.subplots()
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
@@ -376,9 +395,9 @@ def plot_denoising(noisy, output, clean, path) -> str:
     with each image's PSNR in the titles."""
     from .nn.encdec import psnr
 
-    plt = require_matplotlib()
     n = len(clean)
-    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.4), squeeze=False)
+    fig = new_figure(figsize=(1.3 * n, 4.4))
+    axes = fig.subplots(3, n, squeeze=False)
     for i in range(n):
         for r, (img, label) in enumerate(((noisy[i], "noisy"), (output[i], "output"),
                                           (clean[i], "clean"))):
@@ -404,17 +423,19 @@ def _first_channel(batch):
 def visualize(model, images, out_dir, *, labels=None, image_index: int = 0,
               class_index: Optional[int] = None, history: Optional[List[dict]] = None,
               class_names=None, noise_std: float = 0.3, seed: int = 0,
-              cam_images: int = 8, denoise_images: int = 8, log=print) -> List[str]:
+              cam_images: int = 8, denoise_images: int = 8, log=None) -> List[str]:
     """Write every picture that applies to ``model`` into ``out_dir``; returns the
     paths. ``images``: uint8 or float (N, C, H, W) test images (float in [0, 1]);
     ``labels`` (N,) for the confusion matrix and titles; ``history``: the metrics
     per epoch. Classifiers get filters, feature maps, Grad-CAM, curves and the
     confusion matrix; image-to-image models get filters, feature maps, curves and
-    the denoising grid."""
+    the denoising grid. A picture that does not apply is reported through ``log``
+    (default: ``logging.getLogger("cnnfast.viz").info``)."""
     from .nn.data import to_float
     from .nn.encdec import add_noise, is_encdec
 
     require_matplotlib()
+    log = log or logger.info
     if not 0 <= image_index < len(images):
         raise ValueError(f"image index {image_index} outside [0, {len(images)})")
     xp = model.xp

@@ -196,9 +196,27 @@ def summary_lines(doc) -> list:
     if s.get("peak_gbs"):
         peaks.append(f"{s['peak_gbs']:g} GB/s")
     if peaks:
-        lines.append("%peak of an assumed CPU peak of " + " and ".join(peaks)
+        lines.append(f"%peak of {_peak_words(s)} CPU peak of " + " and ".join(peaks)
                      + "; vs torch = torch time / this time (above 1: faster than torch)")
+    for key, source in (s.get("peak_source") or {}).items():
+        lines.append(f"{key}: {source}")
     return lines
+
+
+def peak_kind(source: Optional[str]) -> str:
+    """"measured", "given" or "assumed" (no source recorded), from a peak's source
+    as the results document records it ("measured: <probe>", "given (--option)")."""
+    word = str(source or "assumed").split(":")[0].split(" (")[0]
+    return word if word in ("measured", "given") else "assumed"
+
+
+def _peak_words(settings) -> str:
+    """How the CPU peaks were obtained: "a measured", "a given", "a measured and
+    given" (one of each); "an assumed" for files that do not say."""
+    sources = settings.get("peak_source") or {}
+    kinds = [w for w in ("measured", "given")
+             if any(peak_kind(sources.get(k)) == w for k in ("peak_gflops", "peak_gbs"))]
+    return "a " + " and ".join(kinds) if kinds else "an assumed"
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -252,8 +270,12 @@ def _peak_notes(docs):
         s = doc["settings"]
         if s.get("peak_gflops") or s.get("peak_gbs"):
             fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-            return [f"CPU peak assumed {fmt(s.get('peak_gflops'))} GFLOP/s, "
-                    f"{fmt(s.get('peak_gbs'))} GB/s"]
+            if not s.get("peak_source"):  # files from before the peaks were measured
+                return [f"CPU peak assumed {fmt(s.get('peak_gflops'))} GFLOP/s, "
+                        f"{fmt(s.get('peak_gbs'))} GB/s"]
+            how = lambda k: peak_kind(s["peak_source"].get(k))  # noqa: E731
+            return [f"CPU peak {fmt(s.get('peak_gflops'))} GFLOP/s ({how('peak_gflops')}), "
+                    f"{fmt(s.get('peak_gbs'))} GB/s ({how('peak_gbs')})"]
     return []
 
 
@@ -347,41 +369,103 @@ def compare_markdown(entries) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
-def plot(docs, path) -> list:
-    """Bars of speed per implementation per (case, op): GFLOP/s for convolutions,
-    GB/s for poolings (log scale); with GPU results, a third chart of the best GPU
-    time's speed-up over the best CPU time. Needs matplotlib (the ``bench`` extra).
-    Returns the charts drawn, by their x-axis quantity."""
+def require_matplotlib():
+    """matplotlib's ``Figure`` and ``FigureCanvasAgg`` (the object-oriented API: no
+    pyplot, no change of the session's backend), or a RuntimeError that says how to
+    install matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401  (first: its absence is the usual failure)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise RuntimeError("--plot needs matplotlib (pip install 'cnnfast[bench]'): "
                            f"{exc}") from None
+    return Figure, FigureCanvasAgg
+
+
+def plot_formats() -> tuple:
+    """The file extensions ``plot`` can write (``png``, ``svg``, ``pdf``, ...)."""
+    require_matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return tuple(sorted(FigureCanvasBase.get_supported_filetypes()))
+
+
+def ratio_bars(docs, cols=None, order=None) -> list:
+    """``[(case, op, [(column label, ratio, low, high)])]``: each implementation's
+    speed relative to the reference on its device (``vs_reference``: reference
+    median / its median) with the range the interquartile ranges allow,
+    ``low = ref q1 / q3`` and ``high = ref q3 / q1`` (which holds the ratio of
+    medians). Pairs without any ratio are left out."""
+    cols = columns(docs) if cols is None else cols
+    order = _case_order(docs) if order is None else order
+    index = _index(docs)
+    out = []
+    for case, op in order:
+        bars = []
+        for label, d, impl in cols:
+            r = index.get((d, case, op, impl))
+            if r is None or r["status"] != "ok" or r.get("vs_reference") is None:
+                continue
+            ref = index.get((d, case, op, r.get("reference")))
+            low = high = r["vs_reference"]
+            if ref is not None and ref.get("q1_s") and r.get("q1_s"):
+                low = min(low, ref["q1_s"] / r["q3_s"])
+                high = max(high, ref["q3_s"] / r["q1_s"])
+            bars.append((label, r["vs_reference"], low, high))
+        if bars:
+            out.append((case, op, bars))
+    return out
+
+
+def plot(docs, path) -> list:
+    """The chart of the runs: per (case, op), each implementation's speed relative
+    to the reference on the same device (torch: reference time / its time, on a log
+    axis centred on 1x; the whiskers span what the two interquartile ranges allow,
+    see ``ratio_bars``). Runs without a reference get the absolute speeds instead
+    (GFLOP/s for convolutions, GB/s for poolings). With GPU results, a further chart
+    of the best GPU time's speed-up over the best CPU time. Drawn with matplotlib's
+    object-oriented API (the ``bench`` extra). Returns the charts drawn, by their
+    x-axis quantity."""
+    Figure, FigureCanvasAgg = require_matplotlib()
+    from matplotlib.ticker import FuncFormatter
+
     docs = list(docs)
     cols = columns(docs)
     index = _index(docs)
     order = _case_order(docs)
     panels = []
-    for unit, key in (("GFLOP/s", "gflops"), ("GB/s", "gbs")):
-        labels = [(c, op) for c, op in order if any(
-            (r := index.get((d, c, op, impl))) is not None and r.get(key) is not None
-            for _, d, impl in cols)]
-        if labels:
-            panels.append(("bars", unit, key, labels))
+    ratios = ratio_bars(docs, cols, order)
+    if ratios:
+        refs = sorted({r["reference"] for doc in docs for r in doc["results"]
+                       if r.get("vs_reference") is not None})
+        panels.append(("ratio", f"speed relative to {' / '.join(refs)}", None, ratios))
+    else:
+        for unit, key in (("GFLOP/s", "gflops"), ("GB/s", "gbs")):
+            labels = [(c, op) for c, op in order if any(
+                (r := index.get((d, c, op, impl))) is not None and r.get(key) is not None
+                for _, d, impl in cols)]
+            if labels:
+                panels.append(("bars", unit, key, labels))
     speedups = _gpu_speedups(docs, order)
     if speedups:
         panels.append(("gpu", "GPU speed-up over the best CPU time", None, speedups))
     if not panels:
         raise RuntimeError("nothing to plot: no successful timings")
-    heights = [max(2.0, 0.28 * len(p[3]) * (max(len(cols), 1) if p[0] == "bars" else 1)
+    heights = [max(2.0, 0.28 * len(p[3]) * (max(len(cols), 1) if p[0] != "gpu" else 1)
                    ** 0.5 + 1.0) for p in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, sum(heights)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig = Figure(figsize=(10, sum(heights)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, gridspec_kw={"height_ratios": heights},
+                        squeeze=False)
+    times = FuncFormatter(lambda v, _: f"{v:g}x")
     for ax, (kind, unit, key, labels) in zip(axes[:, 0], panels):
-        if kind == "bars":
+        if kind == "ratio":
+            _draw_ratios(ax, labels)
+            ax.xaxis.set_major_formatter(times)
+            ax.set_xlabel(f"{unit}: reference time / time (right of 1x: faster); "
+                          "whiskers: interquartile ranges")
+        elif kind == "bars":
             width = 0.8 / max(len(cols), 1)
             for j, (label, d, impl) in enumerate(cols):
                 ys, xs = [], []
@@ -405,6 +489,7 @@ def plot(docs, path) -> list:
             ax.set_yticks(range(len(values)))
             ax.set_yticklabels(names, fontsize=7)
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(times)
             ax.set_xlabel("CPU time / GPU time (best implementation of each)")
         ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
@@ -413,8 +498,32 @@ def plot(docs, path) -> list:
         fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return [unit for _, unit, _, _ in panels]
+
+
+def _draw_ratios(ax, ratios):
+    """Bars from 1x to each ratio (right: faster than the reference, left: slower),
+    one colour per implementation, with the interquartile whiskers."""
+    impls = list(dict.fromkeys(label for _, _, bars in ratios for label, *_ in bars))
+    width = 0.8 / len(impls)
+    colors = {label: f"C{i % 10}" for i, label in enumerate(impls)}
+    for j, label in enumerate(impls):
+        ys, ratio, lo, hi = [], [], [], []
+        for i, (_, _, bars) in enumerate(ratios):
+            for name, r, low, high in bars:
+                if name == label:
+                    ys.append(i + (j - (len(impls) - 1) / 2) * width)
+                    ratio.append(r)
+                    lo.append(r - low)
+                    hi.append(high - r)
+        ax.barh(ys, [r - 1.0 for r in ratio], left=1.0, height=width, color=colors[label],
+                label=label, xerr=[lo, hi], capsize=2,
+                error_kw={"elinewidth": 0.8, "ecolor": "black"})
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(ratios)))
+    ax.set_yticklabels([f"{c} {op}" for c, op, _ in ratios], fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def _gpu_speedups(docs, order):

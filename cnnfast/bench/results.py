@@ -10,7 +10,8 @@ document against it with no dependency)::
      "versions": {"cnnfast", "python", "numpy", "numba", "torch", "cupy",
                   ["cpp_simd_path", "cpp_compiler", "cpp_cpu_features"], ...},
      "settings": {"suite", "quick", "repeat", "min_time_s", "pause_s", "threads",
-                  "peak_gflops", "peak_gbs", "gpu_peak_gflops", "gpu_peak_gbs", "seed"},
+                  "peak_gflops", "peak_gbs", "gpu_peak_gflops", "gpu_peak_gbs", "seed",
+                  ["peak_source": {peak key: "measured: <probe>" or "given (--option)"}]},
      "backends": {"run": [names], "skipped": {name: reason}},
      "cases": [case descriptions], "results": [one row per (case, op, impl)]}
 
@@ -74,7 +75,8 @@ SCHEMA = {
     "settings": {"suite": str, "quick": bool, "repeat": int, "min_time_s": _num,
                  "pause_s": _num, "threads": int, "peak_gflops": _opt_num,
                  "peak_gbs": _opt_num, "gpu_peak_gflops": _opt_num,
-                 "gpu_peak_gbs": _opt_num, "seed": int},
+                 "gpu_peak_gbs": _opt_num, "seed": int,
+                 "peak_source": optional({str: str}, nullable=True)},
     "backends": {"run": [str], "skipped": {str: str}},
     "cases": [{"name": str, "group": str, "kind": str, "x": [int]}],
     "results": [ROW_SCHEMA],
@@ -314,7 +316,8 @@ def make_document(rows, *, cases, settings, impls, skipped, command, suite, quic
                      "min_time_s": s["min_time"], "pause_s": s["pause"],
                      "threads": s["threads"], "peak_gflops": s["peak_gflops"],
                      "peak_gbs": s["peak_gbs"], "gpu_peak_gflops": s["gpu_peak_gflops"],
-                     "gpu_peak_gbs": s["gpu_peak_gbs"], "seed": s["seed"]},
+                     "gpu_peak_gbs": s["gpu_peak_gbs"], "seed": s["seed"],
+                     "peak_source": s.get("peak_source")},
         "backends": {"run": [i.name for i in impls], "skipped": dict(skipped)},
         "cases": [dict(c.to_json(), description=c.describe(), ops=list(c.ops))
                   for c in cases],

@@ -20,6 +20,7 @@ events around the ``number`` calls (CuPy's or torch's).
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -32,6 +33,8 @@ from .impls import Inputs, algorithm_name, pick_output
 from .suite import Case
 
 MISMATCH_TOL = {"float16": 2e-2, "float32": 1e-4, "float64": 1e-10}
+
+logger = logging.getLogger("cnnfast.bench")
 
 
 @dataclass
@@ -46,6 +49,8 @@ class Settings:
     gpu_peak_gbs: Optional[float] = None
     max_number: int = 10000
     seed: int = 0
+    # Where each peak came from: {"peak_gflops": "measured: ..." or "given ...", ...}
+    peak_source: Optional[dict] = None
 
 
 def stats(samples) -> dict:
@@ -65,15 +70,24 @@ class Interrupted(Exception):
 
 
 def run_cases(cases, ops, impls, settings: Settings, *, progress=None,
-              device_names=None) -> list:
+              device_names=None, advance=None) -> list:
     """Measure every (case, op) of ``cases`` (ops filtered by ``ops`` when given) on
-    every implementation of ``impls``; returns one result row per (case, op, impl)."""
-    progress = progress or (lambda msg: None)
+    every implementation of ``impls``; returns one result row per (case, op, impl).
+
+    ``progress(msg)`` gets a line per (case, op) before it runs and one with its
+    times after (default: the ``cnnfast.bench`` logger, at INFO). With
+    ``advance(done, total, label)`` (a progress bar), the line before is replaced by
+    a call ``advance(i - 1, total, "case op")``, and ``advance(total, total, "")``
+    ends the run."""
+    progress = progress or logger.info
     device_names = device_names or {}
     work = [(c, op) for c in cases for op in c.ops if not ops or op in ops] if impls else []
     rows = []
     for i, (case, op) in enumerate(work, 1):
-        progress(f"[{i}/{len(work)}] {case.name} {op} ({case.describe()})")
+        if advance is not None:
+            advance(i - 1, len(work), f"{case.name} {op}")
+        else:
+            progress(f"[{i}/{len(work)}] {case.name} {op} ({case.describe()})")
         try:
             inputs = Inputs(case, settings.seed)
             case_rows = measure(case, op, impls, inputs, settings)
@@ -82,7 +96,11 @@ def run_cases(cases, ops, impls, settings: Settings, *, progress=None,
         for row in case_rows:
             row["device_name"] = device_names.get(row["device"])
         rows.extend(case_rows)
-        progress("    " + "  ".join(_short(r) for r in case_rows))
+        times = "  ".join(_short(r) for r in case_rows)
+        # Under a bar the line before is not printed: name the case here.
+        progress(f"{case.name} {op}: {times}" if advance is not None else f"    {times}")
+    if advance is not None and work:
+        advance(len(work), len(work), "")
     return rows
 
 
@@ -210,5 +228,6 @@ def _check(case, live):
 
 
 def stderr_progress(msg: str) -> None:
+    """A ``progress`` that prints each line on stderr."""
     print(msg, file=sys.stderr, flush=True)
 

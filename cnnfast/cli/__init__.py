@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 
+from .._version import __version__
 from .common import CliError, report_error
 
 COMMANDS = {
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     if argv and argv[0] in _PASSIVE_OPENMP:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = _Parser(prog="cnnfast", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cnnfast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     modules = {}

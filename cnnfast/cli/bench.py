@@ -7,14 +7,23 @@
     cnnfast bench --load cpu.json gpu.json --markdown both.md --plot both.png
 
 The library code is in ``cnnfast.bench``; the suite is ``cnnfast/bench/suite.toml``.
-Progress goes to stderr, the table to stdout. Exit status: 0 when every timing ran
-and every result matched the reference, 1 when some implementation raised an error
-or computed a wrong result (the outputs are written all the same), 2 on bad usage.
+Progress goes to stderr (tqdm's bar when tqdm is installed, with an ETA; a built-in
+one otherwise; ``TQDM_DISABLE=1`` or ``--quiet`` for none), the table to stdout.
+%peak is relative to this machine's peaks, measured by a short probe at the start of
+the run (``cnnfast.bench.peak``) unless ``--peak-gflops`` / ``--peak-gbs`` give them;
+the results document records which (``settings.peak_source``). ``--plot`` charts
+each implementation's speed relative to torch, with interquartile whiskers.
+
+Exit status: 0 when every timing ran and every result matched the reference, 1 when
+some implementation raised an error or computed a wrong result (the outputs are
+written all the same), 2 on bad usage (``--plot`` without matplotlib included,
+before anything runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -23,11 +32,6 @@ from .common import (non_negative_float, positive_float, positive_int, random_se
                      set_threads)
 
 HELP = "benchmark the kernels on every backend against torch (table, JSON, Markdown, plot)"
-
-# This development machine's figures (AMD EPYC Zen 4 at ~3.06 GHz: two 256-bit FMA
-# pipes = 32 fp32 flops per cycle per core); override them on other hardware.
-PEAK_GFLOPS_PER_THREAD = 98.0
-PEAK_GBS = 32.0
 
 
 def _csv(value):
@@ -66,10 +70,11 @@ def add_arguments(parser):
                           "i.e. CNNFAST_NUM_THREADS or the cores available)")
     how.add_argument("--seed", type=random_seed, default=0, help="input generator seed")
     how.add_argument("--peak-gflops", type=positive_float, metavar="X",
-                     help=f"CPU fp32 peak for %%peak (default {PEAK_GFLOPS_PER_THREAD:g} "
-                          f"per thread: this development box)")
-    how.add_argument("--peak-gbs", type=positive_float, default=PEAK_GBS, metavar="X",
-                     help=f"CPU memory bandwidth for %%peak of poolings (default {PEAK_GBS:g})")
+                     help="CPU fp32 peak in GFLOP/s for %%peak (default: measured at the "
+                          "start of the run: a float32 matmul on --threads threads)")
+    how.add_argument("--peak-gbs", type=positive_float, metavar="X",
+                     help="CPU memory bandwidth in GB/s for %%peak of poolings (default: "
+                          "measured at the start of the run: a large copy)")
     how.add_argument("--gpu-peak-gflops", type=positive_float, metavar="X",
                      help="GPU fp32 peak for %%peak (default: none)")
     how.add_argument("--gpu-peak-gbs", type=positive_float, metavar="X",
@@ -102,6 +107,10 @@ def run(args) -> int:
     from ..bench import report
     from ..bench.results import ResultsError, load_json, write_text_atomic
 
+    if args.plot and not args.compare:  # fail now, not after a run of many minutes
+        problem = _plot_problem(args.plot)
+        if problem:
+            return _error(problem)
     if args.compare:
         try:
             a, b = (load_json(p) for p in args.compare)
@@ -131,6 +140,43 @@ def run(args) -> int:
     return _run_suite(args)
 
 
+def _plot_problem(path) -> str:
+    """Why ``--plot PATH`` cannot be written ("" when it can): no matplotlib, or an
+    extension matplotlib does not write."""
+    from ..bench import report
+
+    try:
+        formats = report.plot_formats()
+    except RuntimeError as exc:
+        return str(exc)
+    ext = os.path.splitext(path)[1][1:].lower()
+    if ext and ext not in formats:
+        return f"--plot {path!r}: matplotlib writes {', '.join(formats)}, not {ext!r}"
+    return ""
+
+
+def _peaks(args, threads, say) -> dict:
+    """The CPU peaks for %peak and where each came from: the user's options, else
+    the probes of ``cnnfast.bench.peak`` (measured now, on ``threads`` threads)."""
+    from ..bench import peak, report
+
+    out = {"peak_gflops": args.peak_gflops, "peak_gbs": args.peak_gbs}
+    sources = {"peak_gflops": "given (--peak-gflops)", "peak_gbs": "given (--peak-gbs)"}
+    for key, probe in (("peak_gflops", peak.cpu_gflops), ("peak_gbs", peak.cpu_gbs)):
+        if out[key] is None:
+            value, sources[key] = probe(threads)
+            out[key] = round(value, 1)
+    if args.gpu_peak_gflops:
+        sources["gpu_peak_gflops"] = "given (--gpu-peak-gflops)"
+    if args.gpu_peak_gbs:
+        sources["gpu_peak_gbs"] = "given (--gpu-peak-gbs)"
+    say(f"CPU peak for %peak: {out['peak_gflops']:g} GFLOP/s "
+        f"({report.peak_kind(sources['peak_gflops'])}), {out['peak_gbs']:g} GB/s "
+        f"({report.peak_kind(sources['peak_gbs'])})")
+    out["peak_source"] = sources
+    return out
+
+
 def _run_suite(args) -> int:
     from .. import registry
     from ..bench import impls as I
@@ -139,6 +185,7 @@ def _run_suite(args) -> int:
     from ..bench.runner import Interrupted, Settings, run_cases, stderr_progress
     from ..bench.suite import ALL_OPS, SuiteError, default_suite_path, load_suite, \
         select_cases
+    from ..nn.training import Progress
     from ..threads import get_num_threads
 
     suite_path = args.suite or default_suite_path()
@@ -172,14 +219,15 @@ def _run_suite(args) -> int:
         torch.set_num_threads(threads)
     except ImportError:
         pass
-    settings = Settings(
-        repeat=args.repeat or (5 if args.quick else 7), min_time=args.min_time,
-        pause=args.pause, threads=threads,
-        peak_gflops=args.peak_gflops or PEAK_GFLOPS_PER_THREAD * threads,
-        peak_gbs=args.peak_gbs, gpu_peak_gflops=args.gpu_peak_gflops,
-        gpu_peak_gbs=args.gpu_peak_gbs, seed=args.seed)
     impls, skipped = I.make_impls(backends, reference=not args.no_reference)
     progress = (lambda msg: None) if args.quiet else stderr_progress
+    peaks = (_peaks(args, threads, progress) if any(i.device == "cpu" for i in impls)
+             else {"peak_gflops": args.peak_gflops, "peak_gbs": args.peak_gbs,
+                   "peak_source": None})
+    settings = Settings(
+        repeat=args.repeat or (5 if args.quick else 7), min_time=args.min_time,
+        pause=args.pause, threads=threads, gpu_peak_gflops=args.gpu_peak_gflops,
+        gpu_peak_gbs=args.gpu_peak_gbs, seed=args.seed, **peaks)
     for name, reason in skipped.items():
         progress(f"skipped {name}: {reason}")
     if not impls:
@@ -196,14 +244,23 @@ def _run_suite(args) -> int:
     interrupted = False
     in_main = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
+    bar = None if args.quiet or not impls else Progress(n_ops, "bench", sys.stderr,
+                                                          unit="case")
     try:
-        rows = run_cases(cases, ops, impls, settings, progress=progress,
-                         device_names=device_names)
+        rows = run_cases(
+            cases, ops, impls, settings, device_names=device_names,
+            progress=bar.write if bar else progress,
+            advance=(lambda done, total, text: bar.update(done, text, final=done == total))
+            if bar else None)
     except Interrupted as exc:  # keep what was measured
         rows, interrupted = exc.rows, True
+        if bar:
+            bar.close()
         print(f"interrupted: writing the {len(rows)} results measured so far",
               file=sys.stderr)
     finally:
+        if bar:
+            bar.close()
         if in_main:
             signal.signal(signal.SIGTERM, old_handler)
     doc = make_document(rows, cases=cases, settings=settings, impls=impls,
@@ -259,8 +316,7 @@ def _command(args) -> list:
     for name in ("suite", "repeat", "threads", "seed", "peak_gflops", "peak_gbs",
                  "gpu_peak_gflops", "gpu_peak_gbs", "json", "markdown", "plot"):
         value = getattr(args, name)
-        if value is not None and not (name == "seed" and value == 0) and not (
-                name == "peak_gbs" and value == PEAK_GBS):
+        if value is not None and not (name == "seed" and value == 0):
             cmd += [f"--{name.replace('_', '-')}", str(value)]
     for name in ("min_time", "pause"):
         value = getattr(args, name)

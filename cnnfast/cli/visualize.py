@@ -6,12 +6,16 @@ and accuracy per epoch, from ``metrics.jsonl`` next to the checkpoint or the
 history stored in it), and for a classifier ``gradcam.png`` (Grad-CAM heatmaps of
 the predicted or chosen class) and ``confusion.png``; for an encoder-decoder
 model ``denoising.png`` (noisy / output / clean). Needs matplotlib
-(``pip install cnnfast[viz]``).
+(``pip install cnnfast[viz]``). The paths written go to stdout; the library's
+messages (a picture skipped), logged to ``cnnfast.viz``, to stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 
 from .common import (CliError, check_model_fits_data, load_data, load_model,
                      non_negative_float, non_negative_int, positive_int, prepare_out,
@@ -62,6 +66,23 @@ def _history(args, extra):
     return list(history) if isinstance(history, list) else []
 
 
+@contextlib.contextmanager
+def log_to_stderr(name: str = "cnnfast"):
+    """Show the INFO messages of logger ``name`` on stderr for the duration."""
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
 def run(args) -> int:
     from ..nn import encdec, resample  # noqa: F401  (registers Upsample, SkipConcat, ...)
     from ..nn.data import CLASS_NAMES
@@ -87,10 +108,12 @@ def run(args) -> int:
     if args.image >= len(images):
         raise CliError(f"--image {args.image}: the test set has {len(images)} images")
     try:
-        paths = visualize(model, images, args.out, labels=labels, image_index=args.image,
-                          class_index=args.class_index, history=history,
-                          class_names=CLASS_NAMES if k == len(CLASS_NAMES) else None,
-                          noise_std=noise)
+        with log_to_stderr():
+            paths = visualize(model, images, args.out, labels=labels,
+                              image_index=args.image, class_index=args.class_index,
+                              history=history,
+                              class_names=CLASS_NAMES if k == len(CLASS_NAMES) else None,
+                              noise_std=noise)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     for p in paths:

@@ -18,6 +18,7 @@ The epoch loop around it (evaluation, metrics file, checkpoints, Ctrl-C) is
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import Callable, Optional
@@ -64,18 +65,73 @@ def augment_seed(seed: int) -> int:
 # ----------------------------------------------------------------------------- progress
 
 
-class Progress:
-    """A small progress bar on stderr: redrawn in place on a terminal (at most ten
-    times a second), a line per tenth of the epoch otherwise (logs stay short)."""
+def _tqdm_class():
+    """``tqdm.auto.tqdm`` (a widget in a notebook, a text bar elsewhere), or None when
+    tqdm is not installed."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm
 
-    def __init__(self, total: int, desc: str = "", stream=None, width: int = 24):
+
+def progress_disabled() -> bool:
+    """True when the environment asks for no progress bars: ``TQDM_DISABLE`` set to
+    anything but empty, 0, false, no or off (tqdm's own switch, honoured by the
+    built-in bar too)."""
+    value = os.environ.get("TQDM_DISABLE", "").strip().lower()
+    return value not in ("", "0", "false", "no", "off")
+
+
+class Progress:
+    """Progress of ``total`` steps on ``stream`` (default stderr).
+
+    With tqdm installed, tqdm's bar (rate, ETA, a widget in Jupyter, its ``TQDM_*``
+    environment variables); without it, a small built-in bar: redrawn in place on a
+    terminal (at most ten times a second), a line per tenth of the total otherwise
+    (logs stay short). ``TQDM_DISABLE=1`` silences either. ``bar``: ``"auto"``
+    (tqdm when installed), ``"tqdm"`` or ``"builtin"``. ``initial``: the steps
+    already done (a resumed epoch), so the rate and ETA count only new ones.
+    ``write(msg)`` prints a line without breaking the bar; ``kind`` says which bar
+    draws ("tqdm" or "builtin")."""
+
+    def __init__(self, total: int, desc: str = "", stream=None, width: int = 24, *,
+                 unit: str = "batch", initial: int = 0, bar: str = "auto"):
+        if bar not in ("auto", "tqdm", "builtin"):
+            raise ValueError(f"bar={bar!r}: expected 'auto', 'tqdm' or 'builtin'")
         self.total, self.desc, self.width = max(int(total), 1), desc, width
         self.stream = stream if stream is not None else sys.stderr
+        self.disabled = progress_disabled()
+        tqdm = None if bar == "builtin" else _tqdm_class()
+        if bar == "tqdm" and tqdm is None:
+            raise ImportError("bar='tqdm' needs tqdm: pip install tqdm")
+        self.kind = "builtin" if tqdm is None else "tqdm"
+        self._bar = None
+        if tqdm is not None:
+            self._bar = tqdm(total=self.total, desc=desc or None, file=self.stream,
+                             unit=unit, initial=int(initial), dynamic_ncols=True,
+                             leave=True, disable=self.disabled)
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last_draw = 0.0
         self._last_decile = -1
+        self._line = ""  # the built-in bar as last drawn on a terminal
+        self._closed = False
 
     def update(self, done: int, text: str = "", final: bool = False):
+        """``done`` steps of ``total`` so far; ``text``: the figures to show beside
+        the bar; ``final``: the last update (the bar is closed)."""
+        if self._closed:
+            return
+        if self._bar is not None:
+            if text:
+                self._bar.set_postfix_str(text, refresh=False)
+            self._bar.update(int(done) - self._bar.n)
+            if final:
+                self.close()
+            return
+        if self.disabled:
+            self._closed = final
+            return
         frac = min(done / self.total, 1.0)
         now = time.perf_counter()
         if self.tty:
@@ -84,18 +140,43 @@ class Progress:
             self._last_draw = now
             fill = int(frac * self.width)
             bar = "#" * fill + "." * (self.width - fill)
-            self.stream.write(f"\r{self.desc} [{bar}] {done}/{self.total} {text}\x1b[K")
+            self._line = f"{self.desc} [{bar}] {done}/{self.total} {text}"
+            self.stream.write(f"\r{self._line}\x1b[K")
             if final:
                 self.stream.write("\n")
+                self._line, self._closed = "", True
         else:
             decile = int(frac * 10)
             if decile == self._last_decile and not final:
                 return
+            self._closed = final
             if final and decile == self._last_decile == 10:
                 return
             self._last_decile = decile
             self.stream.write(f"{self.desc} {done}/{self.total} {text}\n")
         self.stream.flush()
+
+    def write(self, msg: str):
+        """Print the line ``msg`` above the bar (shown even when bars are disabled)."""
+        if self._bar is not None:
+            self._bar.write(msg, file=self.stream)
+            return
+        if self.tty and self._line:
+            self.stream.write(f"\r\x1b[K{msg}\n{self._line}")
+        else:
+            self.stream.write(msg + "\n")
+        self.stream.flush()
+
+    def close(self):
+        """End the bar (a newline after a built-in bar left unfinished)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._bar is not None:
+            self._bar.close()
+        elif self.tty and self._line:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -211,12 +292,15 @@ class Trainer:
         else:
             self.data_rng = np.random.default_rng(seed)
         perm = self.data_rng.permutation(n)
-        bar = Progress(nb, f"epoch {self.epoch + 1}", stream) if progress else None
+        bar = (Progress(nb, f"epoch {self.epoch + 1}", stream, initial=self.batch)
+               if progress else None)
         start = time.perf_counter()
         base_time = self.running["time"]
         while self.batch < nb:
             if self.stop_requested and task.stops_mid_epoch:
                 self.running["time"] = base_time + time.perf_counter() - start
+                if bar:
+                    bar.close()
                 return {"interrupted": True}
             idx = np.sort(perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size])
             x = task.to_float(images[idx], model)
