@@ -1,10 +1,11 @@
 """Convolution launches of the CUDA backends (``cupy`` and ``cuda-emu``): the host
 side of ``cnnfast/backends/cuda/kernels/conv.cu`` -- which kernel and path each
 convolution op runs (``choose_path``, ``explain``, ``last_paths``), its geometry, row
-and phase tables, tiles and split-K -- and what concerns the kernel library as a whole:
-the template instantiations of both files (NVRTC ``name_expressions``), their source
-text and cache key, and the eight ops of a backend (``make_ops``; the pooling ones are
-``cnnfast.backends.cuda.pool_launch``'s).
+and phase tables, tiles and split-K, the fused activation (kernel arguments of the
+final store; one act_grad pass in the backward) -- and what concerns the kernel library
+as a whole: the template instantiations of both files (NVRTC ``name_expressions``),
+their source text and cache key, and the eight ops of a backend (``make_ops``; the
+pooling ones are ``cnnfast.backends.cuda.pool_launch``'s).
 
 The kernels live in ``cnnfast/backends/cuda/kernels/*.cu`` (package data). The code
 talks to the device through a runtime object (see ``cnnfast.backends.cuda.common``),
@@ -30,7 +31,6 @@ from .common import (BLOCK_THREADS, CONV_GEO, CTYPES, CUDA_DIR, DTYPES,  # noqa:
 # The pooling launches: their kernel names for name_expressions, their ops for make_ops.
 from .pool_launch import KERNELS as POOL_KERNELS
 from .pool_launch import avg_pool, avg_pool_backward, max_pool, max_pool_backward
-from ... import activation
 from ...geometry import lift_to_3d, pads_before_3d
 from ...params import ConvParams
 
@@ -76,6 +76,17 @@ DW_TAPS = _K["DW_TAPS"]
 # conv_direct instantiations: 0 = any kernel size, 3 = 3x3 in the last two dims
 # (unrolled taps).
 DIRECT_FIXED_K = (0, 3)
+# The fused activation's codes (conv.cu ACT_*), by ConvParams.activation.
+ACT_CODES = {None: _K["ACT_NONE"], "relu": _K["ACT_RELU"], "leaky_relu": _K["ACT_LEAKY_RELU"],
+             "sigmoid": _K["ACT_SIGMOID"], "tanh": _K["ACT_TANH"]}
+# The (slope, code) kernel arguments of a store without activation (the kernels'
+# last two parameters).
+NO_ACT = (np.float64(0.0), np.int32(ACT_CODES[None]))
+
+
+def act_args(p: ConvParams):
+    """The (slope, code) kernel arguments of ``p``'s fused activation."""
+    return np.float64(p.negative_slope), np.int32(ACT_CODES[p.activation])
 
 # Test hooks (see tests/test_cuda_emu.py): force a convolution path or a split-K count.
 _overrides = {"path": None, "splits": None, "tile": None}
@@ -85,8 +96,8 @@ _overrides = {"path": None, "splits": None, "tile": None}
 def override(path=None, splits=None, tile=None):
     """Force ``path`` ("gemm" or "direct") for every convolution kernel (weight
     gradients included), the number of reduction slices (``splits``: split-K of every
-    GEMM and of the direct weight gradient), and/or the GEMM ``tile`` (a GEMM_TILES
-    name) -- a testing aid."""
+    GEMM and of the direct weight gradient, the slices of the activation's backward
+    pass), and/or the GEMM ``tile`` (a GEMM_TILES name) -- a testing aid."""
     old = dict(_overrides)
     _overrides.update(path=path, splits=splits, tile=tile)
     try:
@@ -108,7 +119,8 @@ def name_expressions(file: str, ctype: str = None) -> tuple:
                       for tile in GEMM_TILES]
             names += [f"conv_direct<{ct},{m},{k},{k}>" for m in (MODE_CORR, MODE_ADJ)
                       for k in DIRECT_FIXED_K]
-            names += [f"conv_wgrad_direct<{ct}>", f"sum_splits<{ct}>", f"channel_sum<{ct}>"]
+            names += [f"conv_wgrad_direct<{ct}>", f"sum_splits<{ct}>", f"channel_sum<{ct}>",
+                      f"act_grad<{ct}>"]
         elif file == "pool.cu":
             names += [f"{k}<{ct}>" for k in POOL_KERNELS]
         else:
@@ -356,11 +368,21 @@ def _plan(op, p: ConvParams, x_shape, w_shape, needs=("x", "weight")):
 
 
 def explain(op, p, dtype, x_shape=None, w_shape=None, needs=("x", "weight")):
-    """Which path each kernel of ``op`` would run, and why (``cnnfast.explain``)."""
+    """Which path each kernel of ``op`` would run, and why (``cnnfast.explain``);
+    then, with an activation, where it is fused (after a ". ", so that the
+    "result path; why: ..." pairs stay as they are)."""
     if not isinstance(p, ConvParams):
         return None  # pooling: one path per op
-    return "; ".join(f"{'' if name == 'y' else name + ' '}{path}; why: {why}"
+    text = "; ".join(f"{'' if name == 'y' else name + ' '}{path}; why: {why}"
                      for name, path, why in _plan(op, p, x_shape, w_shape, needs))
+    if p.activation is not None:
+        if op.endswith("_backward"):
+            text += (f". Fused: {p.activation}'s derivative, read from y, in one pass over "
+                     f"grad_y that also sums grad_bias; the gradient kernels read its result")
+        else:
+            text += (f". Fused: {p.activation} in the final store of y, after the bias (the "
+                     f"kernel's epilogue, or the split-K sum's)")
+    return text
 
 
 class PathRecord(threading.local):
@@ -393,8 +415,10 @@ def _pick_tile(m):
     return "sliver" if m <= 16 else "thin" if m <= 32 else "small16"
 
 
-def _forward_like(rt, mode, path, a, x, bias, out, n, groups, ci, co, ishape, oshape, p):
-    """out = MODE_CORR or MODE_ADJ of (a, x) (+ bias) on ``path`` ("gemm" or
+def _forward_like(rt, mode, path, a, x, bias, out, n, groups, ci, co, ishape, oshape, p,
+                  act=NO_ACT):
+    """out = MODE_CORR or MODE_ADJ of (a, x) (+ bias), then the activation ``act``
+    (``act_args``; none by default: the input gradients), on ``path`` ("gemm" or
     "direct", from ``_plan``)."""
     if out.size == 0:  # zero output channels: nothing to launch
         return
@@ -407,7 +431,7 @@ def _forward_like(rt, mode, path, a, x, bias, out, n, groups, ci, co, ishape, os
         grid = (-(-op // BLOCK_THREADS), min(n * co, 65535))
         k = 3 if p.rank >= 2 and p.kernel[-2:] == (3, 3) else 0
         rt.function("conv.cu", f"conv_direct<{ct},{mode},{k},{k}>")(
-            grid, (BLOCK_THREADS,), (a, x, b, out, geo))
+            grid, (BLOCK_THREADS,), (a, x, b, out, geo) + act)
         return
     rows, phases, nphase, kp, ncols = _tables(rt, mode, n, groups, ci, co, ishape, oshape, p)
     tile = _pick_tile(m)
@@ -420,9 +444,10 @@ def _forward_like(rt, mode, path, a, x, bias, out, n, groups, ci, co, ishape, os
     grid = (-(-ncols // bn), -(-m // bm), groups * nphase * ksplits)
     _check_grid(grid)
     target = _slice_workspace(rt, out, ksplits)
+    # Split: the slices are raw sums; the activation comes with their sum.
     rt.function("conv.cu", _gemm_name(ct, mode, tile))(
-        grid, (GEMM_THREADS,), (a, x, b, target, geo, rows, phases))
-    _add_slices(rt, target, out, ksplits)
+        grid, (GEMM_THREADS,), (a, x, b, target, geo, rows, phases) + act)
+    _add_slices(rt, target, out, ksplits, act)
 
 
 def _slice_count(blocks, length, min_slice, cap, limit):
@@ -440,12 +465,13 @@ def _slice_workspace(rt, out, splits):
     return out if splits == 1 else rt.xp.empty((splits,) + out.shape, out.dtype)
 
 
-def _add_slices(rt, slices, out, splits):
-    """out = the sum of the slices, added in slice order (deterministic)."""
+def _add_slices(rt, slices, out, splits, act=NO_ACT):
+    """out = the sum of the slices, added in slice order (deterministic), then the
+    activation ``act``."""
     if splits > 1:
         grid, block = launch_1d(out.size)
         rt.function("conv.cu", f"sum_splits<{ctype(out.dtype)}>")(
-            grid, block, (slices, out, np.int32(splits), np.int64(out.size)))
+            grid, block, (slices, out, np.int32(splits), np.int64(out.size)) + act)
 
 
 def _check_grid(grid):
@@ -492,7 +518,7 @@ def _weight_grad(rt, path, a, x, out, n, groups, ci, co, ishape, oshape, p):
     grid = (-(-ncols // bn), -(-m // bm), groups * splits)
     _check_grid(grid)
     rt.function("conv.cu", _gemm_name(ct, MODE_WGRAD, tile))(
-        grid, (GEMM_THREADS,), (a, x, a, target, geo, rows, phases))
+        grid, (GEMM_THREADS,), (a, x, a, target, geo, rows, phases) + NO_ACT)
     _add_slices(rt, target, out, splits)
 
 
@@ -508,6 +534,41 @@ def _bias_grad(rt, gy):
     return out
 
 
+def _activation_grad(rt, gy, y, p: ConvParams):
+    """(g, grad_bias): g = grad_y * the derivative of ``p.activation`` read from the
+    activated output ``y`` (what the gradient kernels then read), and its per-channel
+    sums, from one pass (act_grad). The pass is sliced along (n, position) when there
+    are few channels, so that it fills the GPU; the slices' sums are added in order."""
+    if y is None:
+        raise ValueError(f"activation={p.activation!r} needs y=, the activated output of "
+                         f"the forward call")
+    check_int32_extent(y)
+    ct = ctype(gy.dtype)
+    n, c = gy.shape[:2]
+    g = rt.xp.empty(gy.shape, gy.dtype)
+    gb = rt.xp.zeros((c,), gy.dtype)
+    if gy.size == 0:
+        return g, gb
+    plane = math.prod(gy.shape[2:])
+    total = n * plane
+    # Slices of >= 2048 elements (8 per thread), enough blocks for two waves.
+    splits = _slice_count(c, total, 2048, 64, min(total, 65535))
+    sums = gb if splits == 1 else rt.xp.empty((splits, c), gy.dtype)
+    rt.function("conv.cu", f"act_grad<{ct}>")((c, splits), (BLOCK_THREADS,), (
+        gy, y, g, sums, np.int32(n), np.int32(c), np.int64(plane)) + act_args(p))
+    _add_slices(rt, sums, gb, splits)
+    return g, gb
+
+
+def _output_grad(rt, gy, y, p: ConvParams, needs):
+    """(the grad_y the gradient kernels read, grad_bias or None): with an activation,
+    both from ``_activation_grad``'s one pass; without, grad_y itself and its sums."""
+    if p.activation is not None:
+        g, gb = _activation_grad(rt, gy, y, p)
+        return g, gb if "bias" in needs else None
+    return gy, _bias_grad(rt, gy) if "bias" in needs else None
+
+
 def conv(rt, x, w, b, p: ConvParams):
     check_int32_extent(x, w)
     n, c = x.shape[:2]
@@ -516,17 +577,17 @@ def conv(rt, x, w, b, p: ConvParams):
     path = _record_paths(rt, "conv", p, x.shape, w.shape)["y"]
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
     _forward_like(rt, MODE_CORR, path, w, x, b, y, n, p.groups, c, o, p.in_shape,
-                  p.out_shape, p)
-    return activation.apply(y, p.activation, p.negative_slope)
+                  p.out_shape, p, act_args(p))
+    return y
 
 
 def conv_backward(rt, gy, x, w, p: ConvParams, needs, y=None):
-    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     check_int32_extent(gy, x, w)
     paths = _record_paths(rt, "conv_backward", p, x.shape, w.shape, needs)
     n, c = x.shape[:2]
     o = w.shape[0]
-    gx = gw = gb = None
+    gy, gb = _output_grad(rt, gy, y, p, needs)
+    gx = gw = None
     if "x" in needs:
         # The adjoint gathers grad_y (O channels) through w read as a transposed-conv
         # weight (O, C/G, *k): the two layouts coincide.
@@ -537,8 +598,6 @@ def conv_backward(rt, gy, x, w, p: ConvParams, needs, y=None):
         gw = rt.xp.empty(w.shape, w.dtype)
         _weight_grad(rt, paths["grad_weight"], gy, x, gw, n, p.groups, c, o, p.in_shape,
                      p.out_shape, p)
-    if "bias" in needs:
-        gb = _bias_grad(rt, gy)
     return gx, gw, gb
 
 
@@ -550,17 +609,17 @@ def conv_transpose(rt, x, w, b, p: ConvParams):
     path = _record_paths(rt, "conv_transpose", p, x.shape, w.shape)["y"]
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
     _forward_like(rt, MODE_ADJ, path, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape,
-                  p)
-    return activation.apply(y, p.activation, p.negative_slope)
+                  p, act_args(p))
+    return y
 
 
 def conv_transpose_backward(rt, gy, x, w, p: ConvParams, needs, y=None):
-    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     check_int32_extent(gy, x, w)
     paths = _record_paths(rt, "conv_transpose_backward", p, x.shape, w.shape, needs)
     n, c = x.shape[:2]
     o = w.shape[1] * p.groups
-    gx = gw = gb = None
+    gy, gb = _output_grad(rt, gy, y, p, needs)
+    gx = gw = None
     if "x" in needs:
         # A plain convolution of grad_y: w (C_in, C_out/G, *k) is a conv weight from
         # C_out to C_in channels.
@@ -572,8 +631,6 @@ def conv_transpose_backward(rt, gy, x, w, p: ConvParams, needs, y=None):
         gw = rt.xp.empty(w.shape, w.dtype)
         _weight_grad(rt, paths["grad_weight"], x, gy, gw, n, p.groups, o, c, p.out_shape,
                      p.in_shape, p)
-    if "bias" in needs:
-        gb = _bias_grad(rt, gy)
     return gx, gw, gb
 
 

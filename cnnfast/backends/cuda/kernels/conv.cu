@@ -20,8 +20,8 @@
 // Index arithmetic is hoisted out of the inner loops. Everything that depends only on
 // the reduction index k lives in a row table built once per geometry on the host
 // (cnnfast/backends/cuda/conv_launch.py, which reads the ROW_*/PH_* layouts, the modes,
-// GEMM_THREADS and DW_TAPS from this file); what depends only on the output column is
-// decoded once per thread. A B element is then
+// the ACT_* codes, GEMM_THREADS and DW_TAPS from this file); what depends only on the
+// output column is decoded once per thread. A B element is then
 //     data[col_base + row.x_off + flat(row.v + col.v)]      (CORR, WGRAD)
 //     data[col_base + row.x_off + flat((col.v - row.v)/s)]  (ADJ, where exact)
 // with a bounds test per dim, in 32-bit arithmetic (the host refuses tensors of 2**31
@@ -72,6 +72,62 @@ static_assert(ROW_XOFF == 0 && ROW_V0 == 1 && ROW_STRIDE % 4 == 0,
 #define PH_NCOLS 7
 #define PH_STRIDE 8
 
+// Fused activation (cnnfast/activation.py is the reference): its slope and code are
+// the last two arguments of the kernels that make the final store of y (conv_gemm and
+// conv_direct, or sum_splits after a split reduction), applied after the bias in the
+// accumulator type; act_grad applies the derivative in the backward. Runtime, not
+// template, arguments: one instantiation serves every activation (the branch is
+// uniform over the launch), so the modules and their compile time stay as they were.
+#define ACT_NONE 0
+#define ACT_RELU 1
+#define ACT_LEAKY_RELU 2
+#define ACT_SIGMOID 3
+#define ACT_TANH 4
+
+// expf/tanhf for float, exp/tanh for double (no <cmath> overloads under NVRTC).
+__device__ __forceinline__ float act_exp(float v) { return expf(v); }
+__device__ __forceinline__ double act_exp(double v) { return exp(v); }
+__device__ __forceinline__ float act_tanh(float v) { return tanhf(v); }
+__device__ __forceinline__ double act_tanh(double v) { return tanh(v); }
+
+template <class Acc>
+__device__ __forceinline__ Acc activate(Acc v, int act, double slope) {
+    switch (act) {
+    case ACT_RELU:  // max(v, 0) with NaN kept (v != v), +0 for -0 as numpy's maximum
+        return (v > Acc(0) || v != v) ? v : Acc(0);
+    case ACT_LEAKY_RELU:
+        return v < Acc(0) ? v * Acc(slope) : v;
+    case ACT_SIGMOID: {  // exp of -|v| only: no overflow on either side; NaN stays NaN
+        // 1/(1+e) or e/(1+e) as the reference, one division (each is a long sequence).
+        Acc e = act_exp(v < Acc(0) ? v : -v);
+        return (v >= Acc(0) ? Acc(1) : e) / (Acc(1) + e);
+    }
+    case ACT_TANH:
+        return act_tanh(v);
+    default:
+        return v;
+    }
+}
+
+// grad_y times the activation's derivative read from the activated output y; the
+// piecewise ones take the left side at 0 and NaN (y > 0 is false), the reference's
+// operation order otherwise.
+template <class Acc>
+__device__ __forceinline__ Acc activation_grad(Acc gy, Acc y, int act, double slope) {
+    switch (act) {
+    case ACT_RELU:
+        return y > Acc(0) ? gy : Acc(0);
+    case ACT_LEAKY_RELU:
+        return y > Acc(0) ? gy : gy * Acc(slope);
+    case ACT_SIGMOID:
+        return gy * (y * (Acc(1) - y));
+    case ACT_TANH:  // not 1 - y*y, which loses every digit as |y| -> 1
+        return gy * ((Acc(1) - y) * (Acc(1) + y));
+    default:
+        return gy;
+    }
+}
+
 // Input coordinate along one dim read by output o with tap t (CORR), or -1.
 __device__ __forceinline__ int corr_coord(int o, int t, int s, int p, int d, int n) {
     int i = o * s - p + t * d;
@@ -89,7 +145,7 @@ template <class T, int MODE, int BM, int BN, int THR_M, int GEMM_BK>
 __global__ void __launch_bounds__(GEMM_THREADS)
 conv_gemm(const T* __restrict__ a, const T* __restrict__ x, const T* __restrict__ bias,
           T* __restrict__ out, const int* __restrict__ geo, const int* __restrict__ rows,
-          const int* __restrict__ phases) {
+          const int* __restrict__ phases, double slope, int act) {
     typedef typename AccOf<T>::type Acc;
     constexpr int THR_N = GEMM_THREADS / THR_M;
     constexpr int TM = BM / THR_M, TN = BN / THR_N;
@@ -249,11 +305,26 @@ conv_gemm(const T* __restrict__ a, const T* __restrict__ x, const T* __restrict_
         buf ^= 1;
     }
 
+    if (MODE != MODE_WGRAD) {
+        // The bias (added by the first reduction slice only), then the activation
+        // (unless split: sum_splits applies it to the sum of the slices), over the
+        // register tile in passes of their own: the stores' index arithmetic below and
+        // the activation's are not live at once (ptxas -v on sm_90: no spills in the
+        // float and double tiles, where a switch per store spilled in several).
+        for (int i = 0; i < TM; ++i) {
+            int m = m0 + (i / 4) * 4 * THR_M + 4 * ty + i % 4;
+            if (g.has_bias && split == 0 && m < M) {
+                Acc bias_v = Acc(bias[grp * M + m]);
+                for (int j = 0; j < TN; ++j) acc[i][j] += bias_v;
+            }
+        }
+        if (nsplit == 1 && act != ACT_NONE)
+            for (int i = 0; i < TM; ++i)
+                for (int j = 0; j < TN; ++j) acc[i][j] = activate(acc[i][j], act, slope);
+    }
     for (int i = 0; i < TM; ++i) {
         int m = m0 + (i / 4) * 4 * THR_M + 4 * ty + i % 4;
         if (m >= M) continue;
-        Acc bias_v = Acc(0);  // added by the first reduction slice only
-        if (MODE != MODE_WGRAD && g.has_bias && split == 0) bias_v = Acc(bias[grp * M + m]);
         for (int j = 0; j < TN; ++j) {
             int col = n0 + (j / 4) * 4 * THR_N + 4 * tx + j % 4;
             if (col >= NC) continue;
@@ -275,7 +346,7 @@ conv_gemm(const T* __restrict__ a, const T* __restrict__ x, const T* __restrict_
                 }
                 // Slice `split` of a (ksplits, N, CO, *O) workspace when split.
                 out[(i64)split * g.N * g.CO * g.OP + (n * g.CO + grp * M + m) * g.OP + p] =
-                    T(acc[i][j] + bias_v);
+                    T(acc[i][j]);
             }
         }
     }
@@ -290,7 +361,7 @@ conv_gemm(const T* __restrict__ a, const T* __restrict__ x, const T* __restrict_
 template <class T, int MODE, int KH, int KW>
 __global__ void __launch_bounds__(BLOCK_THREADS)
 conv_direct(const T* __restrict__ w, const T* __restrict__ x, const T* __restrict__ bias,
-            T* __restrict__ y, const int* __restrict__ geo) {
+            T* __restrict__ y, const int* __restrict__ geo, double slope, int act) {
     typedef typename AccOf<T>::type Acc;
     ConvGeo g;
     g.load(geo);
@@ -332,7 +403,7 @@ conv_direct(const T* __restrict__ w, const T* __restrict__ x, const T* __restric
                 }
             }
         }
-        y[plane * g.OP + p] = T(acc);
+        y[plane * g.OP + p] = T(activate(acc, act, slope));
     }
 }
 
@@ -402,16 +473,19 @@ conv_wgrad_direct(const T* __restrict__ gy, const T* __restrict__ x, T* __restri
     }
 }
 
-// Adds the split-K slices of the weight gradient in slice order (deterministic).
+// Adds the slices of a split reduction in slice order (deterministic): split-K of
+// the GEMMs and of the direct weight gradient, act_grad's per-slice channel sums. A
+// split forward applies its activation here, at the final store.
 template <class T>
 __global__ void __launch_bounds__(BLOCK_THREADS)
-sum_splits(const T* __restrict__ ws, T* __restrict__ out, int splits, long long count) {
+sum_splits(const T* __restrict__ ws, T* __restrict__ out, int splits, long long count,
+           double slope, int act) {
     typedef typename AccOf<T>::type Acc;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < count;
          e += (long long)gridDim.x * blockDim.x) {
         Acc s = Acc(0);
         for (int k = 0; k < splits; ++k) s += Acc(ws[(i64)k * count + e]);
-        out[e] = T(s);
+        out[e] = T(activate(s, act, slope));
     }
 }
 
@@ -442,5 +516,50 @@ channel_sum(const T* __restrict__ gy, T* __restrict__ out, int n_batch, int chan
         Acc v = part[tid];
         for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
         if (tid == 0) out[c] = T(v);
+    }
+}
+
+// Backward of the fused activation: g = grad_y * act'(y), stored for the gradient
+// kernels, and its per-channel sums (the bias gradient) from the same pass. Block
+// (c, z) covers slice z of channel c's (n, position) range, in rows; its sum is
+// reduced as channel_sum's (strided per-thread sums, the tree, a warp shuffle) into
+// sums[z][c], and the slices are added in order by sum_splits: deterministic. With one
+// slice the order is channel_sum's own. The sums are always made: the tree is cheap
+// next to the pass over memory, and one kernel serves both cases.
+template <class T>
+__global__ void __launch_bounds__(BLOCK_THREADS)
+act_grad(const T* __restrict__ gy, const T* __restrict__ y, T* __restrict__ g,
+         T* __restrict__ sums, int n_batch, int channels, long long plane, double slope,
+         int act) {
+    typedef typename AccOf<T>::type Acc;
+    __shared__ Acc part[BLOCK_THREADS];
+    const int c = blockIdx.x;
+    const int tid = threadIdx.x;
+    const i64 total = (i64)n_batch * plane;
+    const i64 chunk = (total + gridDim.y - 1) / gridDim.y;
+    const i64 e_end = total < (blockIdx.y + 1) * chunk ? total : (blockIdx.y + 1) * chunk;
+    Acc s = Acc(0);
+    // Row by row (one division per row); every thread runs the same row loop.
+    for (i64 e = blockIdx.y * chunk; e < e_end;) {
+        const i64 n = e / plane, p0 = e - n * plane;
+        const i64 p1 = plane < p0 + (e_end - e) ? plane : p0 + (e_end - e);
+        const i64 base = (n * channels + c) * plane;
+        for (i64 p = p0 + tid; p < p1; p += BLOCK_THREADS) {
+            T v = T(activation_grad(Acc(gy[base + p]), Acc(y[base + p]), act, slope));
+            g[base + p] = v;
+            s += Acc(v);  // the stored value: grad_bias sums what grad_weight reads
+        }
+        e += p1 - p0;
+    }
+    part[tid] = s;
+    __syncthreads();
+    for (int stride = BLOCK_THREADS / 2; stride >= 32; stride /= 2) {
+        if (tid < stride) part[tid] += part[tid + stride];
+        __syncthreads();
+    }
+    if (tid < 32) {
+        Acc v = part[tid];
+        for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+        if (tid == 0) sums[(i64)blockIdx.y * channels + c] = T(v);
     }
 }
