@@ -188,6 +188,23 @@ int conv_op(const std::string& op) {
                           "': expected 'forward', 'backward_data' or 'backward_weight'");
 }
 
+// The ActKind of an activation name (cnnfast.activation's, or "none").
+int act_kind(const std::string& name) {
+    for (int a = 0; a < kNumActs; ++a)
+        if (name == kActNames[a]) return a;
+    throw py::value_error("activation '" + name +
+                          "': expected 'none', 'relu', 'leaky_relu', 'sigmoid' or 'tanh'");
+}
+
+// g with the epilogue of a kernel that writes a layer's output (ConvGeo::act).
+ConvGeo with_act(const ConvGeo& g, const std::string& activation, double slope) {
+    if (!(slope >= 0)) throw py::value_error("negative_slope must be >= 0");
+    ConvGeo h = g;
+    h.act = act_kind(activation);
+    h.slope = h.act == kActLeakyRelu ? slope : 0.0;
+    return h;
+}
+
 // ----------------------------------------------------------------------------- bindings
 
 template <class T>
@@ -233,6 +250,25 @@ void bias_grad_t(const py::array& gy, py::array& gb, int nt) {
     T* gbp = out_ptr<T>(gb, "grad_bias", O);
     py::gil_scoped_release nogil;
     table<T>().bias_grad(N, O, P, gyp, gbp, nt);
+}
+
+template <class T>
+void act_grad_t(const py::array& gy, const py::array& y, int act, double slope, py::array& g,
+                const py::object& gb, int nt) {
+    if (gy.ndim() < 2) throw py::value_error("grad_y must be (N, C, ...)");
+    const long N = (long)gy.shape(0), O = (long)gy.shape(1);
+    const long P = (N * O) != 0 ? (long)gy.size() / (N * O) : 0;
+    const T* gyp = in_ptr<T>(gy, "grad_y", N * O * P);
+    const T* yp = in_ptr<T>(y, "y", N * O * P);
+    T* gp = out_ptr<T>(g, "g", N * O * P);
+    T* gbp = nullptr;
+    if (!gb.is_none()) {
+        py::array gba = gb.cast<py::array>();
+        gbp = out_ptr<T>(gba, "grad_bias", O);
+    }
+    if (gp == gyp || gp == yp) throw py::value_error("g must not be grad_y or y");
+    py::gil_scoped_release nogil;
+    table<T>().act_grad(N, O, P, gyp, yp, act, slope, gp, gbp, nt);
 }
 
 template <class T>
@@ -320,34 +356,42 @@ void register_kernels(py::module_& m) {
     register_geometry(m);  // first: the kernels' signatures name the geometry types
     m.def("conv_forward",
           [](const py::array& x, const py::array& w, const py::object& b, py::array& y,
-             const ConvGeo& g, int nt, const std::string& path) {
+             const ConvGeo& g, int nt, const std::string& path, const std::string& act,
+             double slope) {
               const int pa = resolve_path(kFwd, g, path);
+              const ConvGeo h = with_act(g, act, slope);
               if (dtype_of(x, "x") == DT::F32)
-                  conv_forward_t<float>(x, w, b, y, g, threads_arg(nt), pa);
+                  conv_forward_t<float>(x, w, b, y, h, threads_arg(nt), pa);
               else
-                  conv_forward_t<double>(x, w, b, y, g, threads_arg(nt), pa);
+                  conv_forward_t<double>(x, w, b, y, h, threads_arg(nt), pa);
               return std::string(kPathNames[pa]);
           },
           py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("geometry"),
-          py::arg("threads"), py::arg("path") = "auto",
-          "y = conv(x, weight) (+ bias) into the preallocated y. geometry: a ConvGeometry. "
-          "path: 'auto' or a "
-          "name of conv_paths() (PathUnfit if it cannot run the geometry). Returns the "
-          "path that ran.");
+          py::arg("threads"), py::arg("path") = "auto", py::arg("activation") = "none",
+          py::arg("negative_slope") = 0.0,
+          "y = activation(conv(x, weight) (+ bias)) into the preallocated y. geometry: a "
+          "ConvGeometry. path: 'auto' or a "
+          "name of conv_paths() (PathUnfit if it cannot run the geometry). activation: "
+          "'none', 'relu', 'leaky_relu' (negative_slope), 'sigmoid' or 'tanh', fused where "
+          "y is written. Returns the path that ran.");
     m.def("conv_backward_data",
           [](const py::array& gy, const py::array& w, const py::object& b, py::array& gx,
-             const ConvGeo& g, int nt, const std::string& path) {
+             const ConvGeo& g, int nt, const std::string& path, const std::string& act,
+             double slope) {
               const int pa = resolve_path(kBwdData, g, path);
+              const ConvGeo h = with_act(g, act, slope);
               if (dtype_of(gy, "grad_y") == DT::F32)
-                  conv_backward_data_t<float>(gy, w, b, gx, g, threads_arg(nt), pa);
+                  conv_backward_data_t<float>(gy, w, b, gx, h, threads_arg(nt), pa);
               else
-                  conv_backward_data_t<double>(gy, w, b, gx, g, threads_arg(nt), pa);
+                  conv_backward_data_t<double>(gy, w, b, gx, h, threads_arg(nt), pa);
               return std::string(kPathNames[pa]);
           },
           py::arg("grad_y"), py::arg("weight"), py::arg("bias"), py::arg("grad_x"),
           py::arg("geometry"), py::arg("threads"), py::arg("path") = "auto",
+          py::arg("activation") = "none", py::arg("negative_slope") = 0.0,
           "grad_x = the adjoint of conv wrt x applied to grad_y (+ bias per x channel); "
-          "also the forward pass of a transposed convolution.");
+          "also the forward pass of a transposed convolution, with its activation fused "
+          "as in conv_forward.");
     m.def("conv_backward_weight",
           [](const py::array& x, const py::array& gy, py::array& gw, const ConvGeo& g, int nt,
              const std::string& path) {
@@ -383,6 +427,21 @@ void register_kernels(py::module_& m) {
           },
           py::arg("grad_y"), py::arg("grad_bias"), py::arg("threads"),
           "grad_bias[c] = sum of grad_y over every axis but the channel axis.");
+    m.def("act_grad",
+          [](const py::array& gy, const py::array& y, const std::string& act, double slope,
+             py::array& g, const py::object& gb, int nt) {
+              const int a = act_kind(act);
+              if (!(slope >= 0)) throw py::value_error("negative_slope must be >= 0");
+              if (dtype_of(gy, "grad_y") == DT::F32)
+                  act_grad_t<float>(gy, y, a, slope, g, gb, threads_arg(nt));
+              else
+                  act_grad_t<double>(gy, y, a, slope, g, gb, threads_arg(nt));
+          },
+          py::arg("grad_y"), py::arg("y"), py::arg("activation"), py::arg("negative_slope"),
+          py::arg("g"), py::arg("grad_bias"), py::arg("threads"),
+          "g = grad_y * activation'(y) read from the activated output y (a preallocated "
+          "array of grad_y's shape), and grad_bias (when not None) = the sum of g over every "
+          "axis but the channel axis, with bias_grad's bits, in one pass.");
     m.def("max_pool",
           [](const py::array& x, py::array& y, const py::object& idx, const PoolGeo& g, int nt) {
               if (dtype_of(x, "x") == DT::F32)

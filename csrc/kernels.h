@@ -17,10 +17,21 @@ namespace cnnfast {
 // 2 are padded with leading extent-1 dims): x (N, C, *in) -> y (N, O, *out) with the
 // weight (O, C/G, *k). Transposed convolutions reuse it with the roles swapped
 // (cnnfast/backends/cpp/backend.py).
+// The activation a kernel applies where it writes its output, after the bias
+// (cnnfast/activation.py is the reference; common/activation.h the code).
+enum ActKind { kActNone = 0, kActRelu = 1, kActLeakyRelu = 2, kActSigmoid = 3, kActTanh = 4 };
+constexpr int kNumActs = 5;
+constexpr const char* kActNames[kNumActs] = {"none", "relu", "leaky_relu", "sigmoid", "tanh"};
+
 struct ConvGeo {
     long N = 0, C = 0, O = 0, G = 1;
     long in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, k[3] = {1, 1, 1};
     long s[3] = {1, 1, 1}, d[3] = {1, 1, 1}, lo[3] = {0, 0, 0};
+    // The epilogue of the kernel that writes y (conv_fwd) or gx (conv_bwd_data, the
+    // forward pass of a transposed convolution): an ActKind and leaky_relu's slope. Set
+    // per call by the binding (kernels.cpp), not part of the Python ConvGeometry.
+    int act = kActNone;
+    double slope = 0.0;
     // derived by finish()
     long cg = 0, og = 0, T = 0, Kw = 0, Pin = 0, Pout = 0;
     void finish() {
@@ -247,6 +258,7 @@ enum ScratchSlot : int {
     kBwdWeightCols = 0,       // conv_bwd_weight: the im2col rows of a channel chunk
     kMaxPoolTaps = 0,         // max_pool: the winning tap of each output of a row
     kAvgPoolRow = 0,          // avg_pool_bwd: a row of gy / divisor
+    kActGradSums = 0,         // act_grad: the bias gradient's partial sums per (n, o) (shared)
     // slot 1
     kD2ZeroRow = 1,           // d2_*: the row of zeros read outside the input
     kFwdTileC = 1,            // conv_fwd (gemm), conv_fwd_s1: the product tile before the copy out
@@ -331,6 +343,10 @@ struct KernelTable {
     void (*conv_bwd_weight)(const ConvGeo&, const T* x, const T* gy, T* gw, int nt, int path);
     // gb[o] = sum over n, p of gy[n, o, p]
     void (*bias_grad)(long N, long O, long P, const T* gy, T* gb, int nt);
+    // g = gy * act'(y) (the ActKind act, slope for leaky_relu), and gb as bias_grad(g)
+    // when gb != nullptr, in one pass
+    void (*act_grad)(long N, long O, long P, const T* gy, const T* y, int act, double slope,
+                     T* g, T* gb, int nt);
     void (*max_pool)(const PoolGeo&, const T* x, T* y, std::int64_t* idx, int nt);
     // returns the number of out-of-range indices (nothing is written for those)
     long (*max_pool_bwd)(long planes, long Pin, long Pout, const T* gy, const std::int64_t* idx,

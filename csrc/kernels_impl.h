@@ -6,13 +6,15 @@
 // includes the parts in dependency order and assembles the function table.
 //
 //   common/  index helpers and CNN_CHECK, DenormalGuard, tscratch (slots: kernels.h),
-//            the DV<T> SIMD vectors of the direct kernels
+//            the DV<T> SIMD vectors of the direct kernels, the fused activation
+//            epilogue (activation.h: ConvGeo::act, applied where y is written)
 //   gemm/    blocking, pack_a / pack_b, gemm_packed; isa.h picks the ISA's parts
 //            (ukernel_generic.h / ukernel_avx2.h, pack_generic.h / pack_avx2.h)
 //   conv/    im2col / col2im, the direct kernels (direct2d*.h: d2_*, direct_rows.h,
 //            direct.h choosing between them), the stride-1 GEMM path (gemm_s1.h),
 //            Winograd F(4x4, 3x3) (winograd.h), the three conv kernels with the
-//            im2col GEMM path (conv.h), bias_grad
+//            im2col GEMM path (conv.h), bias_grad, act_grad (the activation's
+//            derivative and the bias gradient in one pass)
 //   pool/    max and average pooling
 //
 // Each part opens namespace cnnfast::CNNFAST_KNS itself and includes the parts it
@@ -46,6 +48,7 @@
 #include "common/index.h"
 #include "common/scratch.h"
 #include "common/simd.h"
+#include "common/activation.h"
 #include "gemm/gemm_packed.h"
 #include "gemm/pack.h"
 #include "conv/im2col.h"
@@ -55,6 +58,7 @@
 #include "conv/wgrad_short.h"
 #include "conv/conv.h"
 #include "conv/bias_grad.h"
+#include "conv/act_grad.h"
 #include "pool/max_pool.h"
 #include "pool/avg_pool.h"
 
@@ -68,6 +72,7 @@ static KernelTable<T> make_table() {
     t.conv_bwd_data = &conv_bwd_data<T>;
     t.conv_bwd_weight = &conv_bwd_weight<T>;
     t.bias_grad = &bias_grad<T>;
+    t.act_grad = &act_grad<T>;
     t.max_pool = &max_pool<T>;
     t.max_pool_bwd = &max_pool_bwd<T>;
     t.avg_pool = &avg_pool<T>;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "kernels.h"
+#include "common/activation.h"
 #include "common/denormal.h"
 #include "common/index.h"
 #include "common/scratch.h"
@@ -82,12 +83,10 @@ static void conv_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y,
             if (n0 == n1 && K >= 32) {
                 T* yt = y + (n0 * g.O + gi * M) * g.Pout + (q0 - n0 * g.Pout);
                 gemm_packed<T>(M, nq, K, Ap + gi * apanel, Bp, yt, g.Pout, false);
-                if (b)
-                    for (long o = 0; o < M; ++o) {
-                        const T bo = b[gi * M + o];
-                        T* yr = yt + o * g.Pout;
-                        for (long j = 0; j < nq; ++j) yr[j] += bo;
-                    }
+                if (b || g.act)  // the epilogue, on rows just written (in cache)
+                    for (long o = 0; o < M; ++o)
+                        bias_act_row<T>(yt + o * g.Pout, yt + o * g.Pout, nq,
+                                        b ? b + gi * M + o : nullptr, g.act, (T)g.slope);
             } else {
                 gemm_packed<T>(M, nq, K, Ap + gi * apanel, Bp, Cb, pt, false);
                 for (long o = 0; o < M; ++o) {
@@ -99,7 +98,7 @@ static void conv_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y,
                         const long len = imin(g.Pout - p, q1 - q);
                         T* yr = y + (n * g.O + gi * M + o) * g.Pout + p;
                         const T* cs = cr + (q - q0);
-                        for (long j = 0; j < len; ++j) yr[j] = cs[j] + bo;
+                        bias_act_rows<T>(yr, 0, cs, 0, 1, len, bo, g.act, (T)g.slope);
                         q += len;
                     }
                 }
@@ -153,6 +152,11 @@ static void conv_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b,
                                   n * g.Pout + p0, n * g.Pout + p1, D + rr * pt);
                 }
             }
+            // The item's planes are final after the last tile: the epilogue.
+            if (g.act)
+                for (long c = c0; c < c1; ++c)
+                    act_row<T>(gx + (n * g.C + gi * g.cg + c) * g.Pin, g.Pin, g.act,
+                               (T)g.slope);
         }
     }
 }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "kernels.h"
+#include "common/activation.h"
 #include "common/denormal.h"
 #include "common/index.h"
 #include "common/simd.h"
@@ -267,6 +268,8 @@ static void d2_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, i
             }
             d2_fwd_plane<T, KH, KW, false>(q, x + plane * g.Pin, w + oc * g.T, b ? b[oc] : T(0),
                                            y + it * g.Pout, buf, zrow, refill, nx);
+            // the epilogue on the plane just written (in L1 for the usual sizes)
+            act_row<T>(y + it * g.Pout, g.Pout, g.act, (T)g.slope);
         }
     }
 }
@@ -305,6 +308,7 @@ static void d2_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T
                 else
                     d2_fwd_plane<T, KH, KW, true>(q, yp, wf, T(0), xp, buf, zrow, true, nx);
             }
+            act_row<T>(xp, g.Pin, g.act, (T)g.slope);  // the plane is final
         }
     }
 }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "kernels.h"
+#include "common/activation.h"
 #include "common/denormal.h"
 #include "common/index.h"
 #include "common/scratch.h"
@@ -53,6 +54,7 @@ static void direct_fwd_rows(const ConvGeo& g, const T* x, const T* w, const T* b
                             }
                         }
                     }
+                    act_row<T>(yr, g.out[2], g.act, (T)g.slope);  // the row is final
                 }
         }
     }
@@ -101,6 +103,7 @@ static void direct_bwd_data_rows(const ConvGeo& g, const T* gy, const T* w, cons
                         }
                     }
             }
+            act_row<T>(xp, g.Pin, g.act, (T)g.slope);  // the plane is final
         }
     }
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "kernels.h"
+#include "common/activation.h"
 #include "common/denormal.h"
 #include "common/index.h"
 #include "common/scratch.h"
@@ -90,12 +91,8 @@ static void conv_fwd_s1(const ConvGeo& g, const T* x, const T* w, const T* b, T*
             for (long o = 0; o < M; ++o) {
                 const T bo = b ? b[gi * M + o] : T(0);
                 T* yo = y + (n * g.O + gi * M + o) * g.Pout + r0 * Wo;
-                const T* co = Cb + o * pt;
-                for (long rr = 0; rr < nr; ++rr) {
-                    T* yr = yo + rr * Wo;
-                    const T* cr = co + rr * Wp;
-                    for (long j = 0; j < Wo; ++j) yr[j] = cr[j] + bo;
-                }
+                // the rows out of the tile, + bias and the fused activation
+                bias_act_rows<T>(yo, Wo, Cb + o * pt, Wp, nr, Wo, bo, g.act, (T)g.slope);
             }
         }
     }
@@ -120,6 +117,8 @@ static void conv_bwd_data_s1(const ConvGeo& g, const T* gy, const T* w, const T*
         h.d[i] = g.d[i];
         h.lo[i] = (g.k[i] - 1) * g.d[i] - g.lo[i];
     }
+    h.act = g.act;  // gx is the output of a transposed convolution
+    h.slope = g.slope;
     h.finish();
     // wt[gi*cg + c, o, t] = w[gi*og + o, c, T-1-t]
     T* wt = tscratch<T>(kS1FlippedW, g.O * g.Kw);

@@ -34,7 +34,8 @@
 // V = B^T d B of every tile and channel straight into the packed B panels of the 36
 // products (V: 36 * C * tiles of the block); then per chunk of output channels (whole
 // MR panels, at most 48 rows): 36 gemm_packed products into M (36 * rows * tiles),
-// then the output transform A^T M A + bias, clipped at the image edges, into y.
+// then the output transform A^T M A + bias (+ the fused activation), clipped at the
+// image edges, into y.
 // The input transform vectorises over tiles: per channel, the rows the block's tiles
 // read are copied zero-padded into a small buffer (wino_rows: padding and image edges
 // handled there, once per block), each tile's 6 rows are loaded 8 wide and transposed
@@ -71,6 +72,7 @@
 #include "common/index.h"
 #include "common/scratch.h"
 #include "common/simd.h"
+#include "common/activation.h"
 #include "gemm/gemm_packed.h"
 #include "gemm/pack.h"
 
@@ -144,6 +146,8 @@ struct WinoGeo {
     long mch, mrows;      // chunks of output channels (whole MR panels), their most rows
     long vs, ms, us;      // distance of the products' B operands in V, results in M, A in U
     long rows_buf;        // values of the per-thread row buffer (WinoRows)
+    int act;              // the epilogue (ConvGeo::act, slope) of the output transform
+    double slope;
 };
 
 template <class T>
@@ -154,6 +158,7 @@ static WinoGeo wino_geo(const ConvGeo& g, int nt) {
     q.N = g.N, q.C = g.C, q.K = g.O;
     q.H = g.in[1], q.W = g.in[2], q.Ho = g.out[1], q.Wo = g.out[2];
     q.loy = g.lo[1], q.lox = g.lo[2];
+    q.act = g.act, q.slope = g.slope;
     q.tX = ceil_div(q.Wo, 4);
     q.tpi = ceil_div(q.Ho, 4) * q.tX;
     q.tiles = q.N * q.tpi;
@@ -514,7 +519,9 @@ static void wino_wt(const WinoW<T>& wd, long C, long k0, long rows, T* Up, long 
 // Output channels [k0, k0 + rows) of the tiles j .. j+L-1 of block (t0, nb) from the
 // products' results (product xi at Mb + xi * ms, row k - k0 at (k - k0) * Tp):
 // A^T M A + bias, clipped to the output.
-template <class T>
+// A: the fused activation (ActKind), a template argument so that the code without one
+// is that of the bare convolution.
+template <class T, int A>
 static void wino_out(const WinoGeo& q, const T* Mb, long k0, long rows, long t0, long nb,
                      long j, const T* b, T* y) {
     typedef typename DV<T>::v V;
@@ -550,6 +557,10 @@ static void wino_out(const WinoGeo& q, const T* Mb, long k0, long rows, long t0,
         for (int i = 0; i < 4; ++i) {
             wino_at<V, T>(z + i * 6, o + i * 4);
             for (int jj = 0; jj < 4; ++jj) o[i * 4 + jj] += bv;
+        }
+        if constexpr (A != kActNone) {  // the fused activation, in registers
+            const T slope = (T)q.slope;
+            for (int e = 0; e < 16; ++e) o[e] = act_vec<T>(o[e], A, slope);
         }
         T* yk = y + k * py;
 #if defined(CNNFAST_IMPL_AVX2)
@@ -623,7 +634,17 @@ static void wino_chunk(const WinoGeo& q, const T* Ap, const T* Vb, T* Mb, long k
     for (int xi = 0; xi < 36; ++xi)
         gemm_packed<T>(rows, nbl, q.C, Ap + xi * q.us, Vb + xi * q.vs, Mb + xi * q.ms, q.Tp,
                        false);
-    for (long j = 0; j < nb; j += L) wino_out<T>(q, Mb, k0, rows, t0, nb, j, b, y);
+    for (long j = 0; j < nb; j += L) {
+        switch (q.act) {
+            case kActRelu: wino_out<T, kActRelu>(q, Mb, k0, rows, t0, nb, j, b, y); break;
+            case kActLeakyRelu:
+                wino_out<T, kActLeakyRelu>(q, Mb, k0, rows, t0, nb, j, b, y);
+                break;
+            case kActSigmoid: wino_out<T, kActSigmoid>(q, Mb, k0, rows, t0, nb, j, b, y); break;
+            case kActTanh: wino_out<T, kActTanh>(q, Mb, k0, rows, t0, nb, j, b, y); break;
+            default: wino_out<T, kActNone>(q, Mb, k0, rows, t0, nb, j, b, y); break;
+        }
+    }
 }
 
 // Scratch (kernels.h): per thread kWinoM, kWinoV, kWinoRows; of the calling thread,

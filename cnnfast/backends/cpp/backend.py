@@ -34,6 +34,12 @@ input channels x taps per group, vectorised over the output channels;
 choice; ``algorithm=`` forces one path on every kernel of the call (a path that cannot
 run a kernel's geometry raises ``_cpp.PathUnfit``, a ``NotImplementedError``). Each
 call records the paths that ran in ``last_paths()``.
+
+Activations (``activation=``) are fused: the kernel that writes ``y`` applies it to the
+final values after the bias (``csrc/common/activation.h``), on every path; the backward
+pass first makes ``g = grad_y * act'(y)`` and the bias gradient in one C++ pass
+(``_cpp.act_grad``, into a reused per-thread workspace), then runs the gradient kernels
+on ``g``.
 """
 
 from __future__ import annotations
@@ -42,7 +48,6 @@ import threading
 
 import numpy as np
 
-from ... import activation
 from ... import threads as _threads
 from ...geometry import lift_to_3d, pads_before_3d
 from ...params import ConvParams, PoolParams, pool_window_counts
@@ -141,12 +146,43 @@ def _check_forced(op, geo, p: ConvParams, needs=None):
                                      f"{name} kernel here: {exc}") from None
 
 
-def _run(name, kernel, *args):
+def _run(name, kernel, *args, act=False):
     """Run one C++ kernel with the call's algorithm (checked by ``_check_forced``) and
-    record the path it took."""
+    record the path it took; ``act``: with the call's activation fused where the
+    kernel writes its output (the forward kernel of the op)."""
     *arrays, p = args
+    extra = (p.activation or "none", p.negative_slope) if act else ()
     _record.paths[name] = getattr(_cpp, "conv_" + kernel)(*arrays, num_threads(),
-                                                            p.algorithm)
+                                                            p.algorithm, *extra)
+
+
+# The per-thread buffer of g = grad_y * act'(y), kept between calls: a fresh array of
+# that size per backward pass would be returned to the OS by glibc (large blocks are
+# mmapped) and page-fault on every call. It never leaves the call that fills it.
+_work = threading.local()
+
+
+def _workspace(shape, dtype):
+    size = int(np.prod(shape))
+    buf = getattr(_work, dtype.name, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype)
+        setattr(_work, dtype.name, buf)
+    return buf[:size].reshape(shape)
+
+
+def _grad_y_and_bias(gy, y, p: ConvParams, needs, channels):
+    """The gradient at the pre-activation values (``gy`` itself without an activation,
+    else ``gy * act'(y)`` in the per-thread workspace) and the bias gradient (None unless
+    ``"bias"`` is in ``needs``), in one C++ pass over ``gy`` and ``y``."""
+    gb = np.empty((channels,), gy.dtype) if "bias" in needs else None
+    if p.activation is None:
+        if gb is not None:
+            _cpp.bias_grad(gy, gb, num_threads())
+        return gy, gb
+    g = _workspace(gy.shape, gy.dtype)
+    _cpp.act_grad(gy, y, p.activation, p.negative_slope, g, gb, num_threads())
+    return g, gb
 
 
 _DESCRIPTION = {
@@ -171,6 +207,10 @@ def explain(op, p, dtype, x_shape=None, w_shape=None, needs=None):
         path, why = _cpp.conv_path(kernel, geo, p.algorithm)
         label = "" if name == "y" else f"{name} "
         parts.append(f"{label}{path} ({_DESCRIPTION[path]}); why: {why}")
+    if p.activation is not None and op in ("conv", "conv_transpose"):
+        parts.append(f"epilogue: bias + {p.activation} fused")
+    elif p.activation is not None:
+        parts.append(f"epilogue: {p.activation} derivative and bias gradient fused in one pass")
     return (f"{'; '.join(parts)}; {_cpp.kernel_path()} kernels, "
             f"{num_threads()} thread(s)")
 
@@ -181,25 +221,22 @@ def conv(x, w, b, p: ConvParams):
     geo = _geometry(x.shape, w.shape, p)
     _check_forced("conv", geo, p)
     y = np.empty((n, o) + tuple(p.out_shape), x.dtype)
-    _run("y", "forward", x, w, b, y, geo, p)
-    return activation.apply(y, p.activation, p.negative_slope)
+    _run("y", "forward", x, w, b, y, geo, p, act=True)
+    return y
 
 
 def conv_backward(gy, x, w, p: ConvParams, needs, y=None):
-    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     _record.paths = {}
     geo = _geometry(x.shape, w.shape, p)
     _check_forced("conv_backward", geo, p, needs)
-    gx = gw = gb = None
+    gy, gb = _grad_y_and_bias(gy, y, p, needs, w.shape[0])
+    gx = gw = None
     if "x" in needs:
         gx = np.empty(x.shape, x.dtype)
         _run("grad_x", "backward_data", gy, w, None, gx, geo, p)
     if "weight" in needs:
         gw = np.empty(w.shape, x.dtype)
         _run("grad_weight", "backward_weight", x, gy, gw, geo, p)
-    if "bias" in needs:
-        gb = np.empty((w.shape[0],), gy.dtype)
-        _cpp.bias_grad(gy, gb, num_threads())
     return gx, gw, gb
 
 
@@ -209,26 +246,23 @@ def conv_transpose(x, w, b, p: ConvParams):
     geo = _geometry(x.shape, w.shape, p)
     _check_forced("conv_transpose", geo, p)
     y = np.empty((x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
-    _run("y", "backward_data", x, w, b, y, geo, p)
-    return activation.apply(y, p.activation, p.negative_slope)
+    _run("y", "backward_data", x, w, b, y, geo, p, act=True)
+    return y
 
 
 def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None):
-    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     _record.paths = {}
     c_out = w.shape[1] * p.groups
     geo = _geometry(x.shape, w.shape, p)
     _check_forced("conv_transpose_backward", geo, p, needs)
-    gx = gw = gb = None
+    gy, gb = _grad_y_and_bias(gy, y, p, needs, c_out)
+    gx = gw = None
     if "x" in needs:
         gx = np.empty(x.shape, x.dtype)
         _run("grad_x", "forward", gy, w, None, gx, geo, p)
     if "weight" in needs:
         gw = np.empty(w.shape, x.dtype)
         _run("grad_weight", "backward_weight", gy, x, gw, geo, p)
-    if "bias" in needs:
-        gb = np.empty((c_out,), gy.dtype)
-        _cpp.bias_grad(gy, gb, num_threads())
     return gx, gw, gb
 
 
