@@ -160,7 +160,7 @@ def _cupy_module(name, device):
         raise BackendUnavailable(
             f"{name} lives in CUDA memory (DLPack device {device_name(device)}), which "
             f"runs on the cupy backend, but CuPy cannot be imported ({exc}); pip install "
-            f"cnnfast[gpu], or move {name} to the CPU") from exc
+            f"cnnfast[cuda12] or cnnfast[cuda13], or move {name} to the CPU") from exc
     return cupy
 
 

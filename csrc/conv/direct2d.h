@@ -245,7 +245,7 @@ static void d2_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, i
     const D2 q = d2_geo(g.in[1], g.in[2], 1, 1, g.out[1], g.out[2], g.s[1], g.s[2], g.d[1],
                         g.d[2], g.lo[1], g.lo[2], KH, KW, sizeof(T));
     const long items = g.N * g.O;
-    const long chunk = g.og * imax(1, g.N * g.G / (16L * nt));
+    [[maybe_unused]] const long chunk = g.og * imax(1, g.N * g.G / (16L * nt));
 #pragma omp parallel num_threads(nt)
     {
         DenormalGuard fp;
@@ -282,7 +282,7 @@ static void d2_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T
                         KW, sizeof(T));
     constexpr int NT = KH * KW;
     const long items = g.N * g.C;
-    const long chunk = imax(1, items / (16L * nt));  // as in d2_fwd
+    [[maybe_unused]] const long chunk = imax(1, items / (16L * nt));  // as in d2_fwd
 #pragma omp parallel num_threads(nt)
     {
         DenormalGuard fp;

@@ -11,8 +11,9 @@ on. The operations themselves are those of ``cnnfast.backends.cuda.conv_launch``
 CPU for testing; ``last_paths()`` records the paths of this thread's last convolution
 call.
 
-Install with ``pip install cnnfast[gpu]`` (CuPy for CUDA 12); this module imports
-without CuPy and ``availability()`` then says why it cannot run.
+Install with ``pip install cnnfast[cuda12]`` or ``cnnfast[cuda13]`` (CuPy with NVRTC,
+for the CUDA major of the driver); this module imports without CuPy and
+``availability()`` then says why it cannot run.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ else:
 
 def availability():
     if cupy is None:
-        return f"CuPy is not installed ({_IMPORT_ERROR}); pip install cnnfast[gpu]"
+        return (f"CuPy is not installed ({_IMPORT_ERROR}); pip install cnnfast[cuda12] or "
+                f"cnnfast[cuda13]")
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, no device, broken installation
