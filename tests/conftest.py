@@ -46,5 +46,15 @@ def backend(request):
 
 
 @pytest.fixture
+def threads():
+    """``cnnfast.set_num_threads``, the count restored after the test."""
+    import cnnfast
+
+    before = cnnfast.get_num_threads()
+    yield cnnfast.set_num_threads
+    cnnfast.set_num_threads(before)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)

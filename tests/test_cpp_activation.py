@@ -79,13 +79,6 @@ def simd(request):
     _cpp.set_simd_path("auto")
 
 
-@pytest.fixture
-def threads():
-    before = cnnfast.get_num_threads()
-    yield cnnfast.set_num_threads
-    cnnfast.set_num_threads(before)
-
-
 def _inputs(case, dtype, seed=0):
     _, transposed, xs, ws, kw = case
     rng = np.random.default_rng(seed)

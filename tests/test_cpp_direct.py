@@ -43,13 +43,6 @@ def path(request):
     _cpp.set_simd_path("auto")
 
 
-@pytest.fixture
-def threads():
-    before = cnnfast.get_num_threads()
-    yield cnnfast.set_num_threads
-    cnnfast.set_num_threads(before)
-
-
 # (x shape, kernel, stride, padding, dilation, outputs per group); groups = channels.
 CASES = [
     # 2-d, 3x3: row blocks (y stride 1), odd widths, a width below one vector

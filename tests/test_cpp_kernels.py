@@ -32,14 +32,6 @@ def _arr(shape, dtype=np.float32):
 
 
 @pytest.fixture
-def threads():
-    """Restore the thread count after a test that changes it."""
-    before = cnnfast.get_num_threads()
-    yield cnnfast.set_num_threads
-    cnnfast.set_num_threads(before)
-
-
-@pytest.fixture
 def simd():
     yield _cpp.set_simd_path
     _cpp.set_simd_path("auto")

@@ -31,14 +31,6 @@ def _rand(rng, shape, dtype=np.float32):
     return rng.standard_normal(shape).astype(dtype)
 
 
-@pytest.fixture
-def threads():
-    """Restore cnnfast's thread count after a test changes it."""
-    before = cnnfast.get_num_threads()
-    yield
-    cnnfast.set_num_threads(before)
-
-
 def _workload(seed=0, dtype=np.float32):
     """Every op once, on shapes that reach every kernel: a dense conv (product),
     a depthwise conv (direct), strided adjoints (gather) and both poolings."""

@@ -46,13 +46,6 @@ from cnnfast.backends.cpp import backend as cpp  # noqa: E402
 BOUNDS = {np.float32: (1e-5, 1e-4), np.float64: (1e-12, 0.0)}  # (x S, x |exact|)
 
 
-@pytest.fixture
-def threads():
-    before = cnnfast.get_num_threads()
-    yield cnnfast.set_num_threads
-    cnnfast.set_num_threads(before)
-
-
 def _values(rng, kind, shape, huge=False):
     if kind == "one-huge":  # small values, and one huge value in the array `huge` names
         v = rng.standard_normal(shape) * 1e-3

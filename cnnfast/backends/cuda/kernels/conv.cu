@@ -493,6 +493,24 @@ sum_splits(const T* __restrict__ ws, T* __restrict__ out, int splits, long long 
 // order -- strided per-thread sums, a shared-memory tree, then a warp shuffle.
 static_assert(BLOCK_THREADS >= 64 && (BLOCK_THREADS & (BLOCK_THREADS - 1)) == 0,
               "channel_sum's tree halves a block of a power of two >= 64 threads");
+// The sum of every thread's s in a fixed order (a shared-memory tree over part[], then
+// a warp shuffle), stored to *dst by thread 0. Every thread of the block calls it.
+template <class T, class Acc>
+__device__ inline void block_sum_store(Acc s, Acc* part, T* dst) {
+    const int tid = threadIdx.x;
+    part[tid] = s;
+    __syncthreads();
+    for (int stride = BLOCK_THREADS / 2; stride >= 32; stride /= 2) {
+        if (tid < stride) part[tid] += part[tid + stride];
+        __syncthreads();
+    }
+    if (tid < 32) {
+        Acc v = part[tid];
+        for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+        if (tid == 0) *dst = T(v);
+    }
+}
+
 template <class T>
 __global__ void __launch_bounds__(BLOCK_THREADS)
 channel_sum(const T* __restrict__ gy, T* __restrict__ out, int n_batch, int channels,
@@ -506,17 +524,7 @@ channel_sum(const T* __restrict__ gy, T* __restrict__ out, int n_batch, int chan
         const T* row = gy + ((i64)n * channels + c) * plane;
         for (long long p = tid; p < plane; p += BLOCK_THREADS) s += Acc(row[p]);
     }
-    part[tid] = s;
-    __syncthreads();
-    for (int stride = BLOCK_THREADS / 2; stride >= 32; stride /= 2) {
-        if (tid < stride) part[tid] += part[tid + stride];
-        __syncthreads();
-    }
-    if (tid < 32) {
-        Acc v = part[tid];
-        for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
-        if (tid == 0) out[c] = T(v);
-    }
+    block_sum_store(s, part, out + c);
 }
 
 // Backward of the fused activation: g = grad_y * act'(y), stored for the gradient
@@ -551,15 +559,5 @@ act_grad(const T* __restrict__ gy, const T* __restrict__ y, T* __restrict__ g,
         }
         e += p1 - p0;
     }
-    part[tid] = s;
-    __syncthreads();
-    for (int stride = BLOCK_THREADS / 2; stride >= 32; stride /= 2) {
-        if (tid < stride) part[tid] += part[tid + stride];
-        __syncthreads();
-    }
-    if (tid < 32) {
-        Acc v = part[tid];
-        for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
-        if (tid == 0) sums[(i64)blockIdx.y * channels + c] = T(v);
-    }
+    block_sum_store(s, part, sums + (i64)blockIdx.y * channels + c);
 }
