@@ -21,6 +21,10 @@ compiled specialisation per kernel and dtype serves all ranks. The kernels live 
   padded, stride-phase-split input rows with "wide" output-gradient rows: no
   im2col), or ``weight_grad`` for depthwise (and to recompute a non-finite
   result exactly); bias gradient: one task per channel;
+* fused activation (``activation=``, ``kernels.epilogue``): the correlation kernels
+  apply it where they write each output (after the bias); a backward makes
+  ``g = grad_y * act'(y)`` and the bias gradient in one parallel pass over
+  (grad_y, y), into a per-thread reused buffer, then runs the gradient kernels on g;
 * pooling: row-vectorised forward kernels, plane-owning backward kernels.
 
 Algorithms (``ALGORITHMS``, ``cnnfast.explain``; the ``_path_*`` functions are the
@@ -47,7 +51,6 @@ import threading
 
 import numpy as np
 
-from ... import activation
 from ...geometry import flipped_adjoint_weight, lift_to_3d, pads_before_3d
 from ...params import ConvParams, PoolParams, pool_window_counts
 from ...threads import get_num_threads
@@ -55,6 +58,7 @@ from ...threads import get_num_threads
 try:
     import numba
     from .kernels import direct as _direct
+    from .kernels import epilogue as _epilogue
     from .kernels import gemm as _gemm
     from .kernels import pool as _pool
     from .kernels import wgrad as _wgrad
@@ -153,6 +157,50 @@ def _zeros_bias(b, channels, dtype):
     return b if b.flags.writeable else b.copy()
 
 
+# ----------------------------------------------------------------------------- activation
+
+# The fused activation as the kernels take it (``kernels.epilogue``): (int code, float
+# slope), the same two argument types for every activation, so it adds no compiled
+# specialisation. Forward: applied by the correlation kernels where they write each
+# output. Backward: ``_activation_grad``.
+_NO_ACT = (0, 0.0)
+
+
+def _act(p: ConvParams):
+    return (_epilogue.CODES[p.activation], float(p.negative_slope))
+
+
+# A buffer per Python thread for the backward's g = grad_y * act'(y): it lives only
+# during one backward call (the gradient kernels read it, nothing returned points
+# into it), so one buffer per thread and dtype, grown to the largest g seen, is
+# reused instead of a fresh large allocation (and its page faults) every call.
+_scratch = threading.local()
+
+
+def _g_buffer(shape, dtype):
+    """A writeable array of ``shape`` and ``dtype`` from this thread's buffer."""
+    bufs = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = {}
+    size = math.prod(shape)
+    buf = bufs.get(dtype)
+    if buf is None or buf.size < size:
+        buf = bufs[dtype] = np.empty(max(size, 1), dtype)
+    return buf[:size].reshape(shape)
+
+
+def _activation_grad(gy, y, p: ConvParams, channels):
+    """(g, grad_bias): ``g = gy * act'(y)`` (``gy`` itself without an activation) and
+    the bias gradient (the sum of ``g`` per channel, ``channels`` of them), from one
+    parallel pass over (gy, y) when an activation is fused."""
+    if p.activation is None:
+        return gy, None
+    g = _g_buffer(gy.shape, gy.dtype)
+    gb = np.empty(channels, gy.dtype)
+    _launch(_epilogue.grad_act, _as5(gy), _as5(y), _as5(g), gb, *_act(p))
+    return g, gb
+
+
 # ----------------------------------------------------------------------------- primitives
 
 
@@ -190,11 +238,12 @@ def _path_correlate(og, stride, out, kshape, dil, algorithm="auto", min_og=GEMM_
                  else "phases is for strided transposed correlations")
 
 
-def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path):
+def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path, act=_NO_ACT):
     """``y5`` <- grouped correlation (see ``cnnfast.backends.numba.kernels``) by
-    ``path`` (of ``_path_correlate``); ``pad`` = the leading pads (may be negative)."""
+    ``path`` (of ``_path_correlate``); ``pad`` = the leading pads (may be negative);
+    ``act`` = (code, slope) of the activation the kernels fuse (``_act``)."""
     if path == "direct":
-        _launch(_direct.correlate_direct, x5, w5, b, y5, stride, pad, dil, groups)
+        _launch(_direct.correlate_direct, x5, w5, b, y5, stride, pad, dil, groups, *act)
         return y5
     k = int(np.prod(w5.shape[1:]))
     kshape = tuple(int(v) for v in w5.shape[2:])
@@ -220,10 +269,10 @@ def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path):
     else:
         tile = _gemm.pick_tile(k, int(np.prod(out)))
         _launch(_gemm.correlate_gemm, x5, wp, b, y5, kshape, stride, pad, dil, groups,
-                tile, _threads())
+                tile, _threads(), *act)
         return y5
     _launch(_gemm.correlate_wide, xp, wp, b, y5, kbase, koff, groups,
-            _gemm.pick_tile(k, wide), _threads(), _gemm.NR)
+            _gemm.pick_tile(k, wide), _threads(), _gemm.NR, *act)
     return y5
 
 
@@ -277,18 +326,18 @@ def _path_correlate_t(og, stride, out, kshape, dil, algorithm="auto"):
                  else f"{algorithm} needs stride 1 (strided: phases)")
 
 
-def _correlate_t(x5, w5, b, y5, stride, pad, dil, groups, path):
+def _correlate_t(x5, w5, b, y5, stride, pad, dil, groups, path, act=_NO_ACT):
     """``y5`` <- transposed correlation of ``x5`` with ``w5`` (Ci, OG, *k) by ``path``
-    (of ``_path_correlate_t``)."""
+    (of ``_path_correlate_t``), through the activation ``act`` (see ``_correlate``)."""
     if path in ("gemm", "gemm-wide"):
         # Stride 1: a correlation with the flipped adjoint weight; the input is
         # padded by d*(k-1) - lo before (negative: cropped).
         adj_pad = tuple(d * (k - 1) - p for d, k, p in zip(dil, w5.shape[2:], pad))
         return _correlate(x5, _flipped_adjoint_weight(w5, groups), b, y5, (1, 1, 1),
-                          adj_pad, dil, groups, path)
+                          adj_pad, dil, groups, path, act)
     if path == "phases":
-        return _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups)
-    _launch(_direct.correlate_t, x5, w5, b, y5, stride, pad, dil, groups)
+        return _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups, act)
+    _launch(_direct.correlate_t, x5, w5, b, y5, stride, pad, dil, groups, *act)
     return y5
 
 
@@ -305,13 +354,14 @@ def _phase_taps(r, s, p, d, k):
     return slice(t0, t_last + 1, step), d // math.gcd(d, s), (r + p - t_last * d) // s
 
 
-def _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups):
+def _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups, act):
     """Strided transposed correlation by stride phases ("sub-pixel"): the outputs
     whose index is ``r`` modulo the stride in every dim receive only the taps with
     ``t*d == r + p`` (mod s), as a stride-1 correlation of ``x5`` with that
     sub-kernel (flipped, transposed per group). Each phase runs on the product
-    paths into a contiguous buffer, then is copied into its strided view of
-    ``y5``; every output element is one phase's fixed-order sum."""
+    paths into a contiguous buffer (activated by its kernel), then is copied into
+    its strided view of ``y5``; every output element is one phase's fixed-order
+    sum. Outputs no tap reaches are the activated bias."""
     out = y5.shape[2:]
     kshape = w5.shape[2:]
     phases = [[(r, _phase_taps(r, s, p, d, k)) for r in range(min(s, o))]
@@ -319,7 +369,9 @@ def _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups):
     for (rd, td), (rh, th), (rw, tw) in itertools.product(*phases):
         view = y5[:, :, rd::stride[0], rh::stride[1], rw::stride[2]]
         if td is None or th is None or tw is None:  # no tap: bias only
-            view[...] = b.reshape((1, -1, 1, 1, 1))
+            ab = b.copy()
+            _launch(_epilogue.activate_all, ab, *act)
+            view[...] = ab.reshape((1, -1, 1, 1, 1))
             continue
         wsub = _flipped_adjoint_weight(
             np.ascontiguousarray(w5[:, :, td[0], th[0], tw[0]]), groups)
@@ -331,7 +383,7 @@ def _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups):
         # product path pays from 2 output channels (the register tile is MR).
         path, _ = _path_correlate(wsub.shape[0] // groups, (1, 1, 1), buf.shape[2:],
                                   wsub.shape[2:], sub_dil, min_og=PHASE_MIN_OG)
-        _correlate(x5, wsub, b, buf, (1, 1, 1), sub_pad, sub_dil, groups, path)
+        _correlate(x5, wsub, b, buf, (1, 1, 1), sub_pad, sub_dil, groups, path, act)
         view[...] = buf
     return y5
 
@@ -468,7 +520,19 @@ def explain(op, p, dtype, x_shape=None, w_shape=None, needs=("x", "weight")):
         return None  # pooling: one path per op
     parts = [f"{'' if name == 'y' else name + ' '}{path} ({_DESCRIPTION[path]}); why: {why}"
              for name, path, why in _plan(op, p, w_shape, needs)]
+    if p.activation is not None:
+        parts.append(_explain_activation(op, p))
     return f"{'; '.join(parts)}; {_threads()} thread(s)"
+
+
+def _explain_activation(op, p):
+    """The fused epilogue's part of ``explain``."""
+    act = p.activation + (f" (slope {p.negative_slope:g})" if p.activation == "leaky_relu"
+                          else "")
+    if op in ("conv", "conv_transpose"):
+        return f"fused epilogue: {act} applied by the kernel where it writes each output"
+    return (f"fused epilogue: one pass over (grad_y, y) for grad_y * {p.activation}'(y), "
+            f"summing grad_bias in the same pass")
 
 
 def _paths(op, p, w_shape, needs=("x", "weight")):
@@ -484,15 +548,15 @@ def conv(x, w, b, p: ConvParams):
     o = w.shape[0]
     y = np.empty((x.shape[0], o) + tuple(p.out_shape), x.dtype)
     _correlate(_as5(x), _as5(w), _zeros_bias(b, o, x.dtype), _as5(y), stride, pad, dil,
-               p.groups, path)
-    return activation.apply(y, p.activation, p.negative_slope)
+               p.groups, path, _act(p))
+    return y
 
 
 def conv_backward(gy, x, w, p: ConvParams, needs, y=None):
-    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     paths = _paths("conv_backward", p, w.shape, needs)
+    gy, gb = _activation_grad(gy, y, p, w.shape[0])
     stride, pad, dil = _conv_geometry(p)
-    gx = gw = gb = None
+    gx = gw = None
     if "x" in needs:
         # The conv weight (O, C/G, *k) is the transposed-conv weight of the adjoint.
         gx = np.empty(x.shape, x.dtype)
@@ -501,9 +565,9 @@ def conv_backward(gy, x, w, p: ConvParams, needs, y=None):
     if "weight" in needs:
         gw = _weight_grad(_as5(x), _as5(gy), w.shape, stride, pad, dil, p.groups, x.dtype,
                           paths["grad_weight"])
-    if "bias" in needs:
+    if "bias" in needs and gb is None:
         gb = _bias_grad(_as5(gy), w.shape[0], x.dtype)
-    return gx, gw, gb
+    return gx, gw, gb if "bias" in needs else None
 
 
 def conv_transpose(x, w, b, p: ConvParams):
@@ -512,15 +576,15 @@ def conv_transpose(x, w, b, p: ConvParams):
     c_out = w.shape[1] * p.groups
     y = np.empty((x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
     _correlate_t(_as5(x), _as5(w), _zeros_bias(b, c_out, x.dtype), _as5(y), stride, pad,
-                 dil, p.groups, path)
-    return activation.apply(y, p.activation, p.negative_slope)
+                 dil, p.groups, path, _act(p))
+    return y
 
 
 def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None):
-    gy = activation.grad(gy, y, p.activation, p.negative_slope)
     paths = _paths("conv_transpose_backward", p, w.shape, needs)
+    gy, gb = _activation_grad(gy, y, p, gy.shape[1])
     stride, pad, dil = _conv_geometry(p)
-    gx = gw = gb = None
+    gx = gw = None
     if "x" in needs:
         gx = np.empty(x.shape, x.dtype)
         _correlate(_as5(gy), _as5(w), np.zeros(x.shape[1], x.dtype), _as5(gx), stride, pad,
@@ -528,9 +592,9 @@ def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None):
     if "weight" in needs:
         gw = _weight_grad(_as5(gy), _as5(x), w.shape, stride, pad, dil, p.groups, x.dtype,
                           paths["grad_weight"])
-    if "bias" in needs:
+    if "bias" in needs and gb is None:
         gb = _bias_grad(_as5(gy), gy.shape[1], x.dtype)
-    return gx, gw, gb
+    return gx, gw, gb if "bias" in needs else None
 
 
 # ----------------------------------------------------------------------------- pooling

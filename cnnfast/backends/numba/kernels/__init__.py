@@ -22,7 +22,11 @@ Modules:
   (``pack_phases``, ``weight_grad_rows``);
 * ``direct``: the fixed-order direct sums: ``correlate_direct``, ``correlate_t``,
   ``weight_grad``, ``bias_grad``;
-* ``pool``: the pooling kernels.
+* ``pool``: the pooling kernels;
+* ``epilogue``: the fused activation (an int code and a slope, ordinary kernel
+  arguments: no specialisation per activation): ``store_act`` and ``activate``,
+  which the correlation kernels call where they write an output, and ``grad_act``,
+  the backward's one pass over (grad_y, y) that also sums the bias gradient.
 
 Three primitives carry the four convolution ops (the algebra is in the docstring of
 ``cnnfast.backends.numpy.backend``):

@@ -18,6 +18,7 @@ from numba import njit, prange, uint64
 
 from . import JIT
 from .common import axpy, axpy4, fill, mul_add, scatter_axpy, span
+from .epilogue import activate
 
 # Output channels computed together by the direct kernel.
 OB = 4
@@ -27,8 +28,9 @@ TILE_ELEMS = 4096
 
 
 @njit(**JIT)
-def correlate_direct(x, w, b, y, stride, pad, dil, groups):
-    """Direct grouped correlation, ``y`` (N, O, OD, OH, OW) written in full.
+def correlate_direct(x, w, b, y, stride, pad, dil, groups, act, slope):
+    """Direct grouped correlation, ``y`` (N, O, OD, OH, OW) written in full, each
+    tile of rows passed through the activation ``act`` (``epilogue``) once summed.
 
     For depthwise-like convolutions (few output channels per group), where an
     im2col product would have nothing to reuse. Task = (n, group, block of OB
@@ -97,16 +99,20 @@ def correlate_direct(x, w, b, y, stride, pad, dil, groups):
                                         axpy(yf, ybase + i * ych + oh * OW + lo_w, xf,
                                              (xplane + oh * sh + offh) * W + start, sw, m,
                                              wv)
+            # the tile is final (and still in L1): the fused activation
+            for i in range(nb):
+                activate(yf, ybase + i * ych + oh0 * OW, (oh1 - oh0) * OW, act, slope)
 
 
 # ----------------------------------------------------------------------------- adjoint
 
 
 @njit(**JIT)
-def correlate_t(x, w, b, y, stride, pad, dil, groups):
+def correlate_t(x, w, b, y, stride, pad, dil, groups, act, slope):
     """Transposed correlation: ``x`` (N, Ci, ID, IH, IW), ``w`` (Ci, OG, *k) in
     transposed-conv layout, ``y`` (N, G*OG, OD, OH, OW) written in full, with
-    ``y[n, g*OG + o, i*s - p + t*d] += x[n, g*CG + c, i] * w[g*CG + c, o, t]``.
+    ``y[n, g*OG + o, i*s - p + t*d] += x[n, g*CG + c, i] * w[g*CG + c, o, t]``, then
+    the activation ``act`` (``epilogue``).
 
     Task = (n, output channel, output depth slice): it owns those output rows and
     gathers every (input channel, tap) that lands in them, in a fixed order.
@@ -151,6 +157,7 @@ def correlate_t(x, w, b, y, stride, pad, dil, groups):
                         for ih in range(lo_h, hi_h):
                             scatter_axpy(yf, (ybase + ih * sh + offh) * OW + start, sw, m,
                                          wv, xf, (xplane + ih) * IW + lo_w)
+        activate(yf, ybase * OW, OH * OW, act, slope)
 
 
 # ----------------------------------------------------------------------------- gradients

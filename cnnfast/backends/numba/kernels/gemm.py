@@ -25,6 +25,7 @@ from numba.extending import intrinsic
 
 from . import JIT
 from .common import copy_strided, fill, span
+from .epilogue import store_act
 
 # Register tile of the product: MR output channels x NR output pixels. 4 x 16
 # float32 accumulators are 8 AVX2 registers, which leaves room for the operands:
@@ -172,13 +173,15 @@ def _im2col(xf, x_shape, n, c0, CG, kshape, out_shape, stride, pad, dil, p0, pn,
 
 
 @njit(**JIT)
-def correlate_gemm(x, wp, b, y, kshape, stride, pad, dil, groups, PT, nthreads):
+def correlate_gemm(x, wp, b, y, kshape, stride, pad, dil, groups, PT, nthreads, act,
+                   slope):
     """Correlation as tiled products: task = (n, group, tile of PT output pixels).
 
     ``wp`` is the weight packed as (G, ceil(OG/MR), K, MR) (zero rows past OG):
     the MR values one reduction step needs sit together. Each task im2col's its
     tile into a private buffer of NR-wide panels, then sweeps every block of MR
-    output channels over it.
+    output channels over it. Each output is written once, with the bias and the
+    activation ``act`` (``epilogue.store_act``).
     """
     N, C = x.shape[0], x.shape[1]
     O = y.shape[1]
@@ -224,11 +227,8 @@ def correlate_gemm(x, wp, b, y, kshape, stride, pad, dil, groups, PT, nthreads):
                     cols = min(NR, pn - j0)
                     for i in range(min(MR, OG - ob * MR)):
                         o = g * OG + ob * MR + i
-                        bv = b[o]
-                        y0 = uint64((n * O + o) * P + p0 + j0)
-                        a0 = uint64(i * NR)
-                        for j in range(uint64(cols)):
-                            yf[y0 + j] = accf[a0 + j] + bv
+                        store_act(yf, (n * O + o) * P + p0 + j0, accf, i * NR, cols, b[o],
+                                  act, slope)
 
 
 @njit(**JIT)
@@ -263,7 +263,8 @@ def pad_input(x, xp, pad):
 
 
 @njit(**JIT)
-def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime):
+def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, act,
+                   slope):
     """Correlation as tiled products over "wide" rows of input planes ``xp``
     (N, planes, Dq, Hq, Wq): the zero-padded input (stride 1), or its stride
     phases (``wgrad.pack_phases``, image by image; any stride).
@@ -275,7 +276,8 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime):
     row is one contiguous run, read in place (``_micro_x``). Positions with
     ``ow >= OW`` or ``oh >= OH`` are computed and dropped (waste ``Wq/OW``, chosen
     by the caller). ``nr_runtime`` is NR, passed at run time on purpose (see the
-    copy loop).
+    copy loop). Each output is written once, with the bias and the activation
+    ``act`` (``epilogue.store_act``).
     """
     N, NP, Dp, Hp, Wp = xp.shape
     O = y.shape[1]
@@ -374,11 +376,9 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime):
                             m = uint64(min(seg, OW - ow))
                             for i in range(rows):
                                 o = g * OG + ob * MR + i
-                                bv = b[o]
-                                y0 = uint64((((n * O + o) * OD + od) * OH + oh) * OW + ow)
-                                a0 = uint64(i * NR + j)
-                                for u in range(m):
-                                    yflat[y0 + u] = accf[a0 + u] + bv
+                                store_act(yflat,
+                                          (((n * O + o) * OD + od) * OH + oh) * OW + ow,
+                                          accf, i * NR + j, m, b[o], act, slope)
                         j += seg
 
 
