@@ -46,6 +46,10 @@ def warm_numba(dtypes=("float32", "float64"), log=print) -> float:
             yt = api.conv_transpose(x, wt, b, stride=stride, padding=1, groups=groups, **kw)
             api.conv_transpose_backward(yt, x, wt, stride=stride, padding=1, groups=groups,
                                         **kw)
+        # the fused activation's own kernels (the pass over y in the backward)
+        w = rng.standard_normal((4, 4, 3, 3)).astype(dt)
+        y = api.conv(x, w, padding=1, activation="relu", **kw)
+        api.conv_backward(y, x, w, padding=1, activation="relu", y=y, **kw)
         y, idx = api.max_pool(x, 2, return_indices=True, **kw)
         api.max_pool(x, 2, **kw)
         api.max_pool_backward(y, idx, x.shape, **kw)
