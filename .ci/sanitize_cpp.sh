@@ -42,14 +42,15 @@ run_tests() {
     # $1: label; further args: extra environment
     local label=$1
     shift
-    echo "== ASan + UBSan ($label): cpp grid and fuzz subsets, tests/test_cpp_*.py, winograd"
+    echo "== ASan + UBSan ($label): cpp grid, activation and fuzz subsets, tests/test_cpp_*.py, winograd"
     # Run from the copy, so that its cnnfast (with the debug extension) is imported.
     (cd "$work/src" && env "$@" PYTHONPATH="$work/src" LD_PRELOAD="$asan $stdcxx" \
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=67" \
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
         CNNFAST_SANITIZE_EXPECT_DEBUG=1 \
         "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cpp_kernels.py tests/test_cpp_direct.py \
-        tests/test_winograd.py tests/test_cpp_wgrad_short.py \
+        tests/test_winograd.py tests/test_cpp_wgrad_short.py tests/test_cpp_activation.py \
+        tests/test_activation.py \
         tests/test_backend_grid.py tests/test_fuzz.py -k cpp 2>&1 | tail -5; exit "${PIPESTATUS[0]}")
 }
 

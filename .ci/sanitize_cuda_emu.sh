@@ -36,12 +36,12 @@ runtime_lib() {
 asan_job() {
     local asan
     asan=$(runtime_lib libasan.so)
-    echo "== ASan + UBSan: tests/test_cuda_emu.py tests/test_cuda_pool_paths.py, fuzz cases"
+    echo "== ASan + UBSan: tests/test_cuda_emu.py tests/test_cuda_pool_paths.py tests/test_cuda_activation.py, fuzz cases"
     env CNNFAST_CUDA_EMU_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1" \
         LD_PRELOAD="$asan" ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=67" \
         UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" CNNFAST_FUZZ_CASES=200 \
         "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_emu.py tests/test_cuda_pool_paths.py \
-        "tests/test_fuzz.py::test_fuzz[cuda-emu]"
+        tests/test_cuda_activation.py "tests/test_fuzz.py::test_fuzz[cuda-emu]"
     echo "== ASan: an out-of-bounds write in a kernel must be reported"
     set +e
     out=$(env LD_PRELOAD="$asan" ASAN_OPTIONS="detect_leaks=0:exitcode=67" "$PY" - 2>&1 <<'PYEOF'
@@ -73,7 +73,7 @@ tsan_job() {
     env CNNFAST_CUDA_EMU_FLAGS="-fsanitize=thread -g -O1" LD_PRELOAD="$tsan" OPENBLAS_NUM_THREADS=1 \
         TSAN_OPTIONS="halt_on_error=1 exitcode=66" CNNFAST_FUZZ_CASES=100 \
         "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_emu.py tests/test_cuda_pool_paths.py \
-        "tests/test_fuzz.py::test_fuzz[cuda-emu]"
+        tests/test_cuda_activation.py "tests/test_fuzz.py::test_fuzz[cuda-emu]"
     echo "== TSan: the racy kernel must be reported, its race-free twin must pass"
     "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_emu_sanitizers.py
 }
