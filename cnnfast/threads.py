@@ -1,4 +1,10 @@
-"""The CPU backends' thread count (numba and cpp alike)."""
+"""The CPU backends' thread count (numba and cpp alike), and how our OpenMP threads
+share the cores with numpy's BLAS.
+
+Importing cnnfast makes idle OpenMP workers sleep after a short spin
+(``GOMP_SPINCOUNT``) unless the user chose a wait policy or an OpenMP runtime is
+already loaded (``short_openmp_spin``). The dense layers run numpy's matrix products
+on one BLAS thread (``serial_blas``)."""
 
 from __future__ import annotations
 
@@ -42,6 +48,58 @@ def _default_threads() -> int:
     return min(cores, MAX_THREADS)
 
 
+# The variables by which a user chooses how idle OpenMP workers wait: the standard one,
+# libgomp's spin count and LLVM/Intel's block time. Any of them set is the user's choice.
+WAIT_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+_OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")
+
+
+def _openmp_loaded() -> bool:
+    """Whether an OpenMP runtime is mapped into this process (Linux; elsewhere we
+    cannot tell and answer False)."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return False
+    return any(name in maps for name in _OPENMP_RUNTIMES)
+
+
+# How long libgomp's idle workers spin before they sleep, in spins, unless the user
+# chose: ~0.65 ms at the 65 ns a spin took on the 2-core AMD EPYC (KVM) we measure on,
+# where libgomp's own default, 300,000, spins ~20 ms.
+SPIN_COUNT = 10_000
+
+
+def short_openmp_spin() -> bool:
+    """Let idle OpenMP workers spin briefly, then sleep: ``GOMP_SPINCOUNT=SPIN_COUNT``
+    in this process's environment, read by libgomp (the runtime of our cpp kernels,
+    numba's OpenMP layer and torch on Linux) when it loads, once; nothing changes it
+    later. Returns whether it was set.
+
+    Left alone: a policy the user chose (any of ``WAIT_POLICY_VARS`` set), and a
+    runtime already loaded (by torch, numba or our kernels: it would not read it, and
+    the variable would only reach child processes). Other runtimes (LLVM's, Intel's)
+    ignore the variable and keep their own defaults. Choose a policy before importing
+    cnnfast: libgomp lets a ``GOMP_SPINCOUNT`` set here override an
+    ``OMP_WAIT_POLICY`` set after.
+
+    Why: libgomp's default spins an idle worker ~20 ms after every parallel region, so
+    through a training step's numpy work (loss, optimizer, conversion) our workers
+    hold every core; anything else that runs then (another process, a BLAS pool)
+    waits for them, and a worker descheduled in favour of it stalls the next region.
+    Measured on 2 cores, the `cnn` model's training step (benchmarks/train_vs_torch.py,
+    images/s, several runs each): idle machine, 3,200-3,600 against 2,100-3,700 for
+    the default and 2,000-3,400 for ``OMP_WAIT_POLICY=PASSIVE`` (a sleep after every
+    region: a wake-up before the next); beside one busy process, 1,190-1,490 against
+    730-990 for the default and 1,170-1,930 for PASSIVE. The variable is process-wide:
+    torch's OpenMP, loaded after, spins as briefly."""
+    if any(var in os.environ for var in WAIT_POLICY_VARS) or _openmp_loaded():
+        return False
+    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    return True
+
+
 def set_num_threads(n: int) -> None:
     """Set the thread count of the CPU backends (numba and cpp): 1 to MAX_THREADS."""
     global _num_threads
@@ -61,6 +119,52 @@ def get_num_threads() -> int:
     return _num_threads if _num_threads is not None else _default_threads()
 
 
+# threadpoolctl's controller of the BLAS libraries loaded with numpy, found on first use
+# (None: not searched yet; False: threadpoolctl is missing or sees no BLAS). Finding
+# them reads every loaded library (threadpool_limits does it on every call: 0.5 ms);
+# limiting and restoring the found ones costs 13-18 us, 3 us when already at one
+# thread (measured on 2 cores), so serial_blas can run around every dense product.
+_blas_controller = None
+
+
+def _blas():
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - a dependency, but stay usable without it
+            _blas_controller = False
+        else:
+            _blas_controller = ThreadpoolController().select(user_api="blas") or False
+    return _blas_controller
+
+
+@contextlib.contextmanager
+def serial_blas():
+    """Inside the block numpy's BLAS runs on one thread; its thread counts are restored
+    after. The dense layers run their matrix products in it.
+
+    Why: a training step alternates our OpenMP kernels with these products. A threaded
+    product wakes OpenBLAS's workers, which then spin for a while after it (OpenBLAS
+    does not yield) on the cores the next kernel's OpenMP threads need: on 2 cores the
+    `cnn` model's step took 65 ms with them, 19.5 ms without (its second convolution's
+    backward 21.4 ms against 5.5; benchmarks/train_vs_torch.py). The products are
+    small: the `cnn` model's three (64x1600 by 1600x128) took 1.04 ms on one thread,
+    1.4-1.8 ms on two even alone, and 2.5 ms through our own threaded GEMM (as a 1x1
+    convolution, with the transposes). A worker that is never woken never spins.
+
+    Scope: the BLAS thread count is process-wide (OpenBLAS's pthreads pool), so another
+    Python thread's products that run during the block also get one thread. A limit
+    already at one thread (``OPENBLAS_NUM_THREADS=1``, ``single_threaded_blas``) is
+    left alone. Without threadpoolctl this does nothing."""
+    blas = _blas()
+    if not blas or all(lib.num_threads == 1 for lib in blas.lib_controllers):
+        yield
+        return
+    with blas.limit(limits=1):
+        yield
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
     """Inside the block numpy's BLAS runs on one thread (threadpoolctl).
@@ -78,3 +182,7 @@ def single_threaded_blas():
         return
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+# At import, before any kernel loads the OpenMP runtime (the backends load lazily).
+short_openmp_spin()

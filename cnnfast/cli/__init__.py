@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from .._version import __version__
@@ -36,11 +35,9 @@ def _load(name):
         raise
 
 
-# Commands that interleave our OpenMP kernels with numpy's BLAS (dense layers) in a
-# tight loop: spinning OpenMP workers there starve OpenBLAS on a small machine
-# (measured: a 0.6 ms matmul took 70-117 ms inside training). Passive waiting must be
-# chosen before the OpenMP runtime loads, so it is set here; users may override it.
-_PASSIVE_OPENMP = ("train", "evaluate", "visualize")
+# How idle OpenMP workers wait is not chosen here: importing cnnfast (this package's
+# parent) already chose a short spin unless the user chose a policy
+# (cnnfast.threads.short_openmp_spin), for every command and every script alike.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,8 +49,6 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in _PASSIVE_OPENMP:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = _Parser(prog="cnnfast", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cnnfast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -225,8 +225,8 @@ def _build(args):
 def run(args) -> int:
     from ..threads import single_threaded_blas
 
-    # numpy's BLAS (dense layers) on one thread: its spinning workers would take the
-    # cores of the convolution kernels (see single_threaded_blas).
+    # numpy's BLAS on one thread for the whole run: the dense layers limit their own
+    # products (serial_blas); this also covers the others (Upsample's interpolation).
     with single_threaded_blas():
         return _run_any(args)
 

@@ -3,10 +3,20 @@ with the array module of the input (numpy or cupy)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
+from ...threads import serial_blas
 from ..base import Layer, register_layer
 from ..init import fans, get_initializer, init_name
+
+
+def _products(x):
+    """Where a layer's matrix products run: numpy's BLAS on one thread for numpy
+    arrays, so that its spinning workers do not take the cores of the convolution
+    kernels around it (see ``cnnfast.threads.serial_blas``); cupy arrays as they are."""
+    return serial_blas() if isinstance(x, np.ndarray) else contextlib.nullcontext()
 
 
 @register_layer
@@ -83,7 +93,8 @@ class Linear(Layer):
         w = self.params["weight"]
         if x.dtype != w.dtype:
             raise TypeError(f"{self.name}: input dtype {x.dtype} != weight dtype {w.dtype}")
-        y = x @ w.T
+        with _products(x):
+            y = x @ w.T
         if self.use_bias:
             y += self.params["bias"]
         if training:
@@ -92,11 +103,13 @@ class Linear(Layer):
 
     def backward(self, grad, need_input_grad=True):
         x = self._need_cache()
-        if self.trainable:
-            self.grads["weight"] = grad.T @ x
-            if self.use_bias:
-                self.grads["bias"] = grad.sum(axis=0)
-        return grad @ self.params["weight"] if need_input_grad else None
+        with _products(x):
+            if self.trainable:
+                self.grads["weight"] = grad.T @ x
+            grad_x = grad @ self.params["weight"] if need_input_grad else None
+        if self.trainable and self.use_bias:
+            self.grads["bias"] = grad.sum(axis=0)
+        return grad_x
 
     def config(self):
         return {"out_features": self.out_features, "use_bias": self.use_bias,
