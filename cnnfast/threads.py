@@ -13,6 +13,9 @@ import numbers
 import os
 
 _num_threads = None
+# How many threads the loaded OpenMP runtime would use now (omp_get_max_threads), once
+# the cpp backend has registered its query (follow_openmp); None before.
+_openmp_max_threads = None
 
 # The most threads the CPU backends are given. Every OpenMP thread of the cpp backend
 # costs a stack and scratch buffers, and one that cannot be created kills the process
@@ -36,6 +39,11 @@ def _default_threads() -> int:
             raise ValueError(f"CNNFAST_NUM_THREADS={env!r} is more than the "
                              f"{MAX_THREADS} threads allowed; set at most {MAX_THREADS}")
         return n
+    # The OpenMP runtime's own setting once the cpp extension has loaded it: it reads
+    # OMP_NUM_THREADS, and follows omp_set_num_threads, which is how threadpoolctl's
+    # threadpool_limits(n) limits OpenMP libraries.
+    if _openmp_max_threads is not None:
+        return max(1, min(_openmp_max_threads(), MAX_THREADS))
     # OMP_NUM_THREADS (its first entry, as OpenMP reads nested lists) when set. It is a
     # hint shared with every OpenMP program, so a huge value is clamped, not an error.
     omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
@@ -112,10 +120,18 @@ def set_num_threads(n: int) -> None:
     _num_threads = int(n)
 
 
+def follow_openmp(max_threads) -> None:
+    """Let ``max_threads()`` (the loaded OpenMP runtime's omp_get_max_threads) give the
+    default thread count (see ``get_num_threads``); called by the cpp backend."""
+    global _openmp_max_threads
+    _openmp_max_threads = max_threads
+
+
 def get_num_threads() -> int:
     """The CPU backends' thread count: set_num_threads, else CNNFAST_NUM_THREADS,
-    else OMP_NUM_THREADS (clamped to MAX_THREADS), else the cores this process may
-    run on."""
+    else, once the cpp extension is loaded, its OpenMP runtime's setting (so that
+    ``threadpoolctl.threadpool_limits`` limits cnnfast too), else OMP_NUM_THREADS,
+    else the cores this process may run on (all clamped to MAX_THREADS)."""
     return _num_threads if _num_threads is not None else _default_threads()
 
 

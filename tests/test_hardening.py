@@ -86,6 +86,9 @@ def test_thread_environment_is_bounded(monkeypatch):
     with pytest.raises(ValueError, match="CNNFAST_NUM_THREADS='100000'.*at most 1024"):
         threads._default_threads()
     monkeypatch.delenv("CNNFAST_NUM_THREADS")
+    # before the cpp extension loads its OpenMP runtime (after, the runtime's own
+    # setting counts, also clamped: tests/test_threads_interplay.py)
+    monkeypatch.setattr(threads, "_openmp_max_threads", None)
     monkeypatch.setenv("OMP_NUM_THREADS", "100000")
     assert threads._default_threads() == threads.MAX_THREADS
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

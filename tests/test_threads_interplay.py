@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import cnnfast
 from cnnfast import nn
 from cnnfast.threads import serial_blas, single_threaded_blas
 
@@ -180,3 +181,28 @@ def test_the_cpp_kernels_openmp_runtime_reads_the_spin_count():
     if "GOMP_SPINCOUNT" not in err:
         pytest.skip("the kernels' OpenMP runtime is not libgomp")
     assert f"GOMP_SPINCOUNT = '{SPIN_COUNT}'" in err
+
+
+def test_threadpoolctl_limits_the_cpp_kernels(monkeypatch):
+    """Unless the user set a count, the cpp kernels follow their OpenMP runtime's
+    setting, so threadpoolctl's limit (omp_set_num_threads) reaches them; a count set
+    with set_num_threads wins."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from cnnfast import threads
+    x = np.ones((1, 2, 6, 6), np.float32)
+    w = np.ones((2, 2, 3, 3), np.float32)
+    from cnnfast.backends.cpp import _cpp
+    if not _cpp.openmp()[0]:
+        pytest.skip("the cpp extension was built without OpenMP")
+    monkeypatch.delenv("CNNFAST_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_num_threads", None)
+    with threadpoolctl.threadpool_limits(limits=3, user_api="openmp"):
+        assert cnnfast.get_num_threads() == 3
+        assert "3 thread(s)" in cnnfast.explain("conv2d", x, w, backend="cpp")
+        monkeypatch.setattr(threads, "_num_threads", 2)
+        assert cnnfast.get_num_threads() == 2
+    monkeypatch.setattr(threads, "_num_threads", None)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert cnnfast.get_num_threads() == 1
+        np.testing.assert_array_equal(cnnfast.conv2d(x, w, backend="cpp"),
+                                      cnnfast.conv2d(x, w, backend="numpy"))

@@ -59,6 +59,12 @@ except ImportError as exc:  # not built
     _cpp = None
     _IMPORT_ERROR = str(exc)
 
+if _cpp is not None and _cpp.openmp()[0]:
+    # Unless the user set a count, use what our OpenMP runtime would: threadpoolctl's
+    # threadpool_limits sets it with omp_set_num_threads, which our explicit
+    # num_threads clause would otherwise override.
+    _threads.follow_openmp(lambda: _cpp.openmp()[2])
+
 ARRAY = "numpy"
 DTYPES = ("float32", "float64")
 ALGORITHMS = tuple(_cpp.conv_paths()) if hasattr(_cpp, "conv_paths") else ()
