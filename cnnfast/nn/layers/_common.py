@@ -17,6 +17,15 @@ def _tuple(value, rank, name):
     raise ValueError(f"{name}={value!r} must be an int or {rank} ints")
 
 
+def _refuse_positional(layer, extra, usage):
+    """A TypeError for positional arguments past those a layer documents: torch's
+    constructors take the input size first (``Linear(784, 10)``), cnnfast.nn infers it,
+    so an extra positional value would silently land in another parameter."""
+    if extra:
+        raise TypeError(f"{type(layer).__name__}() got {len(extra)} positional argument(s) "
+                        f"too many {extra!r}: {usage}")
+
+
 def _jsonable(value):
     """Tuples -> lists recursively (a config must survive a JSON round trip)."""
     if isinstance(value, (tuple, list)):

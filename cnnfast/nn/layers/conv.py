@@ -16,7 +16,11 @@ from ... import api
 from ... import params as P
 from ..base import Layer, register_layer
 from ..init import fans, get_initializer, init_name
-from ._common import _check_input, _jsonable, _resolve_padding, _tuple
+from ._common import _check_input, _jsonable, _refuse_positional, _resolve_padding, _tuple
+
+_CONV_USAGE = ("the input channels are inferred from the input, so only out_channels "
+               "and kernel_size are positional (torch's Conv2d(1, 64, 3) is "
+               "Conv2d(64, 3) here); pass stride=, padding=, ... by keyword")
 
 
 class _Conv(Layer):
@@ -27,9 +31,10 @@ class _Conv(Layer):
     rank: Optional[int] = None
     _op = "conv"  # the kernel API functions: api.<_op> and api.<_op>_backward
 
-    def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+    def __init__(self, out_channels, kernel_size, *extra, stride=1, padding=0, dilation=1,
                  groups=1, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", name=None):
+        _refuse_positional(self, extra, _CONV_USAGE)
         super().__init__(name)
         if not isinstance(out_channels, (int, np.integer)) or out_channels < 1:
             raise ValueError(f"out_channels={out_channels!r} must be a positive int")
@@ -173,11 +178,14 @@ class _ConvTranspose(_Conv):
 
     _op = "conv_transpose"
 
-    def __init__(self, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
-                 groups=1, dilation=1, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", name=None):
-        super().__init__(out_channels, kernel_size, stride, padding, dilation, groups,
-                         use_bias, kernel_initializer, bias_initializer, name)
+    def __init__(self, out_channels, kernel_size, *extra, stride=1, padding=0,
+                 output_padding=0, groups=1, dilation=1, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", name=None):
+        _refuse_positional(self, extra, _CONV_USAGE)
+        super().__init__(out_channels, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer,
+                         bias_initializer=bias_initializer, name=name)
         if self.out_channels % self.groups:
             raise ValueError(f"groups={groups} does not divide out_channels={out_channels}")
         self.output_padding = output_padding

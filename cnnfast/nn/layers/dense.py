@@ -10,6 +10,7 @@ import numpy as np
 from ...threads import serial_blas
 from ..base import Layer, register_layer
 from ..init import fans, get_initializer, init_name
+from ._common import _refuse_positional
 
 
 def _products(x):
@@ -42,8 +43,12 @@ class Flatten(Layer):
 class Linear(Layer):
     """Fully connected: ``y = x @ weight.T + bias``, weight (out, in) (torch's layout)."""
 
-    def __init__(self, out_features, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", name=None):
+    def __init__(self, out_features, *extra, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", name=None):
+        _refuse_positional(self, extra, "the input size is inferred from the input, so "
+                           "out_features is the only positional argument (torch's "
+                           "Linear(784, 10) is Linear(10) here); pass use_bias=, ... by "
+                           "keyword")
         super().__init__(name)
         if not isinstance(out_features, (int, np.integer)) or out_features < 1:
             raise ValueError(f"out_features={out_features!r} must be a positive int")

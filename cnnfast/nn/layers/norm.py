@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..base import Layer, array_module, register_layer
+from ._common import _refuse_positional
 
 
 @register_layer
@@ -15,7 +16,10 @@ class BatchNorm(Layer):
     (``running = (1 - momentum) * running + momentum * batch``, unbiased variance,
     as torch); evaluation -- and a frozen layer, as Keras -- uses the running ones."""
 
-    def __init__(self, momentum=0.1, eps=1e-5, name=None):
+    def __init__(self, *extra, momentum=0.1, eps=1e-5, name=None):
+        _refuse_positional(self, extra, "the number of features is inferred from the "
+                           "input (torch's BatchNorm2d(64) is BatchNorm() here); pass "
+                           "momentum= and eps= by keyword")
         super().__init__(name)
         self.momentum = float(momentum)
         self.eps = float(eps)

@@ -14,14 +14,18 @@ from typing import Optional
 from ... import api
 from ... import params as P
 from ..base import Layer, register_layer
-from ._common import _check_input, _jsonable, _resolve_padding, _tuple
+from ._common import _check_input, _jsonable, _refuse_positional, _resolve_padding, _tuple
+
+_POOL_USAGE = ("kernel_size, stride and padding may be positional (torch's order); "
+               "pass dilation=, ceil_mode=, ... by keyword")
 
 
 class _Pool(Layer):
     rank: Optional[int] = None
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                 name=None):
+    def __init__(self, kernel_size, stride=None, padding=0, *extra, dilation=1,
+                 ceil_mode=False, name=None):
+        _refuse_positional(self, extra, _POOL_USAGE)
         super().__init__(name)
         self.kernel_size = kernel_size
         self.stride = stride
@@ -104,9 +108,11 @@ class _AvgPool(_Pool):
     """Average pooling; with ``'same'`` padding the padding is not counted (as
     TensorFlow), whatever ``count_include_pad`` says."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                 count_include_pad=True, name=None):
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, name)
+    def __init__(self, kernel_size, stride=None, padding=0, *extra, dilation=1,
+                 ceil_mode=False, count_include_pad=True, name=None):
+        _refuse_positional(self, extra, _POOL_USAGE)
+        super().__init__(kernel_size, stride, padding, dilation=dilation,
+                         ceil_mode=ceil_mode, name=name)
         self.count_include_pad = bool(count_include_pad)
 
     def _extra(self):
