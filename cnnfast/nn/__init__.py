@@ -20,6 +20,8 @@ trains on cupy arrays end to end.
 from .base import Layer, array_module, layer_class, layer_from_config, register_layer
 from .checkpoint import CheckpointError, load_checkpoint, read_arrays, save_checkpoint
 from .init import INITIALIZERS, get_initializer
+from .interchange import (load_torch_state_dict, load_torch_weights, save_torch_weights,
+                          torch_state_dict)
 from .layers import (
     AvgPool, AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm, Conv, Conv1d, Conv2d, Conv3d,
     ConvTranspose, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Dense, Dropout,
@@ -44,5 +46,6 @@ __all__ = [
     "tf_same_pads", "log_softmax", "mse", "softmax_cross_entropy", "Sequential",
     "SGD", "Adam", "AdamW", "CosineLR", "Schedule", "StepLR", "make_optimizer",
     "make_schedule", "Upsample", "SkipConcat", "Residual", "autoencoder", "unet",
-    "build_encdec", "train_denoiser", "psnr",
+    "build_encdec", "train_denoiser", "psnr", "torch_state_dict", "load_torch_state_dict",
+    "save_torch_weights", "load_torch_weights",
 ]
