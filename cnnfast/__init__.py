@@ -3,6 +3,10 @@
 The public contract is ``API.md`` (torch.nn.functional semantics, ONNX where torch
 cannot express a case). Four backends sit behind one dispatcher: ``numpy`` (the
 reference), ``numba``, ``cpp`` and ``cupy`` (plus the opt-in ``cuda-emu``).
+
+The package is typed (``py.typed``): the public functions carry annotations, and
+their docstrings Parameters / Returns / Raises / Examples sections (see
+``help(cnnfast.max_pool2d)``); the examples run as doctests (tests/test_doctests.py).
 """
 
 from ._version import __version__

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from typing import Any, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +32,17 @@ from .bridge import (bridged, check_grad_outs, check_out, check_pool_outs, write
                      write_grads)
 from .registry import backend_for, get_backend, select
 
+# The types of the public signatures. An array is a numpy or cupy ndarray or any DLPack
+# array (a torch tensor, a JAX array, ...): the type checker cannot name them all.
+ArrayLike = Any
+#: One int for every spatial dim, or one int per spatial dim.
+IntOrTuple = Union[int, Sequence[int]]
+#: An int, one entry per spatial dim (an int or a ``(before, after)`` pair), or for
+#: ``conv`` the strings ``"valid"`` and ``"same"``.
+Padding = Union[int, str, Sequence[Union[int, Sequence[int]]]]
+#: The three gradients of a convolution, ``None`` where not asked for.
+Grads = Tuple[Optional[ArrayLike], Optional[ArrayLike], Optional[ArrayLike]]
+_Needs = Union[str, Iterable[str]]
 
 
 # ----------------------------------------------------------------------------- explain
@@ -120,12 +132,35 @@ def _select_tuned(op, kind, dtype, params, backend, shapes):
     return plan.apply(kernel)
 
 
-def explain(op_name, *arrays, **params) -> str:
+def explain(op_name: str, *arrays: ArrayLike, **params: Any) -> str:
     """Which backend and which algorithm ``cnnfast.<op_name>(*arrays, **params)``
     would run, and why, without running it. The arguments are validated as the call
     would validate them (the same errors). The algorithm names are those that
     ``algorithm=`` accepts (each backend's ``ALGORITHMS``).
 
+    Parameters
+    ----------
+    op_name : str
+        The name of a public kernel function: ``"conv2d"``, ``"conv_backward"``,
+        ``"max_pool"``, ...
+    *arrays, **params
+        The arguments the call would get.
+
+    Returns
+    -------
+    str
+        ``"<backend>: <algorithm> (<what it is>); why: <reason>"``, plus the autotuning
+        line when autotuning applies.
+
+    Raises
+    ------
+    ValueError
+        ``op_name`` is not a public kernel function; or any error the call itself would
+        raise before running a kernel (``TypeError``, ``ValueError``,
+        ``NotImplementedError``, ``cnnfast.BackendUnavailable``).
+
+    Examples
+    --------
     >>> import numpy as np, cnnfast
     >>> cnnfast.explain("conv2d", np.ones((1, 1, 4, 4)), np.ones((1, 1, 2, 2)),
     ...                 backend="numpy").split("; ")[0]
@@ -279,69 +314,185 @@ def _run_conv(x, weight, bias, stride, padding, dilation, groups, backend, algor
                               _contiguous(bias, kind), p))
 
 
-def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-         algorithm="auto", activation=None, negative_slope=_SLOPE, out=None):
+def conv(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+         stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+         groups: int = 1, *, backend: Optional[str] = None, algorithm: str = "auto",
+         activation: Optional[str] = None, negative_slope: float = _SLOPE,
+         out: Optional[ArrayLike] = None) -> ArrayLike:
     """Convolution (cross-correlation, as torch) of ``x`` (N, C_in, *spatial) with
-    ``weight`` (C_out, C_in // groups, *kernel).
+    ``weight`` (C_out, C_in // groups, *kernel), spatial rank 1 to 3.
 
+    Parameters
+    ----------
+    x : array
+        (N, C_in, *spatial), float32 or float64 (float16 on the CUDA backends): a numpy
+        or cupy array, or any DLPack array (a torch tensor, a JAX array, ...), read in
+        place.
+    weight : array
+        (C_out, C_in // groups, *kernel), the same dtype and device as ``x``.
+    bias : array, optional
+        (C_out,), added to every output position.
+    stride, dilation : int or tuple of int
+        One int for every spatial dim or one per dim.
+    padding : int, tuple or str
+        An int; one entry per dim, each an int (symmetric) or a ``(before, after)``
+        pair; or ``"valid"`` / ``"same"`` (stride 1; an odd total pad puts the extra
+        element after, as ONNX ``SAME_UPPER``).
+    groups : int
+        Input and output channels split into ``groups`` independent convolutions.
+    backend : str, optional
+        ``"numpy"``, ``"numba"``, ``"cpp"``, ``"cupy"``, ``"cuda-emu"``; ``None``: the
+        ``use_backend`` / ``set_backend`` / ``CNNFAST_BACKEND`` choice, else the first
+        available that can run the case.
+    algorithm : str
+        ``"auto"`` (the backend's choice) or a name from the vocabulary of
+        ``cnnfast.explain`` (the backend's ``ALGORITHMS``), which pins the backend that
+        knows it and that algorithm. ``"auto"`` follows ``set_algorithm`` /
+        ``use_algorithm`` when they pin a name, else the autotuned choice when
+        ``set_autotune(True)`` (see ``cnnfast.autotune``).
+    activation : str, optional
+        ``None``, ``"relu"``, ``"leaky_relu"`` (with ``negative_slope`` >= 0),
+        ``"sigmoid"`` or ``"tanh"``, applied after the bias in the kernel's epilogue
+        (``conv_backward`` takes the same arguments and ``y=``, this call's result).
+    negative_slope : float
+        The slope of ``"leaky_relu"`` below zero (default 0.01).
+    out : array, optional
+        An array of the result's shape, dtype and device, C-contiguous, overlapping no
+        input; the result is written there and ``out`` is returned (see
+        docs/interop.md).
+
+    Returns
+    -------
+    array
+        y, (N, C_out, *out_spatial), of the type of ``x`` (or ``out``). Per dim:
+        ``floor((in + pad_before + pad_after - dilation*(k-1) - 1) / stride) + 1``.
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type; arrays of mixed dtypes or devices; a dtype other
+        than float32 / float64 (float16 on the CUDA backends).
+    ValueError
+        Shapes that do not fit together; a bad stride, padding, dilation or groups (see
+        docs/API.md); an unknown algorithm or activation; a bad ``out``.
+    NotImplementedError
+        The pinned ``algorithm`` cannot run the case.
+    cnnfast.BackendUnavailable
+        The named backend is unavailable on this machine (a ``ValueError``).
+
+    Examples
+    --------
     >>> import numpy as np, cnnfast
     >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
     >>> cnnfast.conv(x, np.ones((1, 1, 2, 2)), stride=2, backend="numpy")[0, 0]
     array([[10., 18.],
            [42., 50.]])
-
-    ``algorithm``: ``"auto"`` (the backend's choice) or a name from the vocabulary of
-    ``cnnfast.explain`` (the backend's ``ALGORITHMS``), which pins the backend that
-    knows it and that algorithm; ``NotImplementedError`` if it cannot run the case.
-    ``"auto"`` follows ``set_algorithm``/``use_algorithm`` when they pin a name, else
-    the autotuned choice when ``set_autotune(True)`` (see ``cnnfast.autotune``).
-
-    ``activation``: ``None``, ``"relu"``, ``"leaky_relu"`` (with ``negative_slope``
-    >= 0), ``"sigmoid"`` or ``"tanh"``, applied after the bias in the kernel's epilogue
-    (``conv_backward`` takes the same arguments and ``y=``, this call's result).
-
-    Every array may be any DLPack array (a torch tensor, ...): the result comes back as
-    the type of ``x``. ``out``: an array of the result's shape, dtype and device,
-    C-contiguous, overlapping no input; the result is written there and ``out`` is
-    returned (see docs/interop.md).
+    >>> cnnfast.conv(x, np.ones((1, 1, 3, 3)), padding="same").shape
+    (1, 1, 4, 4)
+    >>> cnnfast.conv(x, -np.ones((1, 1, 2, 2)), np.array([50.0]), stride=2,
+    ...              activation="relu")[0, 0]
+    array([[40., 32.],
+           [ 8.,  0.]])
     """
     return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
                  activation, negative_slope, out=out)
 
 
-def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-           algorithm="auto", activation=None, negative_slope=_SLOPE, out=None):
-    """``conv`` for ``x`` of shape (N, C, L)."""
+def conv1d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+           stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+           groups: int = 1, *, backend: Optional[str] = None, algorithm: str = "auto",
+           activation: Optional[str] = None, negative_slope: float = _SLOPE,
+           out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Convolution of ``x`` of shape (N, C, L): ``conv`` for 1-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``conv``'s, below."""
     return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
                  activation, negative_slope, rank=1, out=out)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-           algorithm="auto", activation=None, negative_slope=_SLOPE, out=None):
-    """``conv`` for ``x`` of shape (N, C, H, W)."""
+def conv2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+           stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+           groups: int = 1, *, backend: Optional[str] = None, algorithm: str = "auto",
+           activation: Optional[str] = None, negative_slope: float = _SLOPE,
+           out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Convolution of ``x`` of shape (N, C, H, W): ``conv`` for 2-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``conv``'s, below."""
     return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
                  activation, negative_slope, rank=2, out=out)
 
 
-def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-           algorithm="auto", activation=None, negative_slope=_SLOPE, out=None):
-    """``conv`` for ``x`` of shape (N, C, D, H, W)."""
+def conv3d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+           stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+           groups: int = 1, *, backend: Optional[str] = None, algorithm: str = "auto",
+           activation: Optional[str] = None, negative_slope: float = _SLOPE,
+           out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Convolution of ``x`` of shape (N, C, D, H, W): ``conv`` for 3-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``conv``'s, below."""
     return _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
                  activation, negative_slope, rank=3, out=out)
 
 
-def conv_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                  needs=("x", "weight", "bias"), backend=None, algorithm="auto",
-                  activation=None, negative_slope=_SLOPE, y=None, out=None):
+def conv_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike,
+                  stride: IntOrTuple = 1, padding: Padding = 0,
+                  dilation: IntOrTuple = 1, groups: int = 1, *,
+                  needs: _Needs = ("x", "weight", "bias"), backend: Optional[str] = None,
+                  algorithm: str = "auto", activation: Optional[str] = None,
+                  negative_slope: float = _SLOPE, y: Optional[ArrayLike] = None,
+                  out: Optional[Sequence[Optional[ArrayLike]]] = None) -> Grads:
     """Gradients of ``conv`` with respect to x, weight and bias: ``(grad_x,
     grad_weight, grad_bias)``, with ``None`` for the names not in ``needs``.
-    ``algorithm`` pins the algorithm of every kernel of the call (see ``conv``).
-    ``out``: ``(grad_x, grad_weight, grad_bias)`` arrays to write the gradients into,
-    ``None`` for any not given (each checked as ``conv``'s ``out``, and only for a
-    name in ``needs``); results come back as the type of ``grad_y``. With
-    ``activation`` (as given to ``conv``), ``y`` is ``conv``'s result and ``grad_y`` is
-    multiplied by the activation's derivative at ``y`` first (for all three
-    gradients)."""
+
+    Parameters
+    ----------
+    grad_y : array
+        d loss / d y, the shape of ``conv``'s result; the dtype and device of ``x``.
+    x, weight : array
+        The forward call's inputs.
+    stride, padding, dilation, groups
+        As given to ``conv``.
+    needs : tuple of str
+        The gradients to compute, from ``"x"``, ``"weight"``, ``"bias"``.
+    backend : str, optional
+        As in ``conv``.
+    algorithm : str
+        Pins the algorithm of every kernel of the call (see ``conv``).
+    activation : str, optional
+        As given to ``conv``: ``grad_y`` is then multiplied by the activation's
+        derivative at ``y`` first (for all three gradients).
+    negative_slope : float
+        As given to ``conv``.
+    y : array, optional
+        ``conv``'s result; required with ``activation``, refused without it.
+    out : tuple of arrays, optional
+        ``(grad_x, grad_weight, grad_bias)`` arrays to write the gradients into,
+        ``None`` for any not given (each checked as ``conv``'s ``out``, and only for a
+        name in ``needs``).
+
+    Returns
+    -------
+    tuple
+        ``(grad_x, grad_weight, grad_bias)``, shaped like ``x``, ``weight`` and
+        ``(C_out,)``, of the type of ``grad_y``; ``None`` for a name not in ``needs``.
+        ``grad_bias`` is ``grad_y`` summed over every axis but the channel axis.
+
+    Raises
+    ------
+    TypeError, ValueError, NotImplementedError, cnnfast.BackendUnavailable
+        As ``conv``; also a ``grad_y`` or ``y`` not shaped like the forward result, an
+        unknown name in ``needs``, ``y`` given without ``activation`` or missing with it.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnfast
+    >>> x, w = np.array([[[1.0, 2.0, 3.0]]]), np.ones((1, 1, 2))
+    >>> grad_x, grad_w, grad_b = cnnfast.conv_backward(np.ones((1, 1, 2)), x, w)
+    >>> grad_x, grad_w, grad_b
+    (array([[[1., 2., 1.]]]), array([[[3., 5.]]]), array([2.]))
+    >>> cnnfast.conv_backward(np.ones((1, 1, 2)), x, w, needs=("weight",))
+    (None, array([[[3., 5.]]]), None)
+    """
     return bridged(_run_conv_backward, _GRAD_ARRAYS, (grad_y, x, weight, y), out, stride,
                     padding, dilation, groups, needs, backend, algorithm, activation,
                     negative_slope)
@@ -403,56 +554,149 @@ def _run_conv_transpose(x, weight, bias, stride, padding, output_padding, groups
                               _contiguous(bias, kind), p))
 
 
-def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                   dilation=1, *, backend=None, algorithm="auto", activation=None,
-                   negative_slope=_SLOPE, out=None):
-    """Transposed convolution of ``x`` (N, C_in, *spatial) with ``weight``
-    (C_in, C_out // groups, *kernel); ``padding`` crops the output. ``activation``,
-    DLPack arrays and ``out`` as in ``conv``.
+def conv_transpose(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+                   stride: IntOrTuple = 1, padding: Padding = 0,
+                   output_padding: IntOrTuple = 0, groups: int = 1,
+                   dilation: IntOrTuple = 1, *, backend: Optional[str] = None,
+                   algorithm: str = "auto", activation: Optional[str] = None,
+                   negative_slope: float = _SLOPE,
+                   out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Transposed convolution (the adjoint of ``conv``, torch's ``conv_transpose``) of
+    ``x`` (N, C_in, *spatial) with ``weight`` (C_in, C_out // groups, *kernel), spatial
+    rank 1 to 3.
 
+    Parameters
+    ----------
+    x : array
+        (N, C_in, *spatial); numpy, cupy or any DLPack array, as in ``conv``.
+    weight : array
+        (C_in, C_out // groups, *kernel).
+    bias : array, optional
+        (C_out,).
+    stride, dilation : int or tuple of int
+        As in ``conv``.
+    padding : int or tuple
+        Crops the output: an int, or one entry per dim (an int or a
+        ``(before, after)`` pair).
+    output_padding : int or tuple of int
+        Extra size on the far end of each dim, smaller than the stride or the
+        dilation.
+    groups : int
+        As in ``conv``.
+    backend, algorithm, activation, negative_slope, out
+        As in ``conv``.
+
+    Returns
+    -------
+    array
+        y, (N, C_out, *out_spatial), of the type of ``x`` (or ``out``). Per dim:
+        ``(in-1)*stride - pad_before - pad_after + dilation*(k-1) + output_padding + 1``.
+
+    Raises
+    ------
+    TypeError, ValueError, NotImplementedError, cnnfast.BackendUnavailable
+        As ``conv``.
+
+    Examples
+    --------
     >>> import numpy as np, cnnfast
     >>> cnnfast.conv_transpose(np.ones((1, 1, 2)), np.ones((1, 1, 2)), stride=2,
     ...                        backend="numpy")[0, 0]
     array([1., 1., 1., 1.])
+    >>> cnnfast.conv_transpose(np.array([[[1.0, 2.0]]]), np.array([[[1.0, 10.0]]]))
+    array([[[ 1., 12., 20.]]])
     """
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
                            dilation, backend, algorithm, activation, negative_slope,
                            out=out)
 
 
-def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None, algorithm="auto", activation=None,
-                     negative_slope=_SLOPE, out=None):
-    """``conv_transpose`` for ``x`` of shape (N, C, L)."""
+def conv_transpose1d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+                     stride: IntOrTuple = 1, padding: Padding = 0,
+                     output_padding: IntOrTuple = 0, groups: int = 1,
+                     dilation: IntOrTuple = 1, *, backend: Optional[str] = None,
+                     algorithm: str = "auto", activation: Optional[str] = None,
+                     negative_slope: float = _SLOPE,
+                     out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Transposed convolution of ``x`` of shape (N, C, L): ``conv_transpose`` for 1-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``conv_transpose``'s, below."""
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
                            dilation, backend, algorithm, activation, negative_slope,
                            rank=1, out=out)
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None, algorithm="auto", activation=None,
-                     negative_slope=_SLOPE, out=None):
-    """``conv_transpose`` for ``x`` of shape (N, C, H, W)."""
+def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+                     stride: IntOrTuple = 1, padding: Padding = 0,
+                     output_padding: IntOrTuple = 0, groups: int = 1,
+                     dilation: IntOrTuple = 1, *, backend: Optional[str] = None,
+                     algorithm: str = "auto", activation: Optional[str] = None,
+                     negative_slope: float = _SLOPE,
+                     out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Transposed convolution of ``x`` of shape (N, C, H, W): ``conv_transpose`` for 2-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``conv_transpose``'s, below."""
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
                            dilation, backend, algorithm, activation, negative_slope,
                            rank=2, out=out)
 
 
-def conv_transpose3d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None, algorithm="auto", activation=None,
-                     negative_slope=_SLOPE, out=None):
-    """``conv_transpose`` for ``x`` of shape (N, C, D, H, W)."""
+def conv_transpose3d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+                     stride: IntOrTuple = 1, padding: Padding = 0,
+                     output_padding: IntOrTuple = 0, groups: int = 1,
+                     dilation: IntOrTuple = 1, *, backend: Optional[str] = None,
+                     algorithm: str = "auto", activation: Optional[str] = None,
+                     negative_slope: float = _SLOPE,
+                     out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Transposed convolution of ``x`` of shape (N, C, D, H, W): ``conv_transpose`` for 3-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``conv_transpose``'s, below."""
     return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups,
                            dilation, backend, algorithm, activation, negative_slope,
                            rank=3, out=out)
 
 
-def conv_transpose_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
-                            groups=1, dilation=1, *, needs=("x", "weight", "bias"),
-                            backend=None, algorithm="auto", activation=None,
-                            negative_slope=_SLOPE, y=None, out=None):
-    """Gradients of ``conv_transpose``: ``(grad_x, grad_weight, grad_bias)``.
-    ``activation`` and ``y``, DLPack arrays and ``out`` as in ``conv_backward``."""
+def conv_transpose_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike,
+                            stride: IntOrTuple = 1, padding: Padding = 0,
+                            output_padding: IntOrTuple = 0, groups: int = 1,
+                            dilation: IntOrTuple = 1, *,
+                            needs: _Needs = ("x", "weight", "bias"),
+                            backend: Optional[str] = None, algorithm: str = "auto",
+                            activation: Optional[str] = None,
+                            negative_slope: float = _SLOPE, y: Optional[ArrayLike] = None,
+                            out: Optional[Sequence[Optional[ArrayLike]]] = None) -> Grads:
+    """Gradients of ``conv_transpose`` with respect to x, weight and bias:
+    ``(grad_x, grad_weight, grad_bias)``, with ``None`` for the names not in ``needs``.
+
+    Parameters
+    ----------
+    grad_y : array
+        d loss / d y, the shape of ``conv_transpose``'s result.
+    x, weight : array
+        The forward call's inputs.
+    stride, padding, output_padding, groups, dilation
+        As given to ``conv_transpose``.
+    needs, backend, algorithm, activation, negative_slope, y, out
+        As in ``conv_backward``.
+
+    Returns
+    -------
+    tuple
+        ``(grad_x, grad_weight, grad_bias)``, shaped like ``x``, ``weight`` and
+        ``(C_out,)``, of the type of ``grad_y``; ``None`` for a name not in ``needs``.
+
+    Raises
+    ------
+    TypeError, ValueError, NotImplementedError, cnnfast.BackendUnavailable
+        As ``conv_backward``.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnfast
+    >>> cnnfast.conv_transpose_backward(np.ones((1, 1, 4)), np.ones((1, 1, 2)),
+    ...                                 np.ones((1, 1, 2)), stride=2)
+    (array([[[2., 2.]]]), array([[[2., 2.]]]), array([4.]))
+    """
     return bridged(_run_conv_transpose_backward, _GRAD_ARRAYS, (grad_y, x, weight, y), out,
                     stride, padding, output_padding, groups, dilation, needs, backend,
                     algorithm, activation, negative_slope)
@@ -513,41 +757,100 @@ def _run_max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_i
     return (y, write(idx_out, idx)) if return_indices else y
 
 
-def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-             return_indices=False, backend=None, out=None):
-    """Max pooling; NaN wins a window. With ``return_indices=True`` also the int64
-    flat offsets of the winners in each (n, c) plane of ``x``.
+def max_pool(x: ArrayLike, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+             padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+             return_indices: bool = False, backend: Optional[str] = None,
+             out: Any = None) -> Any:
+    """Max pooling of ``x`` (N, C, *spatial), spatial rank 1 to 3; NaN wins a window.
 
+    Parameters
+    ----------
+    x : array
+        (N, C, *spatial); numpy, cupy or any DLPack array, as in ``conv``.
+    kernel_size : int or tuple of int
+        The window, one int for every spatial dim or one per dim.
+    stride : int or tuple of int, optional
+        ``None``: the kernel size.
+    padding : int or tuple
+        An int, or one entry per dim (an int or a ``(before, after)`` pair); it may
+        exceed ``kernel // 2`` as long as every window overlaps the input.
+    dilation : int or tuple of int
+        The spacing of the window's cells.
+    ceil_mode : bool
+        Round the output size up (a last window that would start past the input plus
+        the leading padding is dropped).
+    return_indices : bool
+        Also return the winners' int64 flat offsets in each (n, c) plane of ``x`` (for
+        ``max_pool_backward``; ties pick the first in scan order).
+    backend : str, optional
+        As in ``conv``.
+    out : array or tuple, optional
+        y's array; with ``return_indices=True`` a pair ``(y, indices)`` with ``None``
+        for either.
+
+    Returns
+    -------
+    array or tuple of arrays
+        y, (N, C, *out_spatial), of the type of ``x``; with ``return_indices=True``
+        ``(y, indices)``.
+
+    Raises
+    ------
+    TypeError
+        A non-float ``x``, a non-bool ``return_indices``, an argument of the wrong type.
+    ValueError
+        A bad kernel size, stride, padding or dilation (a window wholly in the padding,
+        for one), a bad ``out``.
+    cnnfast.BackendUnavailable
+        The named backend is unavailable on this machine.
+
+    Examples
+    --------
     >>> import numpy as np, cnnfast
     >>> x = np.array([[[[2., 3, 1, 9], [4, 7, 3, 5], [8, 2, 2, 2], [1, 3, 4, 5]]]])
     >>> cnnfast.max_pool(x, 2, backend="numpy")[0, 0]
     array([[7., 9.],
            [8., 5.]])
-
-    DLPack arrays as in ``conv``. ``out``: y's array; with ``return_indices=True``
-    also a pair ``(y, indices)`` with ``None`` for either.
+    >>> y, indices = cnnfast.max_pool(x, 2, return_indices=True)
+    >>> indices[0, 0]
+    array([[ 5,  3],
+           [ 8, 15]])
+    >>> cnnfast.max_pool(np.array([[[1.0, np.nan, 3.0, 4.0]]]), 2)
+    array([[[nan,  4.]]])
     """
     return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
                      backend, out=out)
 
 
-def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-               return_indices=False, backend=None, out=None):
-    """``max_pool`` for ``x`` of shape (N, C, L)."""
+def max_pool1d(x: ArrayLike, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+               return_indices: bool = False, backend: Optional[str] = None,
+               out: Any = None) -> Any:
+    """Max pooling of ``x`` of shape (N, C, L): ``max_pool`` for 1-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``max_pool``'s, below."""
     return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
                      backend, rank=1, out=out)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-               return_indices=False, backend=None, out=None):
-    """``max_pool`` for ``x`` of shape (N, C, H, W)."""
+def max_pool2d(x: ArrayLike, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+               return_indices: bool = False, backend: Optional[str] = None,
+               out: Any = None) -> Any:
+    """Max pooling of ``x`` of shape (N, C, H, W): ``max_pool`` for 2-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``max_pool``'s, below."""
     return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
                      backend, rank=2, out=out)
 
 
-def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-               return_indices=False, backend=None, out=None):
-    """``max_pool`` for ``x`` of shape (N, C, D, H, W)."""
+def max_pool3d(x: ArrayLike, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+               return_indices: bool = False, backend: Optional[str] = None,
+               out: Any = None) -> Any:
+    """Max pooling of ``x`` of shape (N, C, D, H, W): ``max_pool`` for 3-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``max_pool``'s, below."""
     return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
                      backend, rank=3, out=out)
 
@@ -565,9 +868,52 @@ def _check_x_shape(x_shape):
     return x_shape
 
 
-def max_pool_backward(grad_y, indices, x_shape, *, backend=None, out=None):
-    """Gradient of ``max_pool`` with respect to x, from the winners' ``indices``.
-    DLPack arrays as in ``conv_backward``; ``out``: grad_x's array."""
+def max_pool_backward(grad_y: ArrayLike, indices: ArrayLike, x_shape: Sequence[int], *,
+                      backend: Optional[str] = None,
+                      out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Gradient of ``max_pool`` with respect to x, from the winners' ``indices``:
+    each ``grad_y`` value is added to its window's winner.
+
+    Parameters
+    ----------
+    grad_y : array
+        d loss / d y, the shape of ``max_pool``'s result; numpy, cupy or any DLPack
+        array.
+    indices : array
+        int64, as returned by ``max_pool(..., return_indices=True)``; the shape of
+        ``grad_y``, the same device.
+    x_shape : tuple of int
+        The shape of the forward call's ``x``.
+    backend : str, optional
+        As in ``conv``.
+    out : array, optional
+        grad_x's array (checked as ``conv``'s ``out``).
+
+    Returns
+    -------
+    array
+        grad_x, of shape ``x_shape``, of the type of ``grad_y``.
+
+    Raises
+    ------
+    TypeError
+        ``indices`` not int64 or on another device; a bad ``x_shape`` type.
+    ValueError
+        Shapes that do not match; an index outside its plane; a bad ``out``.
+    cnnfast.BackendUnavailable
+        The named backend is unavailable on this machine.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnfast
+    >>> x = np.array([[[[2., 3, 1, 9], [4, 7, 3, 5], [8, 2, 2, 2], [1, 3, 4, 5]]]])
+    >>> y, indices = cnnfast.max_pool(x, 2, return_indices=True)
+    >>> cnnfast.max_pool_backward(np.ones_like(y), indices, x.shape)[0, 0]
+    array([[0., 0., 0., 1.],
+           [0., 1., 0., 0.],
+           [1., 0., 0., 0.],
+           [0., 0., 0., 1.]])
+    """
     return bridged(_run_max_pool_backward, ("grad_y", "indices"), (grad_y, indices), out,
                     x_shape, backend)
 
@@ -623,51 +969,129 @@ def _run_avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
     return write(out, kernel(_contiguous(x, kind), p))
 
 
-def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-             count_include_pad=True, divisor_override=None, *, dilation=1, backend=None,
-             out=None):
-    """Average pooling (ONNX's ``dilation`` supported as well). DLPack arrays and
-    ``out`` as in ``conv``.
+def avg_pool(x: ArrayLike, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+             padding: Padding = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+             divisor_override: Optional[int] = None, *, dilation: IntOrTuple = 1,
+             backend: Optional[str] = None, out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Average pooling of ``x`` (N, C, *spatial), spatial rank 1 to 3 (ONNX's
+    ``dilation`` supported as well).
 
+    Parameters
+    ----------
+    x : array
+        (N, C, *spatial); numpy, cupy or any DLPack array, as in ``conv``.
+    kernel_size, stride, padding, ceil_mode
+        As in ``max_pool``.
+    count_include_pad : bool
+        Divide by the window's cells inside input-plus-padding (``True``) or inside
+        the input only (``False``).
+    divisor_override : int, optional
+        Divide every window by this instead.
+    dilation : int or tuple of int
+        The spacing of the window's cells (keyword-only; torch has none).
+    backend, out
+        As in ``conv``.
+
+    Returns
+    -------
+    array
+        y, (N, C, *out_spatial), of the type of ``x`` (or ``out``).
+
+    Raises
+    ------
+    TypeError, ValueError, cnnfast.BackendUnavailable
+        As ``max_pool``; also a ``divisor_override`` that is not a positive int.
+
+    Examples
+    --------
     >>> import numpy as np, cnnfast
     >>> x = np.array([[[[2., 1, 1, 3], [4, 5, 2, 1], [1, 4, 5, 3], [5, 1, 7, 6]]]])
     >>> cnnfast.avg_pool(x, 2, backend="numpy")[0, 0]
     array([[3.  , 1.75],
            [2.75, 5.25]])
+    >>> cnnfast.avg_pool(np.array([[[1.0, 2, 3, 4, 5]]]), 2, padding=1,
+    ...                  count_include_pad=False)
+    array([[[1. , 2.5, 4.5]]])
     """
     return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, backend, out=out)
 
 
-def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None, *, dilation=1, backend=None,
-               out=None):
-    """``avg_pool`` for ``x`` of shape (N, C, L)."""
+def avg_pool1d(x: ArrayLike, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+               dilation: IntOrTuple = 1, backend: Optional[str] = None,
+               out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Average pooling of ``x`` of shape (N, C, L): ``avg_pool`` for 1-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``avg_pool``'s, below."""
     return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, backend, rank=1, out=out)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None, *, dilation=1, backend=None,
-               out=None):
-    """``avg_pool`` for ``x`` of shape (N, C, H, W)."""
+def avg_pool2d(x: ArrayLike, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+               dilation: IntOrTuple = 1, backend: Optional[str] = None,
+               out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Average pooling of ``x`` of shape (N, C, H, W): ``avg_pool`` for 2-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``avg_pool``'s, below."""
     return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, backend, rank=2, out=out)
 
 
-def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None, *, dilation=1, backend=None,
-               out=None):
-    """``avg_pool`` for ``x`` of shape (N, C, D, H, W)."""
+def avg_pool3d(x: ArrayLike, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+               dilation: IntOrTuple = 1, backend: Optional[str] = None,
+               out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Average pooling of ``x`` of shape (N, C, D, H, W): ``avg_pool`` for 3-d inputs (an ``x``
+    of another rank is a ``ValueError``). The arguments and the results are
+    ``avg_pool``'s, below."""
     return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, backend, rank=3, out=out)
 
 
-def avg_pool_backward(grad_y, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
-                      count_include_pad=True, divisor_override=None, *, dilation=1,
-                      backend=None, out=None):
-    """Gradient of ``avg_pool`` with respect to x. DLPack arrays as in
-    ``conv_backward``; ``out``: grad_x's array."""
+def avg_pool_backward(grad_y: ArrayLike, x_shape: Sequence[int], kernel_size: IntOrTuple,
+                      stride: Optional[IntOrTuple] = None, padding: Padding = 0,
+                      ceil_mode: bool = False, count_include_pad: bool = True,
+                      divisor_override: Optional[int] = None, *, dilation: IntOrTuple = 1,
+                      backend: Optional[str] = None,
+                      out: Optional[ArrayLike] = None) -> ArrayLike:
+    """Gradient of ``avg_pool`` with respect to x.
+
+    Parameters
+    ----------
+    grad_y : array
+        d loss / d y, the shape of ``avg_pool``'s result; numpy, cupy or any DLPack
+        array.
+    x_shape : tuple of int
+        The shape of the forward call's ``x``.
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dilation
+        As given to ``avg_pool``.
+    backend : str, optional
+        As in ``conv``.
+    out : array, optional
+        grad_x's array (checked as ``conv``'s ``out``).
+
+    Returns
+    -------
+    array
+        grad_x, of shape ``x_shape``, of the type of ``grad_y``.
+
+    Raises
+    ------
+    TypeError, ValueError, cnnfast.BackendUnavailable
+        As ``avg_pool``; also a ``grad_y`` not shaped like the forward result.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnfast
+    >>> cnnfast.avg_pool_backward(np.ones((1, 1, 1, 2)), (1, 1, 2, 4), 2)
+    array([[[[0.25, 0.25, 0.25, 0.25],
+             [0.25, 0.25, 0.25, 0.25]]]])
+    """
     return bridged(_run_avg_pool_backward, ("grad_y",), (grad_y,), out, x_shape,
                     kernel_size, stride, padding, ceil_mode, count_include_pad,
                     divisor_override, dilation, backend)
@@ -686,6 +1110,25 @@ def _run_avg_pool_backward(grad_y, x_shape, kernel_size, stride, padding, ceil_m
     if grad_y.size == 0:
         return write(out, _empty(kind, x_shape, dtype))
     return write(out, kernel(_contiguous(grad_y, kind), p))
+
+
+def _share_sections(general, *variants) -> None:
+    """Append ``general``'s Parameters ... Examples sections to each rank variant's own
+    docstring, so that ``help(cnnfast.max_pool2d)`` stands on its own (docstrings
+    stripped by ``python -OO``: nothing to do)."""
+    doc = general.__doc__
+    if doc is None:
+        return
+    sections = doc[doc.index("\n    Parameters\n"):]
+    for fn in variants:
+        if fn.__doc__ is not None:
+            fn.__doc__ = fn.__doc__.rstrip() + "\n" + sections
+
+
+_share_sections(conv, conv1d, conv2d, conv3d)
+_share_sections(conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d)
+_share_sections(max_pool, max_pool1d, max_pool2d, max_pool3d)
+_share_sections(avg_pool, avg_pool1d, avg_pool2d, avg_pool3d)
 
 
 _EXPLAINABLE = {fn.__name__: fn for fn in (

@@ -63,7 +63,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -113,7 +113,27 @@ _enabled = _env_flag()
 
 def set_autotune(flag: bool) -> None:
     """Turn autotuning of the convolution algorithm on (``True``) or off (``False``,
-    the default unless ``CNNFAST_AUTOTUNE=1``). Process-wide."""
+    the default unless ``CNNFAST_AUTOTUNE=1``). Process-wide.
+
+    Parameters
+    ----------
+    flag : bool
+        On or off.
+
+    Raises
+    ------
+    TypeError
+        ``flag`` is not a bool.
+
+    Examples
+    --------
+    >>> import cnnfast
+    >>> before = cnnfast.get_autotune()
+    >>> cnnfast.set_autotune(True)
+    >>> cnnfast.get_autotune()
+    True
+    >>> cnnfast.set_autotune(before)
+    """
     global _enabled
     if not isinstance(flag, (bool, np.bool_)):
         raise TypeError(f"set_autotune(flag={flag!r}): flag must be a bool")
@@ -121,7 +141,13 @@ def set_autotune(flag: bool) -> None:
 
 
 def get_autotune() -> bool:
-    """Whether autotuning is on (``set_autotune``, else ``CNNFAST_AUTOTUNE`` at import)."""
+    """Whether autotuning is on (``set_autotune``, else ``CNNFAST_AUTOTUNE`` at import).
+
+    Returns
+    -------
+    bool
+        ``True`` when convolution calls left to ``algorithm="auto"`` are autotuned.
+    """
     return _enabled
 
 
@@ -149,17 +175,62 @@ def set_algorithm(name: Optional[str]) -> None:
     """Pin the convolution algorithm ``name`` for every call that leaves
     ``algorithm="auto"`` (``None`` or ``"auto"`` removes the pin). The name must be in
     some backend's vocabulary (``ValueError`` otherwise); each call then checks it as
-    ``algorithm=name`` would."""
+    ``algorithm=name`` would.
+
+    Parameters
+    ----------
+    name : str or None
+        An algorithm name of some backend's ``ALGORITHMS`` (``cnnfast.explain`` names
+        them); ``None`` or ``"auto"`` removes the pin.
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a str or None.
+    ValueError
+        ``name`` is in no backend's vocabulary.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnfast
+    >>> cnnfast.set_algorithm("tap-matmul")
+    >>> cnnfast.explain("conv1d", np.ones((1, 1, 4)), np.ones((1, 1, 2))).split(":")[0]
+    'numpy'
+    >>> cnnfast.set_algorithm(None)
+    """
     global _global_pin
     name = _checked_pin(name)
     _global_pin = None if name == "auto" else name
 
 
 @contextlib.contextmanager
-def use_algorithm(name: Optional[str]):
+def use_algorithm(name: Optional[str]) -> Iterator[None]:
     """Context manager: pin ``name`` inside the ``with`` block (per thread and per
     asyncio task; ``None`` or ``"auto"``: no pin in the block, whatever
-    ``set_algorithm`` says)."""
+    ``set_algorithm`` says).
+
+    Parameters
+    ----------
+    name : str or None
+        An algorithm name of some backend's ``ALGORITHMS``; ``None`` or ``"auto"``
+        for no pin inside the block.
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a str or None.
+    ValueError
+        ``name`` is in no backend's vocabulary.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnfast
+    >>> with cnnfast.use_algorithm("tap-matmul"):
+    ...     y = cnnfast.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+    >>> y[0, 0]
+    array([[4., 4.],
+           [4., 4.]])
+    """
     token = _context_pin.set(_checked_pin(name))
     try:
         yield
@@ -334,6 +405,7 @@ def _read(path: Path) -> dict:
         _warn_once(path, "read", f"cannot read the autotune cache {path} ({exc}); "
                                  f"ignoring it")
         return {}
+    why: Optional[str]
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -464,8 +536,11 @@ class Plan:
     def __init__(self, op, kind, dtype, p, backend_name, shapes):
         self.op, self.kind, self.dtype, self.p = op, kind, dtype, p
         self.backend_name, self.shapes = backend_name, shapes
-        self.reason = self.winner = self.key = self.path = None
-        self.candidates = ()
+        self.reason: Optional[str] = None
+        self.winner: Optional[str] = None
+        self.key: Optional[str] = None
+        self.path: Optional[Path] = None
+        self.candidates: tuple = ()
         backend = registry.get_backend(backend_name)
         if backend_name in NOT_TUNED:
             self.reason = NOT_TUNED[backend_name]
@@ -529,7 +604,8 @@ class Plan:
     def tune(self, kernel, args) -> str:
         """Time the candidates on ``args``, record and return the winner."""
         sync = _synchronizer(self.kind)
-        seconds, best = {}, None
+        seconds: dict[str, float] = {}
+        best: Optional[float] = None
         for algorithm in self.candidates:
             call_args = args[:3] + (self.params(algorithm),) + args[4:]
 
@@ -548,7 +624,7 @@ class Plan:
                 samples += [_measure(run, algorithm) for _ in range(REPEATS - 1)]
             seconds[algorithm] = float(statistics.median(samples))
             best = seconds[algorithm] if best is None else min(best, seconds[algorithm])
-        winner = min(seconds, key=seconds.get)
+        winner = min(seconds, key=seconds.__getitem__)
         if "auto" in seconds and seconds["auto"] <= seconds[winner] * KEEP_AUTO_WITHIN:
             winner = "auto"
         _record(self.path, self.key, {"algorithm": winner, "seconds": seconds,

@@ -23,13 +23,33 @@ def set_flush_denormal(flush: bool) -> None:
     compute on, and ``cuda-emu`` (like ``cupy``, whose kernels are compiled without
     ``-ftz``) runs the CUDA source as a GPU does: these keep denormals whatever this
     setting says. Process-wide, like ``torch.set_flush_denormal``.
+
+    Parameters
+    ----------
+    flush : bool
+        ``True``: flush denormals to zero; ``False``: keep them.
+
+    Raises
+    ------
+    TypeError
+        ``flush`` is not a bool.
+
+    Examples
+    --------
+    >>> import cnnfast
+    >>> before = cnnfast.get_flush_denormal()
+    >>> cnnfast.set_flush_denormal(True)
+    >>> cnnfast.get_flush_denormal()
+    True
+    >>> cnnfast.set_flush_denormal(before)
     """
     global _flush
     if not isinstance(flush, (bool, np.bool_)):
         raise TypeError(f"set_flush_denormal(flush={flush!r}): flush must be a bool")
     _flush = bool(flush)
     try:
-        from .backends.cpp import _cpp
+        # the compiled extension: no stub for the type checker
+        from .backends.cpp import _cpp  # type: ignore[attr-defined]
     except ImportError:  # not built: nothing else honours the setting
         return
     if hasattr(_cpp, "set_flush_denormal"):
@@ -37,5 +57,12 @@ def set_flush_denormal(flush: bool) -> None:
 
 
 def get_flush_denormal() -> bool:
-    """The denormal policy set by ``set_flush_denormal`` (default ``False``: keep them)."""
+    """The denormal policy set by ``set_flush_denormal`` (default ``False``: keep them).
+
+    Examples
+    --------
+    >>> import cnnfast
+    >>> type(cnnfast.get_flush_denormal())
+    <class 'bool'>
+    """
     return _flush

@@ -27,7 +27,7 @@ import importlib
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 OP_NAMES = ("conv", "conv_backward", "conv_transpose", "conv_transpose_backward",
             "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward")
@@ -60,7 +60,7 @@ class BackendUnavailable(ValueError, RuntimeError):
 @dataclass
 class Backend:
     name: str
-    module: object = None
+    module: Any = None
     reason: Optional[str] = None  # why it is unavailable; None when usable
     ops: Dict[str, Callable] = field(default_factory=dict)
     array: str = "numpy"
@@ -71,7 +71,7 @@ class Backend:
     def available(self) -> bool:
         return self.reason is None
 
-    def unsupported(self, op, params, dtype) -> Optional[str]:
+    def unsupported(self, op: str, params: Any, dtype: str) -> Optional[str]:
         if op not in self.ops:
             return f"backend {self.name!r} does not implement {op}"
         if dtype not in self.dtypes:
@@ -81,13 +81,34 @@ class Backend:
 
 
 def register_backend(name: str, module_path: str) -> None:
-    """Register (or replace) a backend implemented by the module ``module_path``."""
+    """Register (or replace) a backend implemented by the module ``module_path``.
+
+    The module is imported on first use, not here; one that fails to import is
+    unavailable, with the import error as the reason (see this module's docstring for
+    what a backend module exposes).
+
+    Parameters
+    ----------
+    name : str
+        The name ``backend=`` will take.
+    module_path : str
+        The dotted path of the module, e.g. ``"mypackage.my_backend"``.
+
+    Examples
+    --------
+    >>> import cnnfast
+    >>> cnnfast.register_backend("reference", "cnnfast.backends.numpy.backend")
+    >>> "reference" in cnnfast.available_backends()
+    True
+    >>> from cnnfast import registry  # undo it (there is no public unregister)
+    >>> del registry._MODULES["reference"], registry._loaded["reference"]
+    """
     with _lock:
         _MODULES[name] = module_path
         _loaded.pop(name, None)
 
 
-def backend_names():
+def backend_names() -> Tuple[str, ...]:
     return tuple(_MODULES)
 
 
@@ -119,11 +140,28 @@ def get_backend(name: str) -> Backend:
         return backend
 
 
-def available_backends(with_reasons: bool = False):
+def available_backends(with_reasons: bool = False
+                       ) -> Union[List[str], Dict[str, Optional[str]]]:
     """Names of the backends usable here.
 
-    With ``with_reasons=True``, a dict from every known backend name to ``None``
-    (usable) or the reason it is unavailable.
+    Parameters
+    ----------
+    with_reasons : bool
+        Return a dict from every known backend name to ``None`` (usable) or the reason
+        it is unavailable, instead of the list of usable names.
+
+    Returns
+    -------
+    list of str or dict
+        The usable backends' names, in registration order; or the dict above.
+
+    Examples
+    --------
+    >>> import cnnfast
+    >>> "numpy" in cnnfast.available_backends()
+    True
+    >>> cnnfast.available_backends(with_reasons=True)["numpy"] is None
+    True
     """
     status = {name: get_backend(name).reason for name in _MODULES}
     if with_reasons:
@@ -133,15 +171,60 @@ def available_backends(with_reasons: bool = False):
 
 def set_backend(name: Optional[str]) -> None:
     """Make ``name`` the default backend (``None`` or ``"auto"`` restores the
-    automatic choice). Checked at once: unknown or unavailable names raise."""
+    automatic choice). Checked at once: unknown or unavailable names raise.
+
+    Process-wide; ``use_backend`` blocks and a call's ``backend=`` come first, and
+    this comes before ``CNNFAST_BACKEND``.
+
+    Parameters
+    ----------
+    name : str or None
+        A name of ``available_backends()``, or ``None`` / ``"auto"``.
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a str or None.
+    ValueError
+        ``name`` is not a known backend.
+    cnnfast.BackendUnavailable
+        The backend cannot run on this machine (a ``ValueError`` too).
+
+    Examples
+    --------
+    >>> import numpy as np, cnnfast
+    >>> cnnfast.set_backend("numpy")
+    >>> cnnfast.explain("max_pool1d", np.ones((1, 1, 4)), 2).split(":")[0]
+    'numpy'
+    >>> cnnfast.set_backend(None)
+    """
     global _global_choice
     _global_choice = _checked_choice(name)
 
 
 @contextlib.contextmanager
-def use_backend(name: Optional[str]):
+def use_backend(name: Optional[str]) -> Iterator[None]:
     """Context manager: use backend ``name`` inside the ``with`` block (per thread
-    and per asyncio task)."""
+    and per asyncio task).
+
+    Parameters
+    ----------
+    name : str or None
+        As in ``set_backend``; ``None`` or ``"auto"``: the automatic choice in the
+        block, whatever ``set_backend`` says.
+
+    Raises
+    ------
+    TypeError, ValueError, cnnfast.BackendUnavailable
+        As ``set_backend``, on entering the block.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnfast
+    >>> with cnnfast.use_backend("numpy"):
+    ...     cnnfast.explain("max_pool1d", np.ones((1, 1, 4)), 2).split(":")[0]
+    'numpy'
+    """
     token = _context_choice.set(_checked_choice(name))
     try:
         yield
@@ -149,7 +232,7 @@ def use_backend(name: Optional[str]):
         _context_choice.reset(token)
 
 
-def _checked_choice(name):
+def _checked_choice(name: Optional[str]) -> Optional[str]:
     if name is None or name == "auto":
         return None
     if not isinstance(name, str):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+from typing import Any, Callable, Iterator, Optional
 
-_num_threads = None
+_num_threads: Optional[int] = None
 # How many threads the loaded OpenMP runtime would use now (omp_get_max_threads), once
 # the cpp backend has registered its query (follow_openmp); None before.
-_openmp_max_threads = None
+_openmp_max_threads: Optional[Callable[[], int]] = None
 
 # The most threads the CPU backends are given. Every OpenMP thread of the cpp backend
 # costs a stack and scratch buffers, and one that cannot be created kills the process
@@ -109,7 +110,30 @@ def short_openmp_spin() -> bool:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the thread count of the CPU backends (numba and cpp): 1 to MAX_THREADS."""
+    """Set the thread count of the CPU backends (numba and cpp): 1 to MAX_THREADS.
+
+    Process-wide; it comes before ``CNNFAST_NUM_THREADS`` and the OpenMP settings
+    (see ``get_num_threads``).
+
+    Parameters
+    ----------
+    n : int
+        The thread count, 1 to ``MAX_THREADS`` (1024).
+
+    Raises
+    ------
+    ValueError
+        ``n`` is not a positive int, or is over ``MAX_THREADS``.
+
+    Examples
+    --------
+    >>> import cnnfast
+    >>> before = cnnfast.get_num_threads()
+    >>> cnnfast.set_num_threads(1)
+    >>> cnnfast.get_num_threads()
+    1
+    >>> cnnfast.set_num_threads(before)
+    """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"set_num_threads(n={n!r}): n must be a positive int")
@@ -120,7 +144,7 @@ def set_num_threads(n: int) -> None:
     _num_threads = int(n)
 
 
-def follow_openmp(max_threads) -> None:
+def follow_openmp(max_threads: Callable[[], int]) -> None:
     """Let ``max_threads()`` (the loaded OpenMP runtime's omp_get_max_threads) give the
     default thread count (see ``get_num_threads``); called by the cpp backend."""
     global _openmp_max_threads
@@ -131,7 +155,24 @@ def get_num_threads() -> int:
     """The CPU backends' thread count: set_num_threads, else CNNFAST_NUM_THREADS,
     else, once the cpp extension is loaded, its OpenMP runtime's setting (so that
     ``threadpoolctl.threadpool_limits`` limits cnnfast too), else OMP_NUM_THREADS,
-    else the cores this process may run on (all clamped to MAX_THREADS)."""
+    else the cores this process may run on (all clamped to MAX_THREADS).
+
+    Returns
+    -------
+    int
+        The thread count, 1 to ``MAX_THREADS``.
+
+    Raises
+    ------
+    ValueError
+        ``CNNFAST_NUM_THREADS`` is set but not an int from 1 to ``MAX_THREADS``.
+
+    Examples
+    --------
+    >>> import cnnfast
+    >>> 1 <= cnnfast.get_num_threads() <= 1024
+    True
+    """
     return _num_threads if _num_threads is not None else _default_threads()
 
 
@@ -140,10 +181,10 @@ def get_num_threads() -> int:
 # them reads every loaded library (threadpool_limits does it on every call: 0.5 ms);
 # limiting and restoring the found ones costs 13-18 us, 3 us when already at one
 # thread (measured on 2 cores), so serial_blas can run around every dense product.
-_blas_controller = None
+_blas_controller: Any = None
 
 
-def _blas():
+def _blas() -> Any:
     global _blas_controller
     if _blas_controller is None:
         try:
@@ -156,7 +197,7 @@ def _blas():
 
 
 @contextlib.contextmanager
-def serial_blas():
+def serial_blas() -> Iterator[None]:
     """Inside the block numpy's BLAS runs on one thread; its thread counts are restored
     after. The dense layers run their matrix products in it.
 
@@ -182,7 +223,7 @@ def serial_blas():
 
 
 @contextlib.contextmanager
-def single_threaded_blas():
+def single_threaded_blas() -> Iterator[None]:
     """Inside the block numpy's BLAS runs on one thread (threadpoolctl).
 
     A training step alternates our threaded kernels with numpy matrix products (dense

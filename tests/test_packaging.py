@@ -327,7 +327,8 @@ def test_wheel_contents_and_metadata(wheel):
     assert [n for n in names if re.fullmatch(r"cnnfast/backends/cpp/_cpp\..*(so|pyd)", n)]
     for data in ("cnnfast/backends/cuda/kernels/conv.cu", "cnnfast/backends/cuda/kernels/pool.cu",
                  "cnnfast/backends/cuda/kernels/common.cuh", "cnnfast/backends/cuda/emu/cuda_emu.h",
-                 "cnnfast/backends/cuda/emu/cuda_emu.cpp", "cnnfast/bench/suite.toml"):
+                 "cnnfast/backends/cuda/emu/cuda_emu.cpp", "cnnfast/bench/suite.toml",
+                 "cnnfast/py.typed"):
         assert data in names, f"{data} missing from the wheel"
     assert not [n for n in names if n.startswith(("tests/", "csrc/", "benchmarks/"))]
     assert "cnnfast = cnnfast.cli:main" in entry_points

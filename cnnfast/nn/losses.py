@@ -4,18 +4,38 @@ dtype as the output)."""
 
 from __future__ import annotations
 
+from typing import Any, Tuple
+
 from .base import array_module
 
 
-def log_softmax(logits):
+def log_softmax(logits: Any) -> Any:
     """Numerically stable log-softmax over axis 1 (log-sum-exp with the max
-    subtracted: logits of 1e4 do not overflow)."""
+    subtracted: logits of 1e4 do not overflow).
+
+    Parameters
+    ----------
+    logits : array
+        (N, classes), numpy or cupy.
+
+    Returns
+    -------
+    array
+        ``log(softmax(logits))``, the shape, dtype and array module of ``logits``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast.nn.losses import log_softmax
+    >>> log_softmax(np.array([[0.0, 0.0]]))
+    array([[-0.69314718, -0.69314718]])
+    """
     xp = array_module(logits)
     shifted = logits - logits.max(axis=1, keepdims=True)
     return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def _check_labels(logits, labels):
+def _check_labels(logits: Any, labels: Any) -> bool:
     if logits.ndim != 2:
         raise ValueError(f"logits must be (N, classes), got shape {tuple(logits.shape)}")
     if labels.ndim == 1:
@@ -31,9 +51,40 @@ def _check_labels(logits, labels):
     return True
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits: Any, labels: Any) -> Tuple[float, Any]:
     """Softmax followed by cross-entropy, fused: ``grad = (softmax - target) / N``.
-    ``labels``: class indices (N,) or target probabilities (N, classes)."""
+    ``labels``: class indices (N,) or target probabilities (N, classes).
+
+    Parameters
+    ----------
+    logits : array
+        (N, classes), the model's output, numpy or cupy.
+    labels : array
+        Integer class indices (N,), or target probabilities (N, classes).
+
+    Returns
+    -------
+    tuple
+        ``(loss, grad)``: the mean loss over the batch (a Python float) and its
+        gradient with respect to ``logits`` (the dtype and array module of
+        ``logits``).
+
+    Raises
+    ------
+    ValueError
+        ``logits`` not 2-d; labels of another length or shape; a class index outside
+        ``[0, classes)``.
+    TypeError
+        Class indices that are not integers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast.nn.losses import softmax_cross_entropy
+    >>> loss, grad = softmax_cross_entropy(np.zeros((1, 2)), np.array([1]))
+    >>> round(loss, 6), grad
+    (0.693147, array([[ 0.5, -0.5]]))
+    """
     xp = array_module(logits)
     dense = _check_labels(logits, labels)
     logp = log_softmax(logits)
@@ -57,8 +108,34 @@ def softmax_cross_entropy(logits, labels):
     return float(loss), grad
 
 
-def mse(outputs, targets):
-    """Mean squared error over every element: ``mean((y - t)^2)``."""
+def mse(outputs: Any, targets: Any) -> Tuple[float, Any]:
+    """Mean squared error over every element: ``mean((y - t)^2)``.
+
+    Parameters
+    ----------
+    outputs : array
+        The model's output, numpy or cupy.
+    targets : array
+        The shape of ``outputs`` (cast to its dtype).
+
+    Returns
+    -------
+    tuple
+        ``(loss, grad)``: the mean loss (a Python float) and its gradient with
+        respect to ``outputs``, ``2 * (outputs - targets) / outputs.size``.
+
+    Raises
+    ------
+    ValueError
+        ``targets`` of another shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast.nn.losses import mse
+    >>> mse(np.array([[1.0, 3.0]]), np.array([[1.0, 1.0]]))
+    (2.0, array([[0., 2.]]))
+    """
     if tuple(outputs.shape) != tuple(targets.shape):
         raise ValueError(f"targets of shape {tuple(targets.shape)} do not match outputs "
                          f"{tuple(outputs.shape)}")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union, cast
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from .checkpoint_file import read_arrays
 from .fusion import plan
 
 
-def _xp_for(device):
+def _xp_for(device: str) -> Any:
     if device in ("cpu", "numpy"):
         return np
     if device in ("gpu", "cuda", "cupy"):
@@ -41,7 +41,8 @@ class Sequential:
     ((3,), 15)
     """
 
-    def __init__(self, layers: Iterable[Layer], input_shape=None, *, dtype="float32",
+    def __init__(self, layers: Iterable[Layer], input_shape: Optional[Iterable[int]] = None,
+                 *, dtype: Any = "float32",
                  seed: Optional[int] = None, name: str = "sequential",
                  backend: Optional[str] = None, fuse: bool = True):
         self.layers: List[Layer] = list(layers)
@@ -54,18 +55,19 @@ class Sequential:
             raise TypeError(f"dtype={dtype!r}: expected float32 or float64")
         self.seed = seed
         self.rng = np.random.default_rng(seed)  # initial weights, then dropout masks
-        self.input_shape = None
-        self.output_shape = None
-        self.xp = np
+        self.input_shape: Optional[Tuple[int, ...]] = None
+        self.output_shape: Optional[Tuple[int, ...]] = None
+        self.xp: Any = np
         self.fuse = fuse
-        self._steps = None  # the plan the last training forward ran, for backward
+        # the plan the last training forward ran, for backward
+        self._steps: Optional[list] = None
         self._assign_names()
         self.set_backend(backend)
         if input_shape is not None:
             self.build(input_shape)
 
-    def _assign_names(self):
-        seen = {}
+    def _assign_names(self) -> None:
+        seen: dict[str, int] = {}
         used = {layer.name for layer in self.layers if layer.name is not None}
         for layer in self.layers:
             if layer.name is not None:
@@ -79,13 +81,15 @@ class Sequential:
             seen[base] = i + 1
             used.add(candidate)
             layer.name = candidate
-        names = [layer.name for layer in self.layers]
+        names = [cast(str, layer.name) for layer in self.layers]  # all assigned above
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"layer names must be unique; repeated: {sorted(dupes)}")
 
     # -- building -------------------------------------------------------------------
-    def build(self, input_shape):
+    def build(self, input_shape: Iterable[int]) -> "Sequential":
+        """Create every layer's parameters for samples of ``input_shape`` (per sample,
+        channels first), from the model's ``seed``; returns the model."""
         shape = tuple(int(v) for v in input_shape)
         self.input_shape = shape
         for layer in self.layers:
@@ -96,7 +100,7 @@ class Sequential:
         self.output_shape = shape
         return self
 
-    def state_shapes(self, input_shape=None) -> dict:
+    def state_shapes(self, input_shape: Optional[Iterable[int]] = None) -> dict:
         """``{"param/<layer>.<name>": shape, "buffer/...": shape}``: the keys and
         shapes of ``state_dict()`` once built for ``input_shape`` (default: the
         model's), computed without allocating anything."""
@@ -115,10 +119,11 @@ class Sequential:
 
     @property
     def fuse(self) -> bool:
+        """Whether ``forward`` runs the fused steps of ``fusion_plan()``."""
         return self._fuse
 
     @fuse.setter
-    def fuse(self, value):
+    def fuse(self, value: bool) -> None:
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"fuse={value!r} must be a bool")
         self._fuse = bool(value)
@@ -129,18 +134,18 @@ class Sequential:
         return [tuple(layer.name for layer in step.layers)
                 for step in plan(self.layers, self.fuse)]
 
-    def _check_built(self):
+    def _check_built(self) -> None:
         if self.input_shape is None:
             raise RuntimeError("the model is not built: pass input_shape or call build()")
 
-    def set_backend(self, backend: Optional[str]):
+    def set_backend(self, backend: Optional[str]) -> "Sequential":
         """Kernel backend for every layer (``None``: the automatic choice)."""
         self.backend = backend
         for layer in self.layers:
             layer.backend = backend
         return self
 
-    def to(self, device: str):
+    def to(self, device: str) -> "Sequential":
         """Move the weights to ``'cpu'`` (numpy) or ``'gpu'`` (cupy)."""
         self.xp = _xp_for(device)
         for layer in self.layers:
@@ -148,11 +153,44 @@ class Sequential:
         return self
 
     # -- computation ----------------------------------------------------------------
-    def forward(self, x, training: bool = False):
+    def forward(self, x: Any, training: bool = False) -> Any:
+        """The model's output for the batch ``x``; ``model(x)`` is the same.
+
+        Parameters
+        ----------
+        x : array
+            (N, *input_shape), the model's dtype, on the model's device (numpy for
+            ``'cpu'``, cupy for ``'gpu'``).
+        training : bool
+            Training mode (dropout active, batch statistics; ``backward`` then
+            follows this call).
+
+        Returns
+        -------
+        array
+            (N, *output_shape).
+
+        Raises
+        ------
+        RuntimeError
+            The model is not built.
+        ValueError
+            ``x`` of another sample shape.
+        TypeError
+            ``x`` of another dtype or array module.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from cnnfast import nn
+        >>> m = nn.Sequential([nn.Flatten(), nn.Dense(3)], input_shape=(1, 2, 2), seed=0)
+        >>> m.forward(np.ones((5, 1, 2, 2), np.float32)).shape
+        (5, 3)
+        """
         self._check_built()
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input has shape {tuple(x.shape)}; the model expects "
-                             f"(N, {', '.join(map(str, self.input_shape))})")
+                             f"(N, {', '.join(map(str, self.input_shape or ()))})")
         if x.dtype != self.dtype:
             raise TypeError(f"input dtype {x.dtype} != model dtype {self.dtype} "
                             f"(cast the batch explicitly)")
@@ -168,10 +206,29 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, grad):
+    def backward(self, grad: Any) -> None:
         """Back-propagate ``grad`` (d loss / d output); fills each trainable layer's
         ``grads``. Layers before the first trainable one are skipped, and that one
-        computes no input gradient."""
+        computes no input gradient.
+
+        Parameters
+        ----------
+        grad : array
+            d loss / d output, the shape of the last ``forward(..., training=True)``
+            call's output (as the losses of ``cnnfast.nn.losses`` return it).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from cnnfast import nn
+        >>> m = nn.Sequential([nn.Flatten(), nn.Dense(3)], input_shape=(1, 2, 2), seed=0)
+        >>> y = m.forward(np.ones((5, 1, 2, 2), np.float32), training=True)
+        >>> loss, grad = nn.mse(y, np.zeros_like(y))
+        >>> m.backward(grad)
+        >>> sorted(m.get_layer("dense").grads)
+        ['bias', 'weight']
+        >>> nn.SGD(lr=0.1).step(m)  # updates the weights, clears the gradients
+        """
         steps = self._steps if self._steps is not None else plan(self.layers, self.fuse)
         self._steps = None
         first = next((i for i, step in enumerate(steps) if step.needs_param_grads), None)
@@ -184,15 +241,17 @@ class Sequential:
         for step in steps[:first]:
             step.clear()
 
-    def predict(self, x, batch_size: int = 256):
-        """Forward in evaluation mode, in batches; returns the stacked outputs."""
+    def predict(self, x: Any, batch_size: int = 256) -> Any:
+        """Forward in evaluation mode, in batches of ``batch_size``; returns the
+        stacked outputs (``None`` for an empty ``x``). ``ValueError`` for a
+        ``batch_size`` below 1."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be >= 1")
         outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return self.xp.concatenate(outs) if outs else None
 
     # -- parameters -----------------------------------------------------------------
-    def trainable_params(self):
+    def trainable_params(self) -> Iterator[Tuple[str, Layer, str]]:
         """``(key, layer, param_name)`` for every parameter the optimizer updates."""
         for layer in self.layers:
             if layer.trainable:
@@ -210,31 +269,34 @@ class Sequential:
         return total
 
     def get_layer(self, name: str) -> Layer:
+        """The layer named ``name`` (``KeyError`` if none)."""
         for layer in self.layers:
             if layer.name == name:
                 return layer
         raise KeyError(f"no layer named {name!r}; layers: {[l.name for l in self.layers]}")
 
-    def freeze(self, layers=None):
+    def freeze(self, layers: Union[None, int, str, Iterable[str]] = None) -> "Sequential":
         """Freeze layers: ``None`` all; an int ``k`` the first ``k`` (negative: all but
         the last ``-k``, as slicing); or an iterable of layer names."""
         for layer in self._select(layers):
             layer.trainable = False
         return self
 
-    def unfreeze(self, layers=None):
+    def unfreeze(self, layers: Union[None, int, str, Iterable[str]] = None) -> "Sequential":
+        """Make layers trainable again; ``layers`` as in ``freeze``."""
         for layer in self._select(layers):
             layer.trainable = True
         return self
 
-    def _select(self, which):
+    def _select(self, which: Union[None, int, str, Iterable[str]]) -> List[Layer]:
         if which is None:
             return list(self.layers)
         if isinstance(which, (int, np.integer)) and not isinstance(which, bool):
             return self.layers[:which]
         if isinstance(which, str):
             which = [which]
-        return [self.get_layer(n) for n in which]
+        # a bool is no layer selection: iterating it raises TypeError
+        return [self.get_layer(n) for n in which]  # type: ignore[union-attr]
 
     def state_dict(self) -> dict:
         """Copies of the weights and buffers as numpy arrays:
@@ -252,9 +314,13 @@ class Sequential:
         ``strict=False``, entries missing from ``state`` or of another shape are left
         as they are; returns the keys that were loaded."""
         self._check_built()
-        loaded, problems, known = [], [], set()
+        loaded: List[str] = []
+        problems: List[str] = []
+        known: set[str] = set()
         for layer in self.layers:
-            for kind, d in (("param", layer.params), ("buffer", layer.buffers)):
+            groups: Tuple[Tuple[str, dict[str, Any]], ...] = (("param", layer.params),
+                                                              ("buffer", layer.buffers))
+            for kind, d in groups:
                 for k in list(d):
                     key = f"{kind}/{layer.name}.{k}"
                     known.add(key)
@@ -274,18 +340,20 @@ class Sequential:
             raise ValueError("weights do not match the model: " + "; ".join(problems))
         return loaded
 
-    def load_weights(self, path, strict: bool = True) -> List[str]:
+    def load_weights(self, path: Any, strict: bool = True) -> List[str]:
         """Load weights from a checkpoint file (see ``cnnfast.nn.checkpoint``)."""
         return self.load_state_dict(read_arrays(path), strict=strict)
 
     # -- configuration --------------------------------------------------------------
     def config(self) -> dict:
+        """The model's configuration (JSON-ready; ``from_config`` rebuilds it)."""
         return {"name": self.name, "input_shape": list(self.input_shape or ()),
                 "dtype": self.dtype.name, "layers": [l.full_config() for l in self.layers],
                 "trainable": [l.trainable for l in self.layers]}
 
     @classmethod
-    def from_config(cls, cfg: dict, seed=None, backend=None,
+    def from_config(cls, cfg: dict, seed: Optional[int] = None,
+                    backend: Optional[str] = None,
                     build: bool = True, fuse: bool = True) -> "Sequential":
         """The model ``config()`` describes; ``build=False`` leaves it unbuilt
         (nothing allocated: ``state_shapes`` can check a checkpoint first). ``fuse``
@@ -299,7 +367,7 @@ class Sequential:
         return model
 
     # -- summary --------------------------------------------------------------------
-    def summary_rows(self):
+    def summary_rows(self) -> List[tuple]:
         """``(name, type, output shape with None batch, parameter count)`` per layer."""
         self._check_built()
         rows, shape = [], self.input_shape
@@ -309,7 +377,7 @@ class Sequential:
                          layer.param_count() + layer.buffer_count()))
         return rows
 
-    def summary(self, print_fn=print) -> str:
+    def summary(self, print_fn: Optional[Callable[[str], Any]] = print) -> str:
         """A Keras-like table: layer, output shape, parameter count, with totals."""
         rows = self.summary_rows()
         cells = [(f"{n} ({t})" + ("" if self.get_layer(n).trainable or not
@@ -335,5 +403,5 @@ class Sequential:
             print_fn(text)
         return text
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Sequential({self.layers!r})"

@@ -11,6 +11,7 @@ by ``"<layer>.<param>"`` and round-trips through ``state_dict``/``load_state_dic
 from __future__ import annotations
 
 import math
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -18,6 +19,11 @@ from .base import array_module, to_device, to_numpy
 
 
 class Optimizer:
+    """The base of the optimizers: ``step(model)`` updates every trainable parameter
+    from its layer's ``grads``; ``state_dict`` / ``load_state_dict`` round-trip the
+    state (step count, moment buffers). ``ValueError`` for ``lr`` <= 0 or a negative
+    ``weight_decay``."""
+
     slots: tuple = ()
 
     def __init__(self, lr: float, weight_decay: float = 0.0):
@@ -28,9 +34,12 @@ class Optimizer:
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.t = 0  # steps taken
-        self.state = {slot: {} for slot in self.slots}
+        self.state: dict[str, dict[str, Any]] = {slot: {} for slot in self.slots}
 
-    def step(self, model):
+    def step(self, model: Any) -> None:
+        """One update of every parameter ``model.trainable_params()`` yields, from its
+        layer's ``grads`` (then cleared). ``RuntimeError`` when a gradient is missing
+        (``model.backward`` not called)."""
         self.t += 1
         for key, layer, pname in model.trainable_params():
             grad = layer.grads.get(pname)
@@ -40,27 +49,32 @@ class Optimizer:
         for layer in model.layers:
             layer.grads = {}
 
-    def _slot(self, slot, key, like):
+    def _slot(self, slot: str, key: str, like: Any) -> Any:
         buf = self.state[slot].get(key)
         if buf is None:
             buf = self.state[slot][key] = array_module(like).zeros_like(like)
         return buf
 
-    def _update(self, key, p, g):
+    def _update(self, key: str, p: Any, g: Any) -> None:
         raise NotImplementedError
 
     def config(self) -> dict:
+        """``{"name": ..., **arguments}``, as ``make_optimizer`` takes it."""
         return {"name": type(self).__name__.lower(), "lr": self.lr,
                 "weight_decay": self.weight_decay}
 
     def state_dict(self) -> dict:
-        out = {"t": self.t}
+        """The step count ``"t"`` and every moment buffer (``"<slot>/<key>"``) as
+        numpy arrays."""
+        out: dict[str, Any] = {"t": self.t}
         for slot, d in self.state.items():
             for key, v in d.items():
                 out[f"{slot}/{key}"] = to_numpy(v)
         return out
 
-    def load_state_dict(self, state: dict, xp=np):
+    def load_state_dict(self, state: dict, xp: Any = np) -> None:
+        """Restore ``state_dict()``'s state, the buffers moved to the array module
+        ``xp`` (numpy or cupy). ``ValueError`` for a slot this optimizer lacks."""
         self.t = int(state.get("t", 0))
         self.state = {slot: {} for slot in self.slots}
         for name, v in state.items():
@@ -75,11 +89,28 @@ class Optimizer:
 
 class SGD(Optimizer):
     """torch.optim.SGD (dampening 0): ``g += wd * p``; ``buf = momentum * buf + g``;
-    ``g = g + momentum * buf`` (Nesterov) or ``buf``; ``p -= lr * g``."""
+    ``g = g + momentum * buf`` (Nesterov) or ``buf``; ``p -= lr * g``.
+
+    ``ValueError`` for a momentum outside [0, 1), or ``nesterov`` without momentum.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> m = nn.Sequential([nn.Dense(1, use_bias=False)], input_shape=(1,), seed=0)
+    >>> m.load_state_dict({"param/dense.weight": np.array([[1.0]])})
+    ['param/dense.weight']
+    >>> y = m.forward(np.ones((1, 1), np.float32), training=True)
+    >>> m.backward(np.ones_like(y))
+    >>> nn.SGD(lr=0.5).step(m)
+    >>> m.state_dict()["param/dense.weight"]
+    array([[0.5]], dtype=float32)
+    """
 
     slots = ("momentum",)
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum={momentum!r} must be in [0, 1)")
@@ -88,7 +119,7 @@ class SGD(Optimizer):
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
 
-    def _update(self, key, p, g):
+    def _update(self, key: str, p: Any, g: Any) -> None:
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
@@ -102,7 +133,7 @@ class SGD(Optimizer):
             g = g + self.momentum * buf if self.nesterov else buf
         p -= self.lr * g
 
-    def config(self):
+    def config(self) -> dict:
         return {**super().config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
@@ -113,7 +144,8 @@ class Adam(Optimizer):
     slots = ("m", "v")
     decoupled = False
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
         b1, b2 = betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
@@ -121,7 +153,7 @@ class Adam(Optimizer):
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
 
-    def _update(self, key, p, g):
+    def _update(self, key: str, p: Any, g: Any) -> None:
         b1, b2 = self.betas
         if self.weight_decay:
             if self.decoupled:
@@ -142,7 +174,7 @@ class Adam(Optimizer):
         denom += self.eps
         p -= (self.lr / bc1) * (m / denom)
 
-    def config(self):
+    def config(self) -> dict:
         return {**super().config(), "betas": list(self.betas), "eps": self.eps}
 
 
@@ -151,7 +183,8 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    def __init__(self, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01):
         super().__init__(lr, betas, eps, weight_decay)
 
 
@@ -159,7 +192,16 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
 def make_optimizer(config: dict) -> Optimizer:
-    """An optimizer from ``{"name": ..., **kwargs}`` (as ``Optimizer.config()``)."""
+    """An optimizer from ``{"name": ..., **kwargs}`` (as ``Optimizer.config()``).
+
+    ``name``: ``"sgd"``, ``"adam"`` or ``"adamw"`` (``ValueError`` otherwise).
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> nn.make_optimizer({"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    <cnnfast.nn.optim.SGD object at ...>
+    """
     cfg = dict(config)
     name = cfg.pop("name", None)
     if name not in OPTIMIZERS:
@@ -190,16 +232,16 @@ class Schedule:
 class StepLR(Schedule):
     """``base_lr * gamma ** floor(epoch / step_size)`` (changes at epoch boundaries)."""
 
-    def __init__(self, base_lr, step_size=1, gamma=0.1):
+    def __init__(self, base_lr: float, step_size: int = 1, gamma: float = 0.1):
         super().__init__(base_lr)
         if step_size < 1:
             raise ValueError(f"step_size={step_size!r} must be >= 1 epoch")
         self.step_size, self.gamma = int(step_size), float(gamma)
 
-    def __call__(self, progress):
+    def __call__(self, progress: float) -> float:
         return self.base_lr * self.gamma ** (int(progress) // self.step_size)
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": "step", "base_lr": self.base_lr, "step_size": self.step_size,
                 "gamma": self.gamma}
 
@@ -207,17 +249,17 @@ class StepLR(Schedule):
 class CosineLR(Schedule):
     """Cosine annealing from ``base_lr`` to ``min_lr`` over ``epochs``, per step."""
 
-    def __init__(self, base_lr, epochs, min_lr=0.0):
+    def __init__(self, base_lr: float, epochs: float, min_lr: float = 0.0):
         super().__init__(base_lr)
         if epochs <= 0:
             raise ValueError(f"epochs={epochs!r} must be positive")
         self.epochs, self.min_lr = float(epochs), float(min_lr)
 
-    def __call__(self, progress):
+    def __call__(self, progress: float) -> float:
         frac = min(max(progress / self.epochs, 0.0), 1.0)
         return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
 
-    def config(self):
+    def config(self) -> dict:
         return {"name": "cosine", "base_lr": self.base_lr, "epochs": self.epochs,
                 "min_lr": self.min_lr}
 
@@ -226,6 +268,17 @@ SCHEDULES = {"constant": Schedule, "step": StepLR, "cosine": CosineLR}
 
 
 def make_schedule(config: dict) -> Schedule:
+    """A schedule from ``{"name": ..., **kwargs}`` (as ``Schedule.config()``):
+    ``"constant"`` (the default), ``"step"`` or ``"cosine"`` (``ValueError``
+    otherwise).
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> schedule = nn.make_schedule({"name": "step", "base_lr": 0.1, "step_size": 2})
+    >>> schedule(0.5), schedule(2.0)
+    (0.1, 0.010000000000000002)
+    """
     cfg = dict(config)
     name = cfg.pop("name", "constant")
     if name not in SCHEDULES:
