@@ -43,6 +43,9 @@ if want test; then
     step test
     { timeout 420 $py -m pytest -p no:cacheprovider -q -n 8 tests/test_backend_grid.py -k cupy
       timeout 120 $py -m pytest -p no:cacheprovider -q tests/test_cuda_cupy.py tests/test_cuda_nvrtc.py
+      # the fused activation (issue 16) and DLPack/torch CUDA tensors (issue 17) on the device
+      timeout 180 $py -m pytest -p no:cacheprovider -q tests/test_cuda_activation.py \
+          tests/test_activation.py tests/test_dlpack.py tests/test_torch_ops.py -k "cupy or cuda"
       # The differential fuzzer on the GPU (tests/fuzz.py; the seed is printed): the
       # long run of issue 13 that no CPU-only session can do for cupy.
       timeout 240 $py tests/fuzz.py --backend cupy --cases ${FUZZ_CASES:-20000}
