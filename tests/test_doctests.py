@@ -27,10 +27,22 @@ MODULES = [
     "cnnfast.threads",
     "cnnfast.augment",
     "cnnfast.nn",
+    "cnnfast.nn.base",
+    "cnnfast.nn.checkpoint",
+    "cnnfast.nn.data",
+    "cnnfast.nn.encdec",
+    "cnnfast.nn.init",
     "cnnfast.nn.interchange",
+    "cnnfast.nn.layers.activation",
+    "cnnfast.nn.layers.conv",
+    "cnnfast.nn.layers.dense",
+    "cnnfast.nn.layers.dropout",
+    "cnnfast.nn.layers.norm",
+    "cnnfast.nn.layers.pool",
     "cnnfast.nn.losses",
     "cnnfast.nn.model",
     "cnnfast.nn.optim",
+    "cnnfast.nn.resample",
 ]
 
 # The process-wide settings the examples change and set back through the public API;

@@ -33,17 +33,52 @@ from ``{"class": ..., "config": ...}`` when a checkpoint is loaded.
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple, TypeVar
 
 import numpy as np
 
 from ..arrays import array_module  # noqa: F401 - public as cnnfast.nn.array_module
 
+#: An array of numpy or cupy (cupy is optional, so arrays are typed ``Any``).
+Array = Any
+#: A per-sample shape, channels first: ``(C, *spatial)`` or ``(features,)``.
+Shape = Tuple[int, ...]
+#: A per-sample shape as the layers take it (a tuple or list of ints). ``Any`` for now,
+#: since ``Sequential`` hands its ``Optional`` input shape on after its own check.
+ShapeLike = Any
+
 _LAYERS: Dict[str, type] = {}
 
+_L = TypeVar("_L", bound=type)
 
-def register_layer(cls):
-    """Class decorator: make ``cls`` rebuildable from a checkpoint by its class name."""
+
+def register_layer(cls: _L) -> _L:
+    """Class decorator: make ``cls`` rebuildable from a checkpoint by its class name.
+
+    Parameters
+    ----------
+    cls : type
+        A ``Layer`` subclass; registered under ``cls.__name__``.
+
+    Returns
+    -------
+    type
+        ``cls`` itself.
+
+    Raises
+    ------
+    ValueError
+        If a different class of the same name is already registered.
+
+    Examples
+    --------
+    Registering the same class again is allowed (it is how every built-in layer is
+    registered):
+
+    >>> from cnnfast.nn import Conv2d, layer_class, register_layer
+    >>> register_layer(Conv2d) is Conv2d is layer_class("Conv2d")
+    True
+    """
     name = cls.__name__
     if name in _LAYERS and _LAYERS[name] is not cls:
         raise ValueError(f"a different layer class named {name!r} is already registered")
@@ -52,6 +87,29 @@ def register_layer(cls):
 
 
 def layer_class(name: str) -> type:
+    """The registered layer class called ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The class name a checkpoint config stores.
+
+    Returns
+    -------
+    type
+        The class registered under ``name``.
+
+    Raises
+    ------
+    ValueError
+        If no class of that name is registered.
+
+    Examples
+    --------
+    >>> from cnnfast.nn import layer_class
+    >>> layer_class("Conv2d").__name__
+    'Conv2d'
+    """
     try:
         return _LAYERS[name]
     except KeyError:
@@ -59,20 +117,43 @@ def layer_class(name: str) -> type:
                          f"{', '.join(sorted(_LAYERS))}") from None
 
 
-def layer_from_config(entry: dict) -> "Layer":
-    """Rebuild a layer from ``{"class": name, "config": kwargs}``."""
+def layer_from_config(entry: Dict[str, Any]) -> "Layer":
+    """Rebuild a layer from ``{"class": name, "config": kwargs}``.
+
+    Parameters
+    ----------
+    entry : dict
+        ``{"class": name, "config": kwargs}``, as ``Layer.full_config()`` returns it.
+
+    Returns
+    -------
+    Layer
+        A new, unbuilt layer.
+
+    Raises
+    ------
+    ValueError
+        If the class is not registered.
+
+    Examples
+    --------
+    >>> from cnnfast.nn import Dense, layer_from_config
+    >>> layer = layer_from_config(Dense(3, name="out").full_config())
+    >>> layer.name, layer.config()["out_features"]
+    ('out', 3)
+    """
     cls = layer_class(entry["class"])
     return cls(**entry.get("config", {}))
 
 
-def to_numpy(a):
+def to_numpy(a: Optional[Array]) -> Optional[np.ndarray]:
     """A numpy copy (or view) of a numpy or cupy array."""
     if a is None or isinstance(a, np.ndarray):
         return a
     return a.get()
 
 
-def to_device(a, xp):
+def to_device(a: Optional[Array], xp: Any) -> Optional[Array]:
     """``a`` as an array of module ``xp`` (numpy or cupy)."""
     if a is None:
         return None
@@ -97,71 +178,152 @@ class Layer:
         buffers: dict of non-trainable state saved in checkpoints (BatchNorm's
             running statistics).
         backend: the cnnfast backend name for the kernel calls (``None``: automatic).
+
+    Parameters
+    ----------
+    name : str, optional
+        The layer's name.
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is neither a str nor ``None``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> layer = nn.Dense(2)
+    >>> layer.build((3,), np.random.default_rng(0), np.float32)
+    >>> layer.output_shape((3,)), layer.param_count()
+    ((2,), 8)
+    >>> y = layer.forward(np.ones((4, 3), np.float32), training=True)
+    >>> layer.backward(np.ones_like(y)).shape, sorted(layer.grads)
+    ((4, 3), ['bias', 'weight'])
     """
 
-    def __init__(self, name: Optional[str] = None):
+    def __init__(self, name: Optional[str] = None) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name={name!r} must be a str or None")
-        self.name = name
+        self.name: Optional[str] = name
         self.trainable = True
-        self.params: Dict[str, object] = {}
-        self.grads: Dict[str, object] = {}
-        self.buffers: Dict[str, object] = {}
+        self.params: Dict[str, Array] = {}
+        self.grads: Dict[str, Array] = {}
+        self.buffers: Dict[str, Array] = {}
         self.backend: Optional[str] = None
         self.built = False
-        self.input_shape = None  # per sample, set by build
-        self._cache = None
+        self.input_shape: Optional[Shape] = None  # per sample, set by build
+        self._cache: Any = None
 
     # -- construction ---------------------------------------------------------------
     @classmethod
     def default_name(cls) -> str:
+        """The class name in snake case (``MaxPool2d`` -> ``max_pool2d``)."""
         return _snake(cls.__name__)
 
-    def build(self, input_shape, rng: np.random.Generator, dtype) -> None:
+    def build(self, input_shape: ShapeLike, rng: np.random.Generator,
+              dtype: Any) -> None:
         """Create the parameters for per-sample ``input_shape`` (numpy, on CPU).
-        Parameter-free layers only record the shape."""
+        Parameter-free layers only record the shape.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            Per-sample input shape, channels first.
+        rng : numpy.random.Generator
+            Source of the initial weights.
+        dtype : numpy dtype
+            ``float32`` or ``float64``.
+        """
         self.input_shape = tuple(int(v) for v in input_shape)
         self.built = True
 
-    def output_shape(self, input_shape):
-        """Per-sample output shape for per-sample ``input_shape``."""
+    def output_shape(self, input_shape: ShapeLike) -> Shape:
+        """Per-sample output shape for per-sample ``input_shape``.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            Per-sample input shape, channels first.
+
+        Returns
+        -------
+        tuple of int
+            Per-sample output shape.
+        """
         return tuple(input_shape)
 
-    def param_shapes(self, input_shape) -> dict:
+    def param_shapes(self, input_shape: ShapeLike) -> Dict[str, Shape]:
         """``{name: shape}`` of the parameters ``build(input_shape)`` creates,
         computed without allocating them (a checkpoint is checked against it)."""
         return {}
 
-    def buffer_shapes(self, input_shape) -> dict:
+    def buffer_shapes(self, input_shape: ShapeLike) -> Dict[str, Shape]:
         """``{name: shape}`` of the buffers ``build(input_shape)`` creates."""
         return {}
 
-    def config(self) -> dict:
+    def config(self) -> Dict[str, Any]:
         """Constructor keyword arguments (JSON-able), ``name`` excluded."""
         return {}
 
-    def full_config(self) -> dict:
+    def full_config(self) -> Dict[str, Any]:
+        """``{"class": name, "config": kwargs}`` with ``name`` in the kwargs: what
+        ``layer_from_config`` rebuilds the layer from."""
         cfg = dict(self.config())
         cfg["name"] = self.name
         return {"class": type(self).__name__, "config": cfg}
 
     # -- computation ----------------------------------------------------------------
-    def forward(self, x, training: bool = False):
+    def forward(self, x: Array, training: bool = False) -> Array:
+        """The layer's output for batch ``x``.
+
+        Parameters
+        ----------
+        x : array
+            A batch (numpy or cupy), batch axis first.
+        training : bool
+            Keep what ``backward`` needs (and apply dropout).
+
+        Returns
+        -------
+        array
+            The output batch.
+        """
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
-    def backward(self, grad, need_input_grad: bool = True):
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
+        """Fill ``self.grads`` and return the gradient with respect to the input.
+
+        Parameters
+        ----------
+        grad : array
+            Gradient of the loss with respect to the output of the last
+            ``forward(x, training=True)``.
+        need_input_grad : bool
+            ``False``: skip the input gradient and return ``None``.
+
+        Returns
+        -------
+        array or None
+            Gradient with respect to the input.
+
+        Raises
+        ------
+        RuntimeError
+            If no ``forward(x, training=True)`` came before.
+        """
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
-    def __call__(self, x, training: bool = False):
+    def __call__(self, x: Array, training: bool = False) -> Array:
         return self.forward(x, training)
 
-    def _require_built(self):
+    def _require_built(self) -> None:
         if not self.built:
             raise RuntimeError(f"{self.name or type(self).__name__} is not built: put it in a "
                                f"Sequential with an input_shape, or call "
                                f"build(input_shape, rng, dtype)")
 
-    def _need_cache(self):
+    def _need_cache(self) -> Any:
         if self._cache is None:
             raise RuntimeError(f"{self.name or type(self).__name__}.backward called "
                                f"without a forward(x, training=True) before it")
@@ -174,12 +336,14 @@ class Layer:
 
     # -- parameters -----------------------------------------------------------------
     def param_count(self) -> int:
+        """Number of parameter values."""
         return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
 
     def buffer_count(self) -> int:
+        """Number of buffer values."""
         return int(sum(int(np.prod(b.shape)) for b in self.buffers.values()))
 
-    def to(self, xp) -> "Layer":
+    def to(self, xp: Any) -> "Layer":
         """Move parameters and buffers to array module ``xp`` (numpy or cupy)."""
         for d in (self.params, self.buffers):
             for k in d:
@@ -188,9 +352,10 @@ class Layer:
         self._cache = None
         return self
 
-    def zero_grads(self):
+    def zero_grads(self) -> None:
+        """Drop the gradients."""
         self.grads = {}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"

@@ -12,27 +12,68 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from .checkpoint_file import FORMAT, CheckpointError, read_arrays
 from .model import Sequential
-from .optim import make_optimizer
+from .optim import Optimizer, make_optimizer
+
+#: A file path: a str or an ``os.PathLike`` (``pathlib.Path``).
+PathLike = Union[str, "os.PathLike[str]"]
 
 # save_checkpoint writes to a temporary file named like this in the target folder
 # first; one left behind means a process was killed mid-write.
 TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".npz"
 
 
-def save_checkpoint(path, model, optimizer=None, extra: dict = None) -> str:
+def save_checkpoint(path: PathLike, model: Sequential, optimizer: Optional[Optimizer] = None,
+                    extra: Optional[Dict[str, Any]] = None) -> str:
     """Write ``model`` (+ ``optimizer`` and ``extra``, JSON-able) to ``path``: to a
     temporary file in the same directory first, then ``os.replace`` -- a crash
-    never leaves a half-written checkpoint under ``path``."""
+    never leaves a half-written checkpoint under ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file to write; missing folders are created.
+    model : Sequential
+        A built model (on CPU or GPU).
+    optimizer : Optimizer, optional
+        Its configuration and state (moments, step count) are saved too.
+    extra : dict, optional
+        JSON-able training metadata (epoch, metrics), returned by ``load_checkpoint``.
+
+    Returns
+    -------
+    str
+        ``path`` as a str.
+
+    Raises
+    ------
+    TypeError
+        If ``extra`` is not JSON-able.
+    OSError
+        If the file cannot be written (no temporary file is left behind).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from cnnfast import nn
+    >>> model = nn.Sequential([nn.Flatten(), nn.Dense(3)], input_shape=(1, 2, 2), seed=0)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = nn.save_checkpoint(os.path.join(folder, "ck.npz"), model, nn.Adam(),
+    ...                               extra={"epoch": 4})
+    ...     loaded, optimizer, extra = nn.load_checkpoint(path)
+    >>> loaded.param_count(), type(optimizer).__name__, extra
+    (15, 'Adam', {'epoch': 4})
+    """
     path = os.fspath(path)
     meta = {"format": FORMAT, "model": model.config(),
             "optimizer": optimizer.config() if optimizer is not None else None,
             "extra": extra or {}}
-    arrays = {"__meta__": np.array(json.dumps(meta))}
+    arrays: Dict[str, Any] = {"__meta__": np.array(json.dumps(meta))}
     arrays.update(model.state_dict())
     if optimizer is not None:
         for k, v in optimizer.state_dict().items():
@@ -56,10 +97,34 @@ def save_checkpoint(path, model, optimizer=None, extra: dict = None) -> str:
     return path
 
 
-def remove_stale_temporaries(directory) -> list:
+def remove_stale_temporaries(directory: PathLike) -> List[str]:
     """Delete the temporary files a killed ``save_checkpoint`` left in
     ``directory`` (only names of its own pattern); returns their paths. Call it
-    when a run starts, before any checkpoint of this run is being written."""
+    when a run starts, before any checkpoint of this run is being written.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The checkpoint folder.
+
+    Returns
+    -------
+    list of str
+        The deleted files.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` does not exist.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from cnnfast.nn.checkpoint import remove_stale_temporaries
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     remove_stale_temporaries(folder)
+    []
+    """
     removed = []
     for name in sorted(os.listdir(directory)):
         full = os.path.join(directory, name)
@@ -69,18 +134,56 @@ def remove_stale_temporaries(directory) -> list:
     return removed
 
 
-def _umask():
+def _umask() -> int:
     mask = os.umask(0o22)
     os.umask(mask)
     return mask
 
 
-def load_checkpoint(path, backend=None, device="cpu"):
+def load_checkpoint(path: PathLike, backend: Optional[str] = None, device: str = "cpu"
+                    ) -> Tuple[Sequential, Optional[Optimizer], Dict[str, Any]]:
     """``(model, optimizer or None, extra)`` rebuilt from a checkpoint file.
 
     The stored arrays are checked against the model configuration before the
     model allocates anything, so a crafted configuration cannot make it allocate
-    more than the file holds; every problem is a ``CheckpointError``."""
+    more than the file holds; every problem is a ``CheckpointError``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file ``save_checkpoint`` wrote.
+    backend : str, optional
+        The kernel backend of the rebuilt model (``None``: automatic).
+    device : str
+        ``'cpu'`` or ``'gpu'`` (cupy).
+
+    Returns
+    -------
+    tuple
+        ``(model, optimizer, extra)``: the built ``Sequential`` with its weights, the
+        optimizer with its state (``None`` when none was saved), the ``extra`` dict.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CheckpointError
+        If the file is not a valid checkpoint (a ``ValueError``).
+
+    Examples
+    --------
+    See ``save_checkpoint``; a file that is not a checkpoint:
+
+    >>> import os, tempfile
+    >>> from cnnfast import nn
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = os.path.join(folder, "bad.npz")
+    ...     with open(path, "wb") as f:
+    ...         _ = f.write(b"not a zip")
+    ...     nn.load_checkpoint(path)
+    Traceback (most recent call last):
+    cnnfast.nn.checkpoint_file.CheckpointError: ...
+    """
     path = os.fspath(path)
     arrays = read_arrays(path)
     meta = arrays["__meta__"]
@@ -93,7 +196,7 @@ def load_checkpoint(path, backend=None, device="cpu"):
         raise CheckpointError(f"{path!r}: invalid model configuration "
                               f"({type(exc).__name__}: {exc})") from exc
     problems = _shape_problems(expected, arrays)
-    optimizer = None
+    optimizer: Optional[Optimizer] = None
     if meta.get("optimizer"):
         try:
             optimizer = make_optimizer(meta["optimizer"])
@@ -120,7 +223,7 @@ def load_checkpoint(path, backend=None, device="cpu"):
     return model, optimizer, extra
 
 
-def _shape_problems(expected, arrays):
+def _shape_problems(expected: Dict[str, Any], arrays: Dict[str, Any]) -> List[str]:
     """Weights and buffers: exactly the expected names, shapes and real dtypes."""
     problems = []
     for key, shape in expected.items():
@@ -137,7 +240,8 @@ def _shape_problems(expected, arrays):
     return problems
 
 
-def _optimizer_problems(expected, arrays, optimizer):
+def _optimizer_problems(expected: Dict[str, Any], arrays: Dict[str, Any],
+                        optimizer: Optimizer) -> List[str]:
     """Optimizer slots: one per parameter, of its shape; ``t`` a scalar."""
     problems = []
     for key, value in arrays.items():

@@ -20,13 +20,14 @@ import math
 import os
 import struct
 import zlib
-from typing import Optional
+from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 import numpy as np
 
 # IDX dtype code -> big-endian numpy dtype
-IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
-              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+IDX_DTYPES: Dict[int, np.dtype[Any]] = {
+    0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 _CODES = {np.dtype(v).newbyteorder("="): k for k, v in IDX_DTYPES.items()}
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -35,6 +36,10 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 DEFAULT_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+#: A file path: a str or an ``os.PathLike`` (``pathlib.Path``).
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 class IDXError(ValueError):
@@ -94,11 +99,45 @@ def _read_data(f, nbytes, compressed, path, what):
     return buf
 
 
-def read_idx(path, limit: Optional[int] = None) -> np.ndarray:
+def read_idx(path: PathLike, limit: Optional[int] = None) -> np.ndarray:
     """Read an IDX file (gzipped or not) into a native-endian numpy array. With
     ``limit``, only the first ``limit`` entries along axis 0 are read (the rest of
     the file is not checked). The header is checked against the file's size
-    before anything is allocated (a corrupt or crafted header is an IDXError)."""
+    before anything is allocated (a corrupt or crafted header is an IDXError).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file, gzipped or not (told by its first bytes, not its name).
+    limit : int, optional
+        Read only this many entries along axis 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array, native-endian.
+
+    Raises
+    ------
+    ValueError
+        If ``limit`` is negative.
+    IDXError
+        If the file is not a valid IDX file (a ``ValueError``).
+    FileNotFoundError
+        If ``path`` does not exist.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from cnnfast.nn.data import read_idx, write_idx
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = os.path.join(folder, "a-idx2-ubyte.gz")
+    ...     write_idx(path, np.arange(6, dtype=np.uint8).reshape(3, 2))
+    ...     read_idx(path, limit=2)
+    array([[0, 1],
+           [2, 3]], dtype=uint8)
+    """
     path = os.fspath(path)
     if limit is not None and limit < 0:
         raise ValueError(f"limit={limit!r} must be >= 0")
@@ -140,8 +179,29 @@ def read_idx(path, limit: Optional[int] = None) -> np.ndarray:
     return arr.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
-def write_idx(path, array, compress: Optional[bool] = None) -> None:
-    """Write ``array`` as IDX (gzipped when ``compress`` or the name ends in .gz)."""
+def write_idx(path: PathLike, array: Any, compress: Optional[bool] = None) -> None:
+    """Write ``array`` as IDX (gzipped when ``compress`` or the name ends in .gz).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    array : array_like
+        uint8, int8, int16, int32, float32 or float64, 1 to 255 dims.
+    compress : bool, optional
+        Gzip it (``None``: when the name ends in ``.gz``).
+
+    Raises
+    ------
+    TypeError
+        If the dtype has no IDX code.
+    ValueError
+        If the array has 0 or more than 255 dims.
+
+    Examples
+    --------
+    See ``read_idx``.
+    """
     path = os.fspath(path)
     array = np.asarray(array)
     code = _CODES.get(array.dtype.newbyteorder("="))
@@ -166,7 +226,7 @@ def write_idx(path, array, compress: Optional[bool] = None) -> None:
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
 
-def _candidates(data):
+def _candidates(data: Optional[PathLike]) -> List[Tuple[str, str]]:
     dirs = []
     if data:
         dirs.append(("--data", os.fspath(data)))
@@ -177,7 +237,7 @@ def _candidates(data):
     return dirs
 
 
-def _find_file(directory, stem):
+def _find_file(directory: str, stem: str) -> Optional[str]:
     for sub in ("", "fashion-mnist"):
         for suffix in (".gz", ""):
             p = os.path.join(directory, sub, stem + suffix)
@@ -186,9 +246,25 @@ def _find_file(directory, stem):
     return None
 
 
-def find_fashion_mnist(data=None) -> str:
+def find_fashion_mnist(data: Optional[PathLike] = None) -> str:
     """The first directory holding all four Fashion-MNIST files (see module doc).
-    An explicit ``data`` that lacks them is an error (no silent fallback)."""
+    An explicit ``data`` that lacks them is an error (no silent fallback).
+
+    Parameters
+    ----------
+    data : str or os.PathLike, optional
+        A folder to look in first (and only, when given).
+
+    Returns
+    -------
+    str
+        The folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no folder holds the four files (the message lists where it looked).
+    """
     tried = []
     for origin, d in _candidates(data):
         stems = FILES["train"] + FILES["test"]
@@ -207,12 +283,40 @@ def find_fashion_mnist(data=None) -> str:
           "dataset-fashion-mnist)")
 
 
-def load_fashion_mnist(split: str = "train", data=None, limit: Optional[int] = None):
-    """``(images, labels)``: images uint8 (N, 1, 28, 28), labels int64 (N,)."""
+def load_fashion_mnist(split: str = "train", data: Optional[PathLike] = None,
+                       limit: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)``: images uint8 (N, 1, 28, 28), labels int64 (N,).
+
+    No example here: it needs the data files (see the module doc).
+
+    Parameters
+    ----------
+    split : str
+        ``'train'`` or ``'test'``.
+    data : str or os.PathLike, optional
+        The folder holding the files (see ``find_fashion_mnist``).
+    limit : int, optional
+        Read only the first ``limit`` images and labels.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(images, labels)``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``split``.
+    FileNotFoundError
+        If the files are not found.
+    IDXError
+        If a file is invalid or images and labels do not match.
+    """
     if split not in FILES:
         raise ValueError(f"split={split!r}: expected 'train' or 'test'")
     directory = find_fashion_mnist(data)
-    img_path, lab_path = (_find_file(directory, s) for s in FILES[split])
+    # find_fashion_mnist returned a folder holding all four files.
+    img_path, lab_path = (cast(str, _find_file(directory, s)) for s in FILES[split])
     images = read_idx(img_path, limit)
     labels = read_idx(lab_path, limit)
     if images.ndim != 3 or images.dtype != np.uint8:
@@ -231,8 +335,30 @@ def load_fashion_mnist(split: str = "train", data=None, limit: Optional[int] = N
     return images[:, None], labels.astype(np.int64)
 
 
-def to_float(batch, dtype=np.float32, xp=np):
+def to_float(batch: Any, dtype: Any = np.float32, xp: Any = np) -> Any:
     """uint8 pixels -> ``dtype`` in [0, 1], as an array of module ``xp`` (the
-    uint8 batch travels to the GPU, a quarter of the float bytes)."""
+    uint8 batch travels to the GPU, a quarter of the float bytes).
+
+    Parameters
+    ----------
+    batch : array_like
+        uint8 pixels.
+    dtype : numpy dtype
+        The result's dtype.
+    xp : module
+        ``numpy`` or ``cupy``.
+
+    Returns
+    -------
+    array
+        ``batch / 255`` as ``dtype``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast.nn.data import to_float
+    >>> to_float(np.array([0, 255], np.uint8))
+    array([0., 1.], dtype=float32)
+    """
     dt = np.dtype(dtype)
     return xp.asarray(batch).astype(dt) / dt.type(255)

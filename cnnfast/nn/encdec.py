@@ -17,8 +17,9 @@ task in ``cnnfast.nn.tasks`` and importable from here too.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, cast
 
+from .base import Layer
 from .layers import Conv2d, ConvTranspose2d, MaxPool2d, ReLU, Sigmoid
 from .model import Sequential
 from .optim import Adam
@@ -29,7 +30,7 @@ from .training import Trainer
 ENCDEC_MODELS = ("autoencoder", "unet")
 
 
-def _check_shape(input_shape, levels, what):
+def _check_shape(input_shape: Iterable[int], levels: int, what: str) -> Tuple[int, ...]:
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != 3:
         raise ValueError(f"{what}: input_shape={input_shape!r} must be (C, H, W)")
@@ -40,8 +41,9 @@ def _check_shape(input_shape, levels, what):
     return shape
 
 
-def autoencoder(input_shape=(1, 28, 28), channels=(16, 32), downsample="stride", *,
-                dtype="float32", seed: Optional[int] = None,
+def autoencoder(input_shape: Sequence[int] = (1, 28, 28), channels: Iterable[int] = (16, 32),
+                downsample: str = "stride", *, dtype: Any = "float32",
+                seed: Optional[int] = None,
                 backend: Optional[str] = None) -> Sequential:
     """A convolutional denoising autoencoder. Each entry of ``channels`` is one
     encoder stage halving H and W: a 3x3 convolution with stride 2
@@ -50,14 +52,43 @@ def autoencoder(input_shape=(1, 28, 28), channels=(16, 32), downsample="stride",
     ``ConvTranspose2d`` (padding 1, output_padding 1: exactly doubles), and ends
     in ``input_shape[0]`` channels and a Sigmoid.
 
-    28x28 with ``channels=(16, 32)``: 28 -> 14 -> 7 -> 14 -> 28."""
+    28x28 with ``channels=(16, 32)``: 28 -> 14 -> 7 -> 14 -> 28.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        ``(C, H, W)``; H and W divisible by ``2 ** len(channels)``.
+    channels : iterable of int
+        Output channels of the encoder stages.
+    downsample : str
+        ``'stride'`` or ``'maxpool'``.
+    dtype, seed, backend
+        As ``Sequential``.
+
+    Returns
+    -------
+    Sequential
+        The built model.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``downsample``, no or non-positive channels, or a shape that
+        does not halve ``len(channels)`` times.
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> nn.autoencoder((1, 28, 28), channels=(16, 32), seed=0).output_shape
+    (1, 28, 28)
+    """
     if downsample not in ("stride", "maxpool"):
         raise ValueError(f"downsample={downsample!r}: expected 'stride' or 'maxpool'")
     channels = tuple(int(c) for c in channels)
     if not channels or min(channels) < 1:
         raise ValueError(f"channels={channels!r} must be positive ints, at least one")
     shape = _check_shape(input_shape, len(channels), "autoencoder")
-    layers = []
+    layers: List[Layer] = []
     for c in channels:
         if downsample == "stride":
             layers += [Conv2d(c, 3, stride=2, padding=1), ReLU()]
@@ -71,8 +102,8 @@ def autoencoder(input_shape=(1, 28, 28), channels=(16, 32), downsample="stride",
                       name="autoencoder", backend=backend)
 
 
-def unet(input_shape=(1, 28, 28), base_channels=16, depth=2, up="transpose", *,
-         dtype="float32", seed: Optional[int] = None,
+def unet(input_shape: Sequence[int] = (1, 28, 28), base_channels: int = 16, depth: int = 2,
+         up: str = "transpose", *, dtype: Any = "float32", seed: Optional[int] = None,
          backend: Optional[str] = None) -> Sequential:
     """A small U-Net: at each of ``depth`` levels, a 3x3 convolution + ReLU, then a
     ``SkipConcat`` whose inner chain is 2x2 max-pool, the next level, and an
@@ -80,7 +111,38 @@ def unet(input_shape=(1, 28, 28), base_channels=16, depth=2, up="transpose", *,
     ``"bilinear"`` / ``"nearest"``: ``Upsample`` then a 3x3 convolution); after the
     concatenation a 3x3 convolution + ReLU merges the skip and the upsampled
     features. The bottom level doubles the channels; the head is a 1x1
-    convolution to ``input_shape[0]`` channels and a Sigmoid."""
+    convolution to ``input_shape[0]`` channels and a Sigmoid.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        ``(C, H, W)``; H and W divisible by ``2 ** depth``.
+    base_channels : int
+        Channels of the top level (doubled at each level down).
+    depth : int
+        Number of halvings.
+    up : str
+        ``'transpose'``, ``'bilinear'`` or ``'nearest'``.
+    dtype, seed, backend
+        As ``Sequential``.
+
+    Returns
+    -------
+    Sequential
+        The built model.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``up``, a non-positive depth or width, or a shape that does not
+        halve ``depth`` times.
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> nn.unet((1, 16, 16), base_channels=4, depth=2, seed=0).output_shape
+    (1, 16, 16)
+    """
     if up not in ("transpose", "bilinear", "nearest"):
         raise ValueError(f"up={up!r}: expected 'transpose', 'bilinear' or 'nearest'")
     if int(depth) < 1 or int(base_channels) < 1:
@@ -89,12 +151,12 @@ def unet(input_shape=(1, 28, 28), base_channels=16, depth=2, up="transpose", *,
     depth, base = int(depth), int(base_channels)
     shape = _check_shape(input_shape, depth, "unet")
 
-    def upsample(c):
+    def upsample(c: int) -> List[Layer]:
         if up == "transpose":
             return [ConvTranspose2d(c, 2, stride=2)]
         return [Upsample(2, mode=up), Conv2d(c, 3, padding=1)]
 
-    def level(d):
+    def level(d: int) -> List[Layer]:
         c = base * 2 ** d
         if d == depth:  # the bottleneck
             return [Conv2d(c, 3, padding=1), ReLU()]
@@ -107,8 +169,35 @@ def unet(input_shape=(1, 28, 28), base_channels=16, depth=2, up="transpose", *,
                       backend=backend)
 
 
-def build_encdec(name: str, input_shape=(1, 28, 28), **kwargs) -> Sequential:
-    """``autoencoder`` or ``unet`` by name (what ``cnnfast train --model`` uses)."""
+def build_encdec(name: str, input_shape: Sequence[int] = (1, 28, 28),
+                 **kwargs: Any) -> Sequential:
+    """``autoencoder`` or ``unet`` by name (what ``cnnfast train --model`` uses).
+
+    Parameters
+    ----------
+    name : str
+        ``'autoencoder'`` or ``'unet'``.
+    input_shape : tuple of int
+        ``(C, H, W)``.
+    **kwargs
+        Passed to the builder.
+
+    Returns
+    -------
+    Sequential
+        The built model.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name`` (or the builder's arguments).
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> nn.build_encdec("unet", (1, 8, 8), base_channels=2, depth=1).name
+    'unet'
+    """
     if name == "autoencoder":
         return autoencoder(input_shape, **kwargs)
     if name == "unet":
@@ -116,16 +205,36 @@ def build_encdec(name: str, input_shape=(1, 28, 28), **kwargs) -> Sequential:
     raise ValueError(f"model {name!r}: expected one of {', '.join(ENCDEC_MODELS)}")
 
 
-def is_encdec(model) -> bool:
-    """True for a model whose output has its input's shape (an image-to-image model)."""
-    return model.input_shape is not None and tuple(model.output_shape) == tuple(
-        model.input_shape)
+def is_encdec(model: Sequential) -> bool:
+    """True for a model whose output has its input's shape (an image-to-image model).
+
+    Parameters
+    ----------
+    model : Sequential
+        Any model; an unbuilt one is not an encoder-decoder.
+
+    Returns
+    -------
+    bool
+        Whether it maps images to images of the same shape.
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> from cnnfast.nn.encdec import is_encdec
+    >>> is_encdec(nn.autoencoder((1, 8, 8), channels=(2,)))
+    True
+    """
+    # A built model (input_shape set) has its output_shape set too.
+    return model.input_shape is not None and tuple(
+        cast(Tuple[int, ...], model.output_shape)) == tuple(model.input_shape)
 
 
-def train_denoiser(model: Sequential, images, epochs: int = 1, batch_size: int = 64,
+def train_denoiser(model: Sequential, images: Any, epochs: int = 1, batch_size: int = 64,
                    lr: float = 1e-3, noise_std: float = 0.3, seed: int = 0,
                    backend: Optional[str] = None, progress: Optional[Callable] = None,
-                   *, test_images=None, augment=None, optimizer=None) -> dict:
+                   *, test_images: Any = None, augment: Any = None,
+                   optimizer: Any = None) -> Dict[str, Any]:
     """Train ``model`` to map ``clip(x + noise_std * N(0,1), 0, 1)`` to ``x`` with the
     mean squared error and Adam (``lr``), ``epochs`` passes over ``images`` (uint8
     or float in [0, 1], (N, C, H, W) or (N, H, W)) in shuffled batches.
@@ -136,7 +245,24 @@ def train_denoiser(model: Sequential, images, epochs: int = 1, batch_size: int =
     ``test_images`` default to the last 10% of ``images``, which are then left
     out of training. Returns ``{"history": [mean loss per epoch], "psnr_noisy",
     "psnr_denoised", "mse_denoised", "seconds", "steps", "train_images",
-    "test_images"}`` (PSNR in dB, on the test images, noise seeded by ``seed``)."""
+    "test_images"}`` (PSNR in dB, on the test images, noise seeded by ``seed``).
+
+    Raises
+    ------
+    ValueError
+        If the model's output shape differs from its input's, ``epochs < 0``,
+        ``batch_size < 1``, or fewer than 2 images are given without ``test_images``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> model = nn.autoencoder((1, 8, 8), channels=(2,), seed=0)
+    >>> images = np.random.default_rng(0).random((6, 8, 8)).astype(np.float32)
+    >>> result = nn.train_denoiser(model, images, epochs=1, batch_size=4)
+    >>> result["steps"], result["train_images"], result["test_images"]
+    (2, 5, 1)
+    """
     if not is_encdec(model):
         raise ValueError(f"train_denoiser needs an image-to-image model; this one maps "
                          f"{model.input_shape} to {model.output_shape}")

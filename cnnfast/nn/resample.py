@@ -18,16 +18,17 @@ needs to know about nesting.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Iterable, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
-from .base import Layer, array_module, layer_from_config, register_layer
+from .base import (Array, Layer, Shape, ShapeLike, array_module, layer_from_config,
+                   register_layer)
 
 # ----------------------------------------------------------------------------- Upsample
 
 
-def _scales(scale_factor, rank):
+def _scales(scale_factor: Any, rank: int) -> Tuple[int, ...]:
     if isinstance(scale_factor, (int, np.integer)) and not isinstance(scale_factor, bool):
         scales = (int(scale_factor),) * rank
     elif isinstance(scale_factor, (tuple, list)) and len(scale_factor) == rank and all(
@@ -41,11 +42,38 @@ def _scales(scale_factor, rank):
     return scales
 
 
-def linear_resize_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
+def linear_resize_matrix(n_in: int, n_out: int, dtype: Any = np.float64) -> np.ndarray:
     """The ``(n_out, n_in)`` matrix of 1-D linear interpolation with
     ``align_corners=False`` (torch's rule): output ``o`` reads the input at
     ``src = (o + 0.5) * n_in / n_out - 0.5``, clamped below at 0, between
-    ``floor(src)`` and the next cell (clamped at the last)."""
+    ``floor(src)`` and the next cell (clamped at the last).
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Input and output lengths, positive.
+    dtype : numpy dtype
+        The matrix's dtype.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_out, n_in)``; each row sums to 1.
+
+    Raises
+    ------
+    ValueError
+        If a size is not positive.
+
+    Examples
+    --------
+    >>> from cnnfast.nn.resample import linear_resize_matrix
+    >>> linear_resize_matrix(2, 4)
+    array([[1.  , 0.  ],
+           [0.75, 0.25],
+           [0.25, 0.75],
+           [0.  , 1.  ]])
+    """
     if n_in < 1 or n_out < 1:
         raise ValueError(f"sizes must be positive, got n_in={n_in}, n_out={n_out}")
     src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
@@ -59,16 +87,36 @@ def linear_resize_matrix(n_in: int, n_out: int, dtype=np.float64) -> np.ndarray:
     return m.astype(dtype)
 
 
-def bilinear_matrix(n_in: int, scale: int, dtype=np.float64) -> np.ndarray:
+def bilinear_matrix(n_in: int, scale: int, dtype: Any = np.float64) -> np.ndarray:
     """:func:`linear_resize_matrix` for an integer upscaling factor: torch computes
     the source as ``(o + 0.5) / scale - 0.5`` then, exactly what this gives."""
     return linear_resize_matrix(n_in, n_in * scale, dtype)
 
 
-def resize_bilinear(x, size):
+def resize_bilinear(x: Array, size: Sequence[int]) -> Array:
     """Resize the last two axes of ``x`` (numpy or cupy) to ``size = (h, w)``,
     bilinear, ``align_corners=False`` (torch's ``interpolate`` with ``size=``;
-    no antialiasing when shrinking)."""
+    no antialiasing when shrinking).
+
+    Parameters
+    ----------
+    x : array
+        ``(..., H, W)``; integer inputs are computed in float64.
+    size : sequence of int
+        ``(h, w)``.
+
+    Returns
+    -------
+    array
+        ``(..., h, w)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast.nn.resample import resize_bilinear
+    >>> resize_bilinear(np.ones((1, 1, 4, 4), np.float32), (2, 6)).shape
+    (1, 1, 2, 6)
+    """
     xp = array_module(x)
     dtype = x.dtype if x.dtype.kind == "f" else np.float64
     ah = xp.asarray(linear_resize_matrix(x.shape[-2], int(size[0]), dtype))
@@ -87,21 +135,45 @@ class Upsample(Layer):
       separable, ``y = A_h @ x @ A_w^T`` with the interpolation matrices of
       :func:`bilinear_matrix`, so the backward is exactly ``A_h^T @ gy @ A_w``
       (matrix products: fast at the small sizes these models use).
+
+    Parameters
+    ----------
+    scale_factor : int or sequence of int
+        Positive.
+    mode : str
+        ``'nearest'`` or ``'bilinear'``.
+    name : str, optional
+        The layer's name.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mode`` or a non-positive ``scale_factor``.
+    NotImplementedError
+        (``build``/``forward``) For ``'bilinear'`` on other than 2 spatial dims.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> nn.Upsample(2).forward(np.array([[[1.0, 2.0]]]))
+    array([[[1., 1., 2., 2.]]])
     """
 
     MODES = ("nearest", "bilinear")
 
-    def __init__(self, scale_factor=2, mode="nearest", name=None):
+    def __init__(self, scale_factor: Union[int, Sequence[int]] = 2, mode: str = "nearest",
+                 name: Optional[str] = None) -> None:
         super().__init__(name)
         if mode not in self.MODES:
             raise ValueError(f"mode={mode!r}: expected one of {', '.join(self.MODES)}")
         _scales(scale_factor, 1 if not isinstance(scale_factor, (tuple, list))
                 else len(scale_factor))
-        self.scale_factor = scale_factor
+        self.scale_factor: Any = scale_factor  # an int or one int per spatial dim
         self.mode = mode
-        self._mats = {}
+        self._mats: Dict[Tuple[Any, ...], Tuple[Array, Array]] = {}
 
-    def _check(self, input_shape):
+    def _check(self, input_shape: ShapeLike) -> Tuple[int, ...]:
         rank = len(input_shape) - 1
         if rank < 1:
             raise ValueError(f"{self.name or 'Upsample'} expects per-sample input "
@@ -111,15 +183,15 @@ class Upsample(Layer):
                                       f"only, got {rank} spatial dims (use 'nearest')")
         return _scales(self.scale_factor, rank)
 
-    def build(self, input_shape, rng, dtype):
+    def build(self, input_shape: ShapeLike, rng: np.random.Generator, dtype: Any) -> None:
         self._check(input_shape)
         super().build(input_shape, rng, dtype)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: ShapeLike) -> Shape:
         scales = self._check(input_shape)
         return (input_shape[0],) + tuple(n * s for n, s in zip(input_shape[1:], scales))
 
-    def _matrices(self, h, w, xp, dtype):
+    def _matrices(self, h: int, w: int, xp: Any, dtype: Any) -> Tuple[Array, Array]:
         sh, sw = _scales(self.scale_factor, 2)
         key = (h, w, sh, sw, xp.__name__, np.dtype(dtype).str)
         if key not in self._mats:
@@ -127,7 +199,7 @@ class Upsample(Layer):
                                xp.asarray(bilinear_matrix(w, sw, dtype)))
         return self._mats[key]
 
-    def forward(self, x, training=False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         scales = self._check(x.shape[1:])
         xp = array_module(x)
         if training:
@@ -141,7 +213,7 @@ class Upsample(Layer):
         ah, aw = self._matrices(x.shape[2], x.shape[3], xp, x.dtype)
         return xp.ascontiguousarray(ah @ x @ aw.T)
 
-    def backward(self, grad, need_input_grad=True):
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
         x_shape = self._need_cache()
         if not need_input_grad:
             return None
@@ -154,7 +226,7 @@ class Upsample(Layer):
         ah, aw = self._matrices(x_shape[2], x_shape[3], xp, grad.dtype)
         return xp.ascontiguousarray(ah.T @ grad @ aw)
 
-    def config(self):
+    def config(self) -> Dict[str, Any]:
         sf = self.scale_factor
         return {"scale_factor": list(sf) if isinstance(sf, (tuple, list)) else int(sf),
                 "mode": self.mode}
@@ -163,10 +235,10 @@ class Upsample(Layer):
 # ----------------------------------------------------------------------------- blocks
 
 
-def _assign_names(layers):
+def _assign_names(layers: List[Layer]) -> None:
     """Give unnamed layers ``Sequential``'s default names, unique in ``layers``."""
     used = {layer.name for layer in layers if layer.name is not None}
-    counts = {}
+    counts: Dict[str, int] = {}
     for layer in layers:
         if layer.name is not None:
             continue
@@ -179,7 +251,7 @@ def _assign_names(layers):
         counts[base] = i + 1
         used.add(candidate)
         layer.name = candidate
-    names = [layer.name for layer in layers]
+    names = [cast(str, layer.name) for layer in layers]  # every layer is named now
     dotted = [n for n in names if "." in n]
     if dotted:  # "." separates the levels of the nested parameter keys
         raise ValueError(f"inner layer names must not contain '.': {dotted}")
@@ -188,7 +260,7 @@ def _assign_names(layers):
         raise ValueError(f"inner layer names must be unique; repeated: {dupes}")
 
 
-class _NestedView(MutableMapping):
+class _NestedView(MutableMapping[str, Any]):
     """``{"<inner layer>.<key>": array}`` over one dict attribute (``params``,
     ``grads`` or ``buffers``) of each inner layer, read and written through."""
 
@@ -196,7 +268,7 @@ class _NestedView(MutableMapping):
         self._block = block
         self._attr = attr
 
-    def _locate(self, key):
+    def _locate(self, key: str) -> Tuple[Dict[str, Any], str]:
         name, dot, sub = key.partition(".")
         if dot:
             for layer in self._block.layers:
@@ -206,27 +278,27 @@ class _NestedView(MutableMapping):
                         return d, sub
         raise KeyError(key)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> Any:
         d, sub = self._locate(key)
         return d[sub]
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: str, value: Any) -> None:
         d, sub = self._locate(key)  # new keys cannot be invented from outside
         d[sub] = value
 
-    def __delitem__(self, key):
+    def __delitem__(self, key: str) -> None:
         d, sub = self._locate(key)
         del d[sub]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         for layer in self._block.layers:
             for k in list(getattr(layer, self._attr)):
                 yield f"{layer.name}.{k}"
 
-    def __len__(self):
+    def __len__(self) -> int:
         return sum(len(getattr(layer, self._attr)) for layer in self._block.layers)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{{{', '.join(f'{k!r}: ...' for k in self)}}}"
 
 
@@ -238,7 +310,8 @@ class _Block(Layer):
     passed to every inner layer. ``layers`` accepts Layer objects or their
     ``full_config()`` dicts (how a checkpoint rebuilds a block)."""
 
-    def __init__(self, layers: Iterable, name: Optional[str] = None):
+    def __init__(self, layers: Iterable[Union[Layer, Dict[str, Any]]],
+                 name: Optional[str] = None) -> None:
         self.layers: List[Layer] = []
         for entry in layers:
             if isinstance(entry, dict):
@@ -250,8 +323,9 @@ class _Block(Layer):
             raise ValueError(f"{type(self).__name__} needs at least one inner layer")
         super().__init__(name)
         _assign_names(self.layers)
-        self.params = _NestedView(self, "params")
-        self.buffers = _NestedView(self, "buffers")
+        # Live views, not dicts (see the module docstring); used as mappings only.
+        self.params = _NestedView(self, "params")  # type: ignore[assignment]
+        self.buffers = _NestedView(self, "buffers")  # type: ignore[assignment]
 
     # trainable/backend: stored on the block and pushed down to the inner layers.
     @property
@@ -310,13 +384,14 @@ class _Block(Layer):
         self.__dict__["_block_cache"] = None
         return cache
 
-    def inner_output_shape(self, input_shape):
+    def inner_output_shape(self, input_shape: ShapeLike) -> Shape:
+        """Per-sample output shape of the inner chain."""
         shape = tuple(input_shape)
         for layer in self.layers:
             shape = tuple(layer.output_shape(shape))
         return shape
 
-    def build(self, input_shape, rng, dtype):
+    def build(self, input_shape: ShapeLike, rng: np.random.Generator, dtype: Any) -> None:
         shape = tuple(int(v) for v in input_shape)
         for layer in self.layers:
             layer.build(shape, rng, dtype)
@@ -326,10 +401,10 @@ class _Block(Layer):
         self._check_shapes(tuple(input_shape), shape)
         super().build(input_shape, rng, dtype)
 
-    def _check_shapes(self, input_shape, inner_shape):
+    def _check_shapes(self, input_shape: Shape, inner_shape: Shape) -> None:
         pass
 
-    def _inner_shapes(self, input_shape, kind):
+    def _inner_shapes(self, input_shape: ShapeLike, kind: str) -> Dict[str, Shape]:
         shapes, shape = {}, tuple(input_shape)
         for layer in self.layers:
             inner = getattr(layer, kind)(shape)
@@ -338,34 +413,34 @@ class _Block(Layer):
         self._check_shapes(tuple(input_shape), shape)
         return shapes
 
-    def param_shapes(self, input_shape):
+    def param_shapes(self, input_shape: ShapeLike) -> Dict[str, Shape]:
         return self._inner_shapes(input_shape, "param_shapes")
 
-    def buffer_shapes(self, input_shape):
+    def buffer_shapes(self, input_shape: ShapeLike) -> Dict[str, Shape]:
         return self._inner_shapes(input_shape, "buffer_shapes")
 
-    def to(self, xp):
+    def to(self, xp: Any) -> "_Block":
         for layer in self.layers:
             layer.to(xp)
         self._cache = None
         return self
 
-    def zero_grads(self):
+    def zero_grads(self) -> None:
         self.grads = {}
 
-    def _inner_forward(self, x, training):
+    def _inner_forward(self, x: Array, training: bool) -> Array:
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
 
-    def _inner_backward(self, grad, need_input_grad):
+    def _inner_backward(self, grad: Array, need_input_grad: bool) -> Optional[Array]:
         """Back through the inner chain; as Sequential, layers before the first one
         with parameters to update are only asked for an input gradient when the
         block's own input gradient is needed."""
         first = 0
         if not need_input_grad:
-            first = next((i for i, layer in enumerate(self.layers)
-                          if layer.needs_param_grads), None)
+            first = next((i for i, layer in enumerate(self.layers)  # type: ignore[assignment]
+                          if layer.needs_param_grads), None)  # None: handled just below
             if first is None:
                 for layer in self.layers:
                     layer._cache = None
@@ -376,13 +451,13 @@ class _Block(Layer):
             layer._cache = None
         return grad if need_input_grad else None
 
-    def config(self):
+    def config(self) -> Dict[str, Any]:
         return {"layers": [layer.full_config() for layer in self.layers]}
 
-    def summary_lines(self, indent="  "):
+    def summary_lines(self, indent: str = "  ") -> List[str]:
         """The inner layers, one per line, indented (nested blocks recursively)."""
-        lines = []
-        shape = self.input_shape
+        lines: List[str] = []
+        shape: Optional[Tuple[int, ...]] = self.input_shape
         for layer in self.layers:
             shape = tuple(layer.output_shape(shape)) if shape is not None else None
             lines.append(f"{indent}{layer.name} ({type(layer).__name__}) -> {shape} "
@@ -391,7 +466,7 @@ class _Block(Layer):
                 lines += layer.summary_lines(indent + "  ")
         return lines
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.layers!r})"
 
 
@@ -400,10 +475,33 @@ class SkipConcat(_Block):
     """``concat([x, inner(x)], axis=1)``: a U-Net skip connection. The inner chain
     must keep the spatial size (e.g. pool, convolutions, then upsample back).
     Backward splits the gradient by channels: the first ``C`` go straight to the
-    input, the rest back through the inner chain, and the two are added."""
+    input, the rest back through the inner chain, and the two are added.
+
+    Parameters
+    ----------
+    layers : iterable of Layer or dict
+        The inner chain (layers, or their ``full_config()`` dicts).
+    name : str, optional
+        The block's name.
+
+    Raises
+    ------
+    TypeError
+        If an entry is not a layer.
+    ValueError
+        If ``layers`` is empty, inner names repeat or contain ``'.'``, or (``build``)
+        the inner chain changes the spatial size.
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> skip = nn.SkipConcat([nn.Conv2d(3, 3, padding=1), nn.ReLU()])
+    >>> skip.output_shape((2, 8, 8)), skip.param_shapes((2, 8, 8))["conv2d.weight"]
+    ((5, 8, 8), (3, 2, 3, 3))
+    """
 
     @classmethod
-    def default_name(cls):
+    def default_name(cls) -> str:
         return "skip"
 
     def _check_shapes(self, input_shape, inner_shape):
@@ -412,19 +510,19 @@ class SkipConcat(_Block):
                              f"{input_shape} to {inner_shape}; the spatial size must "
                              f"be kept to concatenate")
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: ShapeLike) -> Shape:
         inner = self.inner_output_shape(input_shape)
         self._check_shapes(tuple(input_shape), inner)
         return (input_shape[0] + inner[0],) + tuple(input_shape[1:])
 
-    def forward(self, x, training=False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         xp = array_module(x)
         y = self._inner_forward(x, training)
         if training:
             self._cache = x.shape[1]
         return xp.concatenate([x, y], axis=1)
 
-    def backward(self, grad, need_input_grad=True):
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
         c = self._need_cache()
         g_inner = self._inner_backward(grad[:, c:], need_input_grad)
         if not need_input_grad:
@@ -434,7 +532,17 @@ class SkipConcat(_Block):
 
 @register_layer
 class Residual(_Block):
-    """``x + inner(x)``: the inner chain must keep the shape."""
+    """``x + inner(x)``: the inner chain must keep the shape.
+
+    Parameters and errors as ``SkipConcat`` (the inner chain must keep the whole
+    shape).
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> nn.Residual([nn.Conv2d(2, 3, padding=1)]).output_shape((2, 8, 8))
+    (2, 8, 8)
+    """
 
     def _check_shapes(self, input_shape, inner_shape):
         if inner_shape != input_shape:
@@ -442,18 +550,18 @@ class Residual(_Block):
                              f"{input_shape} to {inner_shape}; a residual needs the "
                              f"same shape")
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: ShapeLike) -> Shape:
         inner = self.inner_output_shape(input_shape)
         self._check_shapes(tuple(input_shape), inner)
         return tuple(input_shape)
 
-    def forward(self, x, training=False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         y = self._inner_forward(x, training)
         if training:
             self._cache = True
         return x + y
 
-    def backward(self, grad, need_input_grad=True):
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
         self._need_cache()
         g_inner = self._inner_backward(grad, need_input_grad)
         if not need_input_grad:

@@ -4,12 +4,14 @@ configs (``_jsonable``), the layers' padding rule (``tf_same_pads``,
 
 from __future__ import annotations
 
+from typing import Any, Optional, Sequence, Tuple
+
 import numpy as np
 
 from ... import params as P
 
 
-def _tuple(value, rank, name):
+def _tuple(value: Any, rank: int, name: str) -> Tuple[int, ...]:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return (int(value),) * rank
     if isinstance(value, (tuple, list)) and len(value) == rank:
@@ -17,7 +19,7 @@ def _tuple(value, rank, name):
     raise ValueError(f"{name}={value!r} must be an int or {rank} ints")
 
 
-def _refuse_positional(layer, extra, usage):
+def _refuse_positional(layer: Any, extra: Tuple[Any, ...], usage: str) -> None:
     """A TypeError for positional arguments past those a layer documents: torch's
     constructors take the input size first (``Linear(784, 10)``), cnnfast.nn infers it,
     so an extra positional value would silently land in another parameter."""
@@ -26,7 +28,7 @@ def _refuse_positional(layer, extra, usage):
                         f"too many {extra!r}: {usage}")
 
 
-def _jsonable(value):
+def _jsonable(value: Any) -> Any:
     """Tuples -> lists recursively (a config must survive a JSON round trip)."""
     if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
@@ -38,7 +40,8 @@ def _jsonable(value):
 tf_same_pads = P.same_pads_tensorflow
 
 
-def _resolve_padding(padding, spatial_shape, k, s, d):
+def _resolve_padding(padding: Any, spatial_shape: Sequence[int], k: Tuple[int, ...],
+                     s: Tuple[int, ...], d: Tuple[int, ...]) -> Any:
     """A layer's ``padding`` (``'same'``, ``'valid'``, ints or pairs) as
     ``(before, after)`` pairs for this input."""
     rank = len(k)
@@ -52,7 +55,7 @@ def _resolve_padding(padding, spatial_shape, k, s, d):
     return P.padding_pairs(padding, rank)
 
 
-def _check_input(layer, input_shape, rank):
+def _check_input(layer: Any, input_shape: Sequence[int], rank: Optional[int]) -> None:
     if rank is not None and len(input_shape) != rank + 1:
         raise ValueError(f"{layer.name or type(layer).__name__} expects per-sample input "
                          f"(C, *spatial) with {rank} spatial dims, got {tuple(input_shape)}")

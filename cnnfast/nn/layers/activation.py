@@ -10,32 +10,43 @@ computes the same numbers.
 from __future__ import annotations
 
 import math
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from ... import activation as _reference
-from ..base import Layer, array_module, register_layer
+from ..base import Array, Layer, array_module, register_layer
 
 
 @register_layer
 class ReLU(Layer):
+    """``max(x, 0)`` (NaN stays NaN).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> nn.ReLU().forward(np.array([-1.0, 2.0]))
+    array([0., 2.])
+    """
+
     @classmethod
-    def default_name(cls):
+    def default_name(cls) -> str:
         return "relu"
 
-    def fused_activation(self):
+    def fused_activation(self) -> Optional[Tuple[str, float]]:
         """``(activation, negative_slope)`` for a convolution kernel's
         ``activation=`` doing this layer's work."""
         return "relu", 0.0
 
-    def forward(self, x, training=False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         xp = array_module(x)
         y = xp.maximum(x, 0)  # NaN stays NaN
         if training:
             self._cache = x > 0  # a bool mask: a quarter of a float32 copy
         return y
 
-    def backward(self, grad, need_input_grad=True):
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
         mask = self._need_cache()
         if not need_input_grad:
             return None
@@ -49,21 +60,38 @@ class ReLU(Layer):
 
 @register_layer
 class LeakyReLU(Layer):
-    def __init__(self, negative_slope=0.01, name=None):
+    """``x`` where positive, else ``negative_slope * x``.
+
+    Parameters
+    ----------
+    negative_slope : float
+        Slope for negative inputs.
+    name : str, optional
+        The layer's name.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> nn.LeakyReLU(0.5).forward(np.array([-2.0, 2.0]))
+    array([-1.,  2.])
+    """
+
+    def __init__(self, negative_slope: float = 0.01, name: Optional[str] = None) -> None:
         super().__init__(name)
         self.negative_slope = float(negative_slope)
 
     @classmethod
-    def default_name(cls):
+    def default_name(cls) -> str:
         return "leaky_relu"
 
-    def fused_activation(self):
+    def fused_activation(self) -> Optional[Tuple[str, float]]:
         """As ``ReLU.fused_activation``; ``None`` for a negative (or NaN) slope, which
         the kernels refuse: their derivative is read from the output's sign."""
         s = self.negative_slope
         return ("leaky_relu", s) if math.isfinite(s) and s >= 0 else None
 
-    def forward(self, x, training=False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         xp = array_module(x)
         pos = x > 0
         y = xp.where(pos, x, x * x.dtype.type(self.negative_slope))
@@ -71,24 +99,34 @@ class LeakyReLU(Layer):
             self._cache = pos
         return y
 
-    def backward(self, grad, need_input_grad=True):
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
         pos = self._need_cache()
         if not need_input_grad:
             return None
         xp = array_module(grad)
         return xp.where(pos, grad, grad * grad.dtype.type(self.negative_slope))
 
-    def config(self):
+    def config(self) -> Dict[str, Any]:
         return {"negative_slope": self.negative_slope}
 
 
 @register_layer
 class Sigmoid(Layer):
-    def fused_activation(self):
+    """``1 / (1 + exp(-x))``, stable for large ``|x|``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> nn.Sigmoid().forward(np.array([0.0]))
+    array([0.5])
+    """
+
+    def fused_activation(self) -> Optional[Tuple[str, float]]:
         """As ``ReLU.fused_activation``."""
         return "sigmoid", 0.0
 
-    def forward(self, x, training=False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         xp = array_module(x)
         # Stable for large |x|: exp of a non-positive number only.
         e = xp.exp(-xp.abs(x))
@@ -97,7 +135,7 @@ class Sigmoid(Layer):
             self._cache = y
         return y
 
-    def backward(self, grad, need_input_grad=True):
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
         y = self._need_cache()
         if not need_input_grad:
             return None
@@ -106,17 +144,27 @@ class Sigmoid(Layer):
 
 @register_layer
 class Tanh(Layer):
-    def fused_activation(self):
+    """Hyperbolic tangent.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> nn.Tanh().forward(np.array([0.0]))
+    array([0.])
+    """
+
+    def fused_activation(self) -> Optional[Tuple[str, float]]:
         """As ``ReLU.fused_activation``."""
         return "tanh", 0.0
 
-    def forward(self, x, training=False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         y = array_module(x).tanh(x)
         if training:
             self._cache = y
         return y
 
-    def backward(self, grad, need_input_grad=True):
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
         y = self._need_cache()
         if not need_input_grad:
             return None

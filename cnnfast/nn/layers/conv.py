@@ -8,32 +8,79 @@ They call the public kernel API (``cnnfast.conv``, ``cnnfast.conv_backward``,
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
 from ... import api
 from ... import params as P
-from ..base import Layer, register_layer
-from ..init import fans, get_initializer, init_name
+from ..base import Array, Layer, Shape, ShapeLike, register_layer
+from ..init import Initializer, fans, get_initializer, init_name
 from ._common import _check_input, _jsonable, _refuse_positional, _resolve_padding, _tuple
 
 _CONV_USAGE = ("the input channels are inferred from the input, so only out_channels "
                "and kernel_size are positional (torch's Conv2d(1, 64, 3) is "
                "Conv2d(64, 3) here); pass stride=, padding=, ... by keyword")
 
+#: An int (every spatial dim) or one int per spatial dim.
+IntOrTuple = Union[int, Sequence[int]]
+#: ``'same'``, ``'valid'``, an int, or per-dim ints or ``(before, after)`` pairs.
+Padding = Union[str, int, Sequence[Union[int, Sequence[int]]]]
+
 
 class _Conv(Layer):
     """N-d convolution, weight (C_out, C_in // groups, *kernel). ``padding``: an int,
     per-dim ints or (before, after) pairs, ``'valid'``, or ``'same'`` (any stride,
-    TensorFlow's rule: output = ceil(input / stride))."""
+    TensorFlow's rule: output = ceil(input / stride)).
+
+    Parameters
+    ----------
+    out_channels : int
+        Output channels (the input channels are inferred from the input).
+    kernel_size : int or tuple of int
+        Kernel extent, one value for every spatial dim or one per dim.
+    stride, dilation : int or tuple of int
+        Per spatial dim, or one value for all.
+    padding : str, int or sequence
+        ``'same'``, ``'valid'``, an int, per-dim ints or ``(before, after)`` pairs.
+    groups : int
+        Channel groups (must divide the input and output channels).
+    use_bias : bool
+        Add a per-channel bias.
+    kernel_initializer, bias_initializer : str or callable
+        A name of ``cnnfast.nn.INITIALIZERS`` or ``f(shape, fan_in, fan_out, rng, dtype)``.
+    name : str, optional
+        The layer's name.
+
+    Raises
+    ------
+    TypeError
+        If more than two positional arguments are given (torch's
+        ``Conv2d(in, out, k)`` order).
+    ValueError
+        If ``out_channels`` is not a positive int or an initializer is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> conv = nn.Conv2d(4, 3, stride=2, padding="same")
+    >>> conv.output_shape((1, 8, 8)), conv.param_shapes((1, 8, 8))
+    ((4, 4, 4), {'weight': (4, 1, 3, 3), 'bias': (4,)})
+    >>> conv.build((1, 8, 8), np.random.default_rng(0), np.float32)
+    >>> conv.forward(np.ones((2, 1, 8, 8), np.float32)).shape
+    (2, 4, 4, 4)
+    """
 
     rank: Optional[int] = None
     _op = "conv"  # the kernel API functions: api.<_op> and api.<_op>_backward
 
-    def __init__(self, out_channels, kernel_size, *extra, stride=1, padding=0, dilation=1,
-                 groups=1, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", name=None):
+    def __init__(self, out_channels: int, kernel_size: IntOrTuple, *extra: Any,
+                 stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+                 groups: int = 1, use_bias: bool = True,
+                 kernel_initializer: Optional[Initializer] = "glorot_uniform",
+                 bias_initializer: Optional[Initializer] = "zeros",
+                 name: Optional[str] = None) -> None:
         _refuse_positional(self, extra, _CONV_USAGE)
         super().__init__(name)
         if not isinstance(out_channels, (int, np.integer)) or out_channels < 1:
@@ -50,7 +97,7 @@ class _Conv(Layer):
         self.bias_initializer = bias_initializer or "zeros"
         get_initializer(self.kernel_initializer)  # fail early on a bad name
         get_initializer(self.bias_initializer)
-        self._pads = None
+        self._pads: Any = None
 
     def _resolve(self, input_shape):
         rank = len(input_shape) - 1
@@ -69,15 +116,15 @@ class _Conv(Layer):
         p = P.conv_params((1,) + tuple(input_shape), w_shape, s, pads, d, self.groups)
         return p, w_shape
 
-    def param_shapes(self, input_shape):
+    def param_shapes(self, input_shape: ShapeLike) -> Dict[str, Shape]:
         _check_input(self, input_shape, self.rank)
         _, w_shape = self._params(input_shape)
-        shapes = {"weight": w_shape}
+        shapes: Dict[str, Shape] = {"weight": w_shape}
         if self.use_bias:
             shapes["bias"] = (self._bias_channels(w_shape),)
         return shapes
 
-    def build(self, input_shape, rng, dtype):
+    def build(self, input_shape: ShapeLike, rng: np.random.Generator, dtype: Any) -> None:
         shapes = self.param_shapes(input_shape)
         self._pads = self._params(input_shape)[0].padding
         fan_in, fan_out = fans(shapes["weight"])
@@ -91,7 +138,7 @@ class _Conv(Layer):
     def _bias_channels(self, w_shape):
         return w_shape[0]
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: ShapeLike) -> Shape:
         _check_input(self, input_shape, self.rank)
         p, w_shape = self._params(input_shape)
         return (self._bias_channels(w_shape),) + p.out_shape
@@ -102,10 +149,12 @@ class _Conv(Layer):
         return dict(stride=_tuple(self.stride, rank, "stride"), padding=self._pads,
                     dilation=_tuple(self.dilation, rank, "dilation"), groups=self.groups)
 
-    def forward(self, x, training=False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         return self.forward_activated(x, training)
 
-    def forward_activated(self, x, training=False, activation=None, negative_slope=0.0):
+    def forward_activated(self, x: Array, training: bool = False,
+                          activation: Optional[str] = None,
+                          negative_slope: float = 0.0) -> Array:
         """``forward`` followed by ``activation`` (``cnnfast.activation``'s names),
         applied by the kernel call itself (``activation=`` of ``cnnfast.conv`` and
         ``conv_transpose``): how ``Sequential`` fuses this layer with the activation
@@ -128,7 +177,7 @@ class _Conv(Layer):
                 needs.append("bias")
         return tuple(needs)
 
-    def backward(self, grad, need_input_grad=True):
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
         x, activation, slope, y = self._need_cache()
         needs = self._needs(need_input_grad)
         if not needs:
@@ -142,7 +191,7 @@ class _Conv(Layer):
                 self.grads["bias"] = gb
         return gx
 
-    def config(self):
+    def config(self) -> Dict[str, Any]:
         return {"out_channels": self.out_channels,
                 "kernel_size": _jsonable(self.kernel_size),
                 "stride": _jsonable(self.stride), "padding": _jsonable(self.padding),
@@ -174,13 +223,32 @@ class Conv3d(_Conv):
 
 class _ConvTranspose(_Conv):
     """N-d transposed convolution, weight (C_in, C_out // groups, *kernel) (torch's
-    layout). ``padding`` crops the output; ``'same'`` gives output = input * stride."""
+    layout). ``padding`` crops the output; ``'same'`` gives output = input * stride.
+
+    Parameters are those of ``Conv`` plus ``output_padding`` (int or tuple of int):
+    extra output rows at the end of each spatial dim, less than the stride.
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` does not divide ``out_channels`` (and as ``Conv``).
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> nn.ConvTranspose2d(3, 2, stride=2).output_shape((4, 5, 5))
+    (3, 10, 10)
+    """
 
     _op = "conv_transpose"
 
-    def __init__(self, out_channels, kernel_size, *extra, stride=1, padding=0,
-                 output_padding=0, groups=1, dilation=1, use_bias=True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", name=None):
+    def __init__(self, out_channels: int, kernel_size: IntOrTuple, *extra: Any,
+                 stride: IntOrTuple = 1, padding: Padding = 0,
+                 output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
+                 use_bias: bool = True,
+                 kernel_initializer: Optional[Initializer] = "glorot_uniform",
+                 bias_initializer: Optional[Initializer] = "zeros",
+                 name: Optional[str] = None) -> None:
         _refuse_positional(self, extra, _CONV_USAGE)
         super().__init__(out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, use_bias=use_bias,
@@ -213,7 +281,7 @@ class _ConvTranspose(_Conv):
                     output_padding=_tuple(self.output_padding, rank, "output_padding"),
                     dilation=_tuple(self.dilation, rank, "dilation"), groups=self.groups)
 
-    def config(self):
+    def config(self) -> Dict[str, Any]:
         cfg = super().config()
         cfg["output_padding"] = _jsonable(self.output_padding)
         return cfg

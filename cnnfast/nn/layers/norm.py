@@ -3,9 +3,11 @@ module of the input (numpy or cupy)."""
 
 from __future__ import annotations
 
+from typing import Any, Dict, Optional
+
 import numpy as np
 
-from ..base import Layer, array_module, register_layer
+from ..base import Array, Layer, Shape, ShapeLike, array_module, register_layer
 from ._common import _refuse_positional
 
 
@@ -14,9 +16,38 @@ class BatchNorm(Layer):
     """Batch normalisation over the channel axis (axis 1) of (N, C, *spatial) or
     (N, C). Training uses the batch statistics and updates the running ones
     (``running = (1 - momentum) * running + momentum * batch``, unbiased variance,
-    as torch); evaluation -- and a frozen layer, as Keras -- uses the running ones."""
+    as torch); evaluation -- and a frozen layer, as Keras -- uses the running ones.
 
-    def __init__(self, *extra, momentum=0.1, eps=1e-5, name=None):
+    Parameters
+    ----------
+    momentum : float
+        Weight of the batch statistics in the running ones.
+    eps : float
+        Added to the variance.
+    name : str, optional
+        The layer's name.
+
+    Raises
+    ------
+    TypeError
+        If a positional argument is given (torch's ``BatchNorm2d(64)``).
+    ValueError
+        (``forward``) If training sees one value per channel only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> bn = nn.BatchNorm()
+    >>> bn.build((3, 4, 4), np.random.default_rng(0), np.float32)
+    >>> sorted(bn.params), sorted(bn.buffers)
+    (['bias', 'weight'], ['running_mean', 'running_var'])
+    >>> bn.forward(np.ones((2, 3, 4, 4), np.float32)).shape
+    (2, 3, 4, 4)
+    """
+
+    def __init__(self, *extra: Any, momentum: float = 0.1, eps: float = 1e-5,
+                 name: Optional[str] = None) -> None:
         _refuse_positional(self, extra, "the number of features is inferred from the "
                            "input (torch's BatchNorm2d(64) is BatchNorm() here); pass "
                            "momentum= and eps= by keyword")
@@ -24,13 +55,13 @@ class BatchNorm(Layer):
         self.momentum = float(momentum)
         self.eps = float(eps)
 
-    def param_shapes(self, input_shape):
+    def param_shapes(self, input_shape: ShapeLike) -> Dict[str, Shape]:
         return {"weight": (int(input_shape[0]),), "bias": (int(input_shape[0]),)}
 
-    def buffer_shapes(self, input_shape):
+    def buffer_shapes(self, input_shape: ShapeLike) -> Dict[str, Shape]:
         return {"running_mean": (int(input_shape[0]),), "running_var": (int(input_shape[0]),)}
 
-    def build(self, input_shape, rng, dtype):
+    def build(self, input_shape: ShapeLike, rng: np.random.Generator, dtype: Any) -> None:
         p, b = self.param_shapes(input_shape), self.buffer_shapes(input_shape)
         self.params["weight"] = np.ones(p["weight"], dtype)
         self.params["bias"] = np.zeros(p["bias"], dtype)
@@ -38,7 +69,7 @@ class BatchNorm(Layer):
         self.buffers["running_var"] = np.ones(b["running_var"], dtype)
         super().build(input_shape, rng, dtype)
 
-    def forward(self, x, training=False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         self._require_built()
         shape = (1, -1) + (1,) * (x.ndim - 2)
         axes = (0,) + tuple(range(2, x.ndim))
@@ -70,7 +101,7 @@ class BatchNorm(Layer):
         self._cache = ("batch", xhat, inv)
         return xhat * gamma + beta
 
-    def backward(self, grad, need_input_grad=True):
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
         cache = self._need_cache()
         axes = (0,) + tuple(range(2, grad.ndim))
         if cache[0] == "frozen":  # an affine map with fixed statistics
@@ -86,5 +117,5 @@ class BatchNorm(Layer):
         gamma = self.params["weight"].reshape((1, -1) + (1,) * (grad.ndim - 2))
         return (gamma * inv / count) * (count * grad - gsum - xhat * gxhat)
 
-    def config(self):
+    def config(self) -> Dict[str, Any]:
         return {"momentum": self.momentum, "eps": self.eps}
