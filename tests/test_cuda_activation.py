@@ -18,6 +18,8 @@ dtype (the kernels' exp and tanh against numpy's; see ``_ulps``).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -332,8 +334,11 @@ def test_conv_kernels_compile_with_nvcc(tmp_path):
     src.write_text(conv_launch.source_text("conv.cu") +
                    f"\nvoid* cnnfast_every_kernel[] = {{\n{table}\n}};\n")
     out = tmp_path / "conv_check.ptx"
+    # the sanitizer jobs preload ASan into Python: nvcc must not inherit it (it crashes)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     proc = subprocess.run([nvcc, *conv_launch.NVRTC_OPTIONS, "-arch=sm_80", "-ptx", str(src),
-                           "-o", str(out)], capture_output=True, text=True, timeout=600)
+                           "-o", str(out)], capture_output=True, text=True, timeout=600,
+                          env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ptx = out.read_text()
     assert ptx.count(".entry ") == len(names)
