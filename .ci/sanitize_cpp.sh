@@ -5,8 +5,9 @@
 # bounds checks in the kernels) in a temporary copy of the sources -- the normal
 # build in the tree is left alone -- and runs a subset of the tests against it:
 # the cpp backend's part of the shared grid and of the fuzzer (tests/test_fuzz.py, a
-# fresh seed each run), tests/test_cpp_*.py and tests/test_winograd.py, on both SIMD
-# paths. Python itself is not sanitized: the ASan runtime is preloaded.
+# fresh seed each run), tests/test_cpp_*.py, tests/test_winograd.py and
+# tests/test_winograd3d.py, on both SIMD paths. Python itself is not sanitized: the
+# ASan runtime is preloaded.
 # Usage: .ci/sanitize_cpp.sh            (~2-4 min on 2 busy cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,8 +50,8 @@ run_tests() {
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
         CNNFAST_SANITIZE_EXPECT_DEBUG=1 \
         "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cpp_kernels.py tests/test_cpp_direct.py \
-        tests/test_winograd.py tests/test_cpp_wgrad_short.py tests/test_cpp_activation.py \
-        tests/test_activation.py \
+        tests/test_winograd.py tests/test_winograd3d.py tests/test_cpp_wgrad_short.py \
+        tests/test_cpp_activation.py tests/test_activation.py \
         tests/test_backend_grid.py tests/test_fuzz.py -k cpp 2>&1 | tail -5; exit "${PIPESTATUS[0]}")
 }
 

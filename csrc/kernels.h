@@ -57,14 +57,15 @@ enum ConvPath {
     kGemmS1 = 2,
     kGemm = 3,
     kWinograd = 4,
-    kWgradShort = 5
+    kWgradShort = 5,
+    kGemmPhase = 6
 };
-constexpr int kNumPaths = 6;
+constexpr int kNumPaths = 7;
 // d2_* register-blocked direct kernels, direct_*_rows, stride-1 im2col GEMM, im2col GEMM,
 // Winograd F(4x4, 3x3) (conv/winograd.h), the short-reduction weight gradient
-// (conv/wgrad_short.h).
+// (conv/wgrad_short.h), the phase-split im2col GEMM of any stride (conv/gemm_phase.h).
 constexpr const char* kPathNames[kNumPaths] = {"direct-2d", "direct-rows", "gemm-s1", "gemm",
-                                               "winograd", "wgrad-short"};
+                                               "winograd", "wgrad-short", "gemm-phase"};
 // Depth of the GEMM reduction tile (Blk<T>::KC); the stride-1 weight gradient tiles
 // whole output rows, so it needs rows of at most this many outputs.
 constexpr long kGemmKC = 256;
@@ -92,10 +93,12 @@ inline bool s1_ok(const ConvGeo& g) { return g.s[1] == 1 && g.s[2] == 1 && z_col
 
 // Winograd F(4x4, 3x3) (conv/winograd.h): a 2-d 3x3 correlation, stride 1, dilation 1,
 // one group, any padding; float32 and float64 (both meet its accuracy contract,
-// tests/test_winograd.py).
+// tests/test_winograd.py). 3-d (conv/winograd3d.h): a KD x 3 x 3 kernel, stride 1 and
+// dilation 1 in depth too (tests/test_winograd3d.py).
 inline bool wino_ok(const ConvGeo& g) {
-    return z_collapsed(g) && g.G == 1 && g.k[1] == 3 && g.k[2] == 3 && g.s[1] == 1 &&
-           g.s[2] == 1 && g.d[1] == 1 && g.d[2] == 1;
+    const bool plane = g.G == 1 && g.k[1] == 3 && g.k[2] == 3 && g.s[1] == 1 &&
+                       g.s[2] == 1 && g.d[1] == 1 && g.d[2] == 1;
+    return plane && (z_collapsed(g) || (g.s[0] == 1 && g.d[0] == 1));
 }
 // The automatic choice takes it where it was measured to win clearly (about 2x: its
 // error bound is the call's largest sum of |terms|, not each output's own) against
@@ -112,14 +115,40 @@ inline bool wino_ok(const ConvGeo& g) {
 //    kernel) is paid once per call (512 -> 512 channels on 7x7, 4 tiles per image:
 //    1 image 1.2 / 2.0 / 1.3, 2 images 0.7 / 1.0 / 0.8, 4 images 0.4 / 0.5 / 0.6; 64
 //    channels on 8x8: 1.2 / 1.1 / 0.9 with 1 image, 0.4 / 0.4 / 0.5 with 4).
-constexpr long kWinoMinChannels = 16, kWinoMinTiles = 16;
-inline long wino_tiles(int op, const ConvGeo& g) {
+// 3-d (winograd3d.h; vs gemm, the previous choice; same machine, 1 thread, CPU time,
+// float32, (N, C, K, D, H, W), 3x3x3, padding 1, forward / input gradient): the depth
+// taps join the reduction (3 C), so few channels pay too: (4, 1, 16, 8, 28, 28) 0.73 /
+// 1.28, (4, 2, 16, ..) 0.50 / 1.00, (4, 4, 16, ..) 0.38 / 0.49, (4, 16, 16, ..) 0.26 /
+// 0.29, (4, 64, 64, ..) 0.25 / 0.29, (4, 16, 1, ..) 0.19 / 0.14, (4, 1, 2, ..) 0.42 / 0.51,
+// (4, 1, 4, ..) 0.54 / 0.78, (4, 4, 64, ..) 0.59 / 0.71, (2, 16, 16, 16, 56, 56) 0.29 /
+// 0.35. A block of tiles is one (H, W) plane's, so with few tiles per plane the products
+// are thin: 1 tile (1, 256, 256, 4, 4, 4) 4.8 / 5.3; 4 tiles (1, 32, 32, 1, 8, 8) 0.67 /
+// 0.78, (1, 64, 64, 4, 8, 8) 0.73 / 0.74, (2, 128, 128, 2, 7, 7) 1.10 / 1.13, (1, 512, 512,
+// 3, 6, 6) 2.5 / 3.0; 9 tiles (2, 64, 64, 8, 12, 12) 0.33 / 0.37, (1, 512, 512, 8, 12, 12)
+// 0.73 / 0.74; 16: (1, 16, 16, 2, 16, 16) 0.29 / 0.36, (1, 512, 512, 2, 14, 14) 0.62 /
+// 0.76. So in 3-d: >= 8 tiles per plane, no channel minimum, except for the input
+// gradient with < 4 input channels and > 4 output channels (where gemm stays). float64
+// alike: (2, 16, 16, 8, 28, 28) 0.32 / 0.31, (4, 1, 16, ..) 0.97 / 1.36, (4, 4, 16, ..)
+// 0.52 / 0.49, (1, 64, 64, 4, 12, 12) 0.67 / 0.65, (1, 256, 256, 2, 16, 16) 0.48 / 0.68.
+// The weight gradient (gemm is fast with few input channels): (4, 1, 16, 8, 28, 28)
+// 2.75, (4, 4, 16, ..) 0.96, (4, 8, 16, ..) 0.64, (4, 8, 64, ..) 0.70, (4, 16, 1, ..) 0.27,
+// (4, 64, 64, ..) 0.31, (2, 16, 16, 16, 56, 56) 0.35, (1, 64, 64, 4, 12, 12) 0.40, (1,
+// 256, 256, 2, 16, 16) 0.65, 4 tiles per plane (1, 128, 128, 2, 8, 8) 0.94, (1, 512, 512,
+// 3, 6, 6) 3.65; float64 (4, 8, 16, 8, 28, 28) 0.45: >= 8 input channels.
+constexpr long kWinoMinChannels = 16, kWinoMinTiles = 16, kWino3MinPlaneTiles = 8;
+inline long wino_plane_tiles(int op, const ConvGeo& g) {
     const long* o = op == kBwdData ? g.in : g.out;
-    return g.N * ((o[1] + 3) / 4) * ((o[2] + 3) / 4);
+    return ((o[1] + 3) / 4) * ((o[2] + 3) / 4);
+}
+inline long wino_tiles(int op, const ConvGeo& g) {
+    return g.N * (op == kBwdData ? g.in : g.out)[0] * wino_plane_tiles(op, g);
 }
 inline bool use_wino(int op, const ConvGeo& g) {
-    return wino_ok(g) && (op == kBwdData ? g.O : g.C) >= kWinoMinChannels &&
-           wino_tiles(op, g) >= kWinoMinTiles;
+    if (!wino_ok(g) || wino_tiles(op, g) < kWinoMinTiles) return false;
+    if (!z_collapsed(g))
+        return wino_plane_tiles(op, g) >= kWino3MinPlaneTiles &&
+               (op == kFwd || (op == kBwdData ? g.C >= 4 || g.O <= 4 : g.C >= 8));
+    return (op == kBwdData ? g.O : g.C) >= kWinoMinChannels;
 }
 
 // wgrad-short (conv/wgrad_short.h): the weight gradient of a 1-d or 2-d convolution
@@ -146,6 +175,43 @@ inline bool use_ws(int op, const ConvGeo& g) {
            (g.s[1] > 1 || g.s[2] > 1 || g.Kw <= kWsMaxTapsS1);
 }
 
+// gemm-phase (conv/gemm_phase.h): the im2col GEMM of a 1-d or 2-d convolution of any
+// stride, reading the input through its stride phases (plain copies, no strided
+// gathers; the input gradient a product per phase, no col2im; rows longer than a
+// product tile cut into runs of columns). The automatic choice takes it where gemm ran
+// before for stride > 1, and for stride 1 where gemm-s1's tile would be one padded row
+// longer than 768 (its widest column tile: the tile's panels then outgrow the L2), with
+// the input gradient's rule of gemm-s1 (a product of cg rows: 8 or more) and the weight
+// gradient's (output rows of at most 256; stride 1 keeps gemm-s1 / gemm). The input
+// gradient also needs a kernel of at least twice the stride along each strided dim:
+// with fewer taps some phases are thin products (3x3 / 2, 8x64x56x56 -> 128: 1.07 of
+// gemm; 1x1 / 2, 256 -> 512 on 28x28: 1.01; 5x5 / 2, 32 -> 32 on 31x29: 0.78; the
+// forward and the weight gradient 0.69-1.01 on the same layers, 1 thread CPU time). Measured
+// (AMD EPYC Zen 3, AVX2, float32, medians of 15-21, interleaved in one process on a
+// loaded machine, two runs; gemm-phase / the previous path, 1 thread CPU time | 2
+// threads wall time; benchmarks/cpp_paths_vs_torch.py):
+//   conv_transpose k4s2 (16x128x16x16 -> 64, 4x4, stride 2, pad 1) vs gemm: forward
+//     0.87-0.88 | 0.85-1.0, input gradient 0.82-0.83 | 0.78-0.83, weight gradient
+//     0.88-0.89 | 0.83-0.90;
+//   resnet stem 7x7/2 (4x3x224x224 -> 64) forward vs gemm: 0.70-0.93 | 0.79-0.97; its
+//     input gradient (3 channels per group) 2.7x slower: gemm keeps it;
+//   conv1d k9 (8x64x4096 -> 64, pad 4) vs gemm-s1: forward 0.79-0.98 | 0.75-0.84,
+//     input gradient 0.93-0.96 | 0.75-0.79.
+constexpr long kPhaseLongRowS1 = 768;
+inline bool use_phase(int op, const ConvGeo& g) {
+    if (!z_collapsed(g)) return false;
+    if (s1_ok(g)) {
+        const long row = (op == kBwdData ? g.in[2] : g.out[2]) + (g.k[2] - 1) * g.d[2];
+        if (op == kBwdWeight || row <= kPhaseLongRowS1) return false;
+    }
+    // the input gradient: 2 or more taps per phase along each strided dim
+    if (op == kBwdData)
+        return g.cg >= 8 && (g.s[1] == 1 || g.k[1] >= 2 * g.s[1]) &&
+               (g.s[2] == 1 || g.k[2] >= 2 * g.s[2]);
+    if (op == kBwdWeight) return g.out[2] <= kGemmKC;
+    return true;
+}
+
 // The automatic path of kernel `op` (a ConvOp) for g; `why` (optional) receives the
 // reason, for cnnfast.explain.
 inline int choose_path(int op, const ConvGeo& g, const char** why = nullptr) {
@@ -153,10 +219,21 @@ inline int choose_path(int op, const ConvGeo& g, const char** why = nullptr) {
     int path = kGemm;
     if (use_wino(op, g)) {
         path = kWinograd;
-        because = op == kBwdData ? "2-d 3x3, stride 1, no dilation, one group; >= 16 output "
-                                   "channels and >= 16 tiles of 4x4 input positions"
-                                 : "2-d 3x3, stride 1, no dilation, one group; >= 16 input "
-                                   "channels and >= 16 tiles of 4x4 outputs";
+        if (!z_collapsed(g))
+            because = op == kBwdData
+                          ? "3-d KDx3x3, stride 1, no dilation, one group; >= 8 tiles of 4x4 "
+                            "input positions per plane, >= 4 input or <= 4 output channels"
+                      : op == kBwdWeight
+                          ? "3-d KDx3x3, stride 1, no dilation, one group; >= 8 tiles of 4x4 "
+                            "outputs per plane, >= 8 input channels"
+                          : "3-d KDx3x3, stride 1, no dilation, one group; >= 8 tiles of 4x4 "
+                            "outputs per plane";
+        else
+            because = op == kBwdData
+                          ? "2-d 3x3, stride 1, no dilation, one group; >= 16 output "
+                            "channels and >= 16 tiles of 4x4 input positions"
+                          : "2-d 3x3, stride 1, no dilation, one group; >= 16 input "
+                            "channels and >= 16 tiles of 4x4 outputs";
     } else if (use_ws(op, g)) {
         path = kWgradShort;
         because = g.s[1] > 1 || g.s[2] > 1
@@ -171,6 +248,16 @@ inline int choose_path(int op, const ConvGeo& g, const char** why = nullptr) {
                         "register-blocked size"
                       : "1 input channel and < 8 outputs per group (not a 1-d/2-d kernel of "
                         "a register-blocked size)";
+    } else if (use_phase(op, g)) {
+        path = kGemmPhase;
+        because = !s1_ok(g) ? (op == kFwd ? "stride > 1 in 1-d/2-d"
+                               : op == kBwdData
+                                   ? "stride > 1 in 1-d/2-d, 8 or more input channels per "
+                                     "group, a kernel of at least twice the stride"
+                                   : "stride > 1 in 1-d/2-d, output rows of at most 256")
+                  : op == kFwd ? "stride 1 in 1-d/2-d, padded rows longer than 768"
+                               : "stride 1 in 1-d/2-d, padded rows longer than 768, 8 or more "
+                                 "input channels per group";
     } else if (!s1_ok(g)) {
         because = g.cg == 1 ? "8 or more outputs per group, and stride > 1 or 3-d"
                             : "several input channels per group, and stride > 1 or 3-d";
@@ -211,10 +298,15 @@ inline const char* path_unfit(int op, int path, const ConvGeo& g) {
             return nullptr;
         case kGemm:
             return nullptr;
+        case kGemmPhase:
+            if (!z_collapsed(g)) return "gemm-phase needs a 1-d or 2-d convolution";
+            if (op == kBwdWeight && g.out[2] > kGemmKC)
+                return "gemm-phase (weight gradient) needs output rows of at most 256";
+            return nullptr;
         case kWinograd:
             return wino_ok(g) ? nullptr
-                              : "winograd needs a 2-d 3x3 kernel, stride 1, dilation 1 and "
-                                "one group";
+                              : "winograd needs a 2-d 3x3 or 3-d KDx3x3 kernel, stride 1, "
+                                "dilation 1 and one group";
         case kWgradShort:
             if (op != kBwdWeight) return "wgrad-short is a weight-gradient kernel only";
             if (!z_collapsed(g)) return "wgrad-short needs a 1-d or 2-d convolution";
@@ -278,7 +370,9 @@ enum ScratchSlot : int {
     kBwdWeightPaddedRows = 4, // conv_bwd_weight (gemm-s1): the zero-padded input rows
     // slot 5
     kS1TapOffsets = 5,        // conv_fwd_s1: where each im2col row starts in the padded rows
-    // winograd (conv/winograd.h), forward and input gradient (wino_run)
+    // winograd (conv/winograd.h), forward and input gradient (wino_run; 3-d: wino3_run,
+    // conv/winograd3d.h, with V the per-thread window of transformed input slices and U
+    // the weights of every depth tap)
     kWinoM = 0,               // the 36 products' results for a chunk of output channels
     kWinoV = 1,               // the transformed input of a block (one block per thread),
                               // or the transformed weights of a chunk (shared block)
@@ -291,10 +385,20 @@ enum ScratchSlot : int {
     kWinoGradRows = 2,        // the zero-padded input and gy rows of the chunk
     kWinoGradPack = 3,        // both packed operands of one of the 36 products
     kWinoGradDU = 4,          // the work item's dL/dU accumulator
+    kWino3GradParts = 4,      // 3-d (winograd3d.h): every chunk group's dL/dU (shared)
     // wgrad-short (conv/wgrad_short.h)
     kWsGyT = 0,               // the transposed gy rows of a chunk ([row][ox][o])
     kWsRows = 1,              // the zero-padded input rows of a chunk
     kWsPartials = 3,          // every run's partial weight gradient (shared)
+    // gemm-phase (conv/gemm_phase.h), forward and input gradient
+    kPhPackB = 0,             // the packed im2col panels of a tile
+    kPhWeightRows = 0,        // the input gradient's gathered weight rows (before the region)
+    kPhTileC = 1,             // the product tile before the copy out
+    kPhPlanes = 2,            // the input's phase planes of a tile
+    kPhPackedW = 3,           // every job's and group's packed weight (shared)
+    kPhTables = 4,            // the jobs, their taps, phases and panel offsets (shared)
+    // gemm-phase, weight gradient (conv_bwd_weight's slots, and)
+    kPhWgradTables = 5,       // the taps, phases and im2col row offsets (shared)
 };
 constexpr int kScratchSlots = 6;
 
@@ -323,7 +427,16 @@ static_assert(scratch_slots_distinct<5>({kWinoM, kWinoV, kWinoRows, kWinoSharedV
 static_assert(scratch_slots_distinct<5>({kWinoGradX, kWinoGradGy, kWinoGradRows, kWinoGradPack,
                                          kWinoGradDU}),
               "winograd weight-gradient scratch");
+static_assert(scratch_slots_distinct<5>({kWinoGradX, kWinoGradGy, kWinoGradRows, kWinoGradPack,
+                                         kWino3GradParts}),
+              "winograd 3-d weight-gradient scratch");
 static_assert(scratch_slots_distinct<3>({kWsGyT, kWsRows, kWsPartials}), "wgrad-short scratch");
+static_assert(scratch_slots_distinct<5>({kPhPackB, kPhTileC, kPhPlanes, kPhPackedW, kPhTables}),
+              "gemm-phase scratch");
+static_assert(scratch_slots_distinct<6>({kBwdWeightCols, kBwdWeightGy, kBwdWeightPackA,
+                                         kBwdWeightPackB, kBwdWeightPaddedRows,
+                                         kPhWgradTables}),
+              "conv_bwd_weight (gemm-phase) scratch");
 static_assert(kS1TapOffsets < kScratchSlots && kS1FlippedW < kScratchSlots, "kScratchSlots");
 
 // Per-thread scratch buffer `slot` of at least `bytes`, 64-byte aligned. Grows on

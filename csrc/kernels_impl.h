@@ -12,7 +12,8 @@
 //            (ukernel_generic.h / ukernel_avx2.h, pack_generic.h / pack_avx2.h)
 //   conv/    im2col / col2im, the direct kernels (direct2d*.h: d2_*, direct_rows.h,
 //            direct.h choosing between them), the stride-1 GEMM path (gemm_s1.h),
-//            Winograd F(4x4, 3x3) (winograd.h), the three conv kernels with the
+//            Winograd F(4x4, 3x3) (winograd.h; 3-d: winograd3d.h, which it
+//            includes), the three conv kernels with the
 //            im2col GEMM path (conv.h), bias_grad, act_grad (the activation's
 //            derivative and the bias gradient in one pass)
 //   pool/    max and average pooling
@@ -54,6 +55,7 @@
 #include "conv/im2col.h"
 #include "conv/direct.h"
 #include "conv/gemm_s1.h"
+#include "conv/gemm_phase.h"
 #include "conv/winograd.h"
 #include "conv/wgrad_short.h"
 #include "conv/conv.h"

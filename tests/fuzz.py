@@ -36,9 +36,9 @@ gradients, where a wrong path moves many terms anyway). K is per output array
 (e.g. C_in/groups * prod(kernel) + 1 for a convolution, N * prod(out) for its weight
 gradient). float16 is accumulated in float32 and rounded once more per partial sum:
 float32's eps in that formula plus 2 * eps16 * S. Max pooling is exact: values and
-indices equal, NaN where the reference has NaN. Results the cpp backend made with its
-Winograd path (``last_paths()``, forced or chosen) have a bound of their own: its
-transforms mix the values of a whole tile, so an element's error follows the largest
+indices equal, NaN where the reference has NaN. Results the cpp or numba backend made
+with its Winograd path (``last_paths()``, forced or chosen) have a bound of their own:
+its transforms mix the values of a whole tile, so an element's error follows the largest
 S of the result, not its own; the tolerance is then at least 1e-5 * max S + 1e-4 *
 |expected| in float32, 1e-12 * max S in float64 (the contract tests/test_winograd.py
 checks on adversarial data).
@@ -266,10 +266,15 @@ def _channels(rng, big):
 def _gen_winograd(rng, op, stats):
     """A 2-d 3x3 convolution of stride 1, dilation 1 and one group: the shapes of the
     cpp backend's Winograd path (forced, or chosen with >= 16 channels in the reduction
-    and >= 16 tiles of 4x4 outputs), with any padding."""
+    and >= 16 tiles of 4x4 outputs), with any padding; a third of them 3-d with a KD x 3
+    x 3 kernel (its 3-d Winograd path: forward and input gradient)."""
     transposed = op.startswith("conv_transpose")
     spatial = tuple(int(rng.integers(1, 21)) for _ in range(2))
-    pairs = [(int(rng.integers(0, 4)), int(rng.integers(0, 4))) for _ in range(2)]
+    kernel = (3, 3)
+    if rng.random() < 1 / 3:
+        spatial = (int(rng.integers(1, 9)),) + tuple(s // 2 + 1 for s in spatial)
+        kernel = (int(_pick(rng, (1, 2, 3, 3))), 3, 3)
+    pairs = [(int(rng.integers(0, 4)), int(rng.integers(0, 4))) for _ in spatial]
     c_in, c_out = (int(_pick(rng, (1, 3, 8, 12, 16, 33))) for _ in range(2))
     n = int(_pick(rng, (1, 2, 3, 4)))
     kw = {"stride": 1, "padding": _padding_arg(rng, pairs), "dilation": 1, "groups": 1}
@@ -277,22 +282,23 @@ def _gen_winograd(rng, op, stats):
     try:
         if transposed:
             kw["output_padding"] = 0
-            w_shape = (c_in, c_out, 3, 3)
+            w_shape = (c_in, c_out) + kernel
             p = P.conv_transpose_params(x_shape, w_shape, 1, kw["padding"], 0, 1, 1)
         else:
-            w_shape = (c_out, c_in, 3, 3)
+            w_shape = (c_out, c_in) + kernel
             p = P.conv_params(x_shape, w_shape, 1, kw["padding"], 1, 1)
     except ValueError:
         stats.invalid += 1
         return None
-    cost = n * c_out * c_in * 9 * max(math.prod(p.out_shape), math.prod(spatial))
+    cost = n * c_out * c_in * math.prod(kernel) * max(math.prod(p.out_shape),
+                                                      math.prod(spatial))
     if cost > BIG_COST_LIMIT:
         stats.costly += 1
         return None
     if op.endswith("backward"):
         kw["needs"] = _pick(rng, (("x", "weight", "bias"), ("x",), ("weight",)),
                             (0.6, 0.2, 0.2))
-    stats.tag("winograd-shaped")
+    stats.tag("winograd-shaped" if len(kernel) == 2 else "winograd-shaped-3d")
     return dict(x_shape=x_shape, w_shape=w_shape, kwargs=kw,
                 bias=not op.endswith("backward") and rng.random() < 0.6)
 
@@ -465,8 +471,8 @@ def _knobs(rng):
 # The algorithm names of the backends whose convolution paths the fuzzer forces (fixed
 # here, not read from the backends, so that a seed makes the same cases everywhere).
 _ALGORITHMS = {"cpp": ("direct-2d", "direct-rows", "gemm-s1", "gemm", "winograd",
-                       "wgrad-short"),
-               "numba": ("direct", "gemm", "gemm-wide", "phases")}
+                       "wgrad-short", "gemm-phase"),
+               "numba": ("direct", "gemm", "gemm-wide", "phases", "winograd")}
 
 
 def gen_case(seed: int, index: int, stats: Stats = None) -> Case:
@@ -783,11 +789,15 @@ def _compare(name, got, exp, bound, k, dtype, exact, winograd=False, act=None):
 
 
 def _winograd_results(backend: str) -> set:
-    """The results of the last call the backend made with a Winograd path."""
-    if backend != "cpp":
+    """The results of the last call the backend made with a Winograd path (cpp,
+    numba)."""
+    if backend == "cpp":
+        from cnnfast.backends.cpp import backend as module
+    elif backend == "numba":
+        from cnnfast.backends.numba import backend as module
+    else:
         return set()
-    from cnnfast.backends.cpp import backend as cpp
-    return {name for name, path in cpp.last_paths().items() if path == "winograd"}
+    return {name for name, path in module.last_paths().items() if path == "winograd"}
 
 
 def check_case(case: Case, backend: str) -> list:

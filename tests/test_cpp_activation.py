@@ -46,7 +46,7 @@ MAX_ULP = 4
 DTYPES = (np.float32, np.float64)
 ALL = ("x", "weight", "bias")
 # The forward paths (wgrad-short is a weight-gradient kernel only).
-PATHS = ("direct-2d", "direct-rows", "gemm-s1", "gemm", "winograd")
+PATHS = ("direct-2d", "direct-rows", "gemm-s1", "gemm", "winograd", "gemm-phase")
 
 # (name, transposed, x shape, w shape, keywords): between them every path above runs
 # the forward kernel of conv (forward) and of conv_transpose (backward_data), with and

@@ -30,6 +30,7 @@ DEPTHWISE_3D = _case((1, 2, 5, 5, 5), (2, 1, 2, 2, 2), groups=2)
 DENSE_S1 = _case((2, 8, 9, 9), (8, 8, 3, 3), padding=1)
 DENSE_S2 = _case((2, 8, 9, 9), (8, 8, 3, 3), stride=2)
 DENSE16_S1 = _case((2, 16, 9, 9), (16, 16, 3, 3), padding=1)
+DENSE_3D = _case((1, 4, 5, 5, 5), (4, 4, 2, 2, 2))
 
 # (backend, algorithm) -> (op, case, result): a case the automatic choice sends there.
 AUTO = {
@@ -37,7 +38,8 @@ AUTO = {
     ("cpp", "direct-rows"): ("conv", DEPTHWISE_3D, "y"),
     ("cpp", "gemm-s1"): ("conv", DENSE_S1, "y"),
     ("cpp", "winograd"): ("conv", DENSE16_S1, "y"),  # 16 channels, 18 tiles of 4x4
-    ("cpp", "gemm"): ("conv", DENSE_S2, "y"),
+    ("cpp", "gemm"): ("conv", DENSE_3D, "y"),
+    ("cpp", "gemm-phase"): ("conv", DENSE_S2, "y"),
     ("numba", "direct"): ("conv", DEPTHWISE_2D, "y"),
     ("numba", "gemm"): ("conv", DENSE_S2, "y"),
     ("numba", "gemm-wide"): ("conv", DENSE_S1, "y"),
@@ -53,6 +55,7 @@ FORCED = {
     ("cpp", "gemm-s1"): (DEPTHWISE_2D, ALL_OPS),
     ("cpp", "gemm"): (DEPTHWISE_3D, ALL_OPS),
     ("cpp", "winograd"): (DENSE_S1, ALL_OPS),
+    ("cpp", "gemm-phase"): (DENSE_S2, ALL_OPS),
     ("numba", "direct"): (DENSE_S2, ALL_OPS),
     ("numba", "gemm"): (DEPTHWISE_2D, ALL_OPS),
     ("numba", "gemm-wide"): (DEPTHWISE_2D, ("conv", "conv_transpose")),
@@ -69,6 +72,7 @@ UNFIT = [
     ("cpp", "winograd", "conv", DENSE_S2),  # stride 2
     ("cpp", "winograd", "conv_backward", DEPTHWISE_2D),  # groups
     ("cpp", "winograd", "conv", DEPTHWISE_3D),  # 3-d
+    ("cpp", "gemm-phase", "conv", DEPTHWISE_3D),  # 3-d
     ("numba", "gemm-wide", "conv", DENSE_S2),
     ("numba", "gemm-wide", "conv_backward", DENSE_S1),  # no wide weight gradient
     ("numba", "phases", "conv", DENSE_S2),

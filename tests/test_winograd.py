@@ -37,70 +37,16 @@ import pytest
 import cnnfast
 from cnnfast.registry import get_backend
 
+from helpers import winograd_contract as contract
+
 _cpp = pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built")
 if get_backend("cpp").reason is not None:  # pragma: no cover - depends on the build
     pytest.skip(f"cpp backend unavailable: {get_backend('cpp').reason}",
                 allow_module_level=True)
 from cnnfast.backends.cpp import backend as cpp  # noqa: E402
 
-BOUNDS = {np.float32: (1e-5, 1e-4), np.float64: (1e-12, 0.0)}  # (x S, x |exact|)
-
-
-def _values(rng, kind, shape, huge=False):
-    if kind == "one-huge":  # small values, and one huge value in the array `huge` names
-        v = rng.standard_normal(shape) * 1e-3
-        if huge:
-            v.flat[rng.integers(v.size)] = 1e4
-        return v
-    if kind == "wide-range":
-        return rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 4, shape)
-    if kind == "constant-sign":
-        return np.abs(rng.standard_normal(shape))
-    return rng.standard_normal(shape)  # "normal", "deep"
-
-
-def _ops(x, w, gy, b, kw, backend, algorithm="auto"):
-    """y, grad_x, grad_weight of one 2-d convolution."""
-    y = cnnfast.conv2d(x, w, b, backend=backend, algorithm=algorithm, **kw)
-    gx, gw, _ = cnnfast.conv_backward(gy, x, w, needs=("x", "weight"), backend=backend,
-                                      algorithm=algorithm, **kw)
-    return {"y": y, "grad_x": gx, "grad_weight": gw}
-
-
-def _reference(x, w, gy, b, kw):
-    """The exact float64 results and their S (the reference on |inputs|)."""
-    f = [None if a is None else a.astype(np.float64) for a in (x, w, gy, b)]
-    exact = _ops(*f, kw, "numpy")
-    bounds = _ops(*[None if a is None else np.abs(a) for a in f], kw, "numpy")
-    return exact, {k: float(v.max()) if v.size else 0.0 for k, v in bounds.items()}
-
-
-def _worst(got, exact, S, dtype):
-    """max over the outputs of |err| / bound (the contract holds while < 1)."""
-    a, r = BOUNDS[dtype]
-    out = {}
-    for k, e in exact.items():
-        bound = a * S[k] + r * np.abs(e)
-        err = np.abs(got[k].astype(np.float64) - e)
-        tiny = np.finfo(np.float64).tiny
-        out[k] = float(np.max(err / np.maximum(bound, tiny))) if e.size else 0.0
-    return out
-
-
 def _check(x, w, gy, b, kw, dtype, what):
-    x, w, gy = (a.astype(dtype) for a in (x, w, gy))
-    b = None if b is None else b.astype(dtype)
-    copies = [a.copy() for a in (x, w, gy)]
-    got = _ops(x, w, gy, b, kw, "cpp", "winograd")
-    assert set(cpp.last_paths().values()) == {"winograd"}
-    for a, c in zip((x, w, gy), copies):
-        assert np.array_equal(a, c), f"{what}: an input was modified"
-    for k, v in got.items():
-        assert v.dtype == dtype, (what, k)
-    exact, S = _reference(x, w, gy, b, kw)
-    worst = _worst(got, exact, S, dtype)
-    assert max(worst.values()) < 1, f"{what} {np.dtype(dtype).name}: |err| / bound {worst}"
-    return worst
+    return contract.check(x, w, gy, b, kw, dtype, what, "cpp", last_paths=cpp.last_paths)
 
 
 # (kind, N, C, K, H, W, padding[, the array with the huge value])
@@ -127,10 +73,10 @@ def test_cpp_winograd_accuracy_contract(case, dtype):
     huge = case[7] if len(case) > 7 else None
     for seed in range(4 if huge else 1):  # a few places for the huge value
         rng = np.random.default_rng([zlib.crc32(repr(case).encode()), seed])
-        x = _values(rng, kind, (n, c, h, w), huge == "x")
-        wt = _values(rng, kind, (k, c, 3, 3), huge == "w")
-        gy = _values(rng, kind, (n, k, h + 2 * pad - 2, w + 2 * pad - 2), huge == "gy")
-        b = _values(rng, kind, (k,))
+        x = contract.values(rng, kind, (n, c, h, w), huge == "x")
+        wt = contract.values(rng, kind, (k, c, 3, 3), huge == "w")
+        gy = contract.values(rng, kind, (n, k, h + 2 * pad - 2, w + 2 * pad - 2), huge == "gy")
+        b = contract.values(rng, kind, (k,))
         _check(x, wt, gy, b, dict(padding=pad), dtype, f"{kind} seed {seed}")
 
 
@@ -205,7 +151,7 @@ def test_cpp_winograd_transposed_convolutions(dtype):
                                    backend="numpy")
     S = cnnfast.conv_transpose2d(np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64)),
                                  padding=1, backend="numpy").max()
-    a, r = BOUNDS[dtype]
+    a, r = contract.BOUNDS[dtype]
     assert np.all(np.abs(y - ref) <= a * S + r * np.abs(ref))
     gy = rng.standard_normal(y.shape).astype(dtype)
     got = cnnfast.conv_transpose_backward(gy, x, w, padding=1, needs=("x", "weight"),
@@ -239,7 +185,7 @@ def test_cpp_winograd_bits_do_not_depend_on_the_thread_count(threads, case, dtyp
     runs = []
     for nt in (1, 2, 3):
         threads(nt)
-        runs.append(_ops(x, wt, gy, b, dict(padding=1), "cpp", "winograd"))
+        runs.append(contract.ops(x, wt, gy, b, dict(padding=1), "cpp", "winograd"))
     for r in runs[1:]:
         for name in r:
             assert np.array_equal(r[name], runs[0][name]), name
@@ -251,7 +197,7 @@ def test_cpp_winograd_bits_do_not_depend_on_the_thread_count(threads, case, dtyp
     ("groups", dict(groups=2), (1, 4, 9, 9), (4, 2, 3, 3)),
     ("dilation 2", dict(dilation=2), (1, 4, 9, 9), (4, 4, 3, 3)),
     ("1-d", {}, (1, 4, 9), (4, 4, 3)),
-    ("3-d", {}, (1, 4, 5, 5, 5), (4, 4, 3, 3, 3)),
+    ("3-d 3x5x5", {}, (1, 4, 5, 9, 9), (4, 4, 3, 5, 5)),
     ("3x1", {}, (1, 4, 9, 9), (4, 4, 3, 1)),
 ])
 def test_cpp_winograd_refuses_what_it_cannot_run(what, kw, x_shape, w_shape):
@@ -277,7 +223,7 @@ def test_cpp_winograd_is_the_automatic_choice_for_deep_float32_layers():
     # not for a stride-2 layer, nor for a thin one (a few channels: the transforms
     # would cost more than the products save)
     cnnfast.conv2d(x, w, padding=1, stride=2, backend="cpp")
-    assert cpp.last_paths() == {"y": "gemm"}
+    assert cpp.last_paths() == {"y": "gemm-phase"}
     cnnfast.conv2d(x[:, :4], w[:4, :4], padding=1, backend="cpp")
     assert cpp.last_paths() == {"y": "gemm-s1"}
 

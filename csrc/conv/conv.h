@@ -11,6 +11,7 @@
 #include "common/index.h"
 #include "common/scratch.h"
 #include "conv/direct.h"
+#include "conv/gemm_phase.h"
 #include "conv/gemm_s1.h"
 #include "conv/im2col.h"
 #include "conv/winograd.h"
@@ -28,6 +29,7 @@ static void conv_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y,
                      int path) {
     if (path == kDirect2d || path == kDirectRows) return direct_fwd<T>(g, x, w, b, y, nt, path);
     if (path == kGemmS1) return conv_fwd_s1<T>(g, x, w, b, y, nt);
+    if (path == kGemmPhase) return conv_fwd_phase<T>(g, x, w, b, y, nt);
     if (path == kWinograd) return wino_fwd<T>(g, x, w, b, y, nt);
     constexpr int MR = Blk<T>::MR, NR = Blk<T>::NR;
     const long M = g.og, K = g.Kw, Q = g.N * g.Pout;
@@ -113,6 +115,7 @@ static void conv_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b,
     if (path == kDirect2d || path == kDirectRows)
         return direct_bwd_data<T>(g, gy, w, b, gx, nt, path);
     if (path == kGemmS1) return conv_bwd_data_s1<T>(g, gy, w, b, gx, nt);
+    if (path == kGemmPhase) return conv_bwd_data_phase<T>(g, gy, w, b, gx, nt);
     if (path == kWinograd) return wino_bwd_data<T>(g, gy, w, b, gx, nt);
     constexpr int MR = Blk<T>::MR, NR = Blk<T>::NR;
     const long O = g.og;
@@ -175,7 +178,10 @@ static void conv_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, in
     // Stride 1 (rank <= 2): tiles of whole output rows, im2col rows copied out of a
     // zero-padded copy of the input rows (as in conv_fwd_s1).
     const long pt = Blk<T>::KC;
-    const bool s1 = path == kGemmS1;  // needs g.out[2] <= pt (path_unfit)
+    // gemm-phase: as gemm-s1 with the im2col rows copied out of the input's phase
+    // planes (conv/gemm_phase.h), any stride
+    const bool ph = path == kGemmPhase;
+    const bool s1 = path == kGemmS1 || ph;  // needs g.out[2] <= pt (path_unfit)
     const long Ho = g.out[1], Wo = g.out[2];
     const long dy = g.d[1], dx = g.d[2], ey = (g.k[1] - 1) * dy, Wp = Wo + (g.k[2] - 1) * dx;
     long R = 1, nblk = 1;
@@ -201,6 +207,9 @@ static void conv_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, in
     const long mrows = round_up(ceil_div(M, mch), MR);
     mch = ceil_div(M, mrows);
     const long items = g.G * nch * mch;
+    PhJob pj;
+    if (ph) ph_wgrad_job(g, cc, R, tscratch<long>(kPhWgradTables, 6 * g.T + cc * g.T), pj);
+    const long xsz = ph ? cc * pj.nph * pj.rowsP * pj.Wp : cc * plane;
 #pragma omp parallel num_threads(nt)
     {
         DenormalGuard fp;
@@ -208,7 +217,7 @@ static void conv_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, in
         T* Gb = tscratch<T>(kBwdWeightGy, mrows * pt);
         T* Ap = tscratch<T>(kBwdWeightPackA, mrows * pt);
         T* Bp = tscratch<T>(kBwdWeightPackB, round_up(cc * g.T, Blk<T>::NR) * pt);
-        T* Xp = s1 ? tscratch<T>(kBwdWeightPaddedRows, cc * plane) : nullptr;
+        T* Xp = s1 ? tscratch<T>(kBwdWeightPaddedRows, xsz) : nullptr;
 #pragma omp for schedule(dynamic, 1)
         for (long it = 0; it < items; ++it) {
             const long gi = it / (nch * mch), r = it % (nch * mch);
@@ -223,30 +232,39 @@ static void conv_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, in
                     const long n = ti / nblk, r0 = (ti % nblk) * R, nr = imin(Ho, r0 + R) - r0;
                     q0 = n * g.Pout + r0 * Wo;
                     q1 = q0 + nr * Wo;
-                    // zero-padded input rows of the chunk's channels, then the im2col
-                    // rows (only real output positions: the sum order is that of q)
-                    const long W = g.in[2], ca = imax(0, -g.lo[2]), cb = imin(W, Wp - g.lo[2]);
-                    for (long c = 0; c < c1 - c0; ++c) {
-                        const T* xc = xg + n * g.C * g.Pin + c * g.Pin;
-                        for (long rr = 0; rr < nr + ey; ++rr) {
-                            T* d = Xp + c * plane + rr * Wp;
-                            const long iy = r0 + rr - g.lo[1];
-                            if (iy < 0 || iy >= g.in[1] || ca >= cb) {
-                                fill<T>(d, Wp, T(0));
-                                continue;
+                    if (ph) {
+                        ph_planes<T>(pj, xg + n * g.C * g.Pin, c1 - c0, g.Pin, r0, nr, 0, Wo,
+                                     Xp);
+                        ph_rows<T>(pj, Xp, cols, nr, D, pt);
+                    } else {
+                        // zero-padded input rows of the chunk's channels, then the im2col
+                        // rows (only real output positions: the sum order is that of q)
+                        const long W = g.in[2], ca = imax(0, -g.lo[2]),
+                                   cb = imin(W, Wp - g.lo[2]);
+                        for (long c = 0; c < c1 - c0; ++c) {
+                            const T* xc = xg + n * g.C * g.Pin + c * g.Pin;
+                            for (long rr = 0; rr < nr + ey; ++rr) {
+                                T* d = Xp + c * plane + rr * Wp;
+                                const long iy = r0 + rr - g.lo[1];
+                                if (iy < 0 || iy >= g.in[1] || ca >= cb) {
+                                    fill<T>(d, Wp, T(0));
+                                    continue;
+                                }
+                                const long p0 = ca + g.lo[2], p1 = cb + g.lo[2];
+                                fill<T>(d, p0, T(0));
+                                std::memcpy(d + p0, xc + iy * W + ca,
+                                            (std::size_t)(cb - ca) * sizeof(T));
+                                fill<T>(d + p1, Wp - p1, T(0));
                             }
-                            const long p0 = ca + g.lo[2], p1 = cb + g.lo[2];
-                            fill<T>(d, p0, T(0));
-                            std::memcpy(d + p0, xc + iy * W + ca, (std::size_t)(cb - ca) * sizeof(T));
-                            fill<T>(d + p1, Wp - p1, T(0));
                         }
-                    }
-                    for (long k = 0; k < cols; ++k) {
-                        const long t = k % g.T;
-                        const T* src = Xp + (k / g.T) * plane + (t / g.k[2]) * dy * Wp + (t % g.k[2]) * dx;
-                        T* d = D + k * pt;
-                        for (long rr = 0; rr < nr; ++rr)
-                            for (long j = 0; j < Wo; ++j) d[rr * Wo + j] = src[rr * Wp + j];
+                        for (long k = 0; k < cols; ++k) {
+                            const long t = k % g.T;
+                            const T* src = Xp + (k / g.T) * plane + (t / g.k[2]) * dy * Wp +
+                                           (t % g.k[2]) * dx;
+                            T* d = D + k * pt;
+                            for (long rr = 0; rr < nr; ++rr)
+                                for (long j = 0; j < Wo; ++j) d[rr * Wo + j] = src[rr * Wp + j];
+                        }
                     }
                 } else if (tpi) {
                     const long n = ti / tpi;

@@ -1,7 +1,9 @@
 // Winograd F(4x4, 3x3) (the "winograd" path): 2-d convolutions with a 3x3 kernel,
 // stride 1, dilation 1, one group, any padding; forward (wino_fwd), input gradient
-// (wino_bwd_data) and weight gradient (wino_bwd_weight). Eligibility and the automatic
-// choice: wino_ok / use_wino in kernels.h.
+// (wino_bwd_data) and weight gradient (wino_bwd_weight). 3-d convolutions with a KD x 3
+// x 3 kernel: conv/winograd3d.h, included at the end, on
+// the transforms, row buffers and output transform below. Eligibility and the
+// automatic choice: wino_ok / use_wino in kernels.h.
 // A part of the per-ISA kernels, in namespace cnnfast::CNNFAST_KNS: included by
 // kernels_impl.h (compiled once per ISA, see there), not on its own. Besides the
 // portable vector code (DV), it has AVX2 variants of its transposes, row loads, output
@@ -146,6 +148,7 @@ struct WinoGeo {
     long mch, mrows;      // chunks of output channels (whole MR panels), their most rows
     long vs, ms, us;      // distance of the products' B operands in V, results in M, A in U
     long rows_buf;        // values of the per-thread row buffer (WinoRows)
+    long ycs;             // channel stride of y: Ho * Wo (3-d: Do * Ho * Wo, winograd3d.h)
     int act;              // the epilogue (ConvGeo::act, slope) of the output transform
     double slope;
 };
@@ -159,6 +162,7 @@ static WinoGeo wino_geo(const ConvGeo& g, int nt) {
     q.H = g.in[1], q.W = g.in[2], q.Ho = g.out[1], q.Wo = g.out[2];
     q.loy = g.lo[1], q.lox = g.lo[2];
     q.act = g.act, q.slope = g.slope;
+    q.ycs = q.Ho * q.Wo;
     q.tX = ceil_div(q.Wo, 4);
     q.tpi = ceil_div(q.Ho, 4) * q.tX;
     q.tiles = q.N * q.tpi;
@@ -206,12 +210,17 @@ static inline void wino_chunk_rows(const WinoGeo& q, long i, long& k0, long& k1)
 // ----------------------------------------------------------------------------- tile rows
 
 // The planes a tile transform reads: the input (6 x 6 windows at 4 * (ty, tx) - lo) or
-// gy (4 x 4 windows at 4 * (ty, tx)), `chans` channels per image.
+// gy (4 x 4 windows at 4 * (ty, tx)), `chans` channels per image, channel c's plane at
+// c * cs (3-d: a depth slice of each channel, winograd3d.h).
 struct WinoSrc {
-    long H, W, loy, lox, chans, R;
+    long H, W, loy, lox, chans, R, cs;
 };
-static inline WinoSrc wino_src_x(const WinoGeo& q) { return {q.H, q.W, q.loy, q.lox, q.C, 6}; }
-static inline WinoSrc wino_src_gy(const WinoGeo& q) { return {q.Ho, q.Wo, 0, 0, q.K, 4}; }
+static inline WinoSrc wino_src_x(const WinoGeo& q) {
+    return {q.H, q.W, q.loy, q.lox, q.C, 6, q.H * q.W};
+}
+static inline WinoSrc wino_src_gy(const WinoGeo& q) {
+    return {q.Ho, q.Wo, 0, 0, q.K, 4, q.Ho * q.Wo};
+}
 
 // The rows of a block's tiles for one channel, zero-padded, in a per-thread buffer:
 // tile row (n, ty) of the block holds the R rows its tiles read, each 4 * (its tiles)
@@ -266,7 +275,7 @@ static WinoRows<T> wino_rows(const WinoGeo& q, const WinoSrc& sc, long t0, long 
             const long iy = iy0 + r;
             if (iy < 0 || iy >= sc.H || i0 >= i1) continue;
             wr.seg[3 * ns] = pos + r * wq + i0;
-            wr.seg[3 * ns + 1] = n * sc.chans * sc.H * sc.W + iy * sc.W + xa + i0;
+            wr.seg[3 * ns + 1] = n * sc.chans * sc.cs + iy * sc.W + xa + i0;
             wr.seg[3 * ns + 2] = i1 - i0;
             ++ns;
         }
@@ -383,7 +392,7 @@ static void wino_in(const WinoSrc& sc, const T* src, long nb, long c0, long c1,
     constexpr int L = DV<T>::L, R = GY ? 4 : 6;
     const long nbl = round_up(nb, L);
     for (long c = c0; c < c1; ++c) {
-        wino_copy_rows<T>(wr, src + c * sc.H * sc.W);
+        wino_copy_rows<T>(wr, src + c * sc.cs);
         for (long j = 0; j < nbl; j += L) {
             const T* p[L];
             for (int l = 0; l < L; ++l) p[l] = wr.pb + wr.off[j + l];
@@ -539,9 +548,9 @@ static void wino_out(const WinoGeo& q, const T* Mb, long k0, long rows, long t0,
         ni[l] = (int)imin(4, q.Ho - oy);
         nj[l] = (int)imin(4, q.Wo - ox);
         full[l] = ni[l] == 4 && nj[l] == 4;
-        yoff[l] = n * q.K * q.Ho * q.Wo + oy * q.Wo + ox;
+        yoff[l] = n * q.K * q.ycs + oy * q.Wo + ox;
     }
-    const long py = q.Ho * q.Wo, Wo = q.Wo;
+    const long py = q.ycs, Wo = q.Wo;
     for (long kk = 0; kk < rows; ++kk) {
         const long k = k0 + kk;
         const T* mk = Mb + kk * q.Tp + j;
@@ -624,16 +633,12 @@ static void wino_out(const WinoGeo& q, const T* Mb, long k0, long rows, long t0,
 
 // ----------------------------------------------------------------------------- drivers
 
-// 36 products for output channels [k0, k0 + rows) and the block's tiles, then the
-// output transform into y.
+// The output transform of output channels [k0, k0 + rows) of the block's tiles, from
+// the products' results at Mb, into y.
 template <class T>
-static void wino_chunk(const WinoGeo& q, const T* Ap, const T* Vb, T* Mb, long k0, long rows,
-                       long t0, long nb, const T* b, T* y) {
+static void wino_outs(const WinoGeo& q, const T* Mb, long k0, long rows, long t0, long nb,
+                      const T* b, T* y) {
     constexpr int L = DV<T>::L;
-    const long nbl = round_up(nb, L);
-    for (int xi = 0; xi < 36; ++xi)
-        gemm_packed<T>(rows, nbl, q.C, Ap + xi * q.us, Vb + xi * q.vs, Mb + xi * q.ms, q.Tp,
-                       false);
     for (long j = 0; j < nb; j += L) {
         switch (q.act) {
             case kActRelu: wino_out<T, kActRelu>(q, Mb, k0, rows, t0, nb, j, b, y); break;
@@ -645,6 +650,19 @@ static void wino_chunk(const WinoGeo& q, const T* Ap, const T* Vb, T* Mb, long k
             default: wino_out<T, kActNone>(q, Mb, k0, rows, t0, nb, j, b, y); break;
         }
     }
+}
+
+// 36 products for output channels [k0, k0 + rows) and the block's tiles, then the
+// output transform into y.
+template <class T>
+static void wino_chunk(const WinoGeo& q, const T* Ap, const T* Vb, T* Mb, long k0, long rows,
+                       long t0, long nb, const T* b, T* y) {
+    constexpr int L = DV<T>::L;
+    const long nbl = round_up(nb, L);
+    for (int xi = 0; xi < 36; ++xi)
+        gemm_packed<T>(rows, nbl, q.C, Ap + xi * q.us, Vb + xi * q.vs, Mb + xi * q.ms, q.Tp,
+                       false);
+    wino_outs<T>(q, Mb, k0, rows, t0, nb, b, y);
 }
 
 // Scratch (kernels.h): per thread kWinoM, kWinoV, kWinoRows; of the calling thread,
@@ -710,8 +728,18 @@ static void wino_run(const ConvGeo& g, const T* x, const WinoW<T>& w, const T* b
     }
 }
 
+// The 3-d drivers (conv/winograd3d.h, included at the end of this file).
+template <class T>
+static void wino3_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt);
+template <class T>
+static void wino3_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T* gx,
+                           int nt);
+template <class T>
+static void wino3_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt);
+
 template <class T>
 static void wino_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y, int nt) {
+    if (!z_collapsed(g)) return wino3_fwd<T>(g, x, w, b, y, nt);
     wino_run<T>(g, x, {w, g.C * 9, 9, false}, b, y, nt);
 }
 
@@ -720,6 +748,7 @@ static void wino_fwd(const ConvGeo& g, const T* x, const T* w, const T* b, T* y,
 template <class T>
 static void wino_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b, T* gx,
                           int nt) {
+    if (!z_collapsed(g)) return wino3_bwd_data<T>(g, gy, w, b, gx, nt);
     ConvGeo h = g;
     h.C = g.O;
     h.O = g.C;
@@ -745,16 +774,16 @@ static void wino_bwd_data(const ConvGeo& g, const T* gy, const T* w, const T* b,
 // fixed by the shape, so the bits do not depend on the thread count.
 constexpr long kWinoChunk = 64;
 
-// gw[k, c] (k in [k0, k1), c in [c0, c1)) = G^T dU G, with dU[xi] at du + xi * dus,
-// row k - k0 at (k - k0) * ld.
+// gw[k, c] (k in [k0, k1), c in [c0, c1); its 9 taps at gw + k * gks + c * gcs) =
+// G^T dU G, with dU[xi] at du + xi * dus, row k - k0 at (k - k0) * ld.
 template <class T>
-static void wino_gw(const T* du, long dus, long ld, long C, long k0, long k1, long c0,
-                    long c1, T* gw) {
+static void wino_gw(const T* du, long dus, long ld, long gks, long gcs, long k0, long k1,
+                    long c0, long c1, T* gw) {
     typedef typename DV<T>::v V;
     constexpr int L = DV<T>::L;
     for (long k = k0; k < k1; ++k) {
         const T* dk = du + (k - k0) * ld - c0;
-        T* gk = gw + k * C * 9;
+        T* gk = gw + k * gks;
         long c = c0;
         for (; c + L <= c1; c += L) {
             V u[36], h[18], o[3];
@@ -768,7 +797,7 @@ static void wino_gw(const T* du, long dus, long ld, long C, long k0, long k1, lo
                 for (int ky = 0; ky < 3; ++ky) dstore<T>(r[ky * 3 + t], o[ky]);
             }
             for (int l = 0; l < L; ++l)
-                for (int t = 0; t < 9; ++t) gk[(c + l) * 9 + t] = r[t][l];
+                for (int t = 0; t < 9; ++t) gk[(c + l) * gcs + t] = r[t][l];
         }
         for (; c < c1; ++c) {
             T u[36], h[18], o[3];
@@ -778,7 +807,7 @@ static void wino_gw(const T* du, long dus, long ld, long C, long k0, long k1, lo
                 T col[6];
                 for (int a = 0; a < 6; ++a) col[a] = h[a * 3 + t];
                 wino_gt<T, T>(col, o);
-                for (int ky = 0; ky < 3; ++ky) gk[c * 9 + ky * 3 + t] = o[ky];
+                for (int ky = 0; ky < 3; ++ky) gk[c * gcs + ky * 3 + t] = o[ky];
             }
         }
     }
@@ -788,6 +817,7 @@ static void wino_gw(const T* du, long dus, long ld, long C, long k0, long k1, lo
 // kWinoGradDU.
 template <class T>
 static void wino_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, int nt) {
+    if (!z_collapsed(g)) return wino3_bwd_weight<T>(g, x, gy, gw, nt);
     constexpr int MR = Blk<T>::MR, NR = Blk<T>::NR;
     const WinoGeo q = wino_geo<T>(g, nt);
     const WinoSrc sx = wino_src_x(q), sg = wino_src_gy(q);
@@ -841,10 +871,12 @@ static void wino_bwd_weight(const ConvGeo& g, const T* x, const T* gy, T* gw, in
                     gemm_packed<T>(k1 - k0, c1 - c0, nb, Ap, Bp, dU + xi * dus, cc, ch > 0);
                 }
             }
-            wino_gw<T>(dU, dus, cc, C, k0, k1, c0, c1, gw);
+            wino_gw<T>(dU, dus, cc, C * 9, 9, k0, k1, c0, c1, gw);
         }
     }
 }
 
 }  // namespace CNNFAST_KNS
 }  // namespace cnnfast
+
+#include "conv/winograd3d.h"

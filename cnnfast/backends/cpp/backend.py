@@ -15,8 +15,11 @@ weight is that same array (see ``numpy_backend``'s docstring): its forward pass 
 ``conv_backward_weight`` with the roles of ``x`` and ``gy`` swapped.
 
 Rank 1 and 2 are run as rank 3 with leading extent-1 dims (pooling likewise, through a
-``_cpp.PoolGeometry``). Outputs are allocated here with numpy and filled in place; the
-inputs (C-contiguous from the dispatcher) are read without copies. The GIL is released inside every kernel. Thread count:
+``_cpp.PoolGeometry``). The inputs (C-contiguous from the dispatcher) are read without
+copies. Each kernel writes its result into the caller's ``out=`` array when the call has
+one (the last arguments: ``out``, ``outs`` for the tuples; the dispatcher has checked its
+shape, dtype, C-contiguity, writability and that it overlaps no input), else into an
+array allocated here. The GIL is released inside every kernel. Thread count:
 ``cnnfast.get_num_threads()`` per call (``set_num_threads``, else
 ``CNNFAST_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the cores available).
 
@@ -25,12 +28,15 @@ the paths named by ``_cpp.conv_paths()`` -- ``direct-2d`` (register-blocked dire
 kernels: one input channel per group, 1-d/2-d, kernel 1x3, 1x5, 3x3, 5x5 or 7x7),
 ``direct-rows`` (direct kernels for any other one-channel-per-group case),
 ``gemm-s1`` (stride-1 im2col GEMM over zero-padded rows, 1-d/2-d), ``gemm``
-(im2col GEMM, any case), ``winograd`` (Winograd F(4x4, 3x3): 2-d 3x3 kernels of
-stride 1, no dilation, one group; ``csrc/conv/winograd.h``, whose error is bounded by
+(im2col GEMM, any case), ``winograd`` (Winograd F(4x4, 3x3): 2-d 3x3 and 3-d KDx3x3
+kernels of stride 1, no dilation, one group, the depth taps summed directly;
+``csrc/conv/winograd.h``, ``winograd3d.h``, whose error is bounded by
 the largest sum of |terms| of the call rather than each output's own, see
 tests/test_winograd.py), and ``wgrad-short`` (weight gradient only: 1-d/2-d, at most 256
 input channels x taps per group, vectorised over the output channels;
-``csrc/conv/wgrad_short.h``). ``choose_path`` in ``csrc/kernels.h`` is the automatic
+``csrc/conv/wgrad_short.h``), ``gemm-phase`` (im2col GEMM of any stride, 1-d/2-d,
+reading the input through its stride phases; the input gradient one product per phase;
+``csrc/conv/gemm_phase.h``). ``choose_path`` in ``csrc/kernels.h`` is the automatic
 choice; ``algorithm=`` forces one path on every kernel of the call (a path that cannot
 run a kernel's geometry raises ``_cpp.PathUnfit``, a ``NotImplementedError``). Each
 call records the paths that ran in ``last_paths()``.
@@ -177,11 +183,21 @@ def _workspace(shape, dtype):
     return buf[:size].reshape(shape)
 
 
-def _grad_y_and_bias(gy, y, p: ConvParams, needs, channels):
+def _dest(out, shape, dtype):
+    """A kernel's destination: the caller's ``out`` (checked by the dispatcher) or a
+    fresh array."""
+    return np.empty(shape, dtype) if out is None else out
+
+
+_NO_OUTS = (None, None, None)
+
+
+def _grad_y_and_bias(gy, y, p: ConvParams, needs, channels, gb_out=None):
     """The gradient at the pre-activation values (``gy`` itself without an activation,
     else ``gy * act'(y)`` in the per-thread workspace) and the bias gradient (None unless
-    ``"bias"`` is in ``needs``), in one C++ pass over ``gy`` and ``y``."""
-    gb = np.empty((channels,), gy.dtype) if "bias" in needs else None
+    ``"bias"`` is in ``needs``; into ``gb_out`` when given), in one C++ pass over ``gy``
+    and ``y``."""
+    gb = _dest(gb_out, (channels,), gy.dtype) if "bias" in needs else None
     if p.activation is None:
         if gb is not None:
             _cpp.bias_grad(gy, gb, num_threads())
@@ -198,6 +214,7 @@ _DESCRIPTION = {
     "gemm": "im2col GEMM",
     "winograd": "winograd F(4x4,3x3): 36 products of transformed 6x6 tiles",
     "wgrad-short": "short-reduction weight gradient, vectorised over output channels",
+    "gemm-phase": "im2col GEMM over the input's stride phases",
 }
 
 
@@ -221,53 +238,55 @@ def explain(op, p, dtype, x_shape=None, w_shape=None, needs=None):
             f"{num_threads()} thread(s)")
 
 
-def conv(x, w, b, p: ConvParams):
+def conv(x, w, b, p: ConvParams, out=None):
     _record.paths = {}
     n, o = x.shape[0], w.shape[0]
     geo = _geometry(x.shape, w.shape, p)
     _check_forced("conv", geo, p)
-    y = np.empty((n, o) + tuple(p.out_shape), x.dtype)
+    y = _dest(out, (n, o) + tuple(p.out_shape), x.dtype)
     _run("y", "forward", x, w, b, y, geo, p, act=True)
     return y
 
 
-def conv_backward(gy, x, w, p: ConvParams, needs, y=None):
+def conv_backward(gy, x, w, p: ConvParams, needs, y=None, outs=None):
     _record.paths = {}
+    gx_out, gw_out, gb_out = outs or _NO_OUTS
     geo = _geometry(x.shape, w.shape, p)
     _check_forced("conv_backward", geo, p, needs)
-    gy, gb = _grad_y_and_bias(gy, y, p, needs, w.shape[0])
+    gy, gb = _grad_y_and_bias(gy, y, p, needs, w.shape[0], gb_out)
     gx = gw = None
     if "x" in needs:
-        gx = np.empty(x.shape, x.dtype)
+        gx = _dest(gx_out, x.shape, x.dtype)
         _run("grad_x", "backward_data", gy, w, None, gx, geo, p)
     if "weight" in needs:
-        gw = np.empty(w.shape, x.dtype)
+        gw = _dest(gw_out, w.shape, x.dtype)
         _run("grad_weight", "backward_weight", x, gy, gw, geo, p)
     return gx, gw, gb
 
 
-def conv_transpose(x, w, b, p: ConvParams):
+def conv_transpose(x, w, b, p: ConvParams, out=None):
     _record.paths = {}
     c_out = w.shape[1] * p.groups
     geo = _geometry(x.shape, w.shape, p)
     _check_forced("conv_transpose", geo, p)
-    y = np.empty((x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
+    y = _dest(out, (x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
     _run("y", "backward_data", x, w, b, y, geo, p, act=True)
     return y
 
 
-def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None):
+def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None, outs=None):
     _record.paths = {}
+    gx_out, gw_out, gb_out = outs or _NO_OUTS
     c_out = w.shape[1] * p.groups
     geo = _geometry(x.shape, w.shape, p)
     _check_forced("conv_transpose_backward", geo, p, needs)
-    gy, gb = _grad_y_and_bias(gy, y, p, needs, c_out)
+    gy, gb = _grad_y_and_bias(gy, y, p, needs, c_out, gb_out)
     gx = gw = None
     if "x" in needs:
-        gx = np.empty(x.shape, x.dtype)
+        gx = _dest(gx_out, x.shape, x.dtype)
         _run("grad_x", "forward", gy, w, None, gx, geo, p)
     if "weight" in needs:
-        gw = np.empty(w.shape, x.dtype)
+        gw = _dest(gw_out, w.shape, x.dtype)
         _run("grad_weight", "backward_weight", gy, x, gw, geo, p)
     return gx, gw, gb
 
@@ -275,16 +294,17 @@ def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None):
 # ----------------------------------------------------------------------------- pooling
 
 
-def max_pool(x, p: PoolParams, return_indices):
+def max_pool(x, p: PoolParams, return_indices, outs=None):
     n, c = x.shape[:2]
-    y = np.empty((n, c) + tuple(p.out_shape), x.dtype)
-    idx = np.empty(y.shape, np.int64) if return_indices else None
+    y_out, idx_out = outs or (None, None)
+    y = _dest(y_out, (n, c) + tuple(p.out_shape), x.dtype)
+    idx = _dest(idx_out, y.shape, np.int64) if return_indices else None
     _cpp.max_pool(x, y, idx, _pool_geo(n * c, p), num_threads())
     return y, idx
 
 
-def max_pool_backward(gy, indices, x_shape):
-    gx = np.empty(tuple(x_shape), gy.dtype)
+def max_pool_backward(gy, indices, x_shape, out=None):
+    gx = _dest(out, tuple(x_shape), gy.dtype)
     _cpp.max_pool_backward(gy, np.ascontiguousarray(indices, np.int64), gx, num_threads())
     return gx
 
@@ -301,22 +321,24 @@ def _divisor_args(p: PoolParams):
     return counts[0], counts[1], counts[2], 0.0
 
 
-def avg_pool(x, p: PoolParams):
+def avg_pool(x, p: PoolParams, out=None):
     n, c = x.shape[:2]
-    y = np.empty((n, c) + tuple(p.out_shape), x.dtype)
+    y = _dest(out, (n, c) + tuple(p.out_shape), x.dtype)
     cz, cy, cx, ov = _divisor_args(p)
     _cpp.avg_pool(x, y, cz, cy, cx, ov, _pool_geo(n * c, p), num_threads())
     return y
 
 
-def avg_pool_backward(gy, p: PoolParams):
+def avg_pool_backward(gy, p: PoolParams, out=None):
     n, c = gy.shape[:2]
-    gx = np.empty((n, c) + tuple(p.in_shape), gy.dtype)
+    gx = _dest(out, (n, c) + tuple(p.in_shape), gy.dtype)
     cz, cy, cx, ov = _divisor_args(p)
     _cpp.avg_pool_backward(gy, gx, cz, cy, cx, ov, _pool_geo(n * c, p), num_threads())
     return gx
 
 
+# The kernels write into the caller's out= (the registry's WRITES_OUT).
+WRITES_OUT = True
 OPS = {
     "conv": conv,
     "conv_backward": conv_backward,

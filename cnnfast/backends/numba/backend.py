@@ -32,8 +32,10 @@ one place each choice is made, for the kernels and for ``explain``): ``direct`` 
 fixed-order direct sums: ``correlate_direct``, ``correlate_t``, ``weight_grad``),
 ``gemm`` (``correlate_gemm`` or, strided, ``correlate_wide`` over stride phases;
 ``weight_grad_rows``; a stride-1 input gradient as the flipped-weight
-correlation), ``gemm-wide`` (``correlate_wide``, stride 1 only) and
-``phases`` (strided input gradients / transposed convolutions). ``algorithm=`` pins
+correlation), ``gemm-wide`` (``correlate_wide``, stride 1 only),
+``phases`` (strided input gradients / transposed convolutions) and ``winograd``
+(``kernels.winograd``: F(4x4,3x3) for 2-d 3x3 stride-1 layers, forward, input and
+weight gradient; chosen by ``_path_winograd``). ``algorithm=`` pins
 one for every kernel of the call (``NotImplementedError`` where a kernel has no such
 path); ``last_paths()`` records the paths of this thread's last convolution call.
 
@@ -62,6 +64,7 @@ try:
     from .kernels import gemm as _gemm
     from .kernels import pool as _pool
     from .kernels import wgrad as _wgrad
+    from .kernels import winograd as _winograd
 except ImportError as exc:  # pragma: no cover - depends on the environment
     numba = None
     _IMPORT_ERROR = f"numba is not importable ({exc}); pip install numba"
@@ -80,13 +83,14 @@ PHASE_MIN_OG = 2
 # product (the phase copy would not pay); see ``_phases_pay``.
 PHASE_WIDE_MIN_OUT = 64
 
-ALGORITHMS = ("direct", "gemm", "gemm-wide", "phases")
+ALGORITHMS = ("direct", "gemm", "gemm-wide", "phases", "winograd")
 _FORCED = "forced by algorithm="
 _DESCRIPTION = {
     "direct": "fixed-order direct sums",
     "gemm": "im2col + register-blocked product",
     "gemm-wide": "stride-1 product over wide padded rows",
     "phases": "one stride-1 correlation per stride phase",
+    "winograd": "Winograd F(4x4,3x3) transforms + register-blocked products",
 }
 
 _record = threading.local()
@@ -151,6 +155,12 @@ def _shape5(shape):
     return shape[:2] + lift_to_3d(shape[2:], 1)
 
 
+def _dest(out, shape, dtype):
+    """A kernel's destination: the caller's ``out=`` array (checked by the dispatcher:
+    shape, dtype, C-contiguous, writable, no overlap with an input) or a fresh array."""
+    return np.empty(shape, dtype) if out is None else out
+
+
 def _zeros_bias(b, channels, dtype):
     if b is None:
         return np.zeros(channels, dtype)
@@ -189,14 +199,15 @@ def _g_buffer(shape, dtype):
     return buf[:size].reshape(shape)
 
 
-def _activation_grad(gy, y, p: ConvParams, channels):
+def _activation_grad(gy, y, p: ConvParams, channels, gb_out=None):
     """(g, grad_bias): ``g = gy * act'(y)`` (``gy`` itself without an activation) and
-    the bias gradient (the sum of ``g`` per channel, ``channels`` of them), from one
-    parallel pass over (gy, y) when an activation is fused."""
+    the bias gradient (the sum of ``g`` per channel, ``channels`` of them, into
+    ``gb_out`` when given), from one parallel pass over (gy, y) when an activation is
+    fused."""
     if p.activation is None:
         return gy, None
     g = _g_buffer(gy.shape, gy.dtype)
-    gb = np.empty(channels, gy.dtype)
+    gb = _dest(gb_out, channels, gy.dtype)
     _launch(_epilogue.grad_act, _as5(gy), _as5(y), _as5(g), gb, *_act(p))
     return g, gb
 
@@ -240,8 +251,11 @@ def _path_correlate(og, stride, out, kshape, dil, algorithm="auto", min_og=GEMM_
 
 def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path, act=_NO_ACT):
     """``y5`` <- grouped correlation (see ``cnnfast.backends.numba.kernels``) by
-    ``path`` (of ``_path_correlate``); ``pad`` = the leading pads (may be negative);
-    ``act`` = (code, slope) of the activation the kernels fuse (``_act``)."""
+    ``path`` (of ``_path_correlate`` or ``_path_winograd``); ``pad`` = the leading pads
+    (may be negative); ``act`` = (code, slope) of the activation the kernels fuse
+    (``_act``)."""
+    if path == "winograd":
+        return _winograd_correlate(x5, w5, b, y5, pad, act)
     if path == "direct":
         _launch(_direct.correlate_direct, x5, w5, b, y5, stride, pad, dil, groups, *act)
         return y5
@@ -329,7 +343,7 @@ def _path_correlate_t(og, stride, out, kshape, dil, algorithm="auto"):
 def _correlate_t(x5, w5, b, y5, stride, pad, dil, groups, path, act=_NO_ACT):
     """``y5`` <- transposed correlation of ``x5`` with ``w5`` (Ci, OG, *k) by ``path``
     (of ``_path_correlate_t``), through the activation ``act`` (see ``_correlate``)."""
-    if path in ("gemm", "gemm-wide"):
+    if path in ("gemm", "gemm-wide", "winograd"):
         # Stride 1: a correlation with the flipped adjoint weight; the input is
         # padded by d*(k-1) - lo before (negative: cropped).
         adj_pad = tuple(d * (k - 1) - p for d, k, p in zip(dil, w5.shape[2:], pad))
@@ -432,10 +446,10 @@ def _rows_geometry(in3, out3, kshape, stride, pad, dil):
 ROWS_STACK_BELOW = 512
 
 
-def _weight_grad_rows(a5, b5, w_shape, stride, pad, dil, groups, dtype):
-    """``weight_grad_rows`` (see ``kernels.wgrad``): None where the result is not
-    finite (a padding zero may have met an inf or NaN input: the caller
-    recomputes it exactly)."""
+def _weight_grad_rows(a5, b5, w_shape, stride, pad, dil, groups, dtype, out=None):
+    """``weight_grad_rows`` (see ``kernels.wgrad``), into ``out`` when given: None
+    where the result is not finite (a padding zero may have met an inf or NaN input:
+    the caller recomputes it exactly)."""
     w5 = _shape5(w_shape)
     N, C = a5.shape[:2]
     O, (OD, OH, OW) = b5.shape[1], b5.shape[2:]
@@ -462,28 +476,110 @@ def _weight_grad_rows(a5, b5, w_shape, stride, pad, dil, groups, dtype):
     qc, nunit, nchunk, nks, nwork = _wgrad.plan(vlen, nimg, og, k, O,
                                                 np.dtype(dtype).itemsize, _threads())
     part = np.empty((nchunk, O * k), dtype)
-    gw = np.empty((O, k), dtype)  # 2-D for every rank: one specialisation
+    # 2-D for every rank: one specialisation (``out`` is C-contiguous: a view)
+    gw = np.empty((O, k), dtype) if out is None else out.reshape(O, k)
     geo = tuple(int(v) for v in (S, Hq, Wq, nst, nimg, xsn, xsc, vlen, nunit, nchunk, nks,
                                  qc, nwork))
     _launch(_wgrad.weight_grad_rows, xq, b5, gw, part, toff, tphase, geo, groups)
     return gw.reshape(w_shape) if np.isfinite(gw).all() else None
 
 
-def _weight_grad(a5, b5, w_shape, stride, pad, dil, groups, dtype, path):
-    """Weight gradient by ``path`` (of ``_path_weight_grad``)."""
+def _weight_grad(a5, b5, w_shape, stride, pad, dil, groups, dtype, path, out=None):
+    """Weight gradient by ``path`` (of ``_path_weight_grad`` or ``_path_winograd``),
+    into ``out`` when given (and then ``out`` itself is returned)."""
+    if path == "winograd":
+        gw = _dest(out, w_shape, dtype)
+        _winograd_weight_grad(a5, b5, gw, pad)
+        return gw
     if path == "gemm":
-        gw = _weight_grad_rows(a5, b5, w_shape, stride, pad, dil, groups, dtype)
+        gw = _weight_grad_rows(a5, b5, w_shape, stride, pad, dil, groups, dtype, out)
         if gw is not None:
-            return gw
-    gw = np.empty(_shape5(w_shape), dtype)
-    _launch(_direct.weight_grad, a5, b5, gw, stride, pad, dil, groups)
-    return gw.reshape(w_shape)
+            return gw if out is None else out
+    gw = _dest(out, w_shape, dtype)
+    _launch(_direct.weight_grad, a5, b5, _as5(gw), stride, pad, dil, groups)
+    return gw
 
 
-def _bias_grad(gy5, channels, dtype):
-    gb = np.empty(channels, dtype)
+def _bias_grad(gy5, channels, dtype, out=None):
+    gb = _dest(out, channels, dtype)
     _launch(_direct.bias_grad, gy5, gb)
     return gb
+
+
+# ----------------------------------------------------------------------------- winograd
+
+# Winograd F(4x4, 3x3) (``kernels.winograd``): 2-d 3x3 correlations, stride 1, dilation
+# 1, one group, any padding; forward, input gradient (the flipped-weight correlation)
+# and weight gradient. Accuracy: an output's error follows the largest sum of |terms|
+# of the call, not its own (the cpp backend's contract, tests/test_numba_winograd.py).
+# The automatic choice takes it with at least WINO_MIN_CHANNELS channels in the
+# products' reduction (forward: the input channels; input gradient: the output
+# channels) and WINO_MIN_OUT on the other side (the correlation's outputs: fewer
+# leave rows of the register tile empty and the transforms unpaid), or, for the
+# weight gradient (a reduction over tiles), WINO_MIN_WG_CHANNELS on each side; and
+# WINO_MIN_TILES tiles of 4x4 outputs per image. Below, the transforms cost more
+# than the 4x fewer multiply-adds save. Measured (float32, 2 threads, AMD EPYC Zen 4
+# on a loaded machine, medians of 9-15 interleaved runs; time of winograd / the
+# previous numba path, forward and weight gradient; N, C, K, HxW, padding 1):
+#   8,8,64,28: 1.18 / 0.63     8,16,64,28: 0.86 / 0.73    8,64,8,28: 0.80 / 0.40
+#   8,3,64,56: 1.65 / 1.47     32,16,16,16: 0.47 / 0.33   8,64,64,8: 0.86 / 0.49
+#   1,64,64,8 (4 tiles): 1.00 / 0.57                      2,64,64,4 (1 tile): 1.12 / 0.84
+#   resnet conv3x3 8x{64,128,256}x{56,28,14}^2: 0.59, 0.50, 0.93 / 0.48, 0.37, 0.48
+#   seed conv2 64x64x13x13 (no padding): 0.73 / 0.71
+#   seed conv1's input gradient (64x64x26x26 -> 1 channel): 1.9 (vs direct)
+WINO_MIN_CHANNELS = 16
+WINO_MIN_OUT = 8
+WINO_MIN_WG_CHANNELS = 8
+WINO_MIN_TILES = 4
+
+
+def _wino_unfit(p: ConvParams):
+    """Why the Winograd path cannot run a case of ``p`` (None when it can)."""
+    if (p.rank != 2 or tuple(p.kernel) != (3, 3) or p.groups != 1
+            or any(s != 1 for s in p.stride) or any(d != 1 for d in p.dilation)):
+        return "winograd needs a 2-d 3x3 kernel, stride 1, dilation 1 and one group"
+    return None
+
+
+def _path_winograd(p: ConvParams, kernel, extent, red, out,
+                   mins=(WINO_MIN_CHANNELS, WINO_MIN_OUT)):
+    """(path, why) of the Winograd path for one kernel of a call (``kernel``: its name
+    for errors), or None to leave the choice to the other rules. ``extent``: the
+    spatial extent tiled; ``red``, ``out``: the channels of the products' reduction
+    and of their results, ``mins`` their least counts (see WINO_MIN_CHANNELS)."""
+    if p.algorithm == "winograd":
+        why = _wino_unfit(p)
+        if why is not None:
+            raise _unfit(kernel, "winograd", why)
+        return "winograd", _FORCED
+    if p.algorithm != "auto" or _wino_unfit(p) is not None:
+        return None
+    tiles = -(-extent[-2] // 4) * -(-extent[-1] // 4)
+    if red >= mins[0] and out >= mins[1] and tiles >= WINO_MIN_TILES:
+        return "winograd", (f"2-d 3x3, stride 1, one group; {red} x {out} channels "
+                            f"(>= {mins[0]} x {mins[1]}), {tiles} tiles of 4x4 per "
+                            f"image (>= {WINO_MIN_TILES})")
+    return None
+
+
+def _winograd_correlate(x5, w5, b, y5, pad, act):
+    """``y5`` <- the stride-1 3x3 correlation of ``x5`` with ``w5`` (2-d cases: depth 1)
+    by Winograd, the weight transformed once per call."""
+    (N, C, _, H, W), (K, Ho, Wo) = x5.shape, (y5.shape[1],) + y5.shape[3:]
+    up = np.zeros((36, -(-K // _gemm.MR), C, _gemm.MR), x5.dtype)
+    _launch(_winograd.transform_weight, w5.reshape(K, C, 3, 3), up)
+    _launch(_winograd.correlate, x5.reshape(N, C, H, W), up, b, y5.reshape(N, K, Ho, Wo),
+            pad[1], pad[2], _winograd.block_tiles(C, x5.dtype.itemsize), _threads(), *act)
+    return y5
+
+
+def _winograd_weight_grad(a5, b5, gw, pad):
+    """``gw`` (O, C, 3, 3) <- the weight gradient of the stride-1 3x3 correlation of
+    ``a5`` (C channels) giving ``b5`` (O channels), by Winograd."""
+    (N, C, _, H, W), (O, Ho, Wo) = a5.shape, (b5.shape[1],) + b5.shape[3:]
+    cc, mk = _winograd.weight_grad_split(C, O, _threads())
+    _launch(_winograd.weight_grad, a5.reshape(N, C, H, W), b5.reshape(N, O, Ho, Wo),
+            gw.reshape(O, C, 3, 3), pad[1], pad[2], cc, mk)
 
 
 # ----------------------------------------------------------------------------- conv
@@ -498,19 +594,33 @@ def _plan(op, p: ConvParams, w_shape, needs=("x", "weight")):
     g, a = p.groups, p.algorithm
     k = int(np.prod(w_shape[1:]))
     plan = []
+    # Winograd first where it applies (forced, or chosen: _path_winograd), with the
+    # channels its rule reads (groups == 1): (reduction, results) = w_shape (O, C) for
+    # the flipped-weight correlations, (C, O) for the others.
+    wino = _path_winograd
+    o_c, c_o = w_shape[:2], w_shape[1::-1]
     if op == "conv":
-        plan.append(("y", *_path_correlate(w_shape[0] // g, stride, out_s, kshape, dil, a)))
+        plan.append(("y", *(wino(p, "correlation", out_s, *c_o)
+                            or _path_correlate(w_shape[0] // g, stride, out_s, kshape, dil,
+                                               a))))
     elif op == "conv_transpose":
-        plan.append(("y", *_path_correlate_t(w_shape[1], stride, out_s, kshape, dil, a)))
+        plan.append(("y", *(wino(p, "transposed correlation", out_s, *o_c)
+                            or _path_correlate_t(w_shape[1], stride, out_s, kshape, dil,
+                                                 a))))
     else:  # a backward op
         if "x" in needs and op == "conv_backward":
-            plan.append(("grad_x", *_path_correlate_t(w_shape[1], stride, in_s, kshape, dil,
-                                                      a)))
+            plan.append(("grad_x", *(wino(p, "transposed correlation", in_s, *o_c)
+                                     or _path_correlate_t(w_shape[1], stride, in_s, kshape,
+                                                          dil, a))))
         elif "x" in needs:
-            plan.append(("grad_x", *_path_correlate(w_shape[0] // g, stride, in_s, kshape,
-                                                    dil, a)))
+            plan.append(("grad_x", *(wino(p, "correlation", in_s, *c_o)
+                                     or _path_correlate(w_shape[0] // g, stride, in_s,
+                                                        kshape, dil, a))))
         if "weight" in needs:
-            plan.append(("grad_weight", *_path_weight_grad(w_shape[0] // g, k, a)))
+            tiled = out_s if op == "conv_backward" else in_s  # the extent of b5
+            plan.append(("grad_weight", *(wino(p, "weight gradient", tiled, *c_o,
+                                               (WINO_MIN_WG_CHANNELS,) * 2)
+                                          or _path_weight_grad(w_shape[0] // g, k, a))))
     return plan
 
 
@@ -542,58 +652,60 @@ def _paths(op, p, w_shape, needs=("x", "weight")):
     return _record.paths
 
 
-def conv(x, w, b, p: ConvParams):
+def conv(x, w, b, p: ConvParams, out=None):
     path = _paths("conv", p, w.shape)["y"]
     stride, pad, dil = _conv_geometry(p)
     o = w.shape[0]
-    y = np.empty((x.shape[0], o) + tuple(p.out_shape), x.dtype)
+    y = _dest(out, (x.shape[0], o) + tuple(p.out_shape), x.dtype)
     _correlate(_as5(x), _as5(w), _zeros_bias(b, o, x.dtype), _as5(y), stride, pad, dil,
                p.groups, path, _act(p))
     return y
 
 
-def conv_backward(gy, x, w, p: ConvParams, needs, y=None):
+def conv_backward(gy, x, w, p: ConvParams, needs, y=None, outs=None):
     paths = _paths("conv_backward", p, w.shape, needs)
-    gy, gb = _activation_grad(gy, y, p, w.shape[0])
+    gx_out, gw_out, gb_out = outs or (None, None, None)
+    gy, gb = _activation_grad(gy, y, p, w.shape[0], gb_out)
     stride, pad, dil = _conv_geometry(p)
     gx = gw = None
     if "x" in needs:
         # The conv weight (O, C/G, *k) is the transposed-conv weight of the adjoint.
-        gx = np.empty(x.shape, x.dtype)
+        gx = _dest(gx_out, x.shape, x.dtype)
         _correlate_t(_as5(gy), _as5(w), np.zeros(x.shape[1], x.dtype), _as5(gx), stride,
                      pad, dil, p.groups, paths["grad_x"])
     if "weight" in needs:
         gw = _weight_grad(_as5(x), _as5(gy), w.shape, stride, pad, dil, p.groups, x.dtype,
-                          paths["grad_weight"])
+                          paths["grad_weight"], gw_out)
     if "bias" in needs and gb is None:
-        gb = _bias_grad(_as5(gy), w.shape[0], x.dtype)
+        gb = _bias_grad(_as5(gy), w.shape[0], x.dtype, gb_out)
     return gx, gw, gb if "bias" in needs else None
 
 
-def conv_transpose(x, w, b, p: ConvParams):
+def conv_transpose(x, w, b, p: ConvParams, out=None):
     path = _paths("conv_transpose", p, w.shape)["y"]
     stride, pad, dil = _conv_geometry(p)
     c_out = w.shape[1] * p.groups
-    y = np.empty((x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
+    y = _dest(out, (x.shape[0], c_out) + tuple(p.out_shape), x.dtype)
     _correlate_t(_as5(x), _as5(w), _zeros_bias(b, c_out, x.dtype), _as5(y), stride, pad,
                  dil, p.groups, path, _act(p))
     return y
 
 
-def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None):
+def conv_transpose_backward(gy, x, w, p: ConvParams, needs, y=None, outs=None):
     paths = _paths("conv_transpose_backward", p, w.shape, needs)
-    gy, gb = _activation_grad(gy, y, p, gy.shape[1])
+    gx_out, gw_out, gb_out = outs or (None, None, None)
+    gy, gb = _activation_grad(gy, y, p, gy.shape[1], gb_out)
     stride, pad, dil = _conv_geometry(p)
     gx = gw = None
     if "x" in needs:
-        gx = np.empty(x.shape, x.dtype)
+        gx = _dest(gx_out, x.shape, x.dtype)
         _correlate(_as5(gy), _as5(w), np.zeros(x.shape[1], x.dtype), _as5(gx), stride, pad,
                    dil, p.groups, paths["grad_x"])
     if "weight" in needs:
         gw = _weight_grad(_as5(gy), _as5(x), w.shape, stride, pad, dil, p.groups, x.dtype,
-                          paths["grad_weight"])
+                          paths["grad_weight"], gw_out)
     if "bias" in needs and gb is None:
-        gb = _bias_grad(_as5(gy), gy.shape[1], x.dtype)
+        gb = _bias_grad(_as5(gy), gy.shape[1], x.dtype, gb_out)
     return gx, gw, gb if "bias" in needs else None
 
 
@@ -620,40 +732,43 @@ def _divisors(p: PoolParams, dtype):
     return counts[0], counts[1], counts[2], 0
 
 
-def max_pool(x, p: PoolParams, return_indices):
+def max_pool(x, p: PoolParams, return_indices, outs=None):
     kernel, stride, pad, dil = _pool_geometry(p)
-    y = np.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
-    idx = (np.empty(y.shape, np.int64) if return_indices
+    y_out, idx_out = outs or (None, None)
+    y = _dest(y_out, x.shape[:2] + tuple(p.out_shape), x.dtype)
+    idx = (_dest(idx_out, y.shape, np.int64) if return_indices
            else np.empty((1, 1, 1, 1, 1), np.int64))
     _launch(_pool.max_pool, _as5(x), _as5(y), _as5(idx), bool(return_indices), kernel,
             stride, pad, dil)
     return y, (idx if return_indices else None)
 
 
-def max_pool_backward(gy, indices, x_shape):
-    gx = np.empty(tuple(x_shape), gy.dtype)
+def max_pool_backward(gy, indices, x_shape, out=None):
+    gx = _dest(out, tuple(x_shape), gy.dtype)
     _launch(_pool.max_pool_backward, _as5(gy), _as5(indices), _as5(gx))
     return gx
 
 
-def avg_pool(x, p: PoolParams):
+def avg_pool(x, p: PoolParams, out=None):
     kernel, stride, pad, dil = _pool_geometry(p)
-    y = np.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
+    y = _dest(out, x.shape[:2] + tuple(p.out_shape), x.dtype)
     dd, dh, dw, override = _divisors(p, x.dtype)
     _launch(_pool.avg_pool, _as5(x), _as5(y), kernel, stride, pad, dil, dd, dh, dw,
             override)
     return y
 
 
-def avg_pool_backward(gy, p: PoolParams):
+def avg_pool_backward(gy, p: PoolParams, out=None):
     kernel, stride, pad, dil = _pool_geometry(p)
-    gx = np.empty(gy.shape[:2] + tuple(p.in_shape), gy.dtype)
+    gx = _dest(out, gy.shape[:2] + tuple(p.in_shape), gy.dtype)
     dd, dh, dw, override = _divisors(p, gy.dtype)
     _launch(_pool.avg_pool_backward, _as5(gy), _as5(gx), kernel, stride, pad, dil, dd, dh,
             dw, override)
     return gx
 
 
+# The kernels write into the caller's out= (the registry's WRITES_OUT).
+WRITES_OUT = True
 OPS = {
     "conv": conv,
     "conv_backward": conv_backward,

@@ -22,6 +22,9 @@ Modules:
   (``pack_phases``, ``weight_grad_rows``);
 * ``direct``: the fixed-order direct sums: ``correlate_direct``, ``correlate_t``,
   ``weight_grad``, ``bias_grad``;
+* ``winograd``: Winograd F(4x4, 3x3) for 2-d 3x3 stride-1 correlations
+  (``transform_weight``, ``correlate``, ``weight_grad``), the transforms and
+  accuracy contract of the cpp backend's ``csrc/conv/winograd.h``;
 * ``pool``: the pooling kernels;
 * ``epilogue``: the fused activation (an int code and a slope, ordinary kernel
   arguments: no specialisation per activation): ``store_act`` and ``activate``,

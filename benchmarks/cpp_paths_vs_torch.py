@@ -1,0 +1,73 @@
+"""Interleaved timing of one `cnnfast bench` case: torch against the cpp backend's
+automatic choice and against forced paths, in one process (medians of --repeat rounds;
+each round runs every variant once, in turn, so drift on a busy machine hits all alike).
+
+    python benchmarks/cpp_paths_vs_torch.py conv_transpose.k4s2 forward --paths gemm,phases
+
+Prints ms per variant and the ratio to torch (< 1: cpp is faster). Development tool;
+the published numbers come from `cnnfast bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import cnnfast
+from cnnfast.bench.impls import CnnfastImpl, Inputs, TorchImpl
+from cnnfast.bench.suite import load_suite
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case")
+    ap.add_argument("ops", help="comma-separated: forward,backward_input,backward_weight")
+    ap.add_argument("--paths", default="", help="comma-separated cpp algorithms to force")
+    ap.add_argument("--repeat", type=int, default=21)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cpu", action="store_true",
+                    help="process CPU time instead of wall time (steadier on a loaded "
+                         "machine with --threads 1; with more threads it counts spinning)")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cnnfast.set_num_threads(args.threads)
+    case = next(c for c in load_suite() if c.name == args.case)
+    inputs = Inputs(case, seed=0)
+    for op in args.ops.split(","):
+        fns = {"torch": TorchImpl().prepare(case, op, inputs)}
+        fns["cpp auto"] = CnnfastImpl("cpp").prepare(case, op, inputs)
+        for path in filter(None, args.paths.split(",")):
+            try:
+                f = CnnfastImpl("cpp").prepare(case, op, inputs)
+                fns[f"cpp {path}"] = (lambda f=f, p=path: _pinned(f, p))
+                fns[f"cpp {path}"]()
+            except NotImplementedError as exc:
+                print(f"  {path}: {exc}")
+                del fns[f"cpp {path}"]
+        times = {k: [] for k in fns}
+        for f in fns.values():
+            f()
+        clock = time.process_time if args.cpu else time.perf_counter
+        for _ in range(args.repeat):
+            for k, f in fns.items():
+                t0 = clock()
+                f()
+                times[k].append(clock() - t0)
+        ref = statistics.median(times["torch"])
+        print(f"{case.name} {op} (threads={args.threads}, {'CPU' if args.cpu else 'wall'} "
+              f"time, medians of {args.repeat})")
+        for k, ts in times.items():
+            m = statistics.median(ts)
+            print(f"  {k:16s} {m * 1e3:8.3f} ms  ratio to torch {m / ref:5.2f}")
+
+
+def _pinned(f, path):
+    with cnnfast.use_algorithm(path):
+        return f()
+
+
+if __name__ == "__main__":
+    main()

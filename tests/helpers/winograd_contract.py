@@ -1,0 +1,77 @@
+"""The Winograd accuracy contract, shared by the tests of every backend's Winograd path
+(tests/test_winograd.py: cpp 2-d, tests/test_winograd3d.py: cpp 3-d,
+tests/test_numba_winograd.py). With S = max over the outputs of sum |terms| (the
+float64 reference applied to |inputs|): float32 |got - exact| <= 1e-5 * S + 1e-4 *
+|exact|, float64 |got - exact| <= 1e-12 * S, for every output."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import cnnfast
+
+BOUNDS = {np.float32: (1e-5, 1e-4), np.float64: (1e-12, 0.0)}  # (x S, x |exact|)
+
+
+def values(rng, kind, shape, huge=False):
+    """Test data of one adversarial `kind`: "normal" / "deep", "wide-range" (values x
+    10**U(-4, 4)), "constant-sign" (no cancellation), "one-huge" (small values, and one
+    huge value in the array for which `huge` is true)."""
+    if kind == "one-huge":
+        v = rng.standard_normal(shape) * 1e-3
+        if huge:
+            v.flat[rng.integers(v.size)] = 1e4
+        return v
+    if kind == "wide-range":
+        return rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 4, shape)
+    if kind == "constant-sign":
+        return np.abs(rng.standard_normal(shape))
+    return rng.standard_normal(shape)
+
+
+def ops(x, w, gy, b, kw, backend, algorithm="auto"):
+    """y, grad_x and grad_weight of one convolution (its rank is x's)."""
+    y = cnnfast.conv(x, w, b, backend=backend, algorithm=algorithm, **kw)
+    gx, gw, _ = cnnfast.conv_backward(gy, x, w, needs=("x", "weight"), backend=backend,
+                                      algorithm=algorithm, **kw)
+    return {"y": y, "grad_x": gx, "grad_weight": gw}
+
+
+def reference(x, w, gy, b, kw):
+    """The exact float64 results and their S (the reference on |inputs|)."""
+    f = [None if a is None else a.astype(np.float64) for a in (x, w, gy, b)]
+    exact = ops(*f, kw, "numpy")
+    bounds = ops(*[None if a is None else np.abs(a) for a in f], kw, "numpy")
+    return exact, {k: float(v.max()) if v.size else 0.0 for k, v in bounds.items()}
+
+
+def worst(got, exact, S, dtype):
+    """max over the outputs of |err| / bound (the contract holds while < 1)."""
+    a, r = BOUNDS[dtype]
+    out = {}
+    for k, e in exact.items():
+        bound = a * S[k] + r * np.abs(e)
+        err = np.abs(got[k].astype(np.float64) - e)
+        tiny = np.finfo(np.float64).tiny
+        out[k] = float(np.max(err / np.maximum(bound, tiny))) if e.size else 0.0
+    return out
+
+
+def check(x, w, gy, b, kw, dtype, what, backend, algorithm="winograd", last_paths=None):
+    """Runs the three results on `backend` in `dtype` and asserts the contract, that no
+    input was modified, the dtypes, and (given the backend's `last_paths`) that every
+    kernel ran winograd. Returns the worst |err| / bound per result."""
+    x, w, gy = (a.astype(dtype) for a in (x, w, gy))
+    b = None if b is None else b.astype(dtype)
+    copies = [a.copy() for a in (x, w, gy)]
+    got = ops(x, w, gy, b, kw, backend, algorithm)
+    if last_paths is not None:
+        assert set(last_paths().values()) == {"winograd"}
+    for a, c in zip((x, w, gy), copies):
+        assert np.array_equal(a, c), f"{what}: an input was modified"
+    for k, v in got.items():
+        assert v.dtype == dtype, (what, k)
+    exact, S = reference(x, w, gy, b, kw)
+    result = worst(got, exact, S, dtype)
+    assert max(result.values()) < 1, f"{what} {np.dtype(dtype).name}: |err| / bound {result}"
+    return result
