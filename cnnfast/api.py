@@ -6,8 +6,8 @@ to the backend chosen by ``cnnfast.registry``. Inputs are never modified.
 
 Any DLPack array (torch tensors, JAX arrays, ...) is read in place as the numpy or
 cupy array that views its memory, and the results go back as the caller's array type
-(``cnnfast.bridge``); ``out=`` is checked before any work and written after every
-kernel of the call has succeeded.
+(``cnnfast.bridge``); ``out=`` is checked before any work and handed to the backend's
+kernel, which writes the result there (``_with_out``).
 
 ``explain`` runs the same validation and backend choice and stops there: every
 function chooses its kernel through ``_select``, which under ``explain`` describes
@@ -208,6 +208,17 @@ def _check_arrays(**arrays):
     return kind, dtype
 
 
+def _with_out(kernel, args, out):
+    """``kernel(*args)``, with the call's destination appended when it has one (``out``,
+    or the tuple of outs, checked already): the cpp and numba kernels write their
+    results there directly and return it, the others return arrays of their own that
+    ``write`` copies (``cnnfast.registry.KERNEL_ARITY``; the registry wraps the kernels of
+    a backend without ``WRITES_OUT`` in ``copied_out``)."""
+    if out is None or (isinstance(out, tuple) and all(o is None for o in out)):
+        return kernel(*args)
+    return kernel(*args, out)
+
+
 def _contiguous(a, kind):
     if a is None:
         return None
@@ -310,8 +321,8 @@ def _run_conv(x, weight, bias, stride, padding, dilation, groups, backend, algor
                              w_shape=weight.shape)
     if _is_empty_conv(x.shape, weight.shape):
         return write(out, _empty_conv(kind, dtype, out_shape, bias, p))
-    return write(out, kernel(_contiguous(x, kind), _contiguous(weight, kind),
-                              _contiguous(bias, kind), p))
+    return write(out, _with_out(kernel, (_contiguous(x, kind), _contiguous(weight, kind),
+                                         _contiguous(bias, kind), p), out))
 
 
 def conv(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
@@ -517,9 +528,9 @@ def _run_conv_backward(grad_y, x, weight, y, stride, padding, dilation, groups, 
     if _is_empty_conv(x.shape, weight.shape):
         return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape,
                                                     weight.shape, y, p))
-    return write_grads(outs, kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
-                                     _contiguous(weight, kind), p, wanted,
-                                     _contiguous(y, kind)))
+    return write_grads(outs, _with_out(kernel, (
+        _contiguous(grad_y, kind), _contiguous(x, kind), _contiguous(weight, kind), p,
+        wanted, _contiguous(y, kind)), tuple(outs)))
 
 
 # ----------------------------------------------------------------------------- conv_transpose
@@ -550,8 +561,8 @@ def _run_conv_transpose(x, weight, bias, stride, padding, output_padding, groups
                              w_shape=weight.shape)
     if _is_empty_conv(x.shape, weight.shape):
         return write(out, _empty_conv(kind, dtype, out_shape, bias, p))
-    return write(out, kernel(_contiguous(x, kind), _contiguous(weight, kind),
-                              _contiguous(bias, kind), p))
+    return write(out, _with_out(kernel, (_contiguous(x, kind), _contiguous(weight, kind),
+                                         _contiguous(bias, kind), p), out))
 
 
 def conv_transpose(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
@@ -723,9 +734,9 @@ def _run_conv_transpose_backward(grad_y, x, weight, y, stride, padding, output_p
     if _is_empty_conv(x.shape, weight.shape):
         return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape,
                                                     weight.shape, y, p))
-    return write_grads(outs, kernel(_contiguous(grad_y, kind), _contiguous(x, kind),
-                                     _contiguous(weight, kind), p, wanted,
-                                     _contiguous(y, kind)))
+    return write_grads(outs, _with_out(kernel, (
+        _contiguous(grad_y, kind), _contiguous(x, kind), _contiguous(weight, kind), p,
+        wanted, _contiguous(y, kind)), tuple(outs)))
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -752,7 +763,8 @@ def _run_max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_i
         y = _empty(kind, out_shape, dtype)
         idx = _empty(kind, y.shape, "int64")
     else:
-        y, idx = kernel(_contiguous(x, kind), p, bool(return_indices))
+        y, idx = _with_out(kernel, (_contiguous(x, kind), p, bool(return_indices)),
+                           (y_out, idx_out))
     y = write(y_out, y)
     return (y, write(idx_out, idx)) if return_indices else y
 
@@ -943,8 +955,8 @@ def _run_max_pool_backward(grad_y, indices, x_shape, backend, out):
     kernel = _select("max_pool_backward", kind, dtype, x_shape, backend)
     if grad_y.size == 0:
         return write(out, _empty(kind, x_shape, dtype))
-    return write(out, kernel(_contiguous(grad_y, kind), _contiguous(indices, kind),
-                              x_shape))
+    return write(out, _with_out(kernel, (_contiguous(grad_y, kind),
+                                         _contiguous(indices, kind), x_shape), out))
 
 
 def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
@@ -966,7 +978,7 @@ def _run_avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
     kernel = _select("avg_pool", kind, dtype, p, backend)
     if x.shape[0] == 0 or x.shape[1] == 0:
         return write(out, _empty(kind, out_shape, dtype))
-    return write(out, kernel(_contiguous(x, kind), p))
+    return write(out, _with_out(kernel, (_contiguous(x, kind), p), out))
 
 
 def avg_pool(x: ArrayLike, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
@@ -1109,7 +1121,7 @@ def _run_avg_pool_backward(grad_y, x_shape, kernel_size, stride, padding, ceil_m
     kernel = _select("avg_pool_backward", kind, dtype, p, backend)
     if grad_y.size == 0:
         return write(out, _empty(kind, x_shape, dtype))
-    return write(out, kernel(_contiguous(grad_y, kind), p))
+    return write(out, _with_out(kernel, (_contiguous(grad_y, kind), p), out))
 
 
 def _share_sections(general, *variants) -> None:

@@ -5,9 +5,10 @@ Any DLPack array (torch tensors, JAX arrays, array-API objects) goes in as the n
 runs as those do, and comes back as the caller's array type: that of the first array
 argument (x for the forward functions, grad_y for the backward ones). Arrays of
 several kinds are accepted when they live on one device. ``out=`` is validated by each
-op before any work and written only after every kernel of the call has succeeded, so
-a failing call leaves it untouched; the backends allocate their results, so out= saves
-the caller's allocation, not a copy (see docs/interop.md).
+op before any work (shape, dtype, device, C-contiguity, writability, no overlap with an
+input or another out) and then handed to the backend's kernel, which writes the result
+into it directly (cpp, numba) or computes it in arrays of its own that ``write`` copies
+there (the numpy reference, the CUDA backends): see docs/interop.md.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from .arrays import (cuda_scope, dlpack_device, dtype_name, export, import_dlpac
 # as those do, and comes back as the caller's array type: that of the first array
 # argument (x for the forward functions, grad_y for the backward ones). Arrays of
 # several kinds are accepted when they live on one device. ``out=`` is validated by each
-# op before any work and written only after every kernel of the call has succeeded, so
-# a failing call leaves it untouched; the backends allocate their results, so out= saves
-# the caller's allocation, not a copy (see docs/interop.md).
+# op before any work and then written by the backend's kernel (directly for cpp and
+# numba; through ``write``'s copy for the numpy reference and CUDA): see docs/interop.md.
 
 
 class Bridge:
@@ -188,8 +188,9 @@ def check_grad_outs(out, shapes, dtype, kind, wanted, inputs):
 
 
 def write(out, result):
-    """``result`` copied into ``out`` (returned), or ``result`` itself without one."""
-    if out is None:
+    """``out`` holding ``result`` (returned), or ``result`` itself without one. A
+    kernel that wrote into ``out`` returns ``out`` itself: nothing to copy then."""
+    if out is None or result is out:
         return result
     out[...] = result
     return out

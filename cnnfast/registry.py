@@ -7,6 +7,9 @@ A backend is a module that exposes:
 * ``OPS``: a dict from op name (``"conv"``, ``"conv_backward"``, ...; see
   ``OP_NAMES``) to a kernel function taking normalised parameters (see
   ``cnnfast.params`` and ``cnnfast.backends.numpy.backend`` for the signatures);
+* optionally ``WRITES_OUT = True``: its kernels take the caller's ``out=`` as a last
+  argument and write into it (``KERNEL_ARITY``); without it the
+  registry drops that argument and the dispatcher copies the results into ``out``;
 * optionally ``availability() -> None | str``: the reason it cannot run here;
 * optionally ``unsupported(op, params, dtype) -> None | str``: the reason a
   particular case is not implemented;
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import os
 import threading
@@ -55,6 +59,28 @@ class BackendUnavailable(ValueError, RuntimeError):
     A ValueError, as the contract promises for every bad argument (here ``backend``);
     still a RuntimeError, as it was first, so existing ``except RuntimeError`` code
     keeps working."""
+
+
+# The arguments of each op's kernel before its destination (``out``, or ``outs`` for
+# conv_backward's triple and max_pool's pair), which the dispatcher appends last when
+# the call has one: conv(x, w, b, p), conv_backward(gy, x, w, p, needs, y), ...
+KERNEL_ARITY = {"conv": 4, "conv_backward": 6, "conv_transpose": 4,
+                "conv_transpose_backward": 6, "max_pool": 3, "max_pool_backward": 3,
+                "avg_pool": 2, "avg_pool_backward": 2}
+
+
+def copied_out(ops: Dict[str, Callable]) -> Dict[str, Callable]:
+    """The kernels ``ops`` of a backend that computes in arrays of its own, taking the
+    dispatcher's destination argument and dropping it: ``write`` then copies each
+    result into the caller's ``out``."""
+
+    def taking_out(fn: Callable, arity: int) -> Callable:
+        def kernel(*args: Any) -> Any:
+            return fn(*args[:arity])
+
+        return functools.update_wrapper(kernel, fn)
+
+    return {op: taking_out(fn, KERNEL_ARITY[op]) for op, fn in ops.items()}
 
 
 @dataclass
@@ -129,7 +155,10 @@ def get_backend(name: str) -> Backend:
             backend.module = module
             backend.array = getattr(module, "ARRAY", "numpy")
             backend.dtypes = tuple(getattr(module, "DTYPES", ("float32", "float64")))
-            backend.ops = dict(getattr(module, "OPS", {}))
+            ops = dict(getattr(module, "OPS", {}))
+            if not getattr(module, "WRITES_OUT", False):
+                ops = copied_out(ops)
+            backend.ops = ops
             backend.algorithms = tuple(getattr(module, "ALGORITHMS", ()))
             check = getattr(module, "availability", None)
             try:

@@ -3,7 +3,9 @@ of exactly the result's shape, dtype and device, C-contiguous, writable, overlap
 input; convolution backward functions take ``(grad_x, grad_weight, grad_bias)`` with
 ``None`` for any not given; pooling backward functions take grad_x's array. A bad
 ``out`` is refused, naming it, before any work; the result is written there and ``out``
-is returned; a failing kernel leaves ``out`` untouched.
+is returned: by the cpp and numba kernels themselves (no temporary, no copy: see
+"written in place" below), by the dispatcher's copy for the numpy reference, whose
+failing kernel leaves ``out`` untouched.
 """
 
 from __future__ import annotations
@@ -162,6 +164,34 @@ def test_a_failing_kernel_leaves_out_untouched(monkeypatch):
     with pytest.raises(RuntimeError, match="kernel failed"):
         cnnfast.conv2d(x, w, backend="numpy", out=out)
     assert (out == SENTINEL).all()
+
+
+def test_a_registered_backend_without_writes_out_gets_out_by_copy(tmp_path, monkeypatch):
+    # A third-party backend whose kernels have the plain signatures (no destination
+    # argument, no WRITES_OUT): the registry drops out= for it and the result is copied.
+    (tmp_path / "plain_backend.py").write_text(
+        "from cnnfast.backends.numpy import backend as _ref\n"
+        "ARRAY = 'numpy'\n"
+        "def conv(x, w, b, p):\n"
+        "    return _ref.conv(x, w, b, p)\n"
+        "def avg_pool(x, p):\n"
+        "    return _ref.avg_pool(x, p)\n"
+        "OPS = {'conv': conv, 'avg_pool': avg_pool}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from cnnfast import registry
+
+    monkeypatch.setitem(registry._MODULES, "plain", "plain_backend")
+    monkeypatch.delitem(registry._loaded, "plain", raising=False)
+    try:
+        x, w = _randn(1, 2, 6, 6), _randn(3, 2, 3, 3)
+        out = np.full((1, 3, 4, 4), SENTINEL)
+        assert cnnfast.conv2d(x, w, backend="plain", out=out) is out
+        np.testing.assert_allclose(out, cnnfast.conv2d(x, w, backend="numpy"), rtol=1e-12)
+        pooled = np.full((1, 2, 3, 3), SENTINEL)
+        assert cnnfast.avg_pool2d(x, 2, backend="plain", out=pooled) is pooled
+        np.testing.assert_allclose(pooled, cnnfast.avg_pool2d(x, 2, backend="numpy"))
+    finally:
+        registry._loaded.pop("plain", None)
 
 
 def test_out_on_an_empty_convolution():
@@ -384,3 +414,194 @@ def test_torch_out_refusals_name_out():
         cnnfast.avg_pool2d(x, 2, out=torch.empty(1, 2, 3, 6, dtype=torch.float64)[..., ::2])
     with pytest.raises(TypeError, match="^out has dtype float32"):
         cnnfast.avg_pool2d(x, 2, out=torch.empty(1, 2, 3, 3))
+
+
+# ----------------------------------------------------------------------------- written in place
+
+# The cpp and numba kernels write into ``out`` itself: no temporary, no copy. Proved per
+# backend and op by (1) the array object the call returns, (2) a dispatcher that may not
+# copy (``api.write`` is replaced by one that fails on a copy) and (3) the data pointers
+# the kernels themselves received (a spy on ``_cpp`` / numba's ``_launch``).
+IN_PLACE = ["cpp", "numba"]
+
+
+def _ptr(a):
+    return a.__array_interface__["data"][0]
+
+
+class _CppSpy:
+    """``_cpp`` with every function call recording the numpy arrays it was given."""
+
+    def __init__(self, real, seen):
+        self._real, self._seen = real, seen
+
+    def __getattr__(self, name):
+        attr = getattr(self._real, name)
+        if isinstance(attr, type) or not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self._seen.update(_ptr(a) for a in args if isinstance(a, np.ndarray))
+            return attr(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture(params=IN_PLACE)
+def in_place(request, monkeypatch):
+    """(backend name, the set of data pointers its kernels received), with
+    ``api.write`` refusing to copy."""
+    name = request.param
+    backend = get_backend(name)
+    if not backend.available:
+        pytest.skip(backend.reason)
+    seen: set = set()
+    module = backend.module
+    if name == "cpp":
+        monkeypatch.setattr(module, "_cpp", _CppSpy(module._cpp, seen))
+    else:
+        real_launch = module._launch
+
+        def launch(kernel, *args):
+            seen.update(_ptr(a) for a in args if isinstance(a, np.ndarray))
+            return real_launch(kernel, *args)
+
+        monkeypatch.setattr(module, "_launch", launch)
+
+    import cnnfast.api as api_module
+    real_write = api_module.write
+
+    def no_copy(out, result):
+        assert out is None or result is out, "the dispatcher copied a result into out"
+        return real_write(out, result)
+
+    monkeypatch.setattr(api_module, "write", no_copy)
+    monkeypatch.setattr(api_module, "write_grads",
+                        lambda outs, grads: tuple(no_copy(o, g) if g is not None else g
+                                                  for o, g in zip(outs, grads)))
+    return name, seen
+
+
+def _assert_written_in_place(out, got, seen, expected):
+    assert got is out
+    assert _ptr(out) in seen, "no kernel received out's memory"
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_forward_kernels_write_into_out(forward, in_place):
+    name, fn, arrs, kwargs = forward
+    backend, seen = in_place
+    expected = fn(*arrs, **kwargs, backend="numpy")
+    seen.clear()
+    out = np.full(expected.shape, SENTINEL)
+    got = fn(*arrs, **kwargs, backend=backend, out=out)
+    last = getattr(get_backend(backend).module, "last_paths", dict)()
+    if last.get("y") == "phases":
+        # numba's strided transposed path sums each stride phase into a buffer of
+        # that phase and stores it into its strided view of out (numpy assignment):
+        # no kernel sees out, and no whole-result copy is made either.
+        assert got is out
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+        return
+    _assert_written_in_place(out, got, seen, expected)
+
+
+def test_max_pool_writes_y_and_indices_into_out(in_place):
+    backend, seen = in_place
+    x = _randn(2, 3, 7, 7)
+    ey, eidx = cnnfast.max_pool2d(x, 3, 2, padding=1, return_indices=True, backend="numpy")
+    for pair in ((np.full(ey.shape, SENTINEL), np.full(eidx.shape, -7)),
+                 (None, np.full(eidx.shape, -7)), (np.full(ey.shape, SENTINEL), None)):
+        seen.clear()
+        y, idx = cnnfast.max_pool2d(x, 3, 2, padding=1, return_indices=True,
+                                    backend=backend, out=pair)
+        for o, got, e in zip(pair, (y, idx), (ey, eidx)):
+            if o is not None:
+                _assert_written_in_place(o, got, seen, e)
+            else:
+                np.testing.assert_array_equal(got, e)
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_backward_kernels_write_the_gradient_tuple_into_out(backward, in_place,
+                                                            activation):
+    name, fn, arrs, kwargs, shapes, _ = backward
+    backend, seen = in_place
+    forward_fn = cnnfast.conv if name == "conv_backward" else cnnfast.conv_transpose
+    gy, x, w = arrs
+    extra = {}
+    if activation is not None:  # the fused pass writes grad_bias (act_grad)
+        extra = dict(activation=activation,
+                     y=forward_fn(x, w, None, **kwargs, activation=activation,
+                                  backend="numpy"))
+    expected = fn(*arrs, **kwargs, **extra, backend="numpy")
+    seen.clear()
+    outs = tuple(np.full(s, SENTINEL) for s in shapes)
+    got = fn(*arrs, **kwargs, **extra, backend=backend, out=outs)
+    for o, g, e in zip(outs, got, expected):
+        _assert_written_in_place(o, g, seen, e)
+    # one out given, the others allocated by the kernels
+    seen.clear()
+    gw = np.full(shapes[1], SENTINEL)
+    got = fn(*arrs, **kwargs, **extra, backend=backend, out=(None, gw, None))
+    _assert_written_in_place(gw, got[1], seen, expected[1])
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-12, atol=1e-12)
+
+
+def test_pool_backward_kernels_write_into_out(in_place):
+    backend, seen = in_place
+    x = _randn(2, 3, 6, 6)
+    y, idx = cnnfast.max_pool2d(x, 2, return_indices=True, backend="numpy")
+    gy = _randn(*y.shape)
+    for call in (lambda **kw: cnnfast.max_pool_backward(gy, idx, x.shape, **kw),
+                 lambda **kw: cnnfast.avg_pool_backward(gy, x.shape, 2, **kw)):
+        expected = call(backend="numpy")
+        seen.clear()
+        out = np.full(x.shape, SENTINEL)
+        _assert_written_in_place(out, call(backend=backend, out=out), seen, expected)
+
+
+def test_torch_out_is_written_in_place(in_place):
+    """Through DLPack: the kernel writes into the tensor's own memory."""
+    torch = pytest.importorskip("torch")
+    backend, seen = in_place
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    expected = cnnfast.conv2d(x, w, padding=1, backend="numpy")
+    out = torch.full_like(expected, SENTINEL)
+    assert cnnfast.conv2d(x, w, padding=1, backend=backend, out=out) is out
+    assert out.data_ptr() in seen
+    torch.testing.assert_close(out, expected)
+
+
+def test_copying_backends_still_fill_out():
+    """The numpy reference computes in arrays of its own (``copied_out``): its kernel
+    leaves the out it is handed alone, and the dispatcher copies the result there."""
+    x, w = _randn(1, 2, 5, 5), _randn(3, 2, 3, 3)
+    p = cnnfast.params.conv_params(x.shape, w.shape, 1, 1, 1, 1)
+    out = np.full((1, 3, 5, 5), SENTINEL)
+    result = get_backend("numpy").ops["conv"](x, w, None, p, out)
+    assert result is not out and (out == SENTINEL).all()
+    assert cnnfast.conv2d(x, w, padding=1, backend="numpy", out=out) is out
+    np.testing.assert_array_equal(out, result)
+
+
+def test_numba_weight_gradient_recomputed_in_out_when_not_finite(in_place):
+    """numba's product path for grad_weight gives up on a non-finite result (a padding
+    zero may have met an inf) and the exact direct kernel recomputes it: both write
+    into out, and the second result is what stays there."""
+    backend, seen = in_place
+    if backend != "numba":
+        pytest.skip("numba's fallback")
+    x = _randn(2, 3, 9, 9)
+    x[0, 1, 0, 0] = np.inf
+    w = _randn(8, 3, 3, 3)  # 8 output channels: the product (gemm) path
+    gy = _randn(2, 8, 9, 9)
+    expected = cnnfast.conv_backward(gy, x, w, padding=1, backend="numpy")[1]
+    assert not np.isfinite(expected).all()  # what sends numba to its fallback
+    gw = np.full(w.shape, SENTINEL)
+    got = cnnfast.conv_backward(gy, x, w, padding=1, needs=("weight",), backend=backend,
+                                out=(None, gw, None))
+    assert got[1] is gw and not (gw == SENTINEL).any()
+    assert get_backend("numba").module.last_paths()["grad_weight"] == "gemm"
+    np.testing.assert_allclose(gw, expected, rtol=1e-12, atol=1e-12)  # NaN and inf alike

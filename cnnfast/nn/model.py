@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union, cast
 
 import numpy as np
@@ -10,6 +11,70 @@ import numpy as np
 from .base import Layer, array_module, layer_from_config, to_device, to_numpy
 from .checkpoint_file import read_arrays
 from .fusion import plan
+
+
+class _Buffers:
+    """The result arrays a ``Sequential`` lends its convolution and pooling layers
+    (through ``out=``) for results only the model itself reads, kept from one training
+    step to the next: a fresh large array per call is returned to the OS by glibc when
+    it is freed and page-faults again, every step.
+
+    Lent only where no one else can still hold the previous result:
+
+    * in a training forward, to every step but the last: a step's output is read by
+      the next step and kept in the layers' caches for backward, and the next training
+      forward replaces those caches anyway (a layer keeps its last forward's cache
+      only, so a model called twice before its backward back-propagates the second
+      call, buffers or not);
+    * in backward, to every step: each input gradient it computes is consumed by the
+      step before (the first step computes none).
+
+    Never for the model's output (a result that views a buffer, through a layer that
+    passes its input on, is copied before it is returned), never in an evaluation
+    forward (one between a training forward and its backward must not overwrite the
+    cached activations), never for parameter gradients (the optimizer and user code
+    keep those). A layer asks with ``take`` and records its result with ``keep``: one
+    array (or tuple) per layer and role, replaced when the call's signature (shapes,
+    dtype, array type) changes."""
+
+    def __init__(self) -> None:
+        self._held: dict = {}
+
+    def take(self, layer: Layer, role: str, signature: tuple) -> Any:
+        """The array kept for ``layer``'s ``role`` result of this ``signature``, or
+        None (the kernel allocates; ``keep`` then records its result)."""
+        held = self._held.get((id(layer), role))
+        return held[2] if held is not None and held[1] == signature else None
+
+    def keep(self, layer: Layer, role: str, signature: tuple, result: Any) -> None:
+        # The layer itself is held too, so that its id is not reused while kept.
+        self._held[(id(layer), role)] = (layer, signature, result)
+
+    def viewed_by(self, a: Any) -> bool:
+        """Whether ``a`` may share memory with a kept array."""
+        share = array_module(a).may_share_memory
+        return any(share(a, b) for _, _, r in self._held.values()
+                   for b in (r if isinstance(r, tuple) else (r,)) if b is not None)
+
+    def clear(self) -> None:
+        self._held.clear()
+
+
+@contextlib.contextmanager
+def _lending(step: Any, buffers: Optional["_Buffers"]) -> Iterator[None]:
+    """``buffers`` lent to the layers of ``step`` that take them, for one call (None:
+    nothing lent)."""
+    if buffers is None:
+        yield
+        return
+    takers = [layer for layer in step.layers if hasattr(type(layer), "_lent")]
+    for layer in takers:
+        layer._lent = buffers
+    try:
+        yield
+    finally:
+        for layer in takers:
+            layer._lent = None
 
 
 def _xp_for(device: str) -> Any:
@@ -34,6 +99,12 @@ class Sequential:
     arithmetic is the same; the activations' arithmetic may differ by rounding where a
     backend's kernels compute them); layers, parameters, summaries and checkpoints are
     the same either way.
+
+    In training, the convolution and pooling layers write their intermediate results
+    (and the input gradients backward passes on) into arrays the model keeps from one
+    step to the next, through ``out=`` (``_Buffers``): a fresh large array per step
+    costs its page faults again every step. The model's output, the parameter
+    gradients and evaluation calls stay fresh arrays, and the results are the same.
 
     >>> from cnnfast import nn
     >>> m = nn.Sequential([nn.Flatten(), nn.Dense(3)], input_shape=(1, 2, 2), seed=0)
@@ -61,6 +132,8 @@ class Sequential:
         self.fuse = fuse
         # the plan the last training forward ran, for backward
         self._steps: Optional[list] = None
+        # result arrays reused between training steps (None: allocate every call)
+        self._buffers: Optional[_Buffers] = _Buffers()
         self._assign_names()
         self.set_backend(backend)
         if input_shape is not None:
@@ -148,6 +221,8 @@ class Sequential:
     def to(self, device: str) -> "Sequential":
         """Move the weights to ``'cpu'`` (numpy) or ``'gpu'`` (cupy)."""
         self.xp = _xp_for(device)
+        if self._buffers is not None:
+            self._buffers.clear()
         for layer in self.layers:
             layer.to(self.xp)
         return self
@@ -200,9 +275,17 @@ class Sequential:
         steps = plan(self.layers, self.fuse)
         if training:
             self._steps = steps  # backward follows the plan this forward ran
-        for step in steps:
-            x = step.forward(x, training)
-        return x
+        buffers = self._buffers if training else None
+        if buffers is None:
+            for step in steps:
+                x = step.forward(x, training)
+            return x
+        last = len(steps) - 1
+        for i, step in enumerate(steps):
+            # the next step reads this output; the last step's is the model's
+            with _lending(step, buffers if i < last else None):
+                x = step.forward(x, training)
+        return x.copy() if buffers.viewed_by(x) else x
 
     __call__ = forward
 
@@ -237,7 +320,11 @@ class Sequential:
                 step.clear()
             return
         for i in range(len(steps) - 1, first - 1, -1):
-            grad = steps[i].backward(grad, need_input_grad=i > first)
+            # Every input gradient computed here is consumed by the step before (or,
+            # inside a fused step, by its next layer): the first step returns none.
+            # (Should it ever return one to the caller, that step must not be lent.)
+            with _lending(steps[i], self._buffers):
+                grad = steps[i].backward(grad, need_input_grad=i > first)
         for step in steps[:first]:
             step.clear()
 

@@ -333,4 +333,5 @@ def last_paths() -> dict:
     return conv_launch.last_paths(_runtime)
 
 
+# The kernels allocate their results; an out= is filled by the dispatcher's copy.
 OPS = conv_launch.make_ops(runtime)

@@ -30,6 +30,14 @@ stride s, dilation d and padding (lo, hi):
   weight from ``C_out`` to ``C_in`` channels.
 * Weight gradients are ``weight_grad`` with the roles of input and output swapped
   for the transposed convolution.
+
+The kernels' signatures are every backend's (``OPS``): ``conv(x, w, b, p)``,
+``conv_backward(gy, x, w, p, needs, y)``, ``max_pool(x, p, return_indices)``, ... and,
+when the call has an ``out=``, the destination last (``cnnfast.registry.KERNEL_ARITY``):
+``out`` for one result, ``outs`` for ``conv_backward``'s ``(gx, gw, gb)`` and
+``max_pool``'s ``(y, indices)`` (``None`` entries for those not given). The reference
+computes in arrays of its own (no ``WRITES_OUT``: the dispatcher copies them into
+``out``); the cpp and numba kernels write into it directly.
 """
 
 from __future__ import annotations
