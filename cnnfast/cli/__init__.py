@@ -23,6 +23,7 @@ COMMANDS = {
     "evaluate": "cnnfast.cli.evaluate",
     "bench": "cnnfast.cli.bench",
     "visualize": "cnnfast.cli.visualize",
+    "sample": "cnnfast.cli.sample",
 }
 
 

@@ -117,6 +117,7 @@ def load_data(split, data, limit=None):
 def load_model(path, option=None, backend=None, device="cpu"):
     """``load_checkpoint(path)``; a missing, corrupt or crafted file is a CliError
     (prefixed by ``option``, e.g. '--resume', when given)."""
+    from ..nn import diffusion  # noqa: F401  (registers its ConditionShift layer)
     from ..nn.checkpoint import load_checkpoint
 
     try:
@@ -124,6 +125,17 @@ def load_model(path, option=None, backend=None, device="cpu"):
     except (OSError, ValueError) as exc:  # FileNotFoundError, CheckpointError
         raise CliError(f"{option}: {_one_line(exc)}" if option else _one_line(exc)) \
             from exc
+
+
+def refuse_gan(extra, path):
+    """CliError for a GAN checkpoint (``cnnfast train --model dcgan``), which a
+    command for classifiers and denoisers cannot use."""
+    if isinstance(extra, dict) and extra.get("task") == "gan":
+        raise CliError(f"{path} holds a GAN (--model dcgan): draw from it with cnnfast "
+                       f"sample; measure it with benchmarks/generative_quality.py")
+    if isinstance(extra, dict) and extra.get("task") == "diffusion":
+        raise CliError(f"{path} holds a diffusion model (--model diffusion): draw from "
+                       f"it with cnnfast sample")
 
 
 def check_model_fits_data(model, images, name):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from .common import (check_model_fits_data, load_data, load_model, positive_int,
-                     require_backend, stored_noise)
+                     refuse_gan, require_backend, stored_noise)
 
 HELP = "evaluate a checkpoint on the Fashion-MNIST test set (accuracy, confusion matrix)"
 
@@ -60,6 +60,7 @@ def _run(args) -> int:
     require_backend(args.backend, device)
     model, _, extra = load_model(args.checkpoint, backend=args.backend,
                                  device=device)
+    refuse_gan(extra, args.checkpoint)
     _, (images, labels) = load_data("test", args.data, args.limit)
     check_model_fits_data(model, images, args.checkpoint)
     if checkpoint_task(extra, model) == "denoise":

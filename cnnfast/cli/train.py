@@ -1,5 +1,6 @@
 """``cnnfast train``: train a CNN (or a dense net) on Fashion-MNIST with cnnfast.nn,
-or a denoising autoencoder / U-Net (``--model autoencoder|unet``).
+a denoising autoencoder / U-Net (``--model autoencoder|unet``), a class-conditional
+DCGAN (``--model dcgan``) or diffusion model (``--model diffusion``).
 
 Prints the model summary, a progress bar per epoch on stderr, and the test
 accuracy after each epoch; writes ``OUT/metrics.jsonl`` (one JSON object per epoch)
@@ -14,6 +15,16 @@ Denoisers learn to map ``clip(x + noise * N(0, 1), 0, 1)`` to ``x`` (mean square
 error): they resume at epoch boundaries (Ctrl-C finishes the epoch in progress,
 then saves), the learning-rate schedule steps per epoch, and each epoch reports the
 PSNR of noisy and denoised test images (the test noise is the same every epoch).
+
+The DCGAN (``cnnfast.nn.gan``) trains its generator and discriminator with Adam (beta1
+0.5, lr 2e-4 unless ``--lr``), resumes at epoch boundaries like the denoisers, and
+each epoch reports both losses and the discriminator's mean "real" probability on
+test images and on generated ones; ``cnnfast sample`` draws from its checkpoint.
+The diffusion model (``--model diffusion``, ``cnnfast.nn.diffusion``) trains its U-Net
+noise predictor with DDPM's objective (``--noise-schedule``, ``--timesteps``,
+``--p-uncond``, fixed by the checkpoint), resumes at epoch boundaries too, and reports
+the noise-prediction MSE on training and test images; ``cnnfast sample`` draws from
+it with DDIM or DDPM (``--steps``) and classifier-free guidance (``--guidance``).
 
 This module reads and checks the options; the training is the library's, the same
 for both tasks: ``cnnfast.nn.runs`` (the epoch loop, Ctrl-C, the checkpoint
@@ -30,12 +41,21 @@ from .common import (CliError, check_model_fits_data, fraction, load_data, load_
                      non_negative_float, positive_float, positive_int, prepare_out,
                      random_seed, report_error, require_backend, set_threads)
 
-HELP = ("train a CNN on Fashion-MNIST (no autograd; any backend), or a denoising "
-        "autoencoder / U-Net, with checkpoints")
+HELP = ("train a CNN on Fashion-MNIST (no autograd; any backend), a denoising "
+        "autoencoder / U-Net, or a class-conditional DCGAN or diffusion model, with "
+        "checkpoints")
 # cnnfast.nn.encdec.ENCDEC_MODELS and cnnfast.nn.tasks.DEFAULT_NOISE, without
 # importing the library to build the parser.
 ENCDEC = ("autoencoder", "unet")
 DEFAULT_NOISE = 0.3
+# cnnfast.nn.gan.GAN_MODELS and DEFAULT_LR, likewise.
+GAN = ("dcgan",)
+GAN_LR = 2e-4
+# cnnfast.nn.diffusion.DIFFUSION_MODELS and SCHEDULES, likewise; the defaults of a
+# new --model diffusion run.
+DIFFUSION = ("diffusion",)
+NOISE_SCHEDULES = ("linear", "cosine")
+DIFFUSION_DEFAULTS: dict = {"noise_schedule": "linear", "timesteps": 1000, "p_uncond": 0.1}
 
 # The options a checkpoint fixes, with their defaults for a new run. Their parser
 # default is None, so that --resume tells an option the user gave (it must match
@@ -51,11 +71,27 @@ ONLY_WITH = {"momentum": ("optimizer", "sgd"), "nesterov": ("optimizer", "sgd"),
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", choices=("cnn", "dense") + ENCDEC, default=None,
+    parser.add_argument("--model", choices=("cnn", "dense") + ENCDEC + GAN + DIFFUSION,
+                        default=None,
                         help="cnn: 2x(Conv 64 3x3, ReLU, MaxPool 2), Dense 128, Dense 10; "
                              "dense: Dense 128, Dense 10; autoencoder / unet: denoisers "
                              "(image to image, MSE; resume at epoch boundaries; "
-                             "the schedule steps per epoch) (default: cnn)")
+                             "the schedule steps per epoch); dcgan: a class-conditional "
+                             "GAN (Adam beta1 0.5, lr 2e-4; resumes at epoch boundaries; "
+                             "cnnfast sample draws from it); diffusion: a "
+                             "class-conditional DDPM with a U-Net noise predictor "
+                             "(resumes at epoch boundaries; cnnfast sample draws from "
+                             "it) (default: cnn)")
+    parser.add_argument("--noise-schedule", choices=NOISE_SCHEDULES, default=None,
+                        help="diffusion: the forward process's variances (default "
+                             "linear; fixed by the checkpoint on --resume)")
+    parser.add_argument("--timesteps", type=positive_int, default=None, metavar="T",
+                        help="diffusion: noising steps T (default 1000; fixed by the "
+                             "checkpoint on --resume)")
+    parser.add_argument("--p-uncond", type=fraction, default=None, metavar="P",
+                        help="diffusion: probability of dropping the label in training, "
+                             "for classifier-free guidance (default 0.1; fixed by the "
+                             "checkpoint on --resume)")
     parser.add_argument("--augment", default=None, metavar="SPEC",
                         help="augment training batches, e.g. 'flip,translate=2' or "
                              "'rotate=10,noise=0.05' (transforms: flip, rotate, translate, "
@@ -148,7 +184,8 @@ def _apply_defaults(args):
         if getattr(args, name) is None:
             setattr(args, name, default)
     if args.lr is None:
-        args.lr = 0.05 if args.optimizer == "sgd" else 1e-3
+        args.lr = 0.05 if args.optimizer == "sgd" else (
+            GAN_LR if args.model in GAN else 1e-3)
     if args.weight_decay is None:
         args.weight_decay = 0.01 if args.optimizer == "adamw" else 0.0
 
@@ -203,23 +240,77 @@ def _check_freeze(args, model, resumed_path=None):
                            f"{resumed_path} has frozen (drop --freeze to keep them)")
 
 
-def _build(args):
+def _schedule(args):
     from .. import nn
+
+    if args.schedule == "step":
+        return nn.StepLR(args.lr, args.step_size, args.gamma)
+    if args.schedule == "cosine":
+        return nn.CosineLR(args.lr, args.epochs)
+    return nn.Schedule(args.lr)
+
+
+def _optimizer(args):
+    from .. import nn
+
+    name, lr, wd = args.optimizer, args.lr, args.weight_decay
+    if name == "sgd":
+        return nn.SGD(lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=wd)
+    return nn.make_optimizer({"name": name, "lr": lr, "weight_decay": wd})
+
+
+def _build(args):
     from ..nn.runs import build_model
 
     model = build_model(args.model, seed=args.seed, dtype=args.dtype, backend=args.backend)
-    name, lr, wd = args.optimizer, args.lr, args.weight_decay
-    if name == "sgd":
-        opt = nn.SGD(lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=wd)
-    else:
-        opt = nn.make_optimizer({"name": name, "lr": lr, "weight_decay": wd})
-    if args.schedule == "step":
-        schedule = nn.StepLR(lr, args.step_size, args.gamma)
-    elif args.schedule == "cosine":
-        schedule = nn.CosineLR(lr, args.epochs)
-    else:
-        schedule = nn.Schedule(lr)
-    return model, opt, schedule
+    return model, _optimizer(args), _schedule(args)
+
+
+def _check_gan_options(args, device):
+    """The options a DCGAN run does not take (before anything is read)."""
+    if device == "gpu":
+        raise CliError("--model dcgan trains on the CPU (no --device gpu / --backend "
+                       "cupy yet)")
+    if args.optimizer not in (None, "adam"):
+        raise CliError(f"--optimizer {args.optimizer}: --model dcgan trains both networks "
+                       f"with Adam (beta1 0.5)")
+    if args.weight_decay:
+        raise CliError("--weight-decay: --model dcgan trains without weight decay")
+    for flag, value in (("--weights", args.weights), ("--freeze", args.freeze),
+                        ("--noise", args.noise)):
+        if value is not None:
+            raise CliError(f"{flag} does not apply to --model dcgan")
+
+
+def _check_diffusion_options(args, device):
+    """The options a diffusion run does not take (before anything is read)."""
+    if device == "gpu":
+        raise CliError("--model diffusion trains on the CPU (no --device gpu / --backend "
+                       "cupy yet)")
+    for flag, value in (("--weights", args.weights), ("--freeze", args.freeze),
+                        ("--noise", args.noise)):
+        if value is not None:
+            raise CliError(f"{flag} does not apply to --model diffusion")
+
+
+def _check_diffusion_only(args):
+    """--noise-schedule, --timesteps, --p-uncond: for --model diffusion only (on
+    --resume, once args.model holds the checkpoint's)."""
+    if args.model in DIFFUSION:
+        return
+    for name in DIFFUSION_DEFAULTS:
+        if getattr(args, name, None) is not None:
+            raise CliError(f"{_flag(name)} applies to --model diffusion")
+
+
+def _check_gan_fits_data(gan, images, labels, name):
+    """CliError unless the GAN draws images of the data's shape for its labels."""
+    if tuple(gan.image_shape) != tuple(images.shape[1:]):
+        raise CliError(f"{name}: the GAN draws {tuple(gan.image_shape)} images, the data "
+                       f"has {tuple(images.shape[1:])}")
+    if len(labels) and int(labels.max()) >= gan.classes:
+        raise CliError(f"{name}: the GAN has {gan.classes} classes, the data's labels "
+                       f"reach {int(labels.max())}")
 
 
 def run(args) -> int:
@@ -306,10 +397,17 @@ def _resume(args, device, ckpt_path, trainer_cls):
     options it fixes checked against the command line and filled into ``args``."""
     from ..nn.runs import TrainingRun, upgrade_extra
 
+    from ..nn.diffusion import is_diffusion_checkpoint  # also registers its layers
+    from ..nn.gan import is_gan_checkpoint
+
     if not os.path.exists(ckpt_path):
         raise CliError(f"--resume: no checkpoint at {ckpt_path}")
     model, opt, extra = load_model(ckpt_path, "--resume", backend=args.backend,
                                    device=device)
+    if is_gan_checkpoint(extra):
+        return _resume_gan(args, device, ckpt_path)
+    if is_diffusion_checkpoint(extra):
+        return _resume_diffusion(args, device, ckpt_path)
     try:
         if opt is None:
             raise KeyError("optimizer")
@@ -338,12 +436,66 @@ def _resume(args, device, ckpt_path, trainer_cls):
     return run
 
 
+def _resume_generative(args, device, ckpt_path, run_cls, check_options):
+    """The ``GanRun`` / ``DiffusionRun`` that OUT/checkpoint.npz continues (see
+    ``_resume``), after ``check_options`` (the model's option rules)."""
+    check_options(args, device)
+    try:
+        run = run_cls.load(ckpt_path, backend=args.backend)
+    except (OSError, ValueError) as exc:  # CheckpointError: no usable training state
+        raise CliError(f"--resume: {' '.join(str(exc).split())}") from exc
+    state = run.trainer.state()
+    saved = _saved_options(run.model, run.trainer.optimizer,
+                           {"trainer": state, "model": run.model_name, "seed": run.seed})
+    _check_resume_options(args, saved, ckpt_path)
+    _check_augment_matches(args, state.get("augment"), ckpt_path)
+    return run
+
+
+def _resume_diffusion(args, device, ckpt_path):
+    """The ``DiffusionRun`` that OUT/checkpoint.npz continues; its noise schedule,
+    timesteps and label-drop rate are fixed by the checkpoint."""
+    from ..nn.diffusion import DiffusionRun
+
+    run = _resume_generative(args, device, ckpt_path, DiffusionRun, _check_diffusion_options)
+    d = run.diffusion
+    for name, value in (("noise_schedule", d.schedule.kind),
+                        ("timesteps", d.schedule.steps), ("p_uncond", d.p_uncond)):
+        given = getattr(args, name, None)
+        if given is not None and given != value:
+            raise _conflict(_flag(name), given, value, ckpt_path)
+    return run
+
+
+def _resume_gan(args, device, ckpt_path):
+    from ..nn.gan import GanRun
+
+    return _resume_generative(args, device, ckpt_path, GanRun, _check_gan_options)
+
+
 def _fresh_run(args, device, trainer_cls):
     """A new ``TrainingRun`` for ``args`` (no --resume)."""
     from ..nn.runs import TrainingRun, task_of_model
     from ..nn.tasks import make_task
 
     augment = _augment_pipeline(args.augment, args.seed)
+    if args.model in GAN:
+        from ..nn.gan import new_run
+
+        return new_run(args.model, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
+                       schedule=_schedule(args), dtype=args.dtype, backend=args.backend,
+                       augment=augment)
+    if args.model in DIFFUSION:
+        from ..nn.diffusion import new_run as new_diffusion_run
+
+        options = {name: default if getattr(args, name, None) is None
+                   else getattr(args, name) for name, default in DIFFUSION_DEFAULTS.items()}
+        return new_diffusion_run(args.model, seed=args.seed, optimizer=_optimizer(args),
+                                 batch_size=args.batch_size, schedule=_schedule(args),
+                                 dtype=args.dtype, backend=args.backend, augment=augment,
+                                 steps=options["timesteps"],
+                                 noise_schedule=options["noise_schedule"],
+                                 p_uncond=options["p_uncond"])
     model, opt, schedule = _fresh_model(args, device)
     if task_of_model(args.model) == "denoise":
         task = make_task("denoise", noise_std=DEFAULT_NOISE if args.noise is None
@@ -382,6 +534,12 @@ def _run(args, comm=None) -> int:
     if args.threads is not None and comm is None:
         set_threads(args.threads)
     device = args.device or ("gpu" if args.backend == "cupy" else "cpu")
+    if args.model in GAN and not args.resume:
+        _check_gan_options(args, device)
+    if args.model in DIFFUSION and not args.resume:
+        _check_diffusion_options(args, device)
+    if not args.resume:
+        _check_diffusion_only(args)
     require_backend(args.backend, device)
     # Option errors first, before the checkpoint and the data are read.
     try:
@@ -393,6 +551,7 @@ def _run(args, comm=None) -> int:
     ckpt_path = os.path.join(args.out, CHECKPOINT)
     if args.resume:
         run = _resume(args, device, ckpt_path, trainer_cls)
+        _check_diffusion_only(args)
     else:
         _apply_defaults(args)
         run = _fresh_run(args, device, trainer_cls)
@@ -403,8 +562,16 @@ def _run(args, comm=None) -> int:
     _start_out(args.out, root)
     data_dir, (train_x, train_y) = load_data("train", args.data, args.limit)
     _, (test_x, test_y) = load_data("test", data_dir, args.test_limit)
-    check_model_fits_data(model, train_x, ckpt_path if args.resume else
-                          f"--model {args.model}")
+    gan = getattr(run, "gan", None)
+    name = ckpt_path if args.resume else f"--model {args.model}"
+    if gan is not None:
+        _check_gan_fits_data(gan, train_x, train_y, name)
+    else:
+        check_model_fits_data(model, train_x, name)
+    diffusion = getattr(run, "diffusion", None)
+    if diffusion is not None and len(train_y) and int(train_y.max()) >= diffusion.classes:
+        raise CliError(f"{name}: the diffusion model has {diffusion.classes} classes, the "
+                       f"data's labels reach {int(train_y.max())}")
     if args.resume:
         trained_on = run.data or {}
         if trained_on and trained_on.get("train_size") != len(train_x):
@@ -417,7 +584,8 @@ def _run(args, comm=None) -> int:
         print(f"resuming from {ckpt_path}: {where}")
     run.data = {"train_size": len(train_x), "limit": args.limit}
 
-    model.summary()
+    for network in (model,) if gan is None else (gan.generator, gan.discriminator):
+        network.summary()
     backend = args.backend or f"auto ({_auto_backend_name(device)})"
     described = run.task.describe()
     print(f"data: {data_dir} ({len(train_x)} train, {len(test_x)} test images); "

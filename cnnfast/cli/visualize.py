@@ -19,7 +19,7 @@ import sys
 
 from .common import (CliError, check_model_fits_data, load_data, load_model,
                      non_negative_float, non_negative_int, positive_int, prepare_out,
-                     require_backend, stored_noise)
+                     refuse_gan, require_backend, stored_noise)
 
 HELP = "draw filters, feature maps, Grad-CAM, curves and the confusion matrix of a checkpoint"
 
@@ -97,6 +97,7 @@ def run(args) -> int:
     prepare_out(args.out)
     model, _, extra = load_model(args.checkpoint, backend=args.backend,
                                  device=device)
+    refuse_gan(extra, args.checkpoint)
     _, (images, labels) = load_data("test", args.data, args.limit)
     check_model_fits_data(model, images, args.checkpoint)
     history = _history(args, extra)

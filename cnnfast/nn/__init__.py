@@ -26,7 +26,7 @@ from .layers import (
     AvgPool, AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm, Conv, Conv1d, Conv2d, Conv3d,
     ConvTranspose, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Dense, Dropout,
     Flatten, GlobalAvgPool, LeakyReLU, Linear, MaxPool, MaxPool1d, MaxPool2d, MaxPool3d,
-    ReLU, Sigmoid, Tanh, tf_same_pads,
+    ReLU, Reshape, Sigmoid, Tanh, tf_same_pads,
 )
 from .losses import log_softmax, mse, softmax_cross_entropy
 from .model import Sequential
@@ -42,7 +42,8 @@ __all__ = [
     "AvgPool", "AvgPool1d", "AvgPool2d", "AvgPool3d", "BatchNorm", "Conv", "Conv1d",
     "Conv2d", "Conv3d", "ConvTranspose", "ConvTranspose1d", "ConvTranspose2d",
     "ConvTranspose3d", "Dense", "Dropout", "Flatten", "GlobalAvgPool", "LeakyReLU",
-    "Linear", "MaxPool", "MaxPool1d", "MaxPool2d", "MaxPool3d", "ReLU", "Sigmoid", "Tanh",
+    "Linear", "MaxPool", "MaxPool1d", "MaxPool2d", "MaxPool3d", "ReLU", "Reshape", "Sigmoid",
+    "Tanh",
     "tf_same_pads", "log_softmax", "mse", "softmax_cross_entropy", "Sequential",
     "SGD", "Adam", "AdamW", "CosineLR", "Schedule", "StepLR", "make_optimizer",
     "make_schedule", "Upsample", "SkipConcat", "Residual", "autoencoder", "unet",

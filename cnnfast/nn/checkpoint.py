@@ -29,7 +29,8 @@ TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".npz"
 
 
 def save_checkpoint(path: PathLike, model: Sequential, optimizer: Optional[Optimizer] = None,
-                    extra: Optional[Dict[str, Any]] = None) -> str:
+                    extra: Optional[Dict[str, Any]] = None, *,
+                    arrays: Optional[Dict[str, Any]] = None) -> str:
     """Write ``model`` (+ ``optimizer`` and ``extra``, JSON-able) to ``path``: to a
     temporary file in the same directory first, then ``os.replace`` -- a crash
     never leaves a half-written checkpoint under ``path``.
@@ -44,6 +45,11 @@ def save_checkpoint(path: PathLike, model: Sequential, optimizer: Optional[Optim
         Its configuration and state (moments, step count) are saved too.
     extra : dict, optional
         JSON-able training metadata (epoch, metrics), returned by ``load_checkpoint``.
+    arrays : dict, optional
+        Further numpy arrays stored under their own names, which may not start with
+        ``param/``, ``buffer/``, ``optim/`` or be ``__meta__`` (a GAN's second network,
+        ``cnnfast.nn.gan``); ``load_checkpoint`` ignores them, ``read_arrays`` returns
+        them.
 
     Returns
     -------
@@ -54,6 +60,8 @@ def save_checkpoint(path: PathLike, model: Sequential, optimizer: Optional[Optim
     ------
     TypeError
         If ``extra`` is not JSON-able.
+    ValueError
+        If a name in ``arrays`` is one the model or optimizer arrays use.
     OSError
         If the file cannot be written (no temporary file is left behind).
 
@@ -70,21 +78,26 @@ def save_checkpoint(path: PathLike, model: Sequential, optimizer: Optional[Optim
     (15, 'Adam', {'epoch': 4})
     """
     path = os.fspath(path)
+    reserved = [k for k in arrays or {} if k == "__meta__" or k.startswith(
+        ("param/", "buffer/", "optim/"))]
+    if reserved:
+        raise ValueError(f"arrays: the names {reserved} are the model's or optimizer's")
     meta = {"format": FORMAT, "model": model.config(),
             "optimizer": optimizer.config() if optimizer is not None else None,
             "extra": extra or {}}
-    arrays: Dict[str, Any] = {"__meta__": np.array(json.dumps(meta))}
-    arrays.update(model.state_dict())
+    stored: Dict[str, Any] = {"__meta__": np.array(json.dumps(meta))}
+    stored.update(model.state_dict())
     if optimizer is not None:
         for k, v in optimizer.state_dict().items():
-            arrays[f"optim/{k}"] = np.asarray(v)
+            stored[f"optim/{k}"] = np.asarray(v)
+    stored.update({k: np.asarray(v) for k, v in (arrays or {}).items()})
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=directory)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; use the usual mode
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **stored)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -144,5 +144,51 @@ def mse(outputs: Any, targets: Any) -> Tuple[float, Any]:
     return loss, diff * outputs.dtype.type(2.0 / diff.size)
 
 
+def binary_cross_entropy_with_logits(logits: Any, targets: Any) -> Tuple[float, Any]:
+    """Sigmoid followed by binary cross-entropy, fused and numerically stable:
+    per element ``softplus(l) - t * l`` with ``softplus(l) = max(l, 0) +
+    log1p(exp(-|l|))`` (logits of +-1e4 neither overflow nor lose the loss), averaged
+    over every element; ``grad = (sigmoid(l) - t) / size``.
+
+    Parameters
+    ----------
+    logits : array
+        Any shape, numpy or cupy.
+    targets : array
+        The shape of ``logits``: probabilities in [0, 1] (cast to its dtype).
+
+    Returns
+    -------
+    tuple
+        ``(loss, grad)``: the mean loss (a Python float) and its gradient with respect
+        to ``logits``.
+
+    Raises
+    ------
+    ValueError
+        ``targets`` of another shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast.nn.losses import binary_cross_entropy_with_logits
+    >>> loss, grad = binary_cross_entropy_with_logits(np.zeros(2), np.array([1.0, 0.0]))
+    >>> round(loss, 6), grad
+    (0.693147, array([-0.25,  0.25]))
+    """
+    if tuple(logits.shape) != tuple(targets.shape):
+        raise ValueError(f"targets of shape {tuple(targets.shape)} do not match logits "
+                         f"{tuple(logits.shape)}")
+    xp = array_module(logits)
+    t = targets.astype(logits.dtype, copy=False)
+    e = xp.exp(-xp.abs(logits))  # in (0, 1]: never overflows
+    loss = float((xp.maximum(logits, 0) + xp.log1p(e) - t * logits).mean())
+    # sigmoid(l) from the same e: 1 / (1 + e) for l >= 0, e / (1 + e) below
+    sig = xp.where(logits >= 0, 1, e) / (1 + e)
+    return loss, ((sig - t) / logits.dtype.type(max(logits.size, 1))).astype(
+        logits.dtype, copy=False)
+
+
 LOSSES = {"softmax_cross_entropy": softmax_cross_entropy, "cross_entropy": softmax_cross_entropy,
-          "mse": mse}
+          "mse": mse,
+          "binary_cross_entropy_with_logits": binary_cross_entropy_with_logits}

@@ -4,7 +4,7 @@
   forms;
 * ``pool``: ``MaxPool*``, ``AvgPool*``, ``GlobalAvgPool``;
 * ``activation``: ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``;
-* ``dense``: ``Flatten``, ``Linear`` (``Dense``);
+* ``dense``: ``Flatten``, ``Reshape``, ``Linear`` (``Dense``);
 * ``dropout``: ``Dropout``; ``norm``: ``BatchNorm``;
 * ``_common``: the helpers they share (``tf_same_pads`` and the padding rule, argument
   and input checks).
@@ -25,7 +25,7 @@ from .conv import (
     Conv, Conv1d, Conv2d, Conv3d, ConvTranspose, ConvTranspose1d, ConvTranspose2d,
     ConvTranspose3d, _Conv, _ConvTranspose,
 )
-from .dense import Dense, Flatten, Linear
+from .dense import Dense, Flatten, Linear, Reshape
 from .dropout import Dropout
 from .norm import BatchNorm
 from .pool import (
@@ -39,5 +39,5 @@ __all__ = [
     "MaxPool", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool", "AvgPool1d", "AvgPool2d",
     "AvgPool3d", "GlobalAvgPool",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
-    "Flatten", "Linear", "Dense", "Dropout", "BatchNorm", "tf_same_pads",
+    "Flatten", "Reshape", "Linear", "Dense", "Dropout", "BatchNorm", "tf_same_pads",
 ]

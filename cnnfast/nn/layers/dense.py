@@ -1,4 +1,4 @@
-"""``Flatten`` and the fully connected ``Linear`` (``Dense``, the Keras name), written
+"""``Flatten``, ``Reshape`` and the fully connected ``Linear`` (``Dense``, the Keras name), written
 with the array module of the input (numpy or cupy)."""
 
 from __future__ import annotations
@@ -170,6 +170,72 @@ class Linear(Layer):
         return {"out_features": self.out_features, "use_bias": self.use_bias,
                 "kernel_initializer": init_name(self.kernel_initializer),
                 "bias_initializer": init_name(self.bias_initializer)}
+
+
+@register_layer
+class Reshape(Layer):
+    """(N, *in_shape) -> (N, *shape), the element count per sample kept (C-order): a
+    dense layer's output as feature maps (a generator's first step).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The per-sample output shape, all positive.
+    name : str, optional
+        The layer's name.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` is empty or not positive ints, or (``output_shape``) its element
+        count differs from the input's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> nn.Reshape((2, 3, 4)).output_shape((24,))
+    (2, 3, 4)
+    >>> nn.Reshape((2, 3, 4)).forward(np.zeros((5, 24))).shape
+    (5, 2, 3, 4)
+    """
+
+    def __init__(self, shape: Any, name: Optional[str] = None) -> None:
+        super().__init__(name)
+        try:
+            dims = tuple(int(v) for v in shape if not isinstance(v, bool)
+                         and float(v) == int(v))
+        except (TypeError, ValueError):
+            dims = ()
+        if not dims or len(dims) != len(tuple(shape)) or min(dims) < 1:
+            raise ValueError(f"shape={shape!r} must be a non-empty sequence of positive "
+                             f"ints")
+        self.shape = dims
+
+    def output_shape(self, input_shape: ShapeLike) -> Shape:
+        if int(np.prod(input_shape)) != int(np.prod(self.shape)):
+            raise ValueError(f"{self.name or 'Reshape'}: cannot reshape per-sample "
+                             f"{tuple(input_shape)} ({int(np.prod(input_shape))} values) "
+                             f"to {self.shape} ({int(np.prod(self.shape))})")
+        return self.shape
+
+    def build(self, input_shape: ShapeLike, rng: np.random.Generator, dtype: Any) -> None:
+        self.output_shape(input_shape)
+        super().build(input_shape, rng, dtype)
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        if training:
+            self._cache = tuple(x.shape)
+        return x.reshape((x.shape[0],) + self.shape)
+
+    def backward(self, grad: Array, need_input_grad: bool = True) -> Optional[Array]:
+        shape = self._need_cache()
+        if not need_input_grad:
+            return None
+        return grad.reshape(shape)
+
+    def config(self) -> Dict[str, Any]:
+        return {"shape": list(self.shape)}
 
 
 Dense = Linear  # the Keras name
