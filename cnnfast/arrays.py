@@ -14,8 +14,12 @@ device that holds it; for torch tensors on torch's current stream, see
 from __future__ import annotations
 
 import contextlib
+from typing import Any, Optional, Tuple
 
 import numpy as np
+
+#: An array of numpy or cupy (cupy is optional, so arrays are typed ``Any``).
+Array = Any
 
 # DLPack device types (dlpack.h, DLDeviceType).
 DLPACK_CPU = 1
@@ -24,6 +28,8 @@ DLPACK_CUDA_HOST = 3
 DLPACK_CUDA_MANAGED = 13
 _CPU_DEVICES = (DLPACK_CPU, DLPACK_CUDA_HOST)  # memory numpy reads in place
 _CUDA_DEVICES = (DLPACK_CUDA, DLPACK_CUDA_MANAGED)  # memory cupy reads in place
+#: ``(DLPack device type, device id)``.
+Device = Tuple[int, int]
 _DEVICE_NAMES = {1: "CPU", 2: "CUDA", 3: "CUDAHost", 4: "OpenCL", 7: "Vulkan", 8: "Metal",
                  9: "VPI", 10: "ROCM", 11: "ROCMHost", 12: "ExtDev", 13: "CUDAManaged",
                  14: "OneAPI", 15: "WebGPU", 16: "Hexagon", 17: "MAIA"}
@@ -35,35 +41,35 @@ FLOAT_DTYPES = ("float16", "float32", "float64")
 _DTYPE_NAME = {np.dtype(n): n for n in FLOAT_DTYPES + ("int64",)}
 
 
-def dtype_name(dtype) -> str:
+def dtype_name(dtype: Any) -> str:
     """The dtype's name ("float32", ...), fast for the dtypes the kernels take."""
     name = _DTYPE_NAME.get(dtype)
     return name if name is not None else str(dtype)
 
 
-def is_cupy_array(a) -> bool:
+def is_cupy_array(a: Any) -> bool:
     """True when ``a`` is a cupy array (without importing cupy)."""
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def is_torch_tensor(a) -> bool:
+def is_torch_tensor(a: Any) -> bool:
     """True when ``a`` is a torch tensor (``torch.nn.Parameter`` too), without
     importing torch."""
     module = type(a).__module__
     return (module == "torch" or module.startswith("torch.")) and hasattr(a, "data_ptr")
 
 
-def is_native(a) -> bool:
+def is_native(a: Any) -> bool:
     """True for the arrays the backends take as they are: numpy and cupy arrays."""
     return isinstance(a, np.ndarray) or is_cupy_array(a)
 
 
-def is_dlpack_array(a) -> bool:
+def is_dlpack_array(a: Any) -> bool:
     """True for an array that is not numpy or cupy but exports ``__dlpack__``."""
     return not is_native(a) and hasattr(a, "__dlpack__")
 
 
-def array_kind(a, name: str) -> str:
+def array_kind(a: Any, name: str) -> str:
     """``"numpy"`` or ``"cupy"``; a TypeError naming argument ``name`` for anything else."""
     if isinstance(a, np.ndarray):
         return "numpy"
@@ -74,7 +80,7 @@ def array_kind(a, name: str) -> str:
                     f"{type(a).__name__} (convert it with numpy.asarray first)")
 
 
-def array_module(x):
+def array_module(x: Any) -> Any:
     """``numpy`` or ``cupy``: the module that owns array ``x``."""
     if is_cupy_array(x):
         import cupy
@@ -86,7 +92,7 @@ def array_module(x):
 # ----------------------------------------------------------------------------- DLPack
 
 
-def dlpack_device(a, name: str):
+def dlpack_device(a: Any, name: str) -> Device:
     """``(device type, device id)`` of DLPack array ``a`` (``__dlpack_device__``;
     read from a torch tensor's own flags, which cost a twentieth of that)."""
     if is_torch_tensor(a):
@@ -103,16 +109,16 @@ def dlpack_device(a, name: str):
                         f"both to read it in place") from exc
 
 
-def device_name(device) -> str:
+def device_name(device: Device) -> str:
     device_type, device_id = device
     return f"{_DEVICE_NAMES.get(device_type, f'type {device_type}')}:{device_id}"
 
 
-def is_cuda_device(device) -> bool:
+def is_cuda_device(device: Device) -> bool:
     return device[0] in _CUDA_DEVICES
 
 
-def import_dlpack(a, name: str, device=None):
+def import_dlpack(a: Any, name: str, device: Optional[Device] = None) -> Any:
     """DLPack array ``a`` as a numpy array (CPU memory) or a cupy array (CUDA memory),
     sharing its memory (strides kept: a non-contiguous array stays a view). The
     caller runs CUDA imports inside ``cuda_scope``. TypeError/ValueError naming
@@ -145,11 +151,11 @@ def import_dlpack(a, name: str, device=None):
                         f"in float32 and float64 (float16 on the CUDA backends)") from exc
 
 
-def _torch_numpy(t):
+def _torch_numpy(t: Any) -> np.ndarray:
     return t.numpy()
 
 
-def _cupy_module(name, device):
+def _cupy_module(name: str, device: Device) -> Any:
     """``cupy``, or ``BackendUnavailable`` naming ``name`` when it is missing: CUDA
     memory runs on the cupy backend, and there is no silent transfer to the CPU."""
     try:
@@ -164,7 +170,7 @@ def _cupy_module(name, device):
     return cupy
 
 
-def cuda_scope(a, name, device):
+def cuda_scope(a: Any, name: str, device: Device) -> contextlib.ExitStack:
     """The context a call on CUDA DLPack array ``a`` runs in: its device current and,
     for a torch tensor, torch's current stream on that device as cupy's current stream
     (the contract: "on the producer's current stream"); other producers order their
@@ -181,7 +187,7 @@ def cuda_scope(a, name, device):
     return stack
 
 
-def export(result, like):
+def export(result: Any, like: Any) -> Any:
     """``result`` (a numpy or cupy array, or None) as the array type of ``like``, the
     caller's array: a torch tensor through ``torch.from_dlpack``, an array-API object
     through its namespace's ``from_dlpack`` (both without a copy), else as it is."""

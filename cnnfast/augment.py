@@ -26,14 +26,17 @@ range, ``brightness=0.1`` / ``contrast=0.2`` / ``noise=0.05`` the strength).
 from __future__ import annotations
 
 import math
-from typing import Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from .arrays import array_module
+from .arrays import Array, array_module
+
+#: ``(low, high)`` bounds of an intensity transform's result, or None for none.
+Clip = Optional[Tuple[float, float]]
 
 
-def _check_batch(x):
+def _check_batch(x: Any) -> None:
     if not hasattr(x, "ndim") or x.ndim != 4:
         raise ValueError(f"augmentation expects a batch (N, C, H, W), got shape "
                          f"{getattr(x, 'shape', type(x).__name__)}")
@@ -42,7 +45,7 @@ def _check_batch(x):
                         f"(scale uint8 images to [0, 1] first)")
 
 
-def _positive(value, name, allow_zero=True):
+def _positive(value: float, name: str, allow_zero: bool = True) -> float:
     value = float(value)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         kind = "non-negative" if allow_zero else "positive"
@@ -50,7 +53,7 @@ def _positive(value, name, allow_zero=True):
     return value
 
 
-def _clip(y, clip):
+def _clip(y: Array, clip: Clip) -> Array:
     if clip is None:
         return y
     lo, hi = clip
@@ -58,12 +61,12 @@ def _clip(y, clip):
     return xp.clip(y, y.dtype.type(lo), y.dtype.type(hi))
 
 
-def _per_sample(values, xp, dtype):
+def _per_sample(values: Any, xp: Any, dtype: Any) -> Array:
     """(N,) CPU values -> (N, 1, 1, 1) array on the input's device."""
     return xp.asarray(np.asarray(values, dtype=dtype).reshape(-1, 1, 1, 1))
 
 
-def bilinear_sample(x, sy, sx):
+def bilinear_sample(x: Array, sy: Array, sx: Array) -> Array:
     """Sample ``x`` (N, C, H, W) at fractional source coordinates ``sy``, ``sx``
     (N, H_out, W_out), bilinearly, with zeros outside the image. A coordinate with
     zero fractional part reads exactly one pixel (weights 1 and 0)."""
@@ -81,7 +84,7 @@ def bilinear_sample(x, sy, sx):
     ni = xp.arange(n)[:, None, None, None]
     ci = xp.arange(c)[None, :, None, None]
 
-    def corner(yy, xx):
+    def corner(yy: Array, xx: Array) -> Array:
         inside = (yy >= -1) & (yy <= h) & (xx >= -1) & (xx <= w)
         yy = xp.clip(yy, -1, h) + 1
         xx = xp.clip(xx, -1, w) + 1
@@ -93,7 +96,7 @@ def bilinear_sample(x, sy, sx):
     return (top * (1 - fy) + bottom * fy).astype(x.dtype, copy=False)
 
 
-def affine_warp(x, matrices):
+def affine_warp(x: Array, matrices: Any) -> Array:
     """Warp each image of ``x`` (N, C, H, W) by the inverse map ``matrices``
     (N, 2, 3), in pixel coordinates centred on the image centre: the output pixel
     at (row, col) reads the input at ``A @ (row - cy, col - cx) + t + (cy, cx)``."""
@@ -109,7 +112,7 @@ def affine_warp(x, matrices):
     return bilinear_sample(x, xp.asarray(sy), xp.asarray(sx))
 
 
-def shift_images(x, dy, dx):
+def shift_images(x: Array, dy: Any, dx: Any) -> Array:
     """Move image ``i`` by ``dy[i]`` rows and ``dx[i]`` columns (integers), zero
     fill: exact (a pure copy of pixels)."""
     xp = array_module(x)
@@ -135,16 +138,17 @@ class Transform:
 
     name = ""
 
-    def __call__(self, x, rng: np.random.Generator):
+    def __call__(self, x: Array, rng: np.random.Generator) -> Array:
         raise NotImplementedError
 
     def spec(self) -> str:
+        """``name=value``: the ``--augment`` entry that rebuilds this transform."""
         return f"{self.name}={self._value():g}"
 
-    def _value(self):  # the main parameter, for spec()
+    def _value(self) -> float:  # the main parameter, for spec()
         raise NotImplementedError
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self._value()!r})"
 
 
@@ -153,15 +157,15 @@ class Flip(Transform):
 
     name = "flip"
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5) -> None:
         self.p = _positive(p, "p")
         if self.p > 1:
             raise ValueError(f"p={p!r} must lie in [0, 1]")
 
-    def _value(self):
+    def _value(self) -> float:
         return self.p
 
-    def __call__(self, x, rng):
+    def __call__(self, x: Array, rng: np.random.Generator) -> Array:
         xp = array_module(x)
         mask = _per_sample(rng.random(x.shape[0]) < self.p, xp, bool)
         return xp.where(mask, x[..., ::-1], x)
@@ -173,18 +177,18 @@ class Rotate(Transform):
 
     name = "rotate"
 
-    def __init__(self, max_degrees: float = 10.0):
+    def __init__(self, max_degrees: float = 10.0) -> None:
         self.max_degrees = _positive(max_degrees, "max_degrees")
 
-    def _value(self):
+    def _value(self) -> float:
         return self.max_degrees
 
-    def __call__(self, x, rng):
+    def __call__(self, x: Array, rng: np.random.Generator) -> Array:
         angles = np.deg2rad(rng.uniform(-self.max_degrees, self.max_degrees, x.shape[0]))
         return rotate(x, angles)
 
 
-def rotate(x, angles):
+def rotate(x: Array, angles: Any) -> Array:
     """Rotate image ``i`` by ``angles[i]`` radians (counter-clockwise as displayed,
     rows downwards), bilinear, zero fill. An angle of 0 returns the image exactly."""
     c, s = np.cos(angles), np.sin(angles)
@@ -201,15 +205,15 @@ class Translate(Transform):
 
     name = "translate"
 
-    def __init__(self, max_shift: int = 2):
+    def __init__(self, max_shift: int = 2) -> None:
         if int(max_shift) != max_shift or max_shift < 0:
             raise ValueError(f"max_shift={max_shift!r} must be a non-negative int")
         self.max_shift = int(max_shift)
 
-    def _value(self):
+    def _value(self) -> float:
         return self.max_shift
 
-    def __call__(self, x, rng):
+    def __call__(self, x: Array, rng: np.random.Generator) -> Array:
         k = self.max_shift
         dy = rng.integers(-k, k + 1, x.shape[0])
         dx = rng.integers(-k, k + 1, x.shape[0])
@@ -222,15 +226,15 @@ class RandomCrop(Transform):
 
     name = "crop"
 
-    def __init__(self, padding: int = 2):
+    def __init__(self, padding: int = 2) -> None:
         if int(padding) != padding or padding < 0:
             raise ValueError(f"padding={padding!r} must be a non-negative int")
         self.padding = int(padding)
 
-    def _value(self):
+    def _value(self) -> float:
         return self.padding
 
-    def __call__(self, x, rng):
+    def __call__(self, x: Array, rng: np.random.Generator) -> Array:
         p = self.padding
         # The window's top-left corner in the padded image is uniform in [0, 2p];
         # that is a shift of p - corner.
@@ -245,15 +249,15 @@ class Zoom(Transform):
 
     name = "zoom"
 
-    def __init__(self, amount: float = 0.1):
+    def __init__(self, amount: float = 0.1) -> None:
         self.amount = _positive(amount, "amount")
         if self.amount >= 1:
             raise ValueError(f"amount={amount!r} must be < 1")
 
-    def _value(self):
+    def _value(self) -> float:
         return self.amount
 
-    def __call__(self, x, rng):
+    def __call__(self, x: Array, rng: np.random.Generator) -> Array:
         scale = rng.uniform(1 - self.amount, 1 + self.amount, x.shape[0])
         m = np.zeros((x.shape[0], 2, 3))
         m[:, 0, 0] = m[:, 1, 1] = 1.0 / scale
@@ -265,14 +269,14 @@ class Brightness(Transform):
 
     name = "brightness"
 
-    def __init__(self, delta: float = 0.1, clip=(0.0, 1.0)):
+    def __init__(self, delta: float = 0.1, clip: Clip = (0.0, 1.0)) -> None:
         self.delta = _positive(delta, "delta")
         self.clip = clip
 
-    def _value(self):
+    def _value(self) -> float:
         return self.delta
 
-    def __call__(self, x, rng):
+    def __call__(self, x: Array, rng: np.random.Generator) -> Array:
         xp = array_module(x)
         off = _per_sample(rng.uniform(-self.delta, self.delta, x.shape[0]), xp, x.dtype)
         return _clip(x + off, self.clip)
@@ -284,16 +288,16 @@ class Contrast(Transform):
 
     name = "contrast"
 
-    def __init__(self, amount: float = 0.2, clip=(0.0, 1.0)):
+    def __init__(self, amount: float = 0.2, clip: Clip = (0.0, 1.0)) -> None:
         self.amount = _positive(amount, "amount")
         if self.amount >= 1:
             raise ValueError(f"amount={amount!r} must be < 1")
         self.clip = clip
 
-    def _value(self):
+    def _value(self) -> float:
         return self.amount
 
-    def __call__(self, x, rng):
+    def __call__(self, x: Array, rng: np.random.Generator) -> Array:
         xp = array_module(x)
         f = _per_sample(rng.uniform(1 - self.amount, 1 + self.amount, x.shape[0]), xp,
                         x.dtype)
@@ -306,22 +310,24 @@ class GaussianNoise(Transform):
 
     name = "noise"
 
-    def __init__(self, std: float = 0.05, clip=(0.0, 1.0)):
+    def __init__(self, std: float = 0.05, clip: Clip = (0.0, 1.0)) -> None:
         self.std = _positive(std, "std")
         self.clip = clip
 
-    def _value(self):
+    def _value(self) -> float:
         return self.std
 
-    def __call__(self, x, rng):
+    def __call__(self, x: Array, rng: np.random.Generator) -> Array:
         xp = array_module(x)
         # Drawn on the CPU so that a seed gives the same noise on every device.
         noise = rng.standard_normal(x.shape, dtype=np.float64) * self.std
         return _clip(x + xp.asarray(noise.astype(x.dtype)), self.clip)
 
 
-TRANSFORMS = {cls.name: cls for cls in (Flip, Rotate, Translate, RandomCrop, Zoom,
-                                        Brightness, Contrast, GaussianNoise)}
+# name -> class; the class takes the main parameter as its one positional argument.
+TRANSFORMS: Dict[str, Callable[..., Transform]] = {
+    cls.name: cls for cls in (Flip, Rotate, Translate, RandomCrop, Zoom, Brightness,
+                              Contrast, GaussianNoise)}
 
 
 class Pipeline:
@@ -329,7 +335,8 @@ class Pipeline:
     returns a new augmented batch; the same seed gives the same sequence of
     batches. ``reseed(seed)`` restarts the sequence."""
 
-    def __init__(self, transforms: Iterable[Transform] = (), seed: Optional[int] = None):
+    def __init__(self, transforms: Iterable[Transform] = (),
+                 seed: Optional[int] = None) -> None:
         self.transforms: List[Transform] = list(transforms)
         for t in self.transforms:
             if not isinstance(t, Transform):
@@ -337,28 +344,30 @@ class Pipeline:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
-    def reseed(self, seed: Optional[int]):
+    def reseed(self, seed: Optional[int]) -> "Pipeline":
+        """Restart the sequence from ``seed``; returns the pipeline."""
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         return self
 
-    def get_state(self) -> dict:
+    def get_state(self) -> Dict[str, Any]:
         """The generator's state (JSON-able after numpy ints become ints): save it
         in a checkpoint to resume the exact sequence of augmented batches."""
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
-    def set_state(self, state: dict):
+    def set_state(self, state: Dict[str, Any]) -> "Pipeline":
+        """Continue the sequence from a :meth:`get_state`; returns the pipeline."""
         self.rng.bit_generator.state = state
         return self
 
-    def __call__(self, x):
+    def __call__(self, x: Array) -> Array:
         _check_batch(x)
         y = x.copy()  # an empty pipeline still hands back a fresh array
         for t in self.transforms:
             y = t(y, self.rng)
         return y
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.transforms)
 
     @property
@@ -366,7 +375,7 @@ class Pipeline:
         """The ``--augment`` string that rebuilds this pipeline."""
         return ",".join(t.spec() for t in self.transforms)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Pipeline({self.transforms!r}, seed={self.seed!r})"
 
 
@@ -374,7 +383,7 @@ def pipeline_from_spec(spec: Optional[str], seed: Optional[int] = None) -> Pipel
     """A pipeline from ``"flip,translate,noise=0.1"``: comma-separated transform
     names (:data:`TRANSFORMS`), each optionally ``=value`` for its main parameter.
     ``None``, ``""`` and ``"none"`` give an empty pipeline."""
-    transforms = []
+    transforms: List[Transform] = []
     if spec is not None and spec.strip().lower() not in ("", "none"):
         for item in spec.split(","):
             item = item.strip()

@@ -16,7 +16,7 @@ import functools
 import math
 import numbers
 from dataclasses import dataclass, replace
-from typing import Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar, cast
 
 import numpy as np
 
@@ -101,17 +101,20 @@ def with_activation(p: ConvParams, activation, negative_slope) -> ConvParams:
 # ----------------------------------------------------------------------------- memo
 
 
-def _memoized(fn):
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _memoized(fn: _F) -> _F:
     """Cache the params of repeated calls (a training loop repeats the same few).
 
     Validation costs tens of microseconds, as much as a whole small GPU kernel. The
     key is the ``repr`` of the arguments, which tells ``True`` from ``1`` and ``1.0``,
     so a cached answer is exactly what validation would return; only successful
     results are stored (errors are raised afresh every time)."""
-    cache = {}
+    cache: Dict[str, Any] = {}
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         values = args + tuple(kwargs.values())
         if any(hasattr(v, "__array__") for v in values):  # arrays: repr may elide
             return fn(*args, **kwargs)
@@ -124,8 +127,8 @@ def _memoized(fn):
             cache[key] = hit
         return hit
 
-    wrapper.cache_clear = cache.clear
-    return wrapper
+    setattr(wrapper, "cache_clear", cache.clear)  # as functools.lru_cache's
+    return cast(_F, wrapper)
 
 
 # ----------------------------------------------------------------------------- scalars
@@ -314,7 +317,8 @@ def same_crops_transposed(in_shape, kernel, stride, dilation, output_padding) ->
     return tuple(pairs)
 
 
-def same_pads_tensorflow(in_shape, kernel, stride, dilation) -> Pairs:
+def same_pads_tensorflow(in_shape: Sequence[int], kernel: Sequence[int],
+                         stride: Sequence[int], dilation: Sequence[int]) -> Pairs:
     """The ``cnnfast.nn`` layers' ``padding='same'`` (TensorFlow's rule, any stride):
     output size == ceil(input size / stride). Public as ``cnnfast.nn.tf_same_pads``."""
     pairs = []

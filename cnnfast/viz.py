@@ -26,18 +26,24 @@ import json
 import logging
 import os
 import tempfile
-from typing import List, Optional
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
+                    Sequence, Tuple)
 
 import numpy as np
 
-from .nn.base import to_numpy
+from .nn.base import Array, to_numpy
+from .nn.data import PathLike
 from .nn.layers import Dropout, LeakyReLU, ReLU, _Conv, _ConvTranspose
 from .nn.resample import _Block, resize_bilinear
+
+if TYPE_CHECKING:
+    from .nn.base import Layer
+    from .nn.model import Sequential
 
 logger = logging.getLogger(__name__)
 
 
-def require_matplotlib():
+def require_matplotlib() -> Any:
     """The ``matplotlib.figure.Figure`` class, or an ImportError that says how to
     install matplotlib. Neither pyplot nor the global backend is touched."""
     try:
@@ -49,7 +55,7 @@ def require_matplotlib():
     return Figure
 
 
-def new_figure(**kwargs):
+def new_figure(**kwargs: Any) -> Any:
     """A figure outside pyplot's figure manager, with an Agg canvas of its own:
     it draws without a display and without changing the session's backend, and is
     freed with its last reference (no ``plt.close`` to forget)."""
@@ -67,7 +73,7 @@ def _umask() -> int:
     return mask
 
 
-def save_figure(fig, path, dpi: int = 100) -> str:
+def save_figure(fig: Any, path: PathLike, dpi: int = 100) -> str:
     """Save ``fig`` (a :func:`new_figure`) as a PNG at ``path`` atomically."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -88,13 +94,13 @@ def save_figure(fig, path, dpi: int = 100) -> str:
 # ----------------------------------------------------------------------------- model walks
 
 
-def walk_layers(layers):
+def walk_layers(layers: Iterable[Layer]) -> Iterator[Layer]:
     """Every layer, depth first, blocks' inner layers right after the block."""
     for _, layer in named_layers(layers):
         yield layer
 
 
-def named_layers(layers, prefix=""):
+def named_layers(layers: Iterable[Layer], prefix: str = "") -> Iterator[Tuple[str, Layer]]:
     """``(qualified name, layer)`` depth first; an inner layer of block ``skip`` is
     ``"skip.conv2d"`` (names are unique only within their block)."""
     for layer in layers:
@@ -104,26 +110,26 @@ def named_layers(layers, prefix=""):
             yield from named_layers(layer.layers, name + ".")
 
 
-def _is_conv(layer, transposed):
+def _is_conv(layer: Layer, transposed: bool) -> bool:
     return isinstance(layer, _Conv) and (transposed or not isinstance(layer, _ConvTranspose))
 
 
-def conv_layers(model, transposed: bool = True):
+def conv_layers(model: Sequential, transposed: bool = True) -> List[Layer]:
     """The convolution layers of ``model`` in forward order (inside blocks too)."""
     return [layer for layer in walk_layers(model.layers) if _is_conv(layer, transposed)]
 
 
-def feature_maps(model, x, transposed: bool = True):
+def feature_maps(model: Sequential, x: Array, transposed: bool = True) -> Dict[str, Array]:
     """``{qualified layer name: output}`` of every convolution (and transposed
     convolution, unless ``transposed=False``) for the batch ``x``, from one
     evaluation-mode forward pass."""
     targets = [(n, l) for n, l in named_layers(model.layers) if _is_conv(l, transposed)]
-    outputs = {}
+    outputs: Dict[str, Array] = {}
 
-    def recorder(name, layer):
+    def recorder(name: str, layer: Layer) -> Callable[..., Array]:
         forward = type(layer).forward
 
-        def wrapped(x, training=False):
+        def wrapped(x: Array, training: bool = False) -> Array:
             y = forward(layer, x, training)
             outputs[name] = y
             return y
@@ -136,7 +142,8 @@ def feature_maps(model, x, transposed: bool = True):
         if fused:
             model.fuse = False
         for name, layer in targets:
-            layer.forward = recorder(name, layer)  # an instance attribute shadows the method
+            # An instance attribute shadows the method.
+            setattr(layer, "forward", recorder(name, layer))
         model.forward(x)
     finally:
         for _, layer in targets:
@@ -147,11 +154,11 @@ def feature_maps(model, x, transposed: bool = True):
 
 
 @contextlib.contextmanager
-def _evaluation_with_caches(layers):
+def _evaluation_with_caches(layers: Sequence[Layer]) -> Iterator[None]:
     """Run ``forward(x, training=True)`` with evaluation semantics, so that the
     layers keep what their backward needs: every layer frozen (BatchNorm then uses
     its running statistics, no parameter gradients are computed) and dropout off."""
-    saved = []
+    saved: List[Tuple[Layer, bool, Any]] = []
     for layer in walk_layers(layers):
         own = layer.__dict__.get("_trainable", layer.trainable) if isinstance(
             layer, _Block) else layer.trainable
@@ -171,7 +178,9 @@ def _evaluation_with_caches(layers):
             layer.grads = {}
 
 
-def grad_cam(model, x, class_index=None, layer=None, rectified: bool = False):
+def grad_cam(model: Sequential, x: Array, class_index: Any = None,
+             layer: Optional[str] = None, rectified: bool = False
+             ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Grad-CAM heatmaps for the batch ``x`` (N, C, H, W).
 
     ``class_index``: None (each image's predicted class), an int, or one per image.
@@ -194,7 +203,7 @@ def grad_cam(model, x, class_index=None, layer=None, rectified: bool = False):
     k = candidates[-1]
     if rectified and k + 1 < len(layers) and isinstance(layers[k + 1], (ReLU, LeakyReLU)):
         k += 1  # the rectified feature maps, as the paper's VGG "relu5_3"
-    if len(model.output_shape) != 1:
+    if model.output_shape is None or len(model.output_shape) != 1:
         raise ValueError(f"Grad-CAM needs a classifier (output (classes,)), this model "
                          f"outputs {model.output_shape}")
     xp = model.xp
@@ -206,7 +215,7 @@ def grad_cam(model, x, class_index=None, layer=None, rectified: bool = False):
         out = a
         for l in layers[k + 1:]:
             out = l.forward(out, training=True)
-        logits = to_numpy(out)
+        logits = np.asarray(to_numpy(out))
         if class_index is None:
             classes = logits.argmax(axis=1)
         else:
@@ -223,10 +232,11 @@ def grad_cam(model, x, class_index=None, layer=None, rectified: bool = False):
     cam = xp.maximum(resize_bilinear(cam, x.shape[2:]), 0)
     peak = cam.max(axis=(1, 2), keepdims=True)
     cam = xp.where(peak > 0, cam / xp.where(peak > 0, peak, 1), 0)
-    return to_numpy(cam), classes, logits
+    return np.asarray(to_numpy(cam)), classes, logits
 
 
-def heat_inside_outside(heatmaps, images, threshold: float = 0.1):
+def heat_inside_outside(heatmaps: Any, images: Any, threshold: float = 0.1
+                        ) -> Tuple[np.ndarray, np.ndarray]:
     """Per image, the mean heat on the object's pixels (``image > threshold``) and
     the mean heat on the background: two (N,) arrays (NaN where a region is empty).
     ``images``: (N, H, W) in [0, 1]."""
@@ -241,19 +251,19 @@ def heat_inside_outside(heatmaps, images, threshold: float = 0.1):
 # ----------------------------------------------------------------------------- pictures
 
 
-def _grid(count, max_cols=8):
+def _grid(count: int, max_cols: int = 8) -> Tuple[int, int]:
     cols = min(count, max_cols)
     return (count + cols - 1) // cols, cols
 
 
-def plot_filters(model, path, max_filters: int = 64) -> str:
+def plot_filters(model: Sequential, path: PathLike, max_filters: int = 64) -> str:
     """The first convolution's filters, one panel each (first input channel, or RGB
     for 3 input channels), on a symmetric colour scale per filter."""
     convs = conv_layers(model, transposed=False)
     if not convs:
         raise ValueError("the model has no convolution")
     first = convs[0]
-    w = to_numpy(first.params["weight"]).astype(np.float64)
+    w = np.asarray(to_numpy(first.params["weight"])).astype(np.float64)
     if w.ndim != 4:
         raise NotImplementedError(f"filters of a {w.ndim - 2}-D convolution are not drawn")
     count = min(w.shape[0], max_filters)
@@ -277,7 +287,8 @@ def plot_filters(model, path, max_filters: int = 64) -> str:
     return save_figure(fig, path)
 
 
-def plot_feature_maps(name, maps, image, path, max_maps: int = 32) -> str:
+def plot_feature_maps(name: str, maps: Any, image: Any, path: PathLike,
+                      max_maps: int = 32) -> str:
     """One convolution's output channels for one image (``maps`` (K, h, w))."""
     maps = np.asarray(maps, dtype=np.float64)
     count = min(maps.shape[0], max_maps)
@@ -297,7 +308,8 @@ def plot_feature_maps(name, maps, image, path, max_maps: int = 32) -> str:
     return save_figure(fig, path)
 
 
-def plot_grad_cam(images, heatmaps, titles, path) -> str:
+def plot_grad_cam(images: Any, heatmaps: Any, titles: Sequence[Tuple[str, str]],
+                  path: PathLike) -> str:
     """Each image above its Grad-CAM overlay (``images``, ``heatmaps``: (N, H, W))."""
     n = len(images)
     fig = new_figure(figsize=(1.6 * n, 3.6))
@@ -316,7 +328,7 @@ def plot_grad_cam(images, heatmaps, titles, path) -> str:
     return save_figure(fig, path)
 
 
-def read_metrics(path) -> List[dict]:
+def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
     """The JSON lines of a ``metrics.jsonl`` file (blank lines skipped); a line
     that is not a JSON object is a ValueError naming the file and line."""
     rows = []
@@ -334,7 +346,7 @@ def read_metrics(path) -> List[dict]:
     return rows
 
 
-def plot_curves(history: List[dict], path) -> str:
+def plot_curves(history: List[Dict[str, Any]], path: PathLike) -> str:
     """Loss, accuracy and PSNR per epoch from ``cnnfast train``'s metrics (keys
     ``epoch``, ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``,
     ``psnr_noisy``, ``psnr_denoised``; a panel whose keys are all missing is left
@@ -342,9 +354,9 @@ def plot_curves(history: List[dict], path) -> str:
     if not history:
         raise ValueError("no metrics to plot")
     epochs = [m.get("epoch", i + 1) for i, m in enumerate(history)]
-    panels = [("loss", ("train_loss", "test_loss")), ("accuracy", ("train_acc", "test_acc")),
-              ("PSNR (dB)", ("psnr_noisy", "psnr_denoised"))]
-    panels = [(t, [k for k in keys if any(k in m for m in history)]) for t, keys in panels]
+    known = [("loss", ("train_loss", "test_loss")), ("accuracy", ("train_acc", "test_acc")),
+             ("PSNR (dB)", ("psnr_noisy", "psnr_denoised"))]
+    panels = [(t, [k for k in keys if any(k in m for m in history)]) for t, keys in known]
     panels = [(t, keys) for t, keys in panels if keys]
     if not panels:
         raise ValueError(f"no known metric in the history (keys: {sorted(history[0])})")
@@ -362,7 +374,8 @@ def plot_curves(history: List[dict], path) -> str:
     return save_figure(fig, path)
 
 
-def plot_confusion(confusion, class_names, path) -> str:
+def plot_confusion(confusion: Any, class_names: Optional[Sequence[str]],
+                   path: PathLike) -> str:
     """The confusion matrix (rows: true class, columns: predicted), row-normalised
     colours with the counts written in."""
     conf = np.asarray(confusion)
@@ -390,7 +403,7 @@ def plot_confusion(confusion, class_names, path) -> str:
     return save_figure(fig, path)
 
 
-def plot_denoising(noisy, output, clean, path) -> str:
+def plot_denoising(noisy: Any, output: Any, clean: Any, path: PathLike) -> str:
     """Rows: noisy input, model output, clean image (each (N, H, W) in [0, 1]),
     with each image's PSNR in the titles."""
     from .nn.encdec import psnr
@@ -416,14 +429,16 @@ def plot_denoising(noisy, output, clean, path) -> str:
 # ----------------------------------------------------------------------------- everything
 
 
-def _first_channel(batch):
+def _first_channel(batch: Array) -> np.ndarray:
     return np.asarray(to_numpy(batch))[:, 0]
 
 
-def visualize(model, images, out_dir, *, labels=None, image_index: int = 0,
-              class_index: Optional[int] = None, history: Optional[List[dict]] = None,
-              class_names=None, noise_std: float = 0.3, seed: int = 0,
-              cam_images: int = 8, denoise_images: int = 8, log=None) -> List[str]:
+def visualize(model: Sequential, images: Any, out_dir: PathLike, *, labels: Any = None,
+              image_index: int = 0, class_index: Optional[int] = None,
+              history: Optional[List[Dict[str, Any]]] = None,
+              class_names: Optional[Sequence[str]] = None, noise_std: float = 0.3,
+              seed: int = 0, cam_images: int = 8, denoise_images: int = 8,
+              log: Optional[Callable[[str], Any]] = None) -> List[str]:
     """Write every picture that applies to ``model`` into ``out_dir``; returns the
     paths. ``images``: uint8 or float (N, C, H, W) test images (float in [0, 1]);
     ``labels`` (N,) for the confusion matrix and titles; ``history``: the metrics
@@ -440,12 +455,12 @@ def visualize(model, images, out_dir, *, labels=None, image_index: int = 0,
         raise ValueError(f"image index {image_index} outside [0, {len(images)})")
     xp = model.xp
 
-    def as_float(batch):
+    def as_float(batch: Any) -> Array:
         if np.asarray(to_numpy(batch)).dtype == np.uint8:
             return to_float(batch, model.dtype, xp)
         return xp.asarray(batch).astype(model.dtype, copy=False)
 
-    written = []
+    written: List[str] = []
     os.makedirs(out_dir, exist_ok=True)
     encdec = is_encdec(model)
     if conv_layers(model, transposed=False):
@@ -455,7 +470,8 @@ def visualize(model, images, out_dir, *, labels=None, image_index: int = 0,
         one = add_noise(one, noise_std, np.random.default_rng(seed))
     maps = feature_maps(model, one)
     for i, (name, fmap) in enumerate(maps.items()):
-        written.append(plot_feature_maps(name, to_numpy(fmap)[0], _first_channel(one)[0],
+        written.append(plot_feature_maps(name, np.asarray(to_numpy(fmap))[0],
+                                         _first_channel(one)[0],
                                          os.path.join(out_dir, f"features_{i:02d}_{name}.png")))
     if history:
         written.append(plot_curves(history, os.path.join(out_dir, "curves.png")))
@@ -488,8 +504,9 @@ def visualize(model, images, out_dir, *, labels=None, image_index: int = 0,
     return written
 
 
-def _grad_cam_picture(model, images, image_index, as_float, labels, class_index,
-                      class_names, out_dir):
+def _grad_cam_picture(model: Sequential, images: Any, image_index: int,
+                      as_float: Callable[[Any], Array], labels: Any, class_index: Any,
+                      class_names: Optional[Sequence[str]], out_dir: PathLike) -> str:
     """gradcam.png for the test images from ``image_index`` (``images`` is that slice)."""
     batch = as_float(images)
     heat, classes, logits = grad_cam(model, batch, class_index)

@@ -2,8 +2,8 @@
 
 Every module listed here must carry at least one example (``attempted > 0``), so that a
 docstring whose example is deleted or mistyped out of doctest form fails here too.
-README.md is not run: its ``explain`` lines name this machine's SIMD level and thread
-count.
+README.md's examples run in tests/test_readme.py (its ``explain`` lines name the
+machine's SIMD level and thread count, which that test matches loosely).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ MODULES = [
     "cnnfast.nn",
     "cnnfast.nn.base",
     "cnnfast.nn.checkpoint",
+    "cnnfast.nn.checkpoint_file",
     "cnnfast.nn.data",
     "cnnfast.nn.encdec",
     "cnnfast.nn.init",
@@ -68,6 +69,19 @@ def test_module_doctests(name):
     result = doctest.testmod(module, optionflags=FLAGS, verbose=False)
     assert result.attempted > 0, f"{name} has no doctest examples"
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
+
+
+def test_every_layer_class_has_its_own_example():
+    """``help(nn.Conv2d)`` shows Conv2d's own docstring (its rank, input layout and an
+    example), not the one it would inherit from a shared base class."""
+    from cnnfast.nn import layers
+    from cnnfast.nn.base import Layer
+
+    classes = [getattr(layers, name) for name in layers.__all__]
+    classes = [c for c in classes if isinstance(c, type) and issubclass(c, Layer)]
+    assert len(classes) > 20
+    bare = [c.__name__ for c in classes if ">>>" not in (vars(c).get("__doc__") or "")]
+    assert not bare, f"layer classes without their own docstring with an example: {bare}"
 
 
 def test_api_md_doctests():

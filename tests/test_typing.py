@@ -1,9 +1,13 @@
 """The public modules type-check clean (``python -m mypy``, configured in
-pyproject.toml's ``[tool.mypy]``), and the package ships its ``py.typed`` marker."""
+pyproject.toml's ``[tool.mypy]``), the public functions and methods of ``cnnfast``,
+``cnnfast.nn`` and the other packages (``ANNOTATED``) carry type hints, and the package
+ships its ``py.typed`` marker."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +64,46 @@ def test_annotations_reach_user_code(tmp_path):
     errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and ":13:" in errors[0] and "set_num_threads" in errors[0], \
         proc.stdout + proc.stderr
+
+
+def _unannotated(obj, qualname):
+    """``qualname`` and what its signature leaves unannotated, or None."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return None
+    missing = [p.name for p in sig.parameters.values()
+               if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty]
+    if sig.return_annotation is inspect.Signature.empty and obj.__name__ != "__init__":
+        missing.append("return")
+    return f"{qualname}: {', '.join(missing)}" if missing else None
+
+
+# The packages whose public names (``__all__``) must carry type hints; cnnfast.torch and
+# cnnfast.jax need their optional dependency.
+ANNOTATED = ["cnnfast", "cnnfast.nn", "cnnfast.distributed", "cnnfast.bench",
+             "cnnfast.torch", "cnnfast.jax"]
+
+
+@pytest.mark.parametrize("name", ANNOTATED)
+def test_public_functions_and_methods_are_annotated(name):
+    """Every public function of the package (its ``__all__``), and every public method
+    (and constructor) of its public classes, has type hints on every parameter and its
+    return: what a user's type checker and IDE read."""
+    optional = {"cnnfast.torch": "torch", "cnnfast.jax": "jax"}.get(name)
+    if optional is not None:
+        pytest.importorskip(optional)
+    module = importlib.import_module(name)
+    gaps = []
+    for public in module.__all__:
+        obj = getattr(module, public)
+        where = f"{name}.{public}"
+        if inspect.isfunction(obj):
+            gaps.append(_unannotated(obj, where))
+        elif inspect.isclass(obj) and obj.__module__.startswith("cnnfast"):
+            for attr, member in vars(obj).items():
+                if inspect.isfunction(member) and (not attr.startswith("_")
+                                                   or attr in ("__init__", "__call__")):
+                    gaps.append(_unannotated(member, f"{where}.{attr}"))
+    gaps = [g for g in gaps if g]
+    assert not gaps, "without type hints:\n" + "\n".join(gaps)

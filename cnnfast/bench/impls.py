@@ -12,7 +12,7 @@ each gradient alone); ``backward`` (poolings: the input gradient).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -113,6 +113,7 @@ class CnnfastImpl(Impl):
     def __init__(self, backend: str):
         self.name = backend
         self._reason = None
+        self._backend: Any = None  # a registry.Backend; None for an unknown name
         from ..registry import get_backend
 
         try:
@@ -367,7 +368,8 @@ class TorchImpl(Impl):
         return lambda: bw(gy, x, k, s, pads, p.ceil_mode, p.count_include_pad, div)
 
 
-def make_impls(requested=None, *, reference=True):
+def make_impls(requested: Optional[Iterable[str]] = None, *, reference: bool = True
+               ) -> Tuple[List[Impl], Dict[str, str]]:
     """The implementations to compare, and {name: reason} for those skipped.
 
     ``requested``: names (cnnfast backends, ``torch``, ``torch-cuda``); ``None``
@@ -376,9 +378,9 @@ def make_impls(requested=None, *, reference=True):
     skipped, with the reason, when it cannot run)."""
     from ..registry import backend_names
 
-    skipped = {}
+    skipped: Dict[str, str] = {}
     if requested is None:
-        names = []
+        names: List[str] = []
         for name in backend_names():
             if name in EXCLUDED_BY_DEFAULT:
                 skipped[name] = "not run by default: " + EXCLUDED_BY_DEFAULT[name]
@@ -388,8 +390,8 @@ def make_impls(requested=None, *, reference=True):
             names += list(REFERENCES)
     else:
         names = list(dict.fromkeys(requested))
-    impls = [TorchImpl(cuda=n == "torch-cuda") if n in REFERENCES else CnnfastImpl(n)
-             for n in names]
+    impls: List[Impl] = [TorchImpl(cuda=n == "torch-cuda") if n in REFERENCES
+                         else CnnfastImpl(n) for n in names]
     if requested is not None and reference:
         # The reference of each device a requested backend runs on.
         devices = {i.device for i in impls if not i.is_reference and i.unavailable() is None}

@@ -16,9 +16,12 @@ interquartile ranges that a handful of samples can show by chance.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 from .runner import format_time
+
+if TYPE_CHECKING:
+    from ..nn.data import PathLike
 
 NOISE_FLOOR = 0.05
 
@@ -28,7 +31,7 @@ NOISE_FLOOR = 0.05
 
 def _case_order(docs):
     """(case, op) pairs in first-seen order over the documents."""
-    seen = {}
+    seen: Dict[Tuple[str, str], None] = {}
     for doc in docs:
         for row in doc["results"]:
             seen.setdefault((row["case"], row["op"]), None)
@@ -92,7 +95,7 @@ def columns(docs):
     cpu_runs = sum(any(r["device"] == "cpu" for r in doc["results"]) for doc in docs)
     cols = []
     for d, doc in enumerate(docs):
-        impls = {}
+        impls: Dict[str, str] = {}
         for row in doc["results"]:
             impls.setdefault(row["impl"], row["device"])
         for impl, device in impls.items():
@@ -135,7 +138,7 @@ def skipped_lines(doc) -> list:
 # ----------------------------------------------------------------------------- terminal
 
 
-def text_table(doc) -> str:
+def text_table(doc: Dict[str, Any]) -> str:
     """One line per (case, op, implementation), grouped by case."""
     header = ("case", "op", "impl", "median", "IQR", "min-max", "throughput", "%peak",
               "vs torch", "check", "1st call", "algorithm")
@@ -222,7 +225,7 @@ def _peak_words(settings) -> str:
 # ----------------------------------------------------------------------------- markdown
 
 
-def markdown(docs, *, title: Optional[str] = None) -> str:
+def markdown(docs: Iterable[Dict[str, Any]], *, title: Optional[str] = None) -> str:
     """A Markdown section: the machines, then one table with a row per (case, op) and
     a column per implementation (several runs side by side, device named)."""
     docs = list(docs)
@@ -299,7 +302,8 @@ def _md_cell(row) -> str:
 # ----------------------------------------------------------------------------- compare
 
 
-def compare(doc_a, doc_b, floor: float = NOISE_FLOOR) -> list:
+def compare(doc_a: Dict[str, Any], doc_b: Dict[str, Any],
+            floor: float = NOISE_FLOOR) -> List[Dict[str, Any]]:
     """Per (case, op, impl) in both runs: the ratio of medians B/A, the noise threshold
     t and a verdict ("faster", "slower", "same"; "status" when it ran in one run
     only; "only A"/"only B" when a run lacks it). Rows follow A's order, then B's."""
@@ -418,7 +422,7 @@ def ratio_bars(docs, cols=None, order=None) -> list:
     return out
 
 
-def plot(docs, path) -> list:
+def plot(docs: Iterable[Dict[str, Any]], path: PathLike) -> List[str]:
     """The chart of the runs: per (case, op), each implementation's speed relative
     to the reference on the same device (torch: reference time / its time, on a log
     axis centred on 1x; the whiskers span what the two interquartile ranges allow,
@@ -434,19 +438,20 @@ def plot(docs, path) -> list:
     cols = columns(docs)
     index = _index(docs)
     order = _case_order(docs)
-    panels = []
+    # (kind, unit, the rows' key or None, labels)
+    panels: List[Tuple[str, str, Optional[str], List[Any]]] = []
     ratios = ratio_bars(docs, cols, order)
     if ratios:
         refs = sorted({r["reference"] for doc in docs for r in doc["results"]
                        if r.get("vs_reference") is not None})
         panels.append(("ratio", f"speed relative to {' / '.join(refs)}", None, ratios))
     else:
-        for unit, key in (("GFLOP/s", "gflops"), ("GB/s", "gbs")):
-            labels = [(c, op) for c, op in order if any(
-                (r := index.get((d, c, op, impl))) is not None and r.get(key) is not None
+        for unit, metric in (("GFLOP/s", "gflops"), ("GB/s", "gbs")):
+            timed = [(c, op) for c, op in order if any(
+                (r := index.get((d, c, op, impl))) is not None and r.get(metric) is not None
                 for _, d, impl in cols)]
-            if labels:
-                panels.append(("bars", unit, key, labels))
+            if timed:
+                panels.append(("bars", unit, metric, timed))
     speedups = _gpu_speedups(docs, order)
     if speedups:
         panels.append(("gpu", "GPU speed-up over the best CPU time", None, speedups))
@@ -527,7 +532,7 @@ def _draw_ratios(ax, ratios):
 
 
 def _gpu_speedups(docs, order):
-    best = {}
+    best: Dict[Tuple[str, str, str], float] = {}
     for doc in docs:
         for r in doc["results"]:
             if r["status"] == "ok" and r["median_s"]:

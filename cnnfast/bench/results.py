@@ -31,6 +31,10 @@ import os
 import platform
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
+
+if TYPE_CHECKING:
+    from ..nn.data import PathLike
 
 SCHEMA_ID = "cnnfast-bench/1"
 
@@ -89,7 +93,7 @@ class ResultsError(ValueError):
     """A results file that is not a valid cnnfast benchmark document."""
 
 
-def validate(doc, schema=SCHEMA, path="$") -> list:
+def validate(doc: Any, schema: Any = SCHEMA, path: str = "$") -> List[str]:
     """Every way ``doc`` departs from ``schema``, as ``"path: message"`` strings
     (empty when valid). A schema is a type or tuple of types; a one-item list (every
     element matches it); a dict of required keys (extra keys are allowed, for newer
@@ -136,7 +140,7 @@ def _names(types):
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
-def check_document(doc) -> list:
+def check_document(doc: Any) -> List[str]:
     """``validate`` plus the constraints a type cannot say."""
     errors = validate(doc)
     if errors:
@@ -187,15 +191,16 @@ def cpu_details(cpuinfo_text=None) -> dict:
     ``model``, ``stepping`` of ``/proc/cpuinfo``; Arm: implementer, architecture and
     part), and ``cpu_flags``: each SIMD feature of ``X86_FLAGS`` (or ``ARM_FLAGS``),
     True or False. Keys whose value cannot be read are None (``cpu_flags`` too)."""
-    out = {"cpu_vendor": None, "cpu_family": None, "cpu_model_number": None,
-           "cpu_stepping": None, "cpu_flags": None}
+    out: Dict[str, Any] = {"cpu_vendor": None, "cpu_family": None,
+                           "cpu_model_number": None, "cpu_stepping": None,
+                           "cpu_flags": None}
     if cpuinfo_text is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
                 cpuinfo_text = fh.read()
         except OSError:
             return out
-    fields = {}
+    fields: Dict[str, str] = {}
     for line in cpuinfo_text.splitlines():
         if not line.strip():
             if fields.get("flags") or fields.get("features"):
@@ -268,15 +273,15 @@ def versions() -> dict:
 
     from .. import __version__
 
-    out = {"cnnfast": __version__, "python": platform.python_version(),
-           "numpy": numpy.__version__}
+    out: Dict[str, Any] = {"cnnfast": __version__, "python": platform.python_version(),
+                           "numpy": numpy.__version__}
     for name in ("numba", "torch", "cupy"):
         try:
             out[name] = __import__(name).__version__
         except Exception:  # noqa: BLE001 - absent is a normal answer
             out[name] = None
     try:
-        from ..backends.cpp import _cpp
+        from ..backends.cpp import _cpp  # type: ignore[attr-defined]
 
         out["cpp_simd_path"] = _cpp.simd_path()
         out["cpp_compiler"] = _cpp.compiler()
@@ -294,8 +299,11 @@ def versions() -> dict:
     return out
 
 
-def make_document(rows, *, cases, settings, impls, skipped, command, suite, quick,
-                  machine_info=None) -> dict:
+def make_document(rows: List[Dict[str, Any]], *, cases: List[Any], settings: Any,
+                  impls: List[Any], skipped: Dict[str, str], command: Iterable[Any],
+                  suite: PathLike,
+                  quick: bool, machine_info: Optional[Dict[str, Any]] = None
+                  ) -> Dict[str, Any]:
     """The results document; ``machine_info`` is ``machine()`` taken before the run
     (its load average is then the one the timings started under)."""
     from dataclasses import asdict
@@ -325,7 +333,7 @@ def make_document(rows, *, cases, settings, impls, skipped, command, suite, quic
     }
 
 
-def write_json(doc: dict, path) -> None:
+def write_json(doc: Dict[str, Any], path: PathLike) -> None:
     """Write atomically: a temporary file in the same folder, then ``os.replace``,
     so a reader never sees half a file and a crash never leaves one."""
     path = Path(path)
@@ -362,7 +370,7 @@ def _file_mode(path) -> int:
         return 0o666 & ~umask
 
 
-def load_json(path) -> dict:
+def load_json(path: PathLike) -> Dict[str, Any]:
     """Read a results file and check it; ``ResultsError`` says what is wrong."""
     try:
         with open(path, encoding="utf-8") as fh:

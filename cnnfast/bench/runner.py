@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -69,8 +69,11 @@ class Interrupted(Exception):
         self.rows = rows
 
 
-def run_cases(cases, ops, impls, settings: Settings, *, progress=None,
-              device_names=None, advance=None) -> list:
+def run_cases(cases: List[Case], ops: Optional[Iterable[str]], impls: List[Any],
+              settings: Settings, *, progress: Optional[Callable[[str], Any]] = None,
+              device_names: Optional[Dict[str, str]] = None,
+              advance: Optional[Callable[[int, int, str], Any]] = None
+              ) -> List[Dict[str, Any]]:
     """Measure every (case, op) of ``cases`` (ops filtered by ``ops`` when given) on
     every implementation of ``impls``; returns one result row per (case, op, impl).
 
@@ -82,7 +85,7 @@ def run_cases(cases, ops, impls, settings: Settings, *, progress=None,
     progress = progress or logger.info
     device_names = device_names or {}
     work = [(c, op) for c in cases for op in c.ops if not ops or op in ops] if impls else []
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for i, (case, op) in enumerate(work, 1):
         if advance is not None:
             advance(i - 1, len(work), f"{case.name} {op}")
@@ -125,7 +128,8 @@ def measure(case: Case, op: str, impls, inputs: Inputs, settings: Settings) -> l
     flops, nbytes = case.flops(op), case.bytes(op)
     base = {"case": case.name, "group": case.group, "kind": case.kind, "op": op,
             "flops": flops, "bytes": nbytes}
-    rows, live = [], []
+    rows: List[Dict[str, Any]] = []
+    live: List[Tuple[Any, ...]] = []  # (impl, row, fn, timer[, result])
     for impl in impls:
         row = dict(base, impl=impl.name, device=impl.device, status="ok", reason=None,
                    reference=None, times_s=[], number=0, first_call_s=None,

@@ -21,9 +21,12 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, cast
 
 from .. import params as P
+
+if TYPE_CHECKING:
+    from ..nn.data import PathLike
 
 CONV_KINDS = ("conv", "conv_transpose")
 POOL_KINDS = ("max_pool", "avg_pool")
@@ -66,7 +69,7 @@ class Case:
     def rank(self) -> int:
         return len(self.x_shape) - 2
 
-    def params(self):
+    def params(self) -> Any:
         """The normalised ``cnnfast.params`` object (validates the case)."""
         o = self.options
         if self.kind == "conv":
@@ -84,9 +87,9 @@ class Case:
     @property
     def out_channels(self) -> int:
         if self.kind == "conv":
-            return self.w_shape[0]
+            return cast(tuple, self.w_shape)[0]  # convolutions have a weight
         if self.kind == "conv_transpose":
-            return self.w_shape[1] * self.options.get("groups", 1)
+            return cast(tuple, self.w_shape)[1] * self.options.get("groups", 1)
         return self.x_shape[1]
 
     @property
@@ -111,7 +114,8 @@ class Case:
         groups = p.groups
         n = self.x_shape[0]
         if self.kind == "conv":
-            c_in, c_out, points = self.x_shape[1], self.w_shape[0], P.prod(p.out_shape)
+            c_in, c_out = self.x_shape[1], cast(tuple, self.w_shape)[0]
+            points = P.prod(p.out_shape)
         else:  # the forward of a conv from y to x, run backwards
             c_in, c_out, points = (self.out_channels, self.x_shape[1],
                                    P.prod(self.x_shape[2:]))
@@ -144,7 +148,7 @@ def default_suite_path() -> Path:
     return Path(str(resources.files("cnnfast.bench").joinpath("suite.toml")))
 
 
-def load_suite(path=None) -> list:
+def load_suite(path: Optional[PathLike] = None) -> List[Case]:
     """Read a suite file (default: the packaged ``suite.toml``) and return its cases,
     one per batch size, in file order. Raises ``SuiteError`` naming the case and the
     key for anything it does not understand."""
@@ -251,7 +255,8 @@ def _tuple(v):
     return tuple(_tuple(e) for e in v) if isinstance(v, list) else v
 
 
-def select_cases(cases, *, quick=False, shapes=None) -> list:
+def select_cases(cases: List[Case], *, quick: bool = False,
+                 shapes: Optional[Iterable[str]] = None) -> List[Case]:
     """The cases to run: the quick subset when ``quick``; with ``shapes`` (a list of
     fnmatch patterns or substrings), those whose name or group matches one."""
     import fnmatch

@@ -21,17 +21,21 @@ import ctypes
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from ..arrays import is_cupy_array
+
+if TYPE_CHECKING:
+    from ..nn.base import Array
 
 # Variables the common launchers set in each rank's environment.
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK",
                   "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD")
 
 
-def _check_buffer(buf, what="buffer"):
+def _check_buffer(buf: Array, what: str = "buffer") -> None:
     if not (isinstance(buf, np.ndarray) or is_cupy_array(buf)):
         raise TypeError(f"{what} must be a numpy or cupy array, got {type(buf).__name__}")
     if not buf.flags.c_contiguous:
@@ -55,10 +59,11 @@ class Communicator:
     local_rank = 0
     local_size = 1
 
-    def allreduce_sum(self, buf):
+    def allreduce_sum(self, buf: Array) -> Array:
+        """``buf`` <- the sum of ``buf`` over the ranks (in place)."""
         raise NotImplementedError
 
-    def allreduce_mean(self, buf):
+    def allreduce_mean(self, buf: Array) -> Array:
         """``buf`` <- the mean of ``buf`` over the ranks (in place; floating dtypes)."""
         if buf.dtype.kind != "f":
             raise TypeError(f"allreduce_mean needs a floating buffer, got {buf.dtype}")
@@ -67,15 +72,16 @@ class Communicator:
             buf /= buf.dtype.type(self.size)
         return buf
 
-    def bcast(self, buf, root: int = 0):
+    def bcast(self, buf: Array, root: int = 0) -> Array:
         """``buf`` <- root's ``buf`` (in place; same shape and dtype on every rank)."""
         raise NotImplementedError
 
-    def bcast_object(self, obj, root: int = 0):
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
         """Root's picklable ``obj`` (every rank passes something; only root's counts)."""
         raise NotImplementedError
 
     def barrier(self) -> None:
+        """Wait until every rank calls this."""
         raise NotImplementedError
 
     def abort(self, code: int = 1) -> None:
@@ -88,11 +94,11 @@ class Communicator:
         training allreduce is not confused by it)."""
         raise NotImplementedError
 
-    def _check_root(self, root):
+    def _check_root(self, root: int) -> None:
         if not (isinstance(root, (int, np.integer)) and 0 <= root < self.size):
             raise ValueError(f"root={root!r} must be a rank in [0, {self.size})")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
 
 
@@ -101,28 +107,28 @@ class SingleProcessComm(Communicator):
 
     name = "single"
 
-    def allreduce_sum(self, buf):
+    def allreduce_sum(self, buf: Array) -> Array:
         _check_buffer(buf)
         return buf
 
-    def bcast(self, buf, root=0):
+    def bcast(self, buf: Array, root: int = 0) -> Array:
         _check_buffer(buf)
         self._check_root(root)
         return buf
 
-    def bcast_object(self, obj, root=0):
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
         self._check_root(root)
         return obj
 
-    def barrier(self):
+    def barrier(self) -> None:
         return None
 
-    def abort(self, code=1):
+    def abort(self, code: int = 1) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(int(code))
 
-    def exit_barrier(self, timeout):
+    def exit_barrier(self, timeout: float) -> bool:
         return True
 
 
@@ -130,7 +136,7 @@ class SingleProcessComm(Communicator):
 ABORT_GRACE_S = 0.5
 
 
-def _import_mpi():
+def _import_mpi() -> Any:
     try:
         from mpi4py import MPI
     except ImportError as exc:
@@ -141,7 +147,7 @@ def _import_mpi():
     return MPI
 
 
-def mpi_cuda_aware(MPI=None) -> bool:
+def mpi_cuda_aware(MPI: Any = None) -> bool:
     """Whether the MPI library accepts device (CUDA) pointers. ``CNNFAST_MPI_CUDA_AWARE``
     (1/0) decides when set; else ``MPIX_Query_cuda_support()`` (Open MPI and MPICH
     export it) looked up through mpi4py's own extension module, whose handle reaches
@@ -166,7 +172,7 @@ class MPIComm(Communicator):
 
     name = "mpi"
 
-    def __init__(self, comm=None):
+    def __init__(self, comm: Any = None) -> None:
         MPI = _import_mpi()
         self.MPI = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
@@ -178,9 +184,9 @@ class MPIComm(Communicator):
         # A private duplicate for exit_barrier: its Ibarrier never meets a training
         # collective of COMM_WORLD.
         self._exit_comm = self.comm.Dup()
-        self._cuda_aware = None  # asked on the first cupy buffer
+        self._cuda_aware: Optional[bool] = None  # asked on the first cupy buffer
 
-    def _device_ok(self, buf) -> bool:
+    def _device_ok(self, buf: Array) -> bool:
         """True: hand ``buf`` to MPI as is. False: stage a cupy ``buf`` via the host."""
         if not is_cupy_array(buf):
             return True
@@ -192,7 +198,7 @@ class MPIComm(Communicator):
         cupy.cuda.get_current_stream().synchronize()
         return self._cuda_aware
 
-    def allreduce_sum(self, buf):
+    def allreduce_sum(self, buf: Array) -> Array:
         _check_buffer(buf)
         if self._device_ok(buf):
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
@@ -202,7 +208,7 @@ class MPIComm(Communicator):
             buf.set(host)
         return buf
 
-    def bcast(self, buf, root=0):
+    def bcast(self, buf: Array, root: int = 0) -> Array:
         _check_buffer(buf)
         self._check_root(root)
         if self._device_ok(buf):
@@ -213,14 +219,14 @@ class MPIComm(Communicator):
             buf.set(host)
         return buf
 
-    def bcast_object(self, obj, root=0):
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
         self._check_root(root)
         return self.comm.bcast(obj, root=root)
 
-    def barrier(self):
+    def barrier(self) -> None:
         self.comm.Barrier()
 
-    def abort(self, code=1):
+    def abort(self, code: int = 1) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         # The launcher forwards each rank's output through pipes and tears the job
@@ -232,7 +238,7 @@ class MPIComm(Communicator):
         # run (and print) anything more.
         os._exit(int(code))
 
-    def exit_barrier(self, timeout):
+    def exit_barrier(self, timeout: float) -> bool:
         request = self._exit_comm.Ibarrier()
         deadline = time.monotonic() + float(timeout)
         while not request.Test():
@@ -249,7 +255,7 @@ class NCCLComm(MPIComm):
 
     name = "nccl"
 
-    def __init__(self, comm=None):
+    def __init__(self, comm: Any = None) -> None:
         super().__init__(comm)
         import cupy
         from cupy.cuda import nccl
@@ -265,13 +271,13 @@ class NCCLComm(MPIComm):
                         np.dtype(np.int32): nccl.NCCL_INT32,
                         np.dtype(np.int64): nccl.NCCL_INT64}
 
-    def _nccl_dtype(self, buf):
+    def _nccl_dtype(self, buf: Array) -> Any:
         try:
             return self._dtypes[np.dtype(buf.dtype)]
         except KeyError:
             raise TypeError(f"NCCL cannot reduce dtype {buf.dtype}") from None
 
-    def allreduce_sum(self, buf):
+    def allreduce_sum(self, buf: Array) -> Array:
         if not is_cupy_array(buf):
             return super().allreduce_sum(buf)
         _check_buffer(buf)
@@ -282,7 +288,7 @@ class NCCLComm(MPIComm):
                                  self._nccl_dtype(buf), self.nccl.NCCL_SUM, stream.ptr)
         return buf
 
-    def bcast(self, buf, root=0):
+    def bcast(self, buf: Array, root: int = 0) -> Array:
         if not is_cupy_array(buf):
             return super().bcast(buf, root)
         _check_buffer(buf)
@@ -292,7 +298,7 @@ class NCCLComm(MPIComm):
                              stream.ptr)
         return buf
 
-    def abort(self, code=1):
+    def abort(self, code: int = 1) -> None:
         with contextlib.suppress(Exception):
             self.nccl_comm.abort()
         super().abort(code)

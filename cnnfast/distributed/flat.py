@@ -9,17 +9,25 @@ running statistics before evaluation and checkpoints.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .comm import Communicator
 
+if TYPE_CHECKING:
+    from ..nn.base import Array, Layer
+    from ..nn.model import Sequential
 
-def grad_layout(model):
+#: ``[(layer, param_name, shape, offset, size)]``: see ``grad_layout``.
+Layout = List[Tuple["Layer", str, Tuple[int, ...], int, int]]
+
+
+def grad_layout(model: Sequential) -> Tuple[Layout, int]:
     """``[(layer, param_name, shape, offset, size)]`` of the parameters the optimizer
     updates, in ``model.trainable_params()`` order, and the total element count."""
-    layout, offset = [], 0
+    layout: Layout = []
+    offset = 0
     for _key, layer, pname in model.trainable_params():
         shape = tuple(layer.params[pname].shape)
         size = int(np.prod(shape, dtype=np.int64))
@@ -28,7 +36,8 @@ def grad_layout(model):
     return layout, offset
 
 
-def flatten_grads(model, out=None, extra: int = 0, scale: Optional[float] = None):
+def flatten_grads(model: Sequential, out: Optional[Array] = None, extra: int = 0,
+                  scale: Optional[float] = None) -> Array:
     """The gradients of the trainable parameters in one flat buffer (``model.xp``,
     ``model.dtype``), optionally times ``scale``, followed by ``extra`` free slots
     (the caller fills them: small values that ride along with the same allreduce).
@@ -62,7 +71,7 @@ def flatten_grads(model, out=None, extra: int = 0, scale: Optional[float] = None
     return out
 
 
-def unflatten_into(model, buffer) -> None:
+def unflatten_into(model: Sequential, buffer: Array) -> None:
     """Point every trainable layer's ``grads`` at its slice of ``buffer`` (views: no
     copy; the optimizer consumes them before the buffer is reused)."""
     layout, total = grad_layout(model)
@@ -73,22 +82,22 @@ def unflatten_into(model, buffer) -> None:
         layer.grads[pname] = buffer[off:off + size].reshape(shape)
 
 
-def _state_arrays(model):
+def _state_arrays(model: Sequential) -> List[Tuple[Dict[str, Array], str]]:
     """Every parameter and buffer, trainable or not: ``[(dict, key)]``."""
-    out = []
+    out: List[Tuple[Dict[str, Array], str]] = []
     for layer in model.layers:
         out += [(layer.params, k) for k in sorted(layer.params)]
         out += [(layer.buffers, k) for k in sorted(layer.buffers)]
     return out
 
 
-def broadcast_parameters(model, comm: Communicator, root: int = 0) -> None:
+def broadcast_parameters(model: Sequential, comm: Communicator, root: int = 0) -> None:
     """Copy root's parameters and buffers into every rank's model (one broadcast
     per dtype, in place)."""
     if comm.size == 1:
         return
     xp = model.xp
-    groups = {}
+    groups: Dict[np.dtype[Any], List[Tuple[Dict[str, Array], str]]] = {}
     for d, k in _state_arrays(model):
         groups.setdefault(np.dtype(d[k].dtype), []).append((d, k))
     for dtype in sorted(groups, key=str):  # the same order on every rank
@@ -102,7 +111,7 @@ def broadcast_parameters(model, comm: Communicator, root: int = 0) -> None:
             off += size
 
 
-def average_buffers(model, comm: Communicator) -> None:
+def average_buffers(model: Sequential, comm: Communicator) -> None:
     """Replace each floating buffer (BatchNorm running statistics) by its mean over
     the ranks, so evaluation and checkpoints see one set of statistics."""
     if comm.size == 1:

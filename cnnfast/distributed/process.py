@@ -21,7 +21,7 @@ import contextlib
 import os
 import sys
 import traceback
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .comm import Communicator
 
@@ -55,7 +55,7 @@ def select_gpu(comm: Communicator) -> int:
 
 
 @contextlib.contextmanager
-def quiet_unless_root(comm: Communicator):
+def quiet_unless_root(comm: Communicator) -> Iterator[None]:
     """Send stdout of ranks other than 0 to /dev/null (errors still reach stderr)."""
     if comm.rank == 0:
         yield
@@ -90,8 +90,8 @@ def _exit_timeout() -> float:
     return value
 
 
-def run_guarded(comm: Communicator, fn: Callable[..., int], *args,
-                exit_timeout: Optional[float] = None, **kwargs) -> int:
+def run_guarded(comm: Communicator, fn: Callable[..., int], *args: Any,
+                exit_timeout: Optional[float] = None, **kwargs: Any) -> int:
     """``fn(*args, **kwargs)`` on this rank, made safe for a multi-rank job:
 
     * an exception (``SystemExit`` with a non-zero status and ``KeyboardInterrupt``
@@ -135,7 +135,7 @@ def install_excepthook(comm: Communicator) -> None:
         return
     previous = sys.excepthook
 
-    def hook(etype, value, tb):
+    def hook(etype: Any, value: Any, tb: Any) -> None:
         text = "".join(traceback.format_exception(etype, value, tb))
         _report_failure(comm, f"{etype.__name__}: {value}", text)
         try:

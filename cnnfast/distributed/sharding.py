@@ -12,8 +12,10 @@ seed trains exactly as ``Trainer`` does.
 
 from __future__ import annotations
 
+from typing import Tuple
 
-def local_slice(n_global: int, rank: int, size: int):
+
+def local_slice(n_global: int, rank: int, size: int) -> Tuple[int, int]:
     """``(start, stop)`` of rank's part of a global batch of ``n_global`` samples:
     ``size`` contiguous near-equal parts (sizes differ by at most one, the larger
     first; a part may be empty when ``n_global < size``)."""

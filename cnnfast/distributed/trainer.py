@@ -22,10 +22,12 @@ from the same generator on every rank.
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from ..nn.model import Sequential
+from ..nn.optim import Optimizer, Schedule
 from ..nn.training import Trainer, evaluate
 from .comm import Communicator, SingleProcessComm
 from .flat import (average_buffers, broadcast_parameters, flatten_grads, grad_layout,
@@ -44,14 +46,14 @@ class DistributedStep:
 
     EXTRA = 3  # loss sum, correct count, stop flag
 
-    def __init__(self, model, comm: Communicator):
+    def __init__(self, model: Sequential, comm: Communicator) -> None:
         self.model, self.comm = model, comm
-        self._buf = None
+        self._buf: Any = None
         self.comm_time = 0.0
         self.steps = 0
 
     def reduce(self, n_local: int, n_global: int, loss: float = 0.0, correct: int = 0,
-               stop: bool = False):
+               stop: bool = False) -> Tuple[float, int, bool]:
         """Allreduce the weighted gradients with the step's statistics; returns
         ``(global mean loss, global correct count, stop flag of any rank)``."""
         if n_global < 1 or not 0 <= n_local <= n_global:
@@ -94,8 +96,9 @@ class DistributedTrainer(Trainer):
     progress bar.
     """
 
-    def __init__(self, model, optimizer, schedule=None, batch_size=64, seed=0,
-                 comm: Optional[Communicator] = None, **kwargs):
+    def __init__(self, model: Sequential, optimizer: Optimizer,
+                 schedule: Optional[Schedule] = None, batch_size: int = 64, seed: int = 0,
+                 comm: Optional[Communicator] = None, **kwargs: Any) -> None:
         self.comm = comm if comm is not None else SingleProcessComm()
         self.step_impl = DistributedStep(model, self.comm)
         self._stop_local = False
@@ -106,23 +109,23 @@ class DistributedTrainer(Trainer):
     # Reads see only the flag agreed through the last allreduce (the same on every
     # rank); writes (the signal handler) record a local request.
     @property
-    def stop_requested(self):
+    def stop_requested(self) -> bool:
         return self._stop_agreed
 
     @stop_requested.setter
-    def stop_requested(self, value):
+    def stop_requested(self, value: bool) -> None:
         self._stop_local = bool(value)
         if not value:
             self._stop_agreed = False
 
-    def sync_from_root(self):
+    def sync_from_root(self) -> None:
         """Broadcast rank 0's weights, buffers and training state to every rank."""
         broadcast_parameters(self.model, self.comm)
         state = self.comm.bcast_object(self.state() if self.comm.rank == 0 else None)
         self.restore(state)
         self._synced = True
 
-    def train_step(self, x, y):
+    def train_step(self, x: Any, y: Any) -> Tuple[float, int]:
         """Forward and backward on this rank's slice of the global batch ``(x, y)``,
         one allreduce, update; returns the global (mean loss, correct count)."""
         n = int(x.shape[0])
@@ -141,27 +144,36 @@ class DistributedTrainer(Trainer):
         self.optimizer.step(model)
         return loss, correct
 
-    def train_epoch(self, images, labels, progress=True, stream=None):
+    def train_epoch(self, images: Any, labels: Any = None, progress: bool = True,
+                    stream: Any = None,
+                    on_step: Optional[Callable[[int, int, float], Any]] = None
+                    ) -> Dict[str, Any]:
         if not self._synced:
             self.sync_from_root()
         return super().train_epoch(images, labels,
-                                   progress=progress and self.comm.rank == 0, stream=stream)
+                                   progress=progress and self.comm.rank == 0, stream=stream,
+                                   on_step=on_step)
 
-    def evaluate(self, images, labels, batch_size=500, classes=None):
+    def evaluate(self, images: Any, labels: Any = None, batch_size: Optional[int] = None,
+                 classes: Optional[int] = None) -> Dict[str, Any]:
         """Each rank evaluates its contiguous share of the set; the loss sum and the
         confusion matrix are summed over the ranks."""
-        return distributed_evaluate(self.model, images, labels, self.comm, batch_size,
-                                    classes)
+        return distributed_evaluate(self.model, images, labels, self.comm,
+                                    batch_size or self.task.eval_batch_size, classes)
 
 
-def distributed_evaluate(model, images, labels, comm: Communicator, batch_size=500,
-                         classes=None) -> dict:
+def distributed_evaluate(model: Sequential, images: Any, labels: Any, comm: Communicator,
+                         batch_size: int = 500,
+                         classes: Optional[int] = None) -> Dict[str, Any]:
     """``cnnfast.nn.training.evaluate`` over the ranks: each rank takes a contiguous
     share; returns the same dict (global loss, accuracy, per-class, confusion)."""
     average_buffers(model, comm)
     n = len(images)
     lo, hi = local_slice(n, comm.rank, comm.size)
-    classes = classes or int(model.output_shape[0])
+    if not classes:
+        if model.output_shape is None:
+            raise RuntimeError("the model is not built: pass input_shape or call build()")
+        classes = int(model.output_shape[0])
     if hi > lo:
         part = evaluate(model, images[lo:hi], labels[lo:hi], batch_size, classes)
         confusion = part["confusion"].astype(np.float64)

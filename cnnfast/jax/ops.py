@@ -4,6 +4,7 @@ with a ``jax.custom_vjp`` through cnnfast's backward functions (see ``__init__``
 from __future__ import annotations
 
 import functools
+from typing import Any, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,10 @@ import numpy as np
 
 from .. import api
 from .. import params as P
+from ..api import IntOrTuple, Padding
+
+#: A JAX array (or anything ``jax.numpy.asarray`` takes).
+Array = Any
 
 # What the kernels compute in (cnnfast's CPU backends).
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -79,7 +84,7 @@ def _fold_or_loop(fn, arrays, core_ndims, fold, out_shapes=None):
         return tuple(np.zeros(lead + tuple(s)) for s in out_shapes)
     if fold is not None and all(a is None or i in fold or P.prod(a.shape[:nlead]) == 1
                                 for i, a in enumerate(arrays)):
-        args = []
+        args: List[Optional[np.ndarray]] = []
         for i, a in enumerate(arrays):
             if a is None:
                 args.append(None)
@@ -171,7 +176,7 @@ def _conv_op(transposed, has_bias, geometry, backend, algorithm):
         def op(x, w):
             return forward(x, w, None)
 
-        def op_fwd(x, w):
+        def op_fwd(x, w):  # type: ignore[misc]  # the bias-free variant: two arrays
             return forward(x, w, None), (x, w)
 
     def op_bwd(res, g):
@@ -206,59 +211,75 @@ def _conv(transposed, x, weight, bias, geometry, backend, algorithm, rank):
     return op(x, weight) if bias is None else op(x, weight, bias)
 
 
-def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-         algorithm="auto"):
+def conv(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntOrTuple = 1,
+         padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+         backend: Optional[str] = None, algorithm: str = "auto") -> Array:
     """``cnnfast.conv`` on JAX arrays (the rank from ``x``), differentiable in x,
     weight and bias; the other parameters are static Python values."""
     return _conv(False, x, weight, bias, (stride, padding, dilation, groups), backend,
                  algorithm, None)
 
 
-def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-           algorithm="auto"):
+def conv1d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+           backend: Optional[str] = None, algorithm: str = "auto") -> Array:
     """``conv`` for ``x`` of shape (N, C, L)."""
     return _conv(False, x, weight, bias, (stride, padding, dilation, groups), backend,
                  algorithm, 1)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-           algorithm="auto"):
+def conv2d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+           backend: Optional[str] = None, algorithm: str = "auto") -> Array:
     """``conv`` for ``x`` of shape (N, C, H, W)."""
     return _conv(False, x, weight, bias, (stride, padding, dilation, groups), backend,
                  algorithm, 2)
 
 
-def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None,
-           algorithm="auto"):
+def conv3d(x: Array, weight: Array, bias: Optional[Array] = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+           backend: Optional[str] = None, algorithm: str = "auto") -> Array:
     """``conv`` for ``x`` of shape (N, C, D, H, W)."""
     return _conv(False, x, weight, bias, (stride, padding, dilation, groups), backend,
                  algorithm, 3)
 
 
-def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                   dilation=1, *, backend=None, algorithm="auto"):
+def conv_transpose(x: Array, weight: Array, bias: Optional[Array] = None,
+                   stride: IntOrTuple = 1, padding: Padding = 0,
+                   output_padding: IntOrTuple = 0, groups: int = 1,
+                   dilation: IntOrTuple = 1, *, backend: Optional[str] = None,
+                   algorithm: str = "auto") -> Array:
     """``cnnfast.conv_transpose`` on JAX arrays (the rank from ``x``), differentiable
     in x, weight and bias."""
     return _conv(True, x, weight, bias, (stride, padding, output_padding, groups, dilation),
                  backend, algorithm, None)
 
 
-def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None, algorithm="auto"):
+def conv_transpose1d(x: Array, weight: Array, bias: Optional[Array] = None,
+                     stride: IntOrTuple = 1, padding: Padding = 0,
+                     output_padding: IntOrTuple = 0, groups: int = 1,
+                     dilation: IntOrTuple = 1, *, backend: Optional[str] = None,
+                     algorithm: str = "auto") -> Array:
     """``conv_transpose`` for ``x`` of shape (N, C, L)."""
     return _conv(True, x, weight, bias, (stride, padding, output_padding, groups, dilation),
                  backend, algorithm, 1)
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None, algorithm="auto"):
+def conv_transpose2d(x: Array, weight: Array, bias: Optional[Array] = None,
+                     stride: IntOrTuple = 1, padding: Padding = 0,
+                     output_padding: IntOrTuple = 0, groups: int = 1,
+                     dilation: IntOrTuple = 1, *, backend: Optional[str] = None,
+                     algorithm: str = "auto") -> Array:
     """``conv_transpose`` for ``x`` of shape (N, C, H, W)."""
     return _conv(True, x, weight, bias, (stride, padding, output_padding, groups, dilation),
                  backend, algorithm, 2)
 
 
-def conv_transpose3d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None, algorithm="auto"):
+def conv_transpose3d(x: Array, weight: Array, bias: Optional[Array] = None,
+                     stride: IntOrTuple = 1, padding: Padding = 0,
+                     output_padding: IntOrTuple = 0, groups: int = 1,
+                     dilation: IntOrTuple = 1, *, backend: Optional[str] = None,
+                     algorithm: str = "auto") -> Array:
     """``conv_transpose`` for ``x`` of shape (N, C, D, H, W)."""
     return _conv(True, x, weight, bias, (stride, padding, output_padding, groups, dilation),
                  backend, algorithm, 3)
@@ -345,8 +366,9 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
     return _max_pool_op(bool(return_indices), geometry, _freeze(backend, "backend"))(x)
 
 
-def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-             return_indices=False, backend=None):
+def max_pool(x: Array, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+             padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+             return_indices: bool = False, backend: Optional[str] = None) -> Any:
     """``cnnfast.max_pool`` on JAX arrays, differentiable in x. With
     ``return_indices=True`` also the winners' flat offsets in each (n, c) plane (int64,
     or int32 where JAX runs without x64; not differentiable)."""
@@ -354,22 +376,25 @@ def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
                      backend, None)
 
 
-def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-               return_indices=False, backend=None):
+def max_pool1d(x: Array, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+               return_indices: bool = False, backend: Optional[str] = None) -> Any:
     """``max_pool`` for ``x`` of shape (N, C, L)."""
     return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
                      backend, 1)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-               return_indices=False, backend=None):
+def max_pool2d(x: Array, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+               return_indices: bool = False, backend: Optional[str] = None) -> Any:
     """``max_pool`` for ``x`` of shape (N, C, H, W)."""
     return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
                      backend, 2)
 
 
-def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-               return_indices=False, backend=None):
+def max_pool3d(x: Array, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+               return_indices: bool = False, backend: Optional[str] = None) -> Any:
     """``max_pool`` for ``x`` of shape (N, C, D, H, W)."""
     return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
                      backend, 3)
@@ -435,29 +460,37 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
     return _avg_pool_op(geometry, dilation, _freeze(backend, "backend"))(x)
 
 
-def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-             count_include_pad=True, divisor_override=None, *, dilation=1, backend=None):
+def avg_pool(x: Array, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+             padding: Padding = 0, ceil_mode: bool = False,
+             count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+             dilation: IntOrTuple = 1, backend: Optional[str] = None) -> Array:
     """``cnnfast.avg_pool`` on JAX arrays, differentiable in x."""
     return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, backend, None)
 
 
-def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None, *, dilation=1, backend=None):
+def avg_pool1d(x: Array, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+               dilation: IntOrTuple = 1, backend: Optional[str] = None) -> Array:
     """``avg_pool`` for ``x`` of shape (N, C, L)."""
     return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, backend, 1)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None, *, dilation=1, backend=None):
+def avg_pool2d(x: Array, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+               dilation: IntOrTuple = 1, backend: Optional[str] = None) -> Array:
     """``avg_pool`` for ``x`` of shape (N, C, H, W)."""
     return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, backend, 2)
 
 
-def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None, *, dilation=1, backend=None):
+def avg_pool3d(x: Array, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+               dilation: IntOrTuple = 1, backend: Optional[str] = None) -> Array:
     """``avg_pool`` for ``x`` of shape (N, C, D, H, W)."""
     return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, backend, 3)

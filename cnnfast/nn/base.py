@@ -37,10 +37,9 @@ from typing import Any, Dict, Optional, Tuple, TypeVar
 
 import numpy as np
 
+from ..arrays import Array  # noqa: F401 - the array type of the layers' signatures
 from ..arrays import array_module  # noqa: F401 - public as cnnfast.nn.array_module
 
-#: An array of numpy or cupy (cupy is optional, so arrays are typed ``Any``).
-Array = Any
 #: A per-sample shape, channels first: ``(C, *spatial)`` or ``(features,)``.
 Shape = Tuple[int, ...]
 #: A per-sample shape as the layers take it (a tuple or list of ints). ``Any`` for now,
@@ -147,14 +146,54 @@ def layer_from_config(entry: Dict[str, Any]) -> "Layer":
 
 
 def to_numpy(a: Optional[Array]) -> Optional[np.ndarray]:
-    """A numpy copy (or view) of a numpy or cupy array."""
+    """``a`` as a numpy array: a numpy array itself (no copy), a cupy array copied
+    to the host.
+
+    Parameters
+    ----------
+    a : numpy.ndarray, cupy.ndarray or None
+
+    Returns
+    -------
+    numpy.ndarray or None
+        None for None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast.nn.base import to_numpy
+    >>> x = np.arange(3.0)
+    >>> to_numpy(x) is x, to_numpy(None)
+    (True, None)
+    """
     if a is None or isinstance(a, np.ndarray):
         return a
     return a.get()
 
 
 def to_device(a: Optional[Array], xp: Any) -> Optional[Array]:
-    """``a`` as an array of module ``xp`` (numpy or cupy)."""
+    """``a`` as an array of module ``xp`` (numpy or cupy): copied between host and
+    GPU when it lives on the other one, else returned as it is.
+
+    Parameters
+    ----------
+    a : numpy.ndarray, cupy.ndarray or None
+    xp : module
+        ``numpy`` or ``cupy`` (a model's ``xp``).
+
+    Returns
+    -------
+    numpy.ndarray, cupy.ndarray or None
+        None for None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast.nn.base import to_device
+    >>> x = np.ones(2, np.float32)
+    >>> to_device(x, np) is x, to_device(None, np)
+    (True, None)
+    """
     if a is None:
         return None
     if xp is np:

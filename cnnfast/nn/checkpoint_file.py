@@ -17,8 +17,12 @@ import json
 import math
 import os
 import zipfile
+from typing import TYPE_CHECKING, Any, Dict
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .data import PathLike
 
 FORMAT = 1
 
@@ -28,13 +32,50 @@ class CheckpointError(ValueError):
     corrupt, crafted, or weights that do not fit the stored model configuration."""
 
 
-def read_arrays(path) -> dict:
+def read_arrays(path: PathLike) -> Dict[str, Any]:
     """Every array of a checkpoint by name (``__meta__`` decoded to a dict).
 
     The file is untrusted: no pickle, and nothing is allocated before it is known
     to fit in the file -- the arrays together may not declare more bytes than the
     file holds (cnnfast writes them uncompressed), and each ``.npy`` header's shape
-    must fit in its member."""
+    must fit in its member.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The checkpoint file.
+
+    Returns
+    -------
+    dict
+        ``{name: numpy.ndarray}`` in the layout of the module docstring, with
+        ``"__meta__"`` the decoded metadata dict.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CheckpointError
+        If it is not a valid checkpoint (a ``ValueError``).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from cnnfast import nn
+    >>> model = nn.Sequential([nn.Flatten(), nn.Dense(2)], input_shape=(1, 2, 2), seed=0)
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = nn.save_checkpoint(os.path.join(tmp.name, "model.npz"), model)
+    >>> arrays = nn.read_arrays(path)
+    >>> sorted(arrays)
+    ['__meta__', 'param/dense.bias', 'param/dense.weight']
+    >>> arrays["__meta__"]["format"], arrays["param/dense.weight"].shape
+    (1, (2, 4))
+    >>> nn.read_arrays(os.path.join(tmp.name, "missing.npz"))
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: checkpoint '.../missing.npz' does not exist
+    >>> tmp.cleanup()
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
@@ -50,7 +91,7 @@ def read_arrays(path) -> dict:
                     f"{path!r}: its arrays declare {declared:,} bytes in a file of "
                     f"{size:,} (compressed or crafted; cnnfast writes checkpoints "
                     f"uncompressed)")
-            arrays = {}
+            arrays: Dict[str, Any] = {}
             for m in members:
                 if not m.filename.endswith(".npy"):
                     raise CheckpointError(f"{path!r}: unexpected member {m.filename!r} "
@@ -79,7 +120,7 @@ def read_arrays(path) -> dict:
     return arrays
 
 
-def _read_npy(z, member, path):
+def _read_npy(z: zipfile.ZipFile, member: zipfile.ZipInfo, path: str) -> np.ndarray:
     """One ``.npy`` member, its header checked before its data is allocated."""
     fmt = np.lib.format
     with z.open(member) as f:

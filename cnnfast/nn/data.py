@@ -46,7 +46,7 @@ class IDXError(ValueError):
     """A file that is not a valid IDX file (wrong magic, truncated, corrupt)."""
 
 
-def _open(path):
+def _open(path: PathLike) -> Tuple[io.BufferedIOBase, bool]:
     """``(file, compressed)``: the file opened for reading, gunzipped when it
     starts with the gzip magic, whatever its name says."""
     with open(path, "rb") as f:
@@ -56,7 +56,7 @@ def _open(path):
     return open(path, "rb"), False
 
 
-def _read(f, n, path, what):
+def _read(f: io.BufferedIOBase, n: int, path: PathLike, what: str) -> bytes:
     """Up to ``n`` bytes; a gzip error becomes an IDXError naming the file."""
     try:
         return f.read(n)
@@ -65,7 +65,7 @@ def _read(f, n, path, what):
                        f"({type(exc).__name__}: {exc})") from exc
 
 
-def _read_exact(f, n, path, what):
+def _read_exact(f: io.BufferedIOBase, n: int, path: PathLike, what: str) -> bytes:
     data = _read(f, n, path, what)
     if len(data) != n:
         raise IDXError(f"{path}: truncated: expected {n} bytes of {what}, found "
@@ -73,14 +73,15 @@ def _read_exact(f, n, path, what):
     return data
 
 
-def _truncated(path, nbytes, found, what):
+def _truncated(path: PathLike, nbytes: int, found: int, what: str) -> IDXError:
     return IDXError(f"{path}: truncated: expected {nbytes} bytes of {what}, found {found}")
 
 
 _CHUNK = 1 << 24
 
 
-def _read_data(f, nbytes, compressed, path, what):
+def _read_data(f: io.BufferedIOBase, nbytes: int, compressed: bool, path: PathLike,
+               what: str) -> bytearray:
     """``nbytes`` of data as a writable buffer, never allocating more than the
     file turns out to hold: a plain file's size was checked against the header
     before this; a gzip stream's is unknown, so it is read in chunks."""
@@ -264,6 +265,27 @@ def find_fashion_mnist(data: Optional[PathLike] = None) -> str:
     ------
     FileNotFoundError
         If no folder holds the four files (the message lists where it looked).
+
+    Examples
+    --------
+    A folder with four (tiny) files in the standard names is found; one without
+    them is an error that says what is missing:
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from cnnfast.nn.data import FILES, find_fashion_mnist, write_idx
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> for images, labels in FILES.values():
+    ...     path = os.path.join(tmp.name, images + ".gz")
+    ...     write_idx(path, np.zeros((2, 28, 28), np.uint8))
+    ...     write_idx(os.path.join(tmp.name, labels + ".gz"), np.zeros(2, np.uint8))
+    >>> find_fashion_mnist(tmp.name) == tmp.name
+    True
+    >>> find_fashion_mnist(os.path.join(tmp.name, "elsewhere"))
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: Fashion-MNIST not found: .../elsewhere (--data): missing ...
+    >>> tmp.cleanup()
     """
     tried = []
     for origin, d in _candidates(data):
@@ -287,8 +309,6 @@ def load_fashion_mnist(split: str = "train", data: Optional[PathLike] = None,
                        limit: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(images, labels)``: images uint8 (N, 1, 28, 28), labels int64 (N,).
 
-    No example here: it needs the data files (see the module doc).
-
     Parameters
     ----------
     split : str
@@ -311,6 +331,23 @@ def load_fashion_mnist(split: str = "train", data: Optional[PathLike] = None,
         If the files are not found.
     IDXError
         If a file is invalid or images and labels do not match.
+
+
+    Examples
+    --------
+    With tiny stand-in files (the real ones: see the module doc):
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from cnnfast.nn.data import FILES, load_fashion_mnist, write_idx
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> for images, labels in FILES.values():
+    ...     write_idx(os.path.join(tmp.name, images), np.zeros((3, 28, 28), np.uint8))
+    ...     write_idx(os.path.join(tmp.name, labels), np.array([9, 0, 3], np.uint8))
+    >>> x, y = load_fashion_mnist("test", tmp.name, limit=2)
+    >>> x.shape, x.dtype, y
+    ((2, 1, 28, 28), dtype('uint8'), array([9, 0]))
+    >>> tmp.cleanup()
     """
     if split not in FILES:
         raise ValueError(f"split={split!r}: expected 'train' or 'test'")

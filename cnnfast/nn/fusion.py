@@ -19,12 +19,12 @@ apart.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple, Union, cast
 
-from .base import Layer
+from .base import Array, Layer
 from .layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from .layers.conv import (
-    Conv, Conv1d, Conv2d, Conv3d, ConvTranspose, ConvTranspose1d, ConvTranspose2d,
+    _Conv, Conv, Conv1d, Conv2d, Conv3d, ConvTranspose, ConvTranspose1d, ConvTranspose2d,
     ConvTranspose3d,
 )
 from .layers.pool import MaxPool, MaxPool1d, MaxPool2d, MaxPool3d
@@ -33,39 +33,45 @@ _CONVS = (Conv, Conv1d, Conv2d, Conv3d,
           ConvTranspose, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d)
 _ACTIVATIONS = (ReLU, LeakyReLU, Sigmoid, Tanh)
 _MAX_POOLS = (MaxPool, MaxPool1d, MaxPool2d, MaxPool3d)
+_Activation = Union[ReLU, LeakyReLU, Sigmoid, Tanh]
 
 
 class Step:
     """One step of the plan: one layer, run as it is."""
 
-    def __init__(self, *layers: Layer):
-        self.layers = layers
+    def __init__(self, *layers: Layer) -> None:
+        self.layers: Tuple[Layer, ...] = layers
 
     @property
     def needs_param_grads(self) -> bool:
+        """Whether any of the step's layers needs its parameters' gradients."""
         return any(layer.needs_param_grads for layer in self.layers)
 
-    def clear(self):
+    def clear(self) -> None:
         """Drop what the layers kept for backward (a step that is not back-propagated)."""
         for layer in self.layers:
             layer._cache = None
 
-    def forward(self, x, training):
+    def forward(self, x: Array, training: bool) -> Array:
+        """The step's output for input ``x``."""
         return self.layers[0].forward(x, training)
 
-    def backward(self, grad, need_input_grad):
+    def backward(self, grad: Array, need_input_grad: bool) -> Optional[Array]:
+        """The gradient of the step's input (None unless ``need_input_grad``)."""
         return self.layers[0].backward(grad, need_input_grad=need_input_grad)
 
 
 class _ConvActivation(Step):
     """Convolution and the activation after it, both in the convolution's kernels."""
 
-    def forward(self, x, training):
-        conv, act = self.layers
-        activation, slope = act.fused_activation()
+    def forward(self, x: Array, training: bool) -> Array:
+        conv, act = cast(Tuple[_Conv, _Activation], self.layers)
+        fused = act.fused_activation()
+        assert fused is not None  # plan() fuses only activations that have a kernel form
+        activation, slope = fused
         return conv.forward_activated(x, training, activation, slope)
 
-    def backward(self, grad, need_input_grad):
+    def backward(self, grad: Array, need_input_grad: bool) -> Optional[Array]:
         # the convolution kept the activation and its output with its input
         return self.layers[0].backward(grad, need_input_grad=need_input_grad)
 
@@ -89,11 +95,11 @@ class _ConvReluMaxPool(Step):
     would then move.
     """
 
-    def forward(self, x, training):
+    def forward(self, x: Array, training: bool) -> Array:
         conv, relu, pool = self.layers
         return relu.forward(pool.forward(conv.forward(x, training), training), training)
 
-    def backward(self, grad, need_input_grad):
+    def backward(self, grad: Array, need_input_grad: bool) -> Optional[Array]:
         conv, relu, pool = self.layers
         grad = pool.backward(relu.backward(grad))
         return conv.backward(grad, need_input_grad=need_input_grad)
@@ -102,12 +108,13 @@ class _ConvReluMaxPool(Step):
 def plan(layers: Sequence[Layer], fuse: bool = True) -> List[Step]:
     """The steps that run ``layers`` in order: fused groups where ``fuse`` allows
     (see the module docstring), single layers elsewhere."""
-    steps, i, n = [], 0, len(layers)
+    steps: List[Step] = []
+    i, n = 0, len(layers)
     while i < n:
         here = layers[i:i + 3]
         kinds = [type(layer) for layer in here]
         if fuse and len(here) >= 2 and kinds[0] in _CONVS and kinds[1] in _ACTIVATIONS \
-                and here[1].fused_activation() is not None:
+                and cast(_Activation, here[1]).fused_activation() is not None:
             if len(here) == 3 and kinds[1] is ReLU and kinds[2] in _MAX_POOLS:
                 steps.append(_ConvReluMaxPool(*here))
                 i += 3

@@ -24,8 +24,14 @@ import os
 import struct
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List
 
 import numpy as np
+
+from .data import PathLike
+
+if TYPE_CHECKING:  # for the annotations only
+    from .model import Sequential
 
 # safetensors' dtype names for the arrays a model holds
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64}
@@ -34,7 +40,7 @@ _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000
 
 
-def _key_map(model) -> dict:
+def _key_map(model: Sequential) -> Dict[str, str]:
     """torch name -> ``model.state_dict()`` key, for every parameter and buffer."""
     out = {}
     for i, layer in enumerate(model.layers):
@@ -47,7 +53,7 @@ def _key_map(model) -> dict:
     return out
 
 
-def torch_state_dict(model) -> dict:
+def torch_state_dict(model: Sequential) -> Dict[str, np.ndarray]:
     """The model's weights and buffers as numpy arrays under torch's names."""
     state = model.state_dict()
     out = {t: state[k] for t, k in _key_map(model).items()}
@@ -57,7 +63,8 @@ def torch_state_dict(model) -> dict:
     return out
 
 
-def load_torch_state_dict(model, state: dict, strict: bool = True) -> list:
+def load_torch_state_dict(model: Sequential, state: Dict[str, Any],
+                          strict: bool = True) -> List[str]:
     """Copy weights given under torch's names (numpy arrays or CPU tensors) into
     ``model``; ``strict`` as ``Sequential.load_state_dict``. Returns the torch names
     loaded."""
@@ -78,7 +85,7 @@ def load_torch_state_dict(model, state: dict, strict: bool = True) -> list:
     return [t for t, k in names.items() if k in loaded]
 
 
-def save_torch_weights(model, path) -> None:
+def save_torch_weights(model: Sequential, path: PathLike) -> None:
     """Write ``torch_state_dict(model)`` to ``path``: safetensors for a
     ``.safetensors`` suffix, else torch's format (``.pt``/``.pth``; needs torch).
     Written atomically (a temporary file, then renamed)."""
@@ -93,7 +100,7 @@ def save_torch_weights(model, path) -> None:
     _atomic_write(path, lambda f: torch.save(tensors, f))
 
 
-def load_torch_weights(model, path, strict: bool = True) -> list:
+def load_torch_weights(model: Sequential, path: PathLike, strict: bool = True) -> List[str]:
     """Read a file ``save_torch_weights`` (or torch, or the safetensors library) wrote
     and load it into ``model`` (``load_torch_state_dict``)."""
     path = Path(path)

@@ -34,12 +34,13 @@ import os
 import signal
 import sys
 import time
-from typing import Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from .checkpoint import save_checkpoint
+from .checkpoint import PathLike, save_checkpoint
 from .encdec import ENCDEC_MODELS, build_encdec, is_encdec
-from .optim import make_schedule
-from .tasks import DEFAULT_NOISE, ClassificationTask, DenoisingTask
+from .model import Sequential
+from .optim import Optimizer, make_schedule
+from .tasks import DEFAULT_NOISE, ClassificationTask, DenoisingTask, Task
 from .training import MODELS, Trainer
 
 SCHEMA = 2
@@ -61,7 +62,8 @@ def task_of_model(name: str) -> str:
                      f"{', '.join(tuple(MODELS) + ENCDEC_MODELS)}")
 
 
-def build_model(name: str, seed: int = 0, dtype="float32", backend=None):
+def build_model(name: str, seed: int = 0, dtype: Any = "float32",
+                backend: Optional[str] = None) -> Sequential:
     """A new ``cnnfast train --model name`` model for 28x28 grey images."""
     if task_of_model(name) == "denoise":
         return build_encdec(name, seed=seed, dtype=dtype, backend=backend)
@@ -71,7 +73,7 @@ def build_model(name: str, seed: int = 0, dtype="float32", backend=None):
 # ----------------------------------------------------------------------------- the schema
 
 
-def checkpoint_task(extra: dict, model) -> str:
+def checkpoint_task(extra: Dict[str, Any], model: Sequential) -> str:
     """The task a checkpoint's model learns: its ``task`` field, else (an older
     classifier, or a model saved without training metadata) ``"denoise"`` for an
     image-to-image model and ``"classify"`` otherwise."""
@@ -81,14 +83,14 @@ def checkpoint_task(extra: dict, model) -> str:
     return "denoise" if is_encdec(model) else "classify"
 
 
-def checkpoint_history(extra: dict) -> list:
+def checkpoint_history(extra: Dict[str, Any]) -> List[Any]:
     """The epochs a checkpoint's training state records (``[]`` when it has none)."""
-    trainer = extra.get("trainer") if isinstance(extra.get("trainer"), dict) else {}
-    history = trainer.get("history")
+    trainer = extra.get("trainer")
+    history = trainer.get("history") if isinstance(trainer, dict) else None
     return list(history) if isinstance(history, list) else []
 
 
-def checkpoint_noise(extra: dict, default: float = DEFAULT_NOISE) -> float:
+def checkpoint_noise(extra: Dict[str, Any], default: float = DEFAULT_NOISE) -> float:
     """The noise std a denoiser checkpoint was trained with (``default`` when it
     records none); ValueError for a corrupt one."""
     noise = extra.get("noise_std", default)
@@ -98,7 +100,7 @@ def checkpoint_noise(extra: dict, default: float = DEFAULT_NOISE) -> float:
     return float(noise)
 
 
-def upgrade_extra(extra: dict, model) -> dict:
+def upgrade_extra(extra: Dict[str, Any], model: Sequential) -> Dict[str, Any]:
     """A ``cnnfast train`` checkpoint's ``extra`` in the current schema (a new dict;
     older checkpoints are filled in, see the module docstring). ``KeyError`` when
     it holds no training state, ``TypeError``/``ValueError`` for a corrupt one."""
@@ -123,7 +125,7 @@ def upgrade_extra(extra: dict, model) -> dict:
     return out
 
 
-def make_checkpoint_task(info: dict):
+def make_checkpoint_task(info: Dict[str, Any]) -> Task:
     """The task of an upgraded ``extra`` (``KeyError`` when a denoiser's has no
     noise std)."""
     if info["task"] == "denoise":
@@ -140,21 +142,23 @@ class TrainingRun:
     (``{"train_size", "limit"}``; a resumed run must load as many images)."""
 
     def __init__(self, trainer: Trainer, model_name: Optional[str] = None,
-                 seed: Optional[int] = None, data: Optional[dict] = None):
+                 seed: Optional[int] = None, data: Optional[Dict[str, Any]] = None) -> None:
         self.trainer = trainer
         self.model_name = model_name or trainer.model.name
         self.seed = int(trainer.seed if seed is None else seed)
         self.data = data
 
     @property
-    def task(self):
+    def task(self) -> Task:
+        """The trainer's task."""
         return self.trainer.task
 
     @property
-    def model(self):
+    def model(self) -> Sequential:
+        """The trainer's model."""
         return self.trainer.model
 
-    def extra(self) -> dict:
+    def extra(self) -> Dict[str, Any]:
         """The checkpoint metadata (schema ``SCHEMA``)."""
         t = self.trainer
         return {"schema": SCHEMA, "task": t.task.name, "model": self.model_name,
@@ -162,12 +166,15 @@ class TrainingRun:
                 "augment": t.augment.spec if t.augment is not None else None,
                 **t.task.config()}
 
-    def save(self, path) -> str:
+    def save(self, path: PathLike) -> str:
+        """Write the checkpoint (model, optimizer, :meth:`extra`) to ``path``
+        atomically; returns the path written."""
         t = self.trainer
         return save_checkpoint(path, t.model, t.optimizer, self.extra())
 
     @classmethod
-    def resume(cls, model, optimizer, extra: dict, trainer=Trainer, **kwargs):
+    def resume(cls, model: Sequential, optimizer: Optimizer, extra: Dict[str, Any],
+               trainer: Callable[..., Trainer] = Trainer, **kwargs: Any) -> "TrainingRun":
         """The run a checkpoint (``load_checkpoint``'s three values) continues,
         with a trainer made by ``trainer(model, optimizer, schedule, batch_size=,
         seed=, task=, **kwargs)`` (e.g. a ``DistributedTrainer``). ``KeyError``,
@@ -194,15 +201,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _install_sigint(handler):
+def _install_sigint(handler: Callable[[int, Any], Any]) -> Any:
     try:
         return signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread: Ctrl-C handling is the caller's
         return None
 
 
-def fit(run: TrainingRun, train_x, train_y, test_x, test_y, epochs: int, out: str, *,
-        progress: bool = True, root: bool = True) -> str:
+def fit(run: TrainingRun, train_x: Any, train_y: Any, test_x: Any, test_y: Any, epochs: int,
+        out: str, *, progress: bool = True, root: bool = True) -> str:
     """Train ``run`` until its trainer has ``epochs`` epochs, evaluating on the test
     set after each, and return ``"done"``, ``"interrupted"`` (Ctrl-C: stopped and
     saved, ``--resume`` continues) or ``"aborted"`` (a second Ctrl-C: the last
@@ -221,11 +228,11 @@ def fit(run: TrainingRun, train_x, train_y, test_x, test_y, epochs: int, out: st
             for m in trainer.history:
                 f.write(json.dumps(m) + "\n")
 
-    def save():
+    def save() -> None:
         if root:
             run.save(ckpt_path)
 
-    def on_sigint(signum, frame):
+    def on_sigint(signum: int, frame: Any) -> None:
         trainer.stop_requested = True
         print(f"\ninterrupt: stopping after {task.stop_point} and saving a checkpoint "
               f"(Ctrl-C again to abort without saving)", file=sys.stderr)

@@ -19,13 +19,16 @@ The evaluation helpers live here, below both the trainer and the model builders
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .base import array_module
+from .base import Array, array_module
 from .data import to_float
 from .losses import mse, softmax_cross_entropy
+
+if TYPE_CHECKING:  # for the annotations only
+    from .model import Sequential
 
 TASK_NAMES = ("classify", "denoise")
 DEFAULT_NOISE = 0.3
@@ -34,14 +37,17 @@ DEFAULT_NOISE = 0.3
 # ------------------------------------------------------------------------- classification
 
 
-def evaluate(model, images, labels, batch_size: int = 500,
-             classes: Optional[int] = None) -> dict:
+def evaluate(model: Sequential, images: Any, labels: Any, batch_size: int = 500,
+             classes: Optional[int] = None) -> Dict[str, Any]:
     """Loss, accuracy and confusion matrix (rows: true class, columns: predicted)
     of ``model`` on uint8 ``images`` and int ``labels``."""
     if batch_size < 1:  # range() would silently skip every image
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     xp = model.xp
-    classes = classes or int(model.output_shape[0])
+    if not classes:
+        if model.output_shape is None:
+            raise RuntimeError("the model is not built: pass input_shape or call build()")
+        classes = int(model.output_shape[0])
     confusion = np.zeros((classes, classes), np.int64)
     loss_sum = 0.0
     for i in range(0, len(images), batch_size):
@@ -62,7 +68,7 @@ def evaluate(model, images, labels, batch_size: int = 500,
 # ----------------------------------------------------------------------------- denoising
 
 
-def psnr(a, b, data_range: float = 1.0) -> float:
+def psnr(a: Array, b: Array, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB: ``10 log10(data_range^2 / mean((a-b)^2))``
     over all elements (``inf`` for identical arrays)."""
     if tuple(a.shape) != tuple(b.shape):
@@ -75,7 +81,7 @@ def psnr(a, b, data_range: float = 1.0) -> float:
     return 10.0 * math.log10(float(data_range) ** 2 / m)
 
 
-def add_noise(clean, std: float, rng: np.random.Generator):
+def add_noise(clean: Array, std: float, rng: np.random.Generator) -> Array:
     """``clip(clean + std * N(0, 1), 0, 1)``, noise drawn on the CPU (seeded, the
     same on every device); returns a new array of ``clean``'s module and dtype."""
     xp = array_module(clean)
@@ -83,7 +89,7 @@ def add_noise(clean, std: float, rng: np.random.Generator):
     return xp.clip(clean + xp.asarray(noise), 0, 1)
 
 
-def as_float(images, dtype, xp):
+def as_float(images: Any, dtype: Any, xp: Any) -> Array:
     """Images as floats in [0, 1] of array module ``xp``: uint8 is scaled by 1/255,
     floats are taken as they are; (N, H, W) gets a channel axis."""
     images = np.asarray(images) if array_module(images) is np else images
@@ -97,8 +103,8 @@ def as_float(images, dtype, xp):
     return xp.asarray(images).astype(dtype, copy=False)
 
 
-def evaluate_denoiser(model, clean, noise_std: float, seed: int = 0,
-                      batch_size: int = 256) -> dict:
+def evaluate_denoiser(model: Sequential, clean: Any, noise_std: float, seed: int = 0,
+                      batch_size: int = 256) -> Dict[str, Any]:
     """PSNR of noisy and of denoised ``clean`` images (float in [0, 1]; noise from
     ``seed``): ``{"psnr_noisy", "psnr_denoised", "mse_denoised"}``."""
     xp = model.xp
@@ -125,10 +131,12 @@ class Task:
     stops_mid_epoch = True
     schedule_per_batch = True
     eval_batch_size = 500
-    FIELDS: tuple = ()
+    FIELDS: Tuple[str, ...] = ()
     stop_point = "this batch"
+    #: ``loss(outputs, target) -> (loss, grad of outputs)``, set by each task.
+    loss: Callable[[Array, Array], Tuple[float, Array]]
 
-    def config(self) -> dict:
+    def config(self) -> Dict[str, Any]:
         """What a checkpoint records beyond the name (keywords of ``make_task``)."""
         return {}
 
@@ -141,13 +149,49 @@ class Task:
         continues from the previous epoch."""
         return None
 
-    def to_float(self, images, model):
+    def to_float(self, images: Any, model: Sequential) -> Array:
         """A batch of stored images as the model's float inputs."""
         return to_float(images, model.dtype, model.xp)
 
     def describe(self) -> str:
         """Extra words for the run's header line ('' for none)."""
         return ""
+
+    # What each task defines (the trainer calls these; see ClassificationTask).
+    def pair(self, x: Array, labels: Any, rng: np.random.Generator,
+             xp: Any) -> Tuple[Array, Array]:
+        """``(input, target)`` of a training batch from its float images ``x``."""
+        raise NotImplementedError
+
+    def correct(self, outputs: Array, target: Array) -> int:
+        """Correctly predicted samples of a batch (0 where that has no meaning)."""
+        raise NotImplementedError
+
+    def train_metrics(self, running: Dict[str, Any]) -> Dict[str, float]:
+        """An epoch's training fields from the trainer's running sums."""
+        raise NotImplementedError
+
+    def progress_text(self, running: Dict[str, Any]) -> str:
+        """The figures the progress bar shows beside the bar."""
+        raise NotImplementedError
+
+    def evaluate(self, model: Sequential, images: Any, labels: Any = None,
+                 batch_size: Optional[int] = None, classes: Optional[int] = None,
+                 seed: int = 0) -> Dict[str, Any]:
+        """The task's evaluation of ``model`` on the test images."""
+        raise NotImplementedError
+
+    def test_metrics(self, result: Dict[str, Any]) -> Dict[str, float]:
+        """An evaluation result as the epoch record's test fields."""
+        raise NotImplementedError
+
+    def epoch_line(self, m: Dict[str, Any]) -> str:
+        """The line printed after an epoch, from its record ``m``."""
+        raise NotImplementedError
+
+    def summary(self, history: List[Dict[str, Any]], test_size: int) -> str:
+        """The closing line of a run, from its epoch records."""
+        raise NotImplementedError
 
 
 class ClassificationTask(Task):
@@ -169,37 +213,39 @@ class ClassificationTask(Task):
     loss = staticmethod(softmax_cross_entropy)
 
     # -- data -----------------------------------------------------------------------
-    def pair(self, x, labels, rng, xp):
+    def pair(self, x: Array, labels: Any, rng: np.random.Generator,
+             xp: Any) -> Tuple[Array, Array]:
         """``(input, target)`` of a training batch from its float images ``x``."""
         return x, xp.asarray(labels)
 
-    def correct(self, outputs, target) -> int:
+    def correct(self, outputs: Array, target: Array) -> int:
         """Correctly classified samples of a batch (0 for soft labels)."""
         return int((outputs.argmax(axis=1) == target).sum()) if target.ndim == 1 else 0
 
     # -- metrics --------------------------------------------------------------------
-    def train_metrics(self, running: dict) -> dict:
+    def train_metrics(self, running: Dict[str, Any]) -> Dict[str, float]:
         seen = max(running["seen"], 1)
         return {"train_loss": running["loss_sum"] / seen,
                 "train_acc": running["correct"] / seen}
 
-    def progress_text(self, running: dict) -> str:
+    def progress_text(self, running: Dict[str, Any]) -> str:
         seen = max(running["seen"], 1)
         return f"loss {running['loss_sum'] / seen:.4f} acc {running['correct'] / seen:.4f}"
 
-    def evaluate(self, model, images, labels, batch_size=None, classes=None, seed=0):
+    def evaluate(self, model: Sequential, images: Any, labels: Any = None,
+                 batch_size: Optional[int] = None, classes: Optional[int] = None,
+                 seed: int = 0) -> Dict[str, Any]:
         return evaluate(model, images, labels, batch_size or self.eval_batch_size, classes)
 
-    def test_metrics(self, result: dict) -> dict:
-        """An evaluation result as the epoch record's test fields."""
+    def test_metrics(self, result: Dict[str, Any]) -> Dict[str, float]:
         return {"test_loss": result["loss"], "test_acc": result["accuracy"]}
 
-    def epoch_line(self, m: dict) -> str:
+    def epoch_line(self, m: Dict[str, Any]) -> str:
         return (f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f} | test loss "
                 f"{m['test_loss']:.4f} acc {m['test_acc']:.4f} | "
                 f"{m['images_per_s']:,.0f} img/s")
 
-    def summary(self, history: list, test_size: int) -> str:
+    def summary(self, history: List[Dict[str, Any]], test_size: int) -> str:
         best = max(m["test_acc"] for m in history)
         return f"final test accuracy {history[-1]['test_acc']:.4f} (best {best:.4f})"
 
@@ -229,7 +275,7 @@ class DenoisingTask(Task):
 
     loss = staticmethod(mse)
 
-    def __init__(self, noise_std: float = DEFAULT_NOISE, seeding: str = "epoch"):
+    def __init__(self, noise_std: float = DEFAULT_NOISE, seeding: str = "epoch") -> None:
         noise_std = float(noise_std)
         if not (math.isfinite(noise_std) and noise_std >= 0):
             raise ValueError(f"noise_std={noise_std!r} must be a finite number >= 0")
@@ -237,15 +283,15 @@ class DenoisingTask(Task):
             raise ValueError(f"seeding={seeding!r}: expected 'epoch' or 'run'")
         self.noise_std, self.seeding = noise_std, seeding
 
-    def config(self) -> dict:
+    def config(self) -> Dict[str, Any]:
         return {"noise_std": self.noise_std, **({"seeding": "run"} if self.seeding == "run"
                                                 else {})}
 
-    def data_rng(self, seed):
+    def data_rng(self, seed: int) -> np.random.Generator:
         return np.random.default_rng(int(seed)) if self.seeding == "run" else \
             super().data_rng(seed)
 
-    def epoch_seed(self, seed, epoch):
+    def epoch_seed(self, seed: int, epoch: int) -> Optional[int]:
         if self.seeding == "run":
             return None
         return int(np.random.SeedSequence([int(seed), 4, int(epoch)]).generate_state(1)[0])
@@ -253,38 +299,41 @@ class DenoisingTask(Task):
     def test_seed(self, seed: int) -> int:
         return int(np.random.SeedSequence([int(seed), 5]).generate_state(1)[0])
 
-    def to_float(self, images, model):
+    def to_float(self, images: Any, model: Sequential) -> Array:
         return as_float(images, model.dtype, model.xp)
 
-    def pair(self, x, labels, rng, xp):
+    def pair(self, x: Array, labels: Any, rng: np.random.Generator,
+             xp: Any) -> Tuple[Array, Array]:
         return add_noise(x, self.noise_std, rng), x
 
-    def correct(self, outputs, target) -> int:
+    def correct(self, outputs: Array, target: Array) -> int:
         return 0
 
-    def train_metrics(self, running):
+    def train_metrics(self, running: Dict[str, Any]) -> Dict[str, float]:
         return {"train_loss": running["loss_sum"] / max(running["seen"], 1)}
 
-    def progress_text(self, running):
+    def progress_text(self, running: Dict[str, Any]) -> str:
         return f"loss {running['loss_sum'] / max(running['seen'], 1):.5f}"
 
-    def evaluate(self, model, images, labels=None, batch_size=None, classes=None, seed=0):
+    def evaluate(self, model: Sequential, images: Any, labels: Any = None,
+                 batch_size: Optional[int] = None, classes: Optional[int] = None,
+                 seed: int = 0) -> Dict[str, Any]:
         return evaluate_denoiser(model, images, self.noise_std, seed=self.test_seed(seed),
                                  batch_size=batch_size or self.eval_batch_size)
 
-    def test_metrics(self, result):
+    def test_metrics(self, result: Dict[str, Any]) -> Dict[str, float]:
         return {"test_loss": result["mse_denoised"], "psnr_noisy": result["psnr_noisy"],
                 "psnr_denoised": result["psnr_denoised"]}
 
-    def describe(self):
+    def describe(self) -> str:
         return f"noise std {self.noise_std:g}"
 
-    def epoch_line(self, m):
+    def epoch_line(self, m: Dict[str, Any]) -> str:
         return (f"train loss {m['train_loss']:.5f} | test loss {m['test_loss']:.5f} | "
                 f"PSNR noisy {m['psnr_noisy']:.2f} dB -> denoised "
                 f"{m['psnr_denoised']:.2f} dB | {m['images_per_s']:,.0f} img/s")
 
-    def summary(self, history, test_size):
+    def summary(self, history: List[Dict[str, Any]], test_size: int) -> str:
         last = history[-1]
         best = max(m["psnr_denoised"] for m in history)
         return (f"test PSNR noisy {last['psnr_noisy']:.2f} dB -> denoised "
@@ -292,7 +341,7 @@ class DenoisingTask(Task):
                 f"images, noise std {self.noise_std:g}")
 
 
-def make_task(name: str = "classify", **config):
+def make_task(name: str = "classify", **config: Any) -> Task:
     """The task named ``name`` (``TASK_NAMES``) with its ``config()`` keywords."""
     if name == "classify":
         if config:

@@ -21,23 +21,29 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Optional
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence,
+                    Tuple, Type)
 
 import numpy as np
 
 from . import layers as L
+from .base import Array
 from .data import to_float  # noqa: F401  (part of this module's namespace)
 from .losses import softmax_cross_entropy  # noqa: F401
 from .model import Sequential
-from .optim import Schedule
+from .optim import Optimizer, Schedule
 # evaluate is the classifiers' evaluation (defined with the tasks; public here too).
-from .tasks import ClassificationTask, evaluate  # noqa: F401
+from .tasks import ClassificationTask, Task, evaluate  # noqa: F401
+
+if TYPE_CHECKING:
+    from ..augment import Pipeline
 
 
 # ----------------------------------------------------------------------------- models
 
 
-def cnn_model(input_shape=(1, 28, 28), classes=10, seed=0, dtype="float32", backend=None):
+def cnn_model(input_shape: Sequence[int] = (1, 28, 28), classes: int = 10, seed: int = 0,
+              dtype: Any = "float32", backend: Optional[str] = None) -> Sequential:
     """Conv 64 3x3 -> ReLU -> MaxPool 2 -> Conv 64 3x3 -> ReLU -> MaxPool 2 ->
     Flatten -> Dense 128 -> ReLU -> Dense ``classes``."""
     return Sequential([
@@ -47,13 +53,15 @@ def cnn_model(input_shape=(1, 28, 28), classes=10, seed=0, dtype="float32", back
     ], input_shape, seed=seed, dtype=dtype, backend=backend, name="cnn")
 
 
-def dense_model(input_shape=(1, 28, 28), classes=10, seed=0, dtype="float32", backend=None):
+def dense_model(input_shape: Sequence[int] = (1, 28, 28), classes: int = 10, seed: int = 0,
+                dtype: Any = "float32", backend: Optional[str] = None) -> Sequential:
     """Flatten -> Dense 128 -> ReLU -> Dense ``classes``."""
     return Sequential([L.Flatten(), L.Dense(128), L.ReLU(), L.Dense(classes)],
                       input_shape, seed=seed, dtype=dtype, backend=backend, name="dense")
 
 
-MODELS = {"cnn": cnn_model, "dense": dense_model}  # the classifiers
+# The classifiers.
+MODELS: Dict[str, Callable[..., Sequential]] = {"cnn": cnn_model, "dense": dense_model}
 
 
 def augment_seed(seed: int) -> int:
@@ -65,7 +73,7 @@ def augment_seed(seed: int) -> int:
 # ----------------------------------------------------------------------------- progress
 
 
-def _tqdm_class():
+def _tqdm_class() -> Optional[Type[Any]]:
     """``tqdm.auto.tqdm`` (a widget in a notebook, a text bar elsewhere), or None when
     tqdm is not installed."""
     try:
@@ -95,8 +103,8 @@ class Progress:
     ``write(msg)`` prints a line without breaking the bar; ``kind`` says which bar
     draws ("tqdm" or "builtin")."""
 
-    def __init__(self, total: int, desc: str = "", stream=None, width: int = 24, *,
-                 unit: str = "batch", initial: int = 0, bar: str = "auto"):
+    def __init__(self, total: int, desc: str = "", stream: Any = None, width: int = 24, *,
+                 unit: str = "batch", initial: int = 0, bar: str = "auto") -> None:
         if bar not in ("auto", "tqdm", "builtin"):
             raise ValueError(f"bar={bar!r}: expected 'auto', 'tqdm' or 'builtin'")
         self.total, self.desc, self.width = max(int(total), 1), desc, width
@@ -117,7 +125,7 @@ class Progress:
         self._line = ""  # the built-in bar as last drawn on a terminal
         self._closed = False
 
-    def update(self, done: int, text: str = "", final: bool = False):
+    def update(self, done: int, text: str = "", final: bool = False) -> None:
         """``done`` steps of ``total`` so far; ``text``: the figures to show beside
         the bar; ``final``: the last update (the bar is closed)."""
         if self._closed:
@@ -156,7 +164,7 @@ class Progress:
             self.stream.write(f"{self.desc} {done}/{self.total} {text}\n")
         self.stream.flush()
 
-    def write(self, msg: str):
+    def write(self, msg: str) -> None:
         """Print the line ``msg`` above the bar (shown even when bars are disabled)."""
         if self._bar is not None:
             self._bar.write(msg, file=self.stream)
@@ -167,7 +175,7 @@ class Progress:
             self.stream.write(msg + "\n")
         self.stream.flush()
 
-    def close(self):
+    def close(self) -> None:
         """End the bar (a newline after a built-in bar left unfinished)."""
         if self._closed:
             return
@@ -199,19 +207,22 @@ class Trainer:
     draws the same augmentations.
     """
 
-    def __init__(self, model: Sequential, optimizer, schedule: Optional[Schedule] = None,
-                 batch_size: int = 64, seed: int = 0, loss: Optional[Callable] = None,
-                 augment=None, *, task=None):
+    def __init__(self, model: Sequential, optimizer: Optimizer,
+                 schedule: Optional[Schedule] = None, batch_size: int = 64, seed: int = 0,
+                 loss: Optional[Callable[[Array, Array], Tuple[float, Array]]] = None,
+                 augment: Optional[Pipeline] = None, *, task: Optional[Task] = None
+                 ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be positive")
         if augment is not None and not all(hasattr(augment, a) for a in
                                            ("__call__", "spec", "get_state", "set_state")):
             raise TypeError(f"augment={augment!r} must be a cnnfast.augment.Pipeline")
-        self.task = task if task is not None else ClassificationTask()
+        self.task: Task = task if task is not None else ClassificationTask()
         self.model, self.optimizer = model, optimizer
         self.loss = loss if loss is not None else self.task.loss
         # An empty pipeline is no augmentation (and records none).
-        self.augment = augment if augment is not None and augment.spec else None
+        self.augment: Optional[Pipeline] = (augment if augment is not None and augment.spec
+                                            else None)
         self.schedule = schedule or Schedule(optimizer.lr)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -219,17 +230,18 @@ class Trainer:
         self.epoch = 0  # the epoch in progress (or next)
         self.batch = 0  # the next batch within it
         # None where the task seeds each epoch's generator itself.
-        self._epoch_rng_state = (None if self._reseeds() else
-                                 self.data_rng.bit_generator.state)
-        self.running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
-        self.history = []
+        self._epoch_rng_state: Optional[Mapping[str, Any]] = (
+            None if self._reseeds() else self.data_rng.bit_generator.state)
+        self.running: Dict[str, Any] = {"loss_sum": 0.0, "correct": 0, "seen": 0,
+                                        "time": 0.0}
+        self.history: List[Dict[str, Any]] = []
         self.stop_requested = False
 
     def _reseeds(self) -> bool:
         return self.task.epoch_seed(self.seed, self.epoch) is not None
 
     # -- state ----------------------------------------------------------------------
-    def state(self) -> dict:
+    def state(self) -> Dict[str, Any]:
         """JSON-able training state (everything but weights and optimizer arrays)."""
         return {"epoch": self.epoch, "batch": self.batch,
                 "epoch_rng_state": _jsonable_state(self._epoch_rng_state),
@@ -240,7 +252,7 @@ class Trainer:
                 "augment_state": (_jsonable_state(self.augment.get_state())
                                   if self.augment is not None else None)}
 
-    def restore(self, state: dict):
+    def restore(self, state: Dict[str, Any]) -> None:
         """Continue from ``state`` (see :meth:`state`). A state with augmentation
         builds the pipeline from its spec when this trainer has none."""
         spec = state.get("augment")
@@ -251,7 +263,7 @@ class Trainer:
         elif not spec and self.augment is not None:
             raise ValueError(f"the state has no augmentation but this trainer has "
                              f"{self.augment.spec!r}")
-        elif spec and self.augment.spec != spec:
+        elif spec and self.augment is not None and self.augment.spec != spec:
             raise ValueError(f"the state's augmentation {spec!r} differs from this "
                              f"trainer's {self.augment.spec!r}")
         epoch, batch = int(state["epoch"]), int(state["batch"])
@@ -268,7 +280,7 @@ class Trainer:
         self.history = list(state["history"])
 
     # -- one step -------------------------------------------------------------------
-    def train_step(self, x, y):
+    def train_step(self, x: Array, y: Array) -> Tuple[float, int]:
         """Forward, loss, backward, update; returns (loss, correct count)."""
         outputs = self.model.forward(x, training=True)
         loss, grad = self.loss(outputs, y)
@@ -276,8 +288,10 @@ class Trainer:
         self.optimizer.step(self.model)
         return loss, self.task.correct(outputs, y)
 
-    def train_epoch(self, images, labels=None, progress: bool = True, stream=None,
-                    on_step: Optional[Callable] = None) -> dict:
+    def train_epoch(self, images: Any, labels: Any = None, progress: bool = True,
+                    stream: Any = None,
+                    on_step: Optional[Callable[[int, int, float], Any]] = None
+                    ) -> Dict[str, Any]:
         """Train the rest of epoch ``self.epoch``; returns its metrics (or a partial
         result with ``"interrupted": True`` when ``stop_requested`` is set).
         ``on_step(batch, batches, loss)`` is called after every step."""
@@ -288,6 +302,8 @@ class Trainer:
         # mid-epoch resume redraws the same one.
         seed = task.epoch_seed(self.seed, self.epoch)
         if seed is None:
+            # Recorded whenever the task does not seed its epochs itself.
+            assert self._epoch_rng_state is not None
             self.data_rng.bit_generator.state = self._epoch_rng_state
         else:
             self.data_rng = np.random.default_rng(seed)
@@ -335,15 +351,15 @@ class Trainer:
         self.running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
         return metrics
 
-    def evaluate(self, images, labels=None, batch_size: Optional[int] = None,
-                 classes: Optional[int] = None) -> dict:
+    def evaluate(self, images: Any, labels: Any = None, batch_size: Optional[int] = None,
+                 classes: Optional[int] = None) -> Dict[str, Any]:
         """The task's evaluation of the model (classifiers: :func:`evaluate`, by
         batches of 500; denoisers: ``evaluate_denoiser`` with the run's test noise)."""
         return self.task.evaluate(self.model, images, labels, batch_size=batch_size,
                                   classes=classes, seed=self.seed)
 
 
-def _jsonable_state(state):
+def _jsonable_state(state: Any) -> Any:
     """A bit-generator state dict with numpy scalars/arrays made JSON-able."""
     if isinstance(state, dict):
         return {k: _jsonable_state(v) for k, v in state.items()}

@@ -25,9 +25,11 @@ CUDA too; devices other than CPU and CUDA) run torch's own ``forward`` instead, 
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple, Type
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from . import ops
 
@@ -37,10 +39,10 @@ class CnnfastFallbackWarning(UserWarning):
     input's dtype or device."""
 
 
-_warned = set()
+_warned: Set[Tuple[str, Any, str]] = set()
 
 
-def _fallback(module, x) -> bool:
+def _fallback(module: torch.nn.Module, x: Tensor) -> bool:
     """Whether ``x`` must go to torch's own forward (and warn once about it)."""
     if ops.supports(x):
         return False
@@ -53,10 +55,16 @@ def _fallback(module, x) -> bool:
     return True
 
 
-class _Cnnfast:
+if TYPE_CHECKING:  # the mixins below are only ever combined with torch.nn modules
+    _Module = torch.nn.Module
+else:
+    _Module = object
+
+
+class _Cnnfast(_Module):
     """Shows in ``print(model)`` which modules run on cnnfast."""
 
-    def _get_name(self):
+    def _get_name(self) -> str:
         return "cnnfast." + type(self).__name__
 
 
@@ -64,7 +72,18 @@ class _Cnnfast:
 
 
 class _ConvMixin(_Cnnfast):
-    def _cnnfast_conv(self, x, weight, bias):
+    # torch.nn.Conv*d's attributes that the mixin reads (declared for the type checker).
+    kernel_size: Any
+    stride: Any
+    padding: Any
+    dilation: Any
+    groups: int
+    padding_mode: Any
+    _reversed_padding_repeated_twice: Any
+    weight: Any
+    bias: Any
+
+    def _cnnfast_conv(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         rank = len(self.kernel_size)
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -74,7 +93,7 @@ class _ConvMixin(_Cnnfast):
         return ops._conv(x, weight, bias, self.stride, padding, self.dilation, self.groups,
                          rank)
 
-    def forward(self, input):
+    def forward(self, input: Tensor) -> Tensor:
         if _fallback(self, input):
             return super().forward(input)
         return self._cnnfast_conv(input, self.weight, self.bias)
@@ -93,7 +112,18 @@ class Conv3d(_ConvMixin, torch.nn.Conv3d):
 
 
 class _ConvTransposeMixin(_Cnnfast):
-    def forward(self, input, output_size=None):
+    # torch.nn.ConvTranspose*d's attributes that the mixin reads.
+    kernel_size: Any
+    stride: Any
+    padding: Any
+    dilation: Any
+    groups: int
+    padding_mode: Any
+    weight: Any
+    bias: Any
+    _output_padding: Any
+
+    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         if _fallback(self, input):
             return super().forward(input, output_size)
         rank = len(self.kernel_size)
@@ -124,8 +154,15 @@ class ConvTranspose3d(_ConvTransposeMixin, torch.nn.ConvTranspose3d):
 
 class _MaxPoolMixin(_Cnnfast):
     _rank = 0
+    # torch.nn.MaxPool*d's attributes that the mixin reads.
+    kernel_size: Any
+    stride: Any
+    padding: Any
+    dilation: Any
+    ceil_mode: bool
+    return_indices: bool
 
-    def forward(self, input):
+    def forward(self, input: Tensor) -> Any:
         if _fallback(self, input):
             return super().forward(input)
         return ops._max_pool(input, self.kernel_size, self.stride, self.padding,
@@ -152,8 +189,14 @@ class MaxPool3d(_MaxPoolMixin, torch.nn.MaxPool3d):
 
 class _AvgPoolMixin(_Cnnfast):
     _rank = 0
+    # torch.nn.AvgPool*d's attributes that the mixin reads.
+    kernel_size: Any
+    stride: Any
+    padding: Any
+    ceil_mode: bool
+    count_include_pad: bool
 
-    def forward(self, input):
+    def forward(self, input: Tensor) -> Tensor:
         if _fallback(self, input):
             return super().forward(input)
         # AvgPool1d has no divisor_override in torch.
@@ -181,7 +224,7 @@ class AvgPool3d(_AvgPoolMixin, torch.nn.AvgPool3d):
 
 
 # torch.nn class -> the cnnfast class that replaces it, per op family.
-FAMILIES = {
+FAMILIES: Dict[str, Dict[Type[torch.nn.Module], Type[torch.nn.Module]]] = {
     "conv": {torch.nn.Conv1d: Conv1d, torch.nn.Conv2d: Conv2d, torch.nn.Conv3d: Conv3d},
     "conv_transpose": {torch.nn.ConvTranspose1d: ConvTranspose1d,
                        torch.nn.ConvTranspose2d: ConvTranspose2d,

@@ -47,7 +47,7 @@ torch's current stream. The backend is cnnfast's choice (``cnnfast.use_backend``
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ from torch import Tensor
 
 from .. import api
 from .. import params as P
+from ..api import IntOrTuple, Padding
 
 # ----------------------------------------------------------------------------- tensors
 
@@ -565,23 +566,31 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, rank):
     return _unbatched(conv_op(x, weight, bias, stride, flat, dilation, groups), squeeze)
 
 
-def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+         stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+         groups: int = 1) -> Tensor:
     """``torch.nn.functional.conv{1,2,3}d`` through cnnfast, the rank from
     ``weight``; ``padding`` also takes per-dim ``(before, after)`` pairs."""
     return _conv(input, weight, bias, stride, padding, dilation, groups, weight.dim() - 2)
 
 
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+           stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+           groups: int = 1) -> Tensor:
     """``torch.nn.functional.conv1d`` through cnnfast."""
     return _conv(input, weight, bias, stride, padding, dilation, groups, 1)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+           stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+           groups: int = 1) -> Tensor:
     """``torch.nn.functional.conv2d`` through cnnfast."""
     return _conv(input, weight, bias, stride, padding, dilation, groups, 2)
 
 
-def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+           stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+           groups: int = 1) -> Tensor:
     """``torch.nn.functional.conv3d`` through cnnfast."""
     return _conv(input, weight, bias, stride, padding, dilation, groups, 3)
 
@@ -604,8 +613,10 @@ def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, di
     return _unbatched(y, squeeze)
 
 
-def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding=0,
-                   groups=1, dilation=1):
+def conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                   stride: IntOrTuple = 1, padding: Padding = 0,
+                   output_padding: IntOrTuple = 0, groups: int = 1,
+                   dilation: IntOrTuple = 1) -> Tensor:
     """``torch.nn.functional.conv_transpose{1,2,3}d`` through cnnfast, the rank from
     ``weight``; ``padding`` (which crops the output) also takes ``(before, after)``
     pairs and ``"same"``."""
@@ -613,22 +624,28 @@ def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding
                            dilation, weight.dim() - 2)
 
 
-def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
-                     groups=1, dilation=1):
+def conv_transpose1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                     stride: IntOrTuple = 1, padding: Padding = 0,
+                     output_padding: IntOrTuple = 0, groups: int = 1,
+                     dilation: IntOrTuple = 1) -> Tensor:
     """``torch.nn.functional.conv_transpose1d`` through cnnfast."""
     return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups,
                            dilation, 1)
 
 
-def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
-                     groups=1, dilation=1):
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                     stride: IntOrTuple = 1, padding: Padding = 0,
+                     output_padding: IntOrTuple = 0, groups: int = 1,
+                     dilation: IntOrTuple = 1) -> Tensor:
     """``torch.nn.functional.conv_transpose2d`` through cnnfast."""
     return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups,
                            dilation, 2)
 
 
-def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
-                     groups=1, dilation=1):
+def conv_transpose3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                     stride: IntOrTuple = 1, padding: Padding = 0,
+                     output_padding: IntOrTuple = 0, groups: int = 1,
+                     dilation: IntOrTuple = 1) -> Tensor:
     """``torch.nn.functional.conv_transpose3d`` through cnnfast."""
     return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups,
                            dilation, 3)
@@ -666,8 +683,9 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
     return _unbatched(max_pool_op(batched, *args), squeeze)
 
 
-def max_pool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-             return_indices=False):
+def max_pool(input: Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+             padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
+             return_indices: bool = False) -> Any:
     """``torch.nn.functional.max_pool{1,2,3}d`` through cnnfast, the rank from
     ``input.dim() - 2``; ``padding`` also takes ``(before, after)`` pairs and may
     exceed ``kernel_size // 2``. ``indices`` are torch's (flat offsets in each
@@ -676,22 +694,25 @@ def max_pool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=F
                      return_indices, 0)
 
 
-def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):
+def max_pool1d(input: Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
+               return_indices: bool = False) -> Any:
     """``torch.nn.functional.max_pool1d`` through cnnfast."""
     return _max_pool(input, kernel_size, stride, padding, dilation, ceil_mode,
                      return_indices, 1)
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):
+def max_pool2d(input: Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
+               return_indices: bool = False) -> Any:
     """``torch.nn.functional.max_pool2d`` through cnnfast."""
     return _max_pool(input, kernel_size, stride, padding, dilation, ceil_mode,
                      return_indices, 2)
 
 
-def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):
+def max_pool3d(input: Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
+               return_indices: bool = False) -> Any:
     """``torch.nn.functional.max_pool3d`` through cnnfast."""
     return _max_pool(input, kernel_size, stride, padding, dilation, ceil_mode,
                      return_indices, 3)
@@ -708,31 +729,39 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
     return _unbatched(y, squeeze)
 
 
-def avg_pool(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-             count_include_pad=True, divisor_override=None, *, dilation=1):
+def avg_pool(input: Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+             padding: Padding = 0, ceil_mode: bool = False,
+             count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+             dilation: IntOrTuple = 1) -> Tensor:
     """``torch.nn.functional.avg_pool{1,2,3}d`` through cnnfast, the rank from
     ``input.dim() - 2``; also ``dilation`` (ONNX) and ``(before, after)`` padding."""
     return _avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, 0)
 
 
-def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, *, divisor_override=None, dilation=1):
+def avg_pool1d(input: Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, *, divisor_override: Optional[int] = None,
+               dilation: IntOrTuple = 1) -> Tensor:
     """``torch.nn.functional.avg_pool1d`` through cnnfast (which also takes
     ``divisor_override``, keyword-only here since torch's avg_pool1d has none)."""
     return _avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, 1)
 
 
-def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None, *, dilation=1):
+def avg_pool2d(input: Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+               dilation: IntOrTuple = 1) -> Tensor:
     """``torch.nn.functional.avg_pool2d`` through cnnfast."""
     return _avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, 2)
 
 
-def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None, *, dilation=1):
+def avg_pool3d(input: Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: Padding = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+               dilation: IntOrTuple = 1) -> Tensor:
     """``torch.nn.functional.avg_pool3d`` through cnnfast."""
     return _avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, dilation, 3)

@@ -9,6 +9,7 @@ they were (an optimizer built before the swap keeps working). ``restore`` undoes
 from __future__ import annotations
 
 import warnings
+from typing import Dict, Iterable, List, Optional, Tuple, Type, Union
 
 import torch
 
@@ -23,7 +24,7 @@ class ReplaceWarning(UserWarning):
     why)."""
 
 
-def _families(ops_arg) -> tuple:
+def _families(ops_arg: Union[str, Iterable[str]]) -> Tuple[str, ...]:
     names = (ops_arg,) if isinstance(ops_arg, str) else tuple(ops_arg)
     for name in names:
         if name not in FAMILIES:
@@ -32,7 +33,7 @@ def _families(ops_arg) -> tuple:
     return names
 
 
-def _unsupported(module) -> str | None:
+def _unsupported(module: torch.nn.Module) -> Optional[str]:
     """Why cnnfast cannot run ``module`` (its parameters' dtype or device), or None."""
     for name, p in module.named_parameters(recurse=False):
         if isinstance(p, torch.nn.parameter.UninitializedParameter):
@@ -42,7 +43,8 @@ def _unsupported(module) -> str | None:
     return None
 
 
-def replace(model: torch.nn.Module, ops=OPS) -> torch.nn.Module:
+def replace(model: torch.nn.Module,
+            ops: Union[str, Iterable[str]] = OPS) -> torch.nn.Module:
     """Make the ``torch.nn`` modules of the op families ``ops`` in ``model`` (itself
     included, recursively) run on cnnfast, in place, and return ``model``.
 
@@ -57,11 +59,11 @@ def replace(model: torch.nn.Module, ops=OPS) -> torch.nn.Module:
     that already runs on cnnfast is left alone, silently.
     """
     families = _families(ops)
-    swap = {}
+    swap: Dict[Type[torch.nn.Module], Type[torch.nn.Module]] = {}
     for family in families:
         swap.update(FAMILIES[family])
     ours = {cls for table in FAMILIES.values() for cls in table.values()}
-    skipped = []
+    skipped: List[str] = []
     for name, module in model.named_modules():
         cls = type(module)
         target = swap.get(cls)

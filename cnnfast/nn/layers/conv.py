@@ -28,52 +28,30 @@ IntOrTuple = Union[int, Sequence[int]]
 Padding = Union[str, int, Sequence[Union[int, Sequence[int]]]]
 
 
+def _lent_out(layer, role, sig):
+    """The array Sequential lends ``layer`` for its ``role`` result (see ``_lent``) for
+    a call of signature ``sig`` (input shape, dtype, array type), or None."""
+    lent = layer._lent
+    return None if lent is None else lent.take(layer, role, sig)
+
+
+def _keep(layer, role, sig, result):
+    """``result``, recorded for reuse by the next such call while lent."""
+    if layer._lent is not None:
+        layer._lent.keep(layer, role, sig, result)
+    return result
+
+
 class _Conv(Layer):
-    """N-d convolution, weight (C_out, C_in // groups, *kernel). ``padding``: an int,
-    per-dim ints or (before, after) pairs, ``'valid'``, or ``'same'`` (any stride,
-    TensorFlow's rule: output = ceil(input / stride)).
-
-    Parameters
-    ----------
-    out_channels : int
-        Output channels (the input channels are inferred from the input).
-    kernel_size : int or tuple of int
-        Kernel extent, one value for every spatial dim or one per dim.
-    stride, dilation : int or tuple of int
-        Per spatial dim, or one value for all.
-    padding : str, int or sequence
-        ``'same'``, ``'valid'``, an int, per-dim ints or ``(before, after)`` pairs.
-    groups : int
-        Channel groups (must divide the input and output channels).
-    use_bias : bool
-        Add a per-channel bias.
-    kernel_initializer, bias_initializer : str or callable
-        A name of ``cnnfast.nn.INITIALIZERS`` or ``f(shape, fan_in, fan_out, rng, dtype)``.
-    name : str, optional
-        The layer's name.
-
-    Raises
-    ------
-    TypeError
-        If more than two positional arguments are given (torch's
-        ``Conv2d(in, out, k)`` order).
-    ValueError
-        If ``out_channels`` is not a positive int or an initializer is unknown.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from cnnfast import nn
-    >>> conv = nn.Conv2d(4, 3, stride=2, padding="same")
-    >>> conv.output_shape((1, 8, 8)), conv.param_shapes((1, 8, 8))
-    ((4, 4, 4), {'weight': (4, 1, 3, 3), 'bias': (4,)})
-    >>> conv.build((1, 8, 8), np.random.default_rng(0), np.float32)
-    >>> conv.forward(np.ones((2, 1, 8, 8), np.float32)).shape
-    (2, 4, 4, 4)
-    """
+    """Base of the convolution layers (documented on ``Conv``); ``rank`` fixes the
+    number of spatial dims (None: any, read from the input)."""
 
     rank: Optional[int] = None
     _op = "conv"  # the kernel API functions: api.<_op> and api.<_op>_backward
+    # The result arrays Sequential lends while it runs this layer inside the model
+    # (``cnnfast.nn.model._Buffers``: when no one else can hold the previous result);
+    # None: every call allocates its results.
+    _lent: Any = None
 
     def __init__(self, out_channels: int, kernel_size: IntOrTuple, *extra: Any,
                  stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
@@ -161,9 +139,11 @@ class _Conv(Layer):
         layer after it. ``backward`` applies the activation's derivative, read from
         the activated output kept here."""
         self._require_built()
-        y = getattr(api, self._op)(x, self.params["weight"], self.params.get("bias"),
-                                   backend=self.backend, activation=activation,
-                                   negative_slope=negative_slope, **self._kernel_args())
+        sig = (x.shape, x.dtype, type(x))
+        y = _keep(self, "y", sig, getattr(api, self._op)(
+            x, self.params["weight"], self.params.get("bias"), backend=self.backend,
+            activation=activation, negative_slope=negative_slope,
+            out=_lent_out(self, "y", sig), **self._kernel_args()))
         if training:
             self._cache = (x, activation, negative_slope,
                            None if activation is None else y)
@@ -182,9 +162,15 @@ class _Conv(Layer):
         needs = self._needs(need_input_grad)
         if not needs:
             return None
+        sig = (x.shape, x.dtype, type(x))
+        gx_out = _lent_out(self, "grad_x", sig) if need_input_grad else None
         gx, gw, gb = getattr(api, self._op + "_backward")(
             grad, x, self.params["weight"], needs=needs, backend=self.backend,
-            activation=activation, negative_slope=slope, y=y, **self._kernel_args())
+            activation=activation, negative_slope=slope, y=y,
+            out=None if gx_out is None else (gx_out, None, None),  # parameter grads: fresh
+            **self._kernel_args())
+        if gx is not None:
+            _keep(self, "grad_x", sig, gx)
         if self.trainable:
             self.grads["weight"] = gw
             if self.use_bias:
@@ -203,42 +189,151 @@ class _Conv(Layer):
 
 @register_layer
 class Conv(_Conv):
-    """Convolution of any rank (inferred from the input)."""
+    """Convolution of any rank (1 to 3 spatial dims, read from the input), weight
+    (C_out, C_in // groups, *kernel) (torch's layout). ``padding``: an int, per-dim
+    ints or (before, after) pairs, ``'valid'``, or ``'same'`` (any stride,
+    TensorFlow's rule: output = ceil(input / stride)). ``Conv1d``, ``Conv2d`` and
+    ``Conv3d`` are the same layer for one rank.
+
+    Parameters
+    ----------
+    out_channels : int
+        Output channels (the input channels are inferred from the input).
+    kernel_size : int or tuple of int
+        Kernel extent, one value for every spatial dim or one per dim.
+    stride, dilation : int or tuple of int
+        Per spatial dim, or one value for all.
+    padding : str, int or sequence
+        ``'same'``, ``'valid'``, an int, per-dim ints or ``(before, after)`` pairs.
+    groups : int
+        Channel groups (must divide the input and output channels).
+    use_bias : bool
+        Add a per-channel bias.
+    kernel_initializer, bias_initializer : str or callable
+        A name of ``cnnfast.nn.INITIALIZERS`` or ``f(shape, fan_in, fan_out, rng, dtype)``.
+    name : str, optional
+        The layer's name.
+
+    Raises
+    ------
+    TypeError
+        If more than two positional arguments are given (torch's
+        ``Conv2d(in, out, k)`` order).
+    ValueError
+        If ``out_channels`` is not a positive int or an initializer is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> conv = nn.Conv2d(4, 3, stride=2, padding="same")
+    >>> conv.output_shape((1, 8, 8)), conv.param_shapes((1, 8, 8))
+    ((4, 4, 4), {'weight': (4, 1, 3, 3), 'bias': (4,)})
+    >>> conv.build((1, 8, 8), np.random.default_rng(0), np.float32)
+    >>> conv.forward(np.ones((2, 1, 8, 8), np.float32)).shape
+    (2, 4, 4, 4)
+    """
 
 
 @register_layer
 class Conv1d(_Conv):
+    """1-d convolution: per-sample input (C, L), batches (N, C, L).
+
+    Parameters
+    ----------
+    out_channels : int
+        Output channels (the input channels are inferred from the input).
+    kernel_size : int or tuple of int
+        Kernel extent: an int or a 1-tuple ``(kL,)``.
+    **options
+        ``stride``, ``padding``, ``dilation``, ``groups``, ``use_bias``,
+        ``kernel_initializer``, ``bias_initializer``, ``name``: keyword-only, as for
+        ``Conv``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``Conv``; also ValueError (``build``/``output_shape``) for an input
+        without 1 spatial dim.
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> nn.Conv1d(8, 3, padding="same").output_shape((2, 100))
+    (8, 100)
+    """
+
     rank = 1
 
 
 @register_layer
 class Conv2d(_Conv):
+    """2-d convolution: per-sample input (C, H, W), batches (N, C, H, W).
+
+    Parameters
+    ----------
+    out_channels : int
+        Output channels (the input channels are inferred from the input).
+    kernel_size : int or tuple of int
+        Kernel extent: an int (both dims) or ``(kH, kW)``.
+    **options
+        ``stride``, ``padding``, ``dilation``, ``groups``, ``use_bias``,
+        ``kernel_initializer``, ``bias_initializer``, ``name``: keyword-only, as for
+        ``Conv``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``Conv``; also ValueError (``build``/``output_shape``) for an input
+        without 2 spatial dims.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> conv = nn.Conv2d(4, 3, stride=2, padding=1)
+    >>> conv.build((1, 8, 8), np.random.default_rng(0), np.float32)
+    >>> conv.forward(np.ones((2, 1, 8, 8), np.float32)).shape
+    (2, 4, 4, 4)
+    """
+
     rank = 2
 
 
 @register_layer
 class Conv3d(_Conv):
-    rank = 3
+    """3-d convolution: per-sample input (C, D, H, W), batches (N, C, D, H, W).
 
-
-class _ConvTranspose(_Conv):
-    """N-d transposed convolution, weight (C_in, C_out // groups, *kernel) (torch's
-    layout). ``padding`` crops the output; ``'same'`` gives output = input * stride.
-
-    Parameters are those of ``Conv`` plus ``output_padding`` (int or tuple of int):
-    extra output rows at the end of each spatial dim, less than the stride.
+    Parameters
+    ----------
+    out_channels : int
+        Output channels (the input channels are inferred from the input).
+    kernel_size : int or tuple of int
+        Kernel extent: an int (every dim) or ``(kD, kH, kW)``.
+    **options
+        ``stride``, ``padding``, ``dilation``, ``groups``, ``use_bias``,
+        ``kernel_initializer``, ``bias_initializer``, ``name``: keyword-only, as for
+        ``Conv``.
 
     Raises
     ------
-    ValueError
-        If ``groups`` does not divide ``out_channels`` (and as ``Conv``).
+    TypeError, ValueError
+        As ``Conv``; also ValueError (``build``/``output_shape``) for an input
+        without 3 spatial dims.
 
     Examples
     --------
     >>> from cnnfast import nn
-    >>> nn.ConvTranspose2d(3, 2, stride=2).output_shape((4, 5, 5))
-    (3, 10, 10)
+    >>> nn.Conv3d(4, (1, 3, 3)).output_shape((2, 5, 8, 8))
+    (4, 5, 6, 6)
     """
+
+    rank = 3
+
+
+class _ConvTranspose(_Conv):
+    """Base of the transposed convolution layers (documented on
+    ``ConvTranspose``)."""
 
     _op = "conv_transpose"
 
@@ -289,19 +384,125 @@ class _ConvTranspose(_Conv):
 
 @register_layer
 class ConvTranspose(_ConvTranspose):
-    """Transposed convolution of any rank (inferred from the input)."""
+    """Transposed convolution of any rank (1 to 3 spatial dims, read from the input),
+    weight (C_in, C_out // groups, *kernel) (torch's layout). ``padding`` crops the
+    output; ``'same'`` gives output = input * stride. ``ConvTranspose1d``,
+    ``ConvTranspose2d`` and ``ConvTranspose3d`` are the same layer for one rank.
+
+    Parameters
+    ----------
+    out_channels, kernel_size, stride, padding, groups, dilation, use_bias
+        As for ``Conv`` (all but the first two keyword-only).
+    output_padding : int or tuple of int
+        Extra output rows at the end of each spatial dim, less than the stride.
+    kernel_initializer, bias_initializer, name
+        As for ``Conv``.
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` does not divide ``out_channels`` (and as ``Conv``).
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> nn.ConvTranspose2d(3, 2, stride=2).output_shape((4, 5, 5))
+    (3, 10, 10)
+    """
 
 
 @register_layer
 class ConvTranspose1d(_ConvTranspose):
+    """1-d transposed convolution: per-sample input (C, L), batches (N, C, L).
+
+    Parameters
+    ----------
+    out_channels : int
+        Output channels (the input channels are inferred from the input).
+    kernel_size : int or tuple of int
+        Kernel extent: an int or a 1-tuple ``(kL,)``.
+    **options
+        ``stride``, ``padding``, ``output_padding``, ``groups``, ``dilation``,
+        ``use_bias``, ``kernel_initializer``, ``bias_initializer``, ``name``:
+        keyword-only, as for ``ConvTranspose``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``ConvTranspose``; also ValueError (``build``/``output_shape``) for an
+        input without 1 spatial dim.
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> nn.ConvTranspose1d(8, 4, stride=2, padding=1).output_shape((3, 50))
+    (8, 100)
+    """
+
     rank = 1
 
 
 @register_layer
 class ConvTranspose2d(_ConvTranspose):
+    """2-d transposed convolution: per-sample input (C, H, W), batches (N, C, H, W).
+
+    Parameters
+    ----------
+    out_channels : int
+        Output channels (the input channels are inferred from the input).
+    kernel_size : int or tuple of int
+        Kernel extent: an int (both dims) or ``(kH, kW)``.
+    **options
+        ``stride``, ``padding``, ``output_padding``, ``groups``, ``dilation``,
+        ``use_bias``, ``kernel_initializer``, ``bias_initializer``, ``name``:
+        keyword-only, as for ``ConvTranspose``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``ConvTranspose``; also ValueError (``build``/``output_shape``) for an
+        input without 2 spatial dims.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnfast import nn
+    >>> up = nn.ConvTranspose2d(2, 2, stride=2)
+    >>> up.build((3, 4, 4), np.random.default_rng(0), np.float32)
+    >>> up.forward(np.ones((1, 3, 4, 4), np.float32)).shape
+    (1, 2, 8, 8)
+    """
+
     rank = 2
 
 
 @register_layer
 class ConvTranspose3d(_ConvTranspose):
+    """3-d transposed convolution: per-sample input (C, D, H, W), batches
+    (N, C, D, H, W).
+
+    Parameters
+    ----------
+    out_channels : int
+        Output channels (the input channels are inferred from the input).
+    kernel_size : int or tuple of int
+        Kernel extent: an int (every dim) or ``(kD, kH, kW)``.
+    **options
+        ``stride``, ``padding``, ``output_padding``, ``groups``, ``dilation``,
+        ``use_bias``, ``kernel_initializer``, ``bias_initializer``, ``name``:
+        keyword-only, as for ``ConvTranspose``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``ConvTranspose``; also ValueError (``build``/``output_shape``) for an
+        input without 3 spatial dims.
+
+    Examples
+    --------
+    >>> from cnnfast import nn
+    >>> nn.ConvTranspose3d(4, 2, stride=2).output_shape((1, 3, 4, 4))
+    (4, 6, 8, 8)
+    """
+
     rank = 3
