@@ -107,7 +107,8 @@ def _overlaps(a, b) -> bool:
         if not np.may_share_memory(a, b):
             return False
         try:
-            return bool(np.shares_memory(a, b, max_work=_MAX_OVERLAP_WORK))
+            # numpy's stubs allow only -1 and 0, but any bound works (and is documented)
+            return bool(np.shares_memory(a, b, max_work=_MAX_OVERLAP_WORK))  # type: ignore[arg-type]
         except Exception:  # numpy.exceptions.TooHardError
             return True
     (a_lo, a_hi), (b_lo, b_hi) = _span(a), _span(b)
@@ -175,7 +176,7 @@ def check_grad_outs(out, shapes, dtype, kind, wanted, inputs):
                         f"with None for any not given, got {type(out).__name__}"
                         + (f" of length {len(out)}" if isinstance(out, (tuple, list))
                            else ""))
-    taken = []
+    taken: list = []
     for i, (o, grad, shape) in enumerate(zip(out, GRAD_NAMES, shapes)):
         if o is None:
             continue

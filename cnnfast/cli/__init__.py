@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from types import ModuleType
+from typing import Dict, NoReturn, Optional, Sequence
 
 from .._version import __version__
 from .common import CliError, report_error
@@ -27,7 +29,7 @@ COMMANDS = {
 }
 
 
-def _load(name):
+def _load(name: str) -> Optional[ModuleType]:
     try:
         return importlib.import_module(COMMANDS[name])
     except ModuleNotFoundError as exc:
@@ -44,17 +46,17 @@ def _load(name):
 class _Parser(argparse.ArgumentParser):
     """A usage error is a CliError too: one line, status 2, from ``main``."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         raise CliError(f"{message} (see {self.prog} --help)", prog=self.prog)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _Parser(prog="cnnfast", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cnnfast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    modules = {}
+    modules: Dict[str, ModuleType] = {}
     for name in COMMANDS:
         module = _load(name)
         if module is None:

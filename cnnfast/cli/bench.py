@@ -27,6 +27,8 @@ import os
 import signal
 import sys
 import threading
+from types import FrameType
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
 from .common import (non_negative_float, positive_float, positive_int, random_seed,
                      set_threads)
@@ -34,11 +36,11 @@ from .common import (non_negative_float, positive_float, positive_int, random_se
 HELP = "benchmark the kernels on every backend against torch (table, JSON, Markdown, plot)"
 
 
-def _csv(value):
+def _csv(value: str) -> List[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     sel = parser.add_argument_group("what to run")
     sel.add_argument("--suite", metavar="PATH",
                      help="suite file (TOML; default: the suite shipped with cnnfast)")
@@ -94,7 +96,7 @@ def add_arguments(parser):
     out.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
-def _flat(lists):
+def _flat(lists: Optional[List[List[str]]]) -> Optional[List[str]]:
     return [v for sub in (lists or []) for v in sub] or None
 
 
@@ -103,7 +105,7 @@ def _error(msg: str) -> int:
     return 2
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..bench import report
     from ..bench.results import ResultsError, load_json, write_text_atomic
 
@@ -140,7 +142,7 @@ def run(args) -> int:
     return _run_suite(args)
 
 
-def _plot_problem(path) -> str:
+def _plot_problem(path: str) -> str:
     """Why ``--plot PATH`` cannot be written ("" when it can): no matplotlib, or an
     extension matplotlib does not write."""
     from ..bench import report
@@ -155,7 +157,8 @@ def _plot_problem(path) -> str:
     return ""
 
 
-def _peaks(args, threads, say) -> dict:
+def _peaks(args: argparse.Namespace, threads: int, say: Callable[[str], Any]
+           ) -> Dict[str, Any]:
     """The CPU peaks for %peak and where each came from: the user's options, else
     the probes of ``cnnfast.bench.peak`` (measured now, on ``threads`` threads)."""
     from ..bench import peak, report
@@ -177,7 +180,7 @@ def _peaks(args, threads, say) -> dict:
     return out
 
 
-def _run_suite(args) -> int:
+def _run_suite(args: argparse.Namespace) -> int:
     from .. import registry
     from ..bench import impls as I
     from ..bench import report
@@ -281,12 +284,13 @@ def _run_suite(args) -> int:
     return status or (1 if bad else 0)
 
 
-def _sigterm(signum, frame):
+def _sigterm(signum: int, frame: Optional[FrameType]) -> NoReturn:
     # timeout(1) and job schedulers send SIGTERM: stop like Ctrl-C, saving results.
     raise KeyboardInterrupt
 
 
-def _write_outputs(args, docs, json_doc) -> int:
+def _write_outputs(args: argparse.Namespace, docs: List[Dict[str, Any]],
+                   json_doc: Optional[Dict[str, Any]]) -> int:
     from ..bench import report
     from ..bench.results import write_json, write_text_atomic
 
@@ -310,7 +314,7 @@ def _write_outputs(args, docs, json_doc) -> int:
     return 0
 
 
-def _command(args) -> list:
+def _command(args: argparse.Namespace) -> List[str]:
     """The command line, rebuilt from the parsed options (what the run did)."""
     cmd = ["cnnfast", "bench"]
     for name in ("suite", "repeat", "threads", "seed", "peak_gflops", "peak_gbs",
@@ -333,7 +337,8 @@ def _command(args) -> list:
     return cmd
 
 
-def main(argv=None) -> int:  # pragma: no cover - ``python -m cnnfast.cli.bench``
+# ``python -m cnnfast.cli.bench``
+def main(argv: Optional[Sequence[str]] = None) -> int:  # pragma: no cover
     parser = argparse.ArgumentParser(prog="cnnfast bench", description=HELP)
     add_arguments(parser)
     return run(parser.parse_args(argv))

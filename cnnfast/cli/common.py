@@ -14,18 +14,27 @@ import argparse
 import math
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, TypeVar, cast
+
+if TYPE_CHECKING:  # the library is imported when a command runs, not to build the parser
+    import numpy as np
+
+    from ..nn.model import Sequential
+    from ..nn.optim import Optimizer
+
+T = TypeVar("T")
 
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2. ``prog`` names the
     command when the message comes from argument parsing."""
 
-    def __init__(self, message: str, prog: str = None):
+    def __init__(self, message: str, prog: Optional[str] = None) -> None:
         super().__init__(message)
         self.prog = prog
 
 
-def report_error(prog, exc) -> int:
+def report_error(prog: str, exc: BaseException) -> int:
     """Print user error ``exc`` as one line on stderr; the exit status (2)."""
     text = " ".join(str(exc).split())
     print(f"{getattr(exc, 'prog', None) or prog}: {text}", file=sys.stderr)
@@ -35,11 +44,12 @@ def report_error(prog, exc) -> int:
 # ----------------------------------------------------------------------------- option types
 
 
-def _validator(convert, expected, ok):
+def _validator(convert: Callable[[str], T], expected: str,
+               ok: Callable[[T], bool]) -> Callable[[str], T]:
     """An argparse ``type=``: ``convert(text)``, accepted when ``ok(value)``;
     argparse names the option in the error ("argument --epochs: expected ...")."""
 
-    def parse(text):
+    def parse(text: str) -> T:
         try:
             value = convert(text)
         except (ValueError, OverflowError):
@@ -66,14 +76,14 @@ fraction = _validator(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 # ----------------------------------------------------------------------------- checks
 
 
-def require_backend(name, device=None):
+def require_backend(name: Optional[str], device: Optional[str] = None) -> None:
     """CliError unless kernel backend ``name`` (None: automatic) and ``device``
     (None, 'cpu' or 'gpu') can be used here."""
     from ..registry import available_backends
 
     if name is None and device != "gpu":
         return  # the automatic choice always finds one (numpy at worst)
-    status = available_backends(with_reasons=True)
+    status = cast(Dict[str, Optional[str]], available_backends(with_reasons=True))
     usable = ", ".join(n for n, reason in status.items() if reason is None) or "none"
     if name is not None and name not in status:
         raise CliError(f"--backend {name!r} is unknown; available here: {usable}")
@@ -84,7 +94,7 @@ def require_backend(name, device=None):
         raise CliError(f"--device gpu needs the cupy backend: {status.get('cupy')}")
 
 
-def prepare_out(path, option="--out") -> str:
+def prepare_out(path: str, option: str = "--out") -> str:
     """Create output folder ``path`` if needed; CliError when it is a file, cannot
     be created, or is not writable."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -99,7 +109,8 @@ def prepare_out(path, option="--out") -> str:
     return path
 
 
-def load_data(split, data, limit=None):
+def load_data(split: str, data: Optional[str],
+              limit: Optional[int] = None) -> Tuple[str, Tuple[np.ndarray, np.ndarray]]:
     """``(folder, (images, labels))`` of Fashion-MNIST split ``split``; a missing,
     unreadable, corrupt or empty file is a CliError."""
     from ..nn.data import find_fashion_mnist, load_fashion_mnist
@@ -114,7 +125,9 @@ def load_data(split, data, limit=None):
     return folder, (images, labels)
 
 
-def load_model(path, option=None, backend=None, device="cpu"):
+def load_model(path: str, option: Optional[str] = None, backend: Optional[str] = None,
+               device: str = "cpu"
+               ) -> Tuple[Sequential, Optional[Optimizer], Dict[str, Any]]:
     """``load_checkpoint(path)``; a missing, corrupt or crafted file is a CliError
     (prefixed by ``option``, e.g. '--resume', when given)."""
     from ..nn import diffusion  # noqa: F401  (registers its ConditionShift layer)
@@ -127,33 +140,36 @@ def load_model(path, option=None, backend=None, device="cpu"):
             from exc
 
 
-def refuse_gan(extra, path):
+def refuse_gan(extra: Any, path: str) -> None:
     """CliError for a GAN checkpoint (``cnnfast train --model dcgan``), which a
     command for classifiers and denoisers cannot use."""
     if isinstance(extra, dict) and extra.get("task") == "gan":
         raise CliError(f"{path} holds a GAN (--model dcgan): draw from it with cnnfast "
-                       f"sample; measure it with benchmarks/generative_quality.py")
+                       f"sample or picture it with cnnfast visualize; measure it with "
+                       f"benchmarks/generative_quality.py")
     if isinstance(extra, dict) and extra.get("task") == "diffusion":
         raise CliError(f"{path} holds a diffusion model (--model diffusion): draw from "
-                       f"it with cnnfast sample")
+                       f"it with cnnfast sample or picture it with cnnfast visualize")
 
 
-def check_model_fits_data(model, images, name):
+def check_model_fits_data(model: Sequential, images: np.ndarray, name: str) -> None:
     """CliError unless ``model`` takes these images and is a Fashion-MNIST
     classifier (10 or more outputs) or an image-to-image model."""
     from ..nn.data import CLASS_NAMES
 
-    if tuple(model.input_shape) != tuple(images.shape[1:]):
-        raise CliError(f"{name}: the model takes {tuple(model.input_shape)} images, the "
+    # built (a checkpoint's model or build_model's), so both shapes are set
+    shape = cast(Tuple[int, ...], model.input_shape)
+    if tuple(shape) != tuple(images.shape[1:]):
+        raise CliError(f"{name}: the model takes {tuple(shape)} images, the "
                        f"data has {tuple(images.shape[1:])}")
-    out = tuple(model.output_shape)
-    if out != tuple(model.input_shape) and not (len(out) == 1 and
+    out = tuple(cast(Tuple[int, ...], model.output_shape))
+    if out != tuple(shape) and not (len(out) == 1 and
                                                  out[0] >= len(CLASS_NAMES)):
         raise CliError(f"{name}: the model maps images to {out}; expected a classifier "
                        f"with {len(CLASS_NAMES)} outputs or an image-to-image model")
 
 
-def stored_noise(extra, path) -> float:
+def stored_noise(extra: Any, path: str) -> float:
     """The noise std a denoiser checkpoint was trained with (``checkpoint_noise``);
     a corrupt one is a CliError."""
     from ..nn.runs import checkpoint_noise
@@ -164,7 +180,7 @@ def stored_noise(extra, path) -> float:
         raise CliError(f"{path}: {exc}") from exc
 
 
-def set_threads(n):
+def set_threads(n: int) -> None:
     """``--threads n``; a count the library refuses is a CliError."""
     from ..threads import set_num_threads
 
@@ -174,5 +190,5 @@ def set_threads(n):
         raise CliError(f"--threads {n}: {exc}") from exc
 
 
-def _one_line(exc) -> str:
+def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())

@@ -7,7 +7,9 @@ are copied back only for the check."""
 
 from __future__ import annotations
 
+import argparse
 import time
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import numpy as np
 
@@ -16,7 +18,7 @@ from .common import positive_int, require_backend
 HELP = "run every op on every available backend (the GPU too) and print times and errors"
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=positive_int, default=64,
                         help="batch size (default 64)")
     parser.add_argument("--repeat", type=positive_int, default=3,
@@ -26,7 +28,7 @@ def add_arguments(parser):
                              "backend except cuda-emu, the CUDA emulator)")
 
 
-def _inputs(rng, batch):
+def _inputs(rng: np.random.Generator, batch: int) -> Dict[str, Any]:
     """A Fashion-MNIST-sized layer's arrays for every op (numpy)."""
     import cnnfast as cf
 
@@ -41,7 +43,7 @@ def _inputs(rng, batch):
     return a
 
 
-def _ops():
+def _ops() -> Dict[str, Callable[[str, Dict[str, Any]], Any]]:
     """Each op: name -> function of (backend, its arrays)."""
     import cnnfast as cf
 
@@ -62,7 +64,8 @@ def _ops():
     }
 
 
-def _max_error(got, ref, to_host=np.asarray):
+def _max_error(got: Any, ref: Any, to_host: Callable[[Any], np.ndarray] = np.asarray
+               ) -> float:
     got = got if isinstance(got, tuple) else (got,)
     ref = ref if isinstance(ref, tuple) else (ref,)
     err = 0.0
@@ -75,7 +78,8 @@ def _max_error(got, ref, to_host=np.asarray):
     return err
 
 
-def _arrays_for(name, host):
+def _arrays_for(name: str, host: Dict[str, Any]
+                ) -> Tuple[Dict[str, Any], Callable[[], Any], Callable[[Any], Any]]:
     """``(inputs, sync, to_host)`` for backend ``name``: the inputs in the array kind
     it takes, the function that waits for its work to finish (a no-op on the CPU)
     and the one that copies a result back to numpy."""
@@ -89,12 +93,12 @@ def _arrays_for(name, host):
     return {k: cupy.asarray(v) for k, v in host.items()}, stream.synchronize, cupy.asnumpy
 
 
-def default_backends(available) -> list:
+def default_backends(available: Iterable[str]) -> List[str]:
     """Every available backend but the CUDA emulator (slow, a correctness tool)."""
     return [b for b in available if b != "cuda-emu"]
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import cnnfast as cf
 
     available = cf.available_backends()

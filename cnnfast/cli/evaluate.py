@@ -3,15 +3,22 @@ confusion matrix of a model trained with ``cnnfast train``."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 from .common import (check_model_fits_data, load_data, load_model, positive_int,
                      refuse_gan, require_backend, stored_noise)
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..nn.model import Sequential
+
 HELP = "evaluate a checkpoint on the Fashion-MNIST test set (accuracy, confusion matrix)"
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint.npz written by cnnfast train")
     parser.add_argument("--data", default=None,
                         help="Fashion-MNIST folder (else $CNNFAST_DATA, else "
@@ -24,7 +31,7 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
 
 
-def format_report(result, class_names) -> str:
+def format_report(result: Dict[str, Any], class_names: Optional[Sequence[str]]) -> str:
     conf = result["confusion"]
     k = conf.shape[0]
     names = list(class_names) if class_names and len(class_names) == k else [
@@ -44,14 +51,14 @@ def format_report(result, class_names) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..threads import single_threaded_blas
 
     with single_threaded_blas():  # as in cnnfast train
         return _run(args)
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     from ..nn.data import CLASS_NAMES
     from ..nn.runs import checkpoint_history, checkpoint_task
     from ..nn.tasks import evaluate
@@ -77,7 +84,8 @@ def _run(args) -> int:
     return 0
 
 
-def _report_denoiser(args, model, images, extra) -> int:
+def _report_denoiser(args: argparse.Namespace, model: Sequential, images: np.ndarray,
+                     extra: Dict[str, Any]) -> int:
     """A denoising model has no classes: report the PSNR of noisy and denoised test
     images at the noise level it was trained with."""
     from ..nn.tasks import evaluate_denoiser

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
+from typing import Any, Dict
 
 HELP = "show the version, the backends and why any is unavailable, CPU features, threads"
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
 
-def collect() -> dict:
+def collect() -> Dict[str, Any]:
     import numpy
 
     from .. import __version__
@@ -19,7 +21,7 @@ def collect() -> dict:
     from ..fpmode import get_flush_denormal
     from ..threads import get_num_threads
 
-    info = {
+    info: Dict[str, Any] = {
         "cnnfast": __version__,
         "python": platform.python_version(),
         "numpy": numpy.__version__,
@@ -29,7 +31,8 @@ def collect() -> dict:
         "backends": available_backends(with_reasons=True),
     }
     try:
-        from ..backends.cpp import _cpp
+        # the compiled extension: no stub for the type checker
+        from ..backends.cpp import _cpp  # type: ignore[attr-defined]
 
         info["cpp_build"] = {"version": _cpp.version(), "compiler": _cpp.compiler(),
                              "openmp": _cpp.openmp()[0], "debug": _cpp.debug_build()}
@@ -52,7 +55,7 @@ def collect() -> dict:
     return info
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     info = collect()
     backends = info.pop("backends")
     width = max(map(len, info))

@@ -13,6 +13,7 @@ the noise codes, so the same command draws the same picture.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -30,7 +31,7 @@ DEFAULT_DIFFUSION_STEPS = 50
 MAX_SAMPLES = 10_000  # 10,000 28x28 tiles: a 2,900-pixel-wide PNG already
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint.npz written by cnnfast train "
                                            "--model dcgan or diffusion")
     parser.add_argument("--out", required=True, help="the PNG file to write")
@@ -48,7 +49,7 @@ def add_arguments(parser):
                         help="diffusion: classifier-free guidance weight (default 0)")
 
 
-def _check_out(path) -> str:
+def _check_out(path: str) -> str:
     if not path.lower().endswith(".png"):
         raise CliError(f"--out {path}: expected a .png file name")
     if os.path.isdir(path):
@@ -61,7 +62,7 @@ def _check_out(path) -> str:
     return path
 
 
-def png_bytes(image) -> bytes:
+def png_bytes(image: Any) -> bytes:
     """Grey ``image`` (2-d, values in [0, 1]) as the bytes of an 8-bit greyscale PNG
     (written here with zlib: no imaging library needed)."""
     import numpy as np
@@ -80,7 +81,7 @@ def png_bytes(image) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
-def save_png(image, path) -> str:
+def save_png(image: Any, path: str) -> str:
     """``png_bytes(image)`` written to ``path`` atomically."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
@@ -98,7 +99,7 @@ def save_png(image, path) -> str:
     return path
 
 
-def _holds_diffusion(path) -> bool:
+def _holds_diffusion(path: str) -> bool:
     """Whether ``path``'s metadata says it holds a diffusion model (False for any
     problem: the loader named by the other answer reports it)."""
     from ..nn.checkpoint_file import read_arrays
@@ -111,7 +112,7 @@ def _holds_diffusion(path) -> bool:
     return isinstance(meta, dict) and is_diffusion_checkpoint(meta.get("extra"))
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..nn.diffusion import is_diffusion_checkpoint, load_diffusion

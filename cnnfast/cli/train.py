@@ -34,12 +34,29 @@ schema) around ``cnnfast.nn.training.Trainer`` with a task from
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, TypeVar
 
 from .common import (CliError, check_model_fits_data, fraction, load_data, load_model,
                      non_negative_float, positive_float, positive_int, prepare_out,
                      random_seed, report_error, require_backend, set_threads)
+
+if TYPE_CHECKING:  # the library is imported when a command runs, not to build the parser
+    import numpy as np
+
+    from ..augment import Pipeline
+    from ..distributed import Communicator
+    from ..nn.diffusion import DiffusionRun
+    from ..nn.gan import DCGAN, GanRun
+    from ..nn.model import Sequential
+    from ..nn.optim import Optimizer, Schedule
+    from ..nn.runs import TrainingRun
+    from ..nn.training import Trainer
+
+# Either generative run (``_resume_generative``): both load from a checkpoint path.
+_GenerativeRun = TypeVar("_GenerativeRun", "GanRun", "DiffusionRun")
 
 HELP = ("train a CNN on Fashion-MNIST (no autograd; any backend), a denoising "
         "autoencoder / U-Net, or a class-conditional DCGAN or diffusion model, with "
@@ -70,7 +87,7 @@ ONLY_WITH = {"momentum": ("optimizer", "sgd"), "nesterov": ("optimizer", "sgd"),
              "step_size": ("schedule", "step"), "gamma": ("schedule", "step")}
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=("cnn", "dense") + ENCDEC + GAN + DIFFUSION,
                         default=None,
                         help="cnn: 2x(Conv 64 3x3, ReLU, MaxPool 2), Dense 128, Dense 10; "
@@ -157,11 +174,11 @@ def add_arguments(parser):
                              "--batch-size is the global batch (each rank takes 1/N)")
 
 
-def _flag(name):
+def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _auto_backend_name(device):
+def _auto_backend_name(device: str) -> str:
     from ..registry import AUTO_CPU_ORDER, get_backend
 
     if device == "gpu":
@@ -172,7 +189,7 @@ def _auto_backend_name(device):
     return "none available"
 
 
-def _apply_defaults(args):
+def _apply_defaults(args: argparse.Namespace) -> None:
     """A new run: every RESUME_FIXED option left out takes its default; one that
     means nothing with the chosen optimizer or schedule is an error."""
     for name, (other, needed) in ONLY_WITH.items():
@@ -190,7 +207,8 @@ def _apply_defaults(args):
         args.weight_decay = 0.01 if args.optimizer == "adamw" else 0.0
 
 
-def _saved_options(model, opt, info) -> dict:
+def _saved_options(model: Sequential, opt: Optimizer, info: Dict[str, Any]
+                   ) -> Dict[str, Any]:
     """The RESUME_FIXED options a checkpoint (``info``: its upgraded extra) was
     trained with (None where one does not apply, e.g. --momentum for Adam)."""
     state = info["trainer"]
@@ -203,7 +221,7 @@ def _saved_options(model, opt, info) -> dict:
             "dtype": model.dtype.name, "seed": info["seed"]}
 
 
-def _conflict(flag, given, saved, path) -> CliError:
+def _conflict(flag: str, given: Any, saved: Any, path: str) -> CliError:
     """The --resume error for an option that differs from the checkpoint's."""
     if saved is None:
         return CliError(f"--resume: {flag} {given} conflicts with {path}, whose run does "
@@ -212,7 +230,8 @@ def _conflict(flag, given, saved, path) -> CliError:
                     f"{flag} {saved} (drop {flag} to continue with the checkpoint's)")
 
 
-def _check_resume_options(args, saved, path):
+def _check_resume_options(args: argparse.Namespace, saved: Dict[str, Any],
+                          path: str) -> None:
     """--resume: an option given explicitly must be the checkpoint's; one left out
     takes the checkpoint's value (so the same command line + --resume works)."""
     for name in RESUME_FIXED:
@@ -223,7 +242,8 @@ def _check_resume_options(args, saved, path):
             raise _conflict(_flag(name), given, saved[name], path)
 
 
-def _check_freeze(args, model, resumed_path=None):
+def _check_freeze(args: argparse.Namespace, model: Sequential,
+                  resumed_path: Optional[str] = None) -> None:
     """--freeze K: |K| at most the number of layers; on --resume, the layers the
     checkpoint has frozen must be those K freezes."""
     if args.freeze is None:
@@ -240,7 +260,7 @@ def _check_freeze(args, model, resumed_path=None):
                            f"{resumed_path} has frozen (drop --freeze to keep them)")
 
 
-def _schedule(args):
+def _schedule(args: argparse.Namespace) -> Schedule:
     from .. import nn
 
     if args.schedule == "step":
@@ -250,7 +270,7 @@ def _schedule(args):
     return nn.Schedule(args.lr)
 
 
-def _optimizer(args):
+def _optimizer(args: argparse.Namespace) -> Optimizer:
     from .. import nn
 
     name, lr, wd = args.optimizer, args.lr, args.weight_decay
@@ -259,14 +279,14 @@ def _optimizer(args):
     return nn.make_optimizer({"name": name, "lr": lr, "weight_decay": wd})
 
 
-def _build(args):
+def _build(args: argparse.Namespace) -> Tuple[Sequential, Optimizer, Schedule]:
     from ..nn.runs import build_model
 
     model = build_model(args.model, seed=args.seed, dtype=args.dtype, backend=args.backend)
     return model, _optimizer(args), _schedule(args)
 
 
-def _check_gan_options(args, device):
+def _check_gan_options(args: argparse.Namespace, device: str) -> None:
     """The options a DCGAN run does not take (before anything is read)."""
     if device == "gpu":
         raise CliError("--model dcgan trains on the CPU (no --device gpu / --backend "
@@ -282,7 +302,7 @@ def _check_gan_options(args, device):
             raise CliError(f"{flag} does not apply to --model dcgan")
 
 
-def _check_diffusion_options(args, device):
+def _check_diffusion_options(args: argparse.Namespace, device: str) -> None:
     """The options a diffusion run does not take (before anything is read)."""
     if device == "gpu":
         raise CliError("--model diffusion trains on the CPU (no --device gpu / --backend "
@@ -293,7 +313,7 @@ def _check_diffusion_options(args, device):
             raise CliError(f"{flag} does not apply to --model diffusion")
 
 
-def _check_diffusion_only(args):
+def _check_diffusion_only(args: argparse.Namespace) -> None:
     """--noise-schedule, --timesteps, --p-uncond: for --model diffusion only (on
     --resume, once args.model holds the checkpoint's)."""
     if args.model in DIFFUSION:
@@ -303,7 +323,8 @@ def _check_diffusion_only(args):
             raise CliError(f"{_flag(name)} applies to --model diffusion")
 
 
-def _check_gan_fits_data(gan, images, labels, name):
+def _check_gan_fits_data(gan: DCGAN, images: np.ndarray, labels: np.ndarray,
+                         name: str) -> None:
     """CliError unless the GAN draws images of the data's shape for its labels."""
     if tuple(gan.image_shape) != tuple(images.shape[1:]):
         raise CliError(f"{name}: the GAN draws {tuple(gan.image_shape)} images, the data "
@@ -313,7 +334,7 @@ def _check_gan_fits_data(gan, images, labels, name):
                        f"reach {int(labels.max())}")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..threads import single_threaded_blas
 
     # numpy's BLAS on one thread for the whole run: the dense layers limit their own
@@ -322,7 +343,7 @@ def run(args) -> int:
         return _run_any(args)
 
 
-def _run_any(args) -> int:
+def _run_any(args: argparse.Namespace) -> int:
     if not getattr(args, "distributed", None):
         return _run(args)
     from .. import distributed as D
@@ -339,7 +360,7 @@ def _run_any(args) -> int:
         return D.run_guarded(comm, _run_reporting_errors, args, comm)
 
 
-def _run_reporting_errors(args, comm) -> int:
+def _run_reporting_errors(args: argparse.Namespace, comm: Communicator) -> int:
     """Under run_guarded, a user error is a status (every rank returns it), not an
     exception (which would abort the job with a traceback)."""
     try:
@@ -348,7 +369,7 @@ def _run_reporting_errors(args, comm) -> int:
         return report_error("cnnfast train", exc)
 
 
-def _augment_pipeline(spec, seed):
+def _augment_pipeline(spec: Optional[str], seed: int) -> Optional[Pipeline]:
     """The pipeline for ``--augment spec`` (None for none); ValueError if bad."""
     from ..augment import pipeline_from_spec
     from ..nn.training import augment_seed
@@ -357,19 +378,21 @@ def _augment_pipeline(spec, seed):
     return pipeline if len(pipeline) else None
 
 
-def _check_augment_matches(args, saved_spec, path):
+def _check_augment_matches(args: argparse.Namespace, saved_spec: Optional[str],
+                           path: str) -> None:
     """On --resume, an explicit --augment must be the checkpoint's (a different one
     would break the exact continuation)."""
     if getattr(args, "augment", None) is None:
         return
-    given = _augment_pipeline(args.augment, 0)
-    given = given.spec if given is not None else None
+    pipeline = _augment_pipeline(args.augment, 0)
+    given = pipeline.spec if pipeline is not None else None
     if given != (saved_spec or None):
         raise _conflict("--augment", repr(given or "none"), repr(saved_spec or "none"),
                         path)
 
 
-def _fresh_model(args, device):
+def _fresh_model(args: argparse.Namespace, device: str
+                 ) -> Tuple[Sequential, Optimizer, Schedule]:
     """A new model for ``args`` (no --resume): built, ``--weights`` loaded,
     ``--freeze`` applied, moved to the device; with its optimizer and schedule."""
     from ..nn.checkpoint import read_arrays
@@ -392,10 +415,12 @@ def _fresh_model(args, device):
     return model, opt, schedule
 
 
-def _resume(args, device, ckpt_path, trainer_cls):
+def _resume(args: argparse.Namespace, device: str, ckpt_path: str,
+            trainer_cls: Callable[..., Trainer]) -> TrainingRun:
     """The ``TrainingRun`` that OUT/checkpoint.npz continues, for --resume, with the
     options it fixes checked against the command line and filled into ``args``."""
     from ..nn.runs import TrainingRun, upgrade_extra
+    from ..nn.tasks import DenoisingTask
 
     from ..nn.diffusion import is_diffusion_checkpoint  # also registers its layers
     from ..nn.gan import is_gan_checkpoint
@@ -431,12 +456,18 @@ def _resume(args, device, ckpt_path, trainer_cls):
     except (KeyError, TypeError, ValueError) as exc:
         raise CliError(f"--resume: {ckpt_path}: corrupt training state "
                        f"({type(exc).__name__}: {exc})") from exc
-    if args.noise is not None and args.noise != run.task.noise_std:
-        raise _conflict("--noise", f"{args.noise:g}", f"{run.task.noise_std:g}", ckpt_path)
+    # --noise was refused above unless the checkpoint holds a denoiser
+    task = run.task
+    if args.noise is not None and isinstance(task, DenoisingTask) and \
+            args.noise != task.noise_std:
+        raise _conflict("--noise", f"{args.noise:g}", f"{task.noise_std:g}", ckpt_path)
     return run
 
 
-def _resume_generative(args, device, ckpt_path, run_cls, check_options):
+def _resume_generative(args: argparse.Namespace, device: str, ckpt_path: str,
+                       run_cls: type[_GenerativeRun],
+                       check_options: Callable[[argparse.Namespace, str], None]
+                       ) -> _GenerativeRun:
     """The ``GanRun`` / ``DiffusionRun`` that OUT/checkpoint.npz continues (see
     ``_resume``), after ``check_options`` (the model's option rules)."""
     check_options(args, device)
@@ -452,7 +483,8 @@ def _resume_generative(args, device, ckpt_path, run_cls, check_options):
     return run
 
 
-def _resume_diffusion(args, device, ckpt_path):
+def _resume_diffusion(args: argparse.Namespace, device: str, ckpt_path: str
+                      ) -> DiffusionRun:
     """The ``DiffusionRun`` that OUT/checkpoint.npz continues; its noise schedule,
     timesteps and label-drop rate are fixed by the checkpoint."""
     from ..nn.diffusion import DiffusionRun
@@ -467,13 +499,14 @@ def _resume_diffusion(args, device, ckpt_path):
     return run
 
 
-def _resume_gan(args, device, ckpt_path):
+def _resume_gan(args: argparse.Namespace, device: str, ckpt_path: str) -> GanRun:
     from ..nn.gan import GanRun
 
     return _resume_generative(args, device, ckpt_path, GanRun, _check_gan_options)
 
 
-def _fresh_run(args, device, trainer_cls):
+def _fresh_run(args: argparse.Namespace, device: str, trainer_cls: Callable[..., Trainer]
+               ) -> TrainingRun:
     """A new ``TrainingRun`` for ``args`` (no --resume)."""
     from ..nn.runs import TrainingRun, task_of_model
     from ..nn.tasks import make_task
@@ -507,7 +540,7 @@ def _fresh_run(args, device, trainer_cls):
     return TrainingRun(trainer, model_name=args.model, seed=args.seed)
 
 
-def _start_out(out, root):
+def _start_out(out: str, root: bool) -> None:
     """The output folder, created; stale temporary checkpoint files that a killed
     run left in it are removed (with a note)."""
     from ..nn.checkpoint import remove_stale_temporaries
@@ -519,12 +552,12 @@ def _start_out(out, root):
                   f"run", file=sys.stderr)
 
 
-def _run(args, comm=None) -> int:
+def _run(args: argparse.Namespace, comm: Optional[Communicator] = None) -> int:
     from ..nn.runs import CHECKPOINT, fit
     from ..nn.training import Trainer
 
     root = comm is None or comm.rank == 0
-    trainer_cls = Trainer
+    trainer_cls: Callable[..., Trainer] = Trainer
     if comm is not None:
         from functools import partial
 

@@ -10,18 +10,27 @@ dtype, so that no user call pays the compile time.
 
 from __future__ import annotations
 
+import argparse
 import time
+from typing import Any, Callable, Sequence, TypedDict
 
 HELP = "compile (and cache on disk) every numba kernel ahead of time"
 
 
-def add_arguments(parser):
+class _Backend(TypedDict):
+    """The keyword arguments every warm-up call shares (a type for ``**kw``)."""
+
+    backend: str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "float64", "all"), default="all",
                         help="dtypes to compile for (default: all)")
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
 
 
-def warm_numba(dtypes=("float32", "float64"), log=print) -> float:
+def warm_numba(dtypes: Sequence[str] = ("float32", "float64"),
+               log: Callable[..., Any] = print) -> float:
     """Call every numba kernel once per dtype; returns the seconds it took."""
     import numpy as np
 
@@ -33,7 +42,7 @@ def warm_numba(dtypes=("float32", "float64"), log=print) -> float:
         dt = np.dtype(name)
         rng = np.random.default_rng(0)
         x = rng.standard_normal((1, 4, 6, 6)).astype(dt)
-        kw = dict(backend="numba")
+        kw: _Backend = {"backend": "numba"}
         # Product path (4 output channels per group) and direct path (depthwise),
         # stride 1 (input gradient through the product) and stride 2 (the gather).
         for w_shape, groups, stride in (((4, 4, 3, 3), 1, 1), ((4, 1, 3, 3), 4, 2),
@@ -60,7 +69,7 @@ def warm_numba(dtypes=("float32", "float64"), log=print) -> float:
     return time.perf_counter() - start
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..registry import get_backend
 
     backend = get_backend("numba")
