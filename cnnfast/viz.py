@@ -523,3 +523,126 @@ def _grad_cam_picture(model: Sequential, images: Any, image_index: int,
                        + ("" if class_index is None or pred == c else f"\n(pred {names[pred]})")))
     return plot_grad_cam(_first_channel(batch), heat, titles,
                          os.path.join(out_dir, "gradcam.png"))
+
+
+# ----------------------------------------------------------------------------- generative models
+# The tiles of these pictures are computed here and written by the caller as
+# greyscale PNG grids (``cnnfast visualize`` uses ``cnnfast sample``'s writer), so a
+# tile is the image itself, pixel for pixel; only the curves need matplotlib.
+
+FORWARD_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def forward_timesteps(steps: int, fractions: Sequence[float] = FORWARD_FRACTIONS
+                      ) -> List[int]:
+    """The distinct timesteps ``min(int(f * steps), steps - 1)`` for ``fractions``
+    (default: 0, T/10, T/4, T/2, 3T/4, T - 1), in increasing order."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be a positive int")
+    if any(not 0 <= f <= 1 for f in fractions):
+        raise ValueError(f"fractions={tuple(fractions)!r} must lie in [0, 1]")
+    return sorted({min(int(f * steps), int(steps) - 1) for f in fractions})
+
+
+def forward_noising(diffusion: Any, image: Any, timesteps: Sequence[int],
+                    rng: np.random.Generator) -> np.ndarray:
+    """The clean ``image`` ((C, H, W) in [0, 1], or uint8) then ``q(x_t | x_0)`` at
+    each of ``timesteps``, as ``(1 + len(timesteps), C, H, W)`` float in [0, 1] (the
+    model's [-1, 1] mapped back, clipped). One noise draw from ``rng`` serves every
+    ``t``, so the tiles show the same noise growing over the image."""
+    x0 = np.asarray(to_numpy(image))
+    if x0.dtype == np.uint8:
+        x0 = x0.astype(np.float64) / 255
+    shape = tuple(diffusion.image_shape)
+    if x0.shape != shape:
+        raise ValueError(f"image {x0.shape}: the model's images are {shape}")
+    t = np.asarray(timesteps, np.int64)
+    noise = rng.standard_normal(shape)
+    x = np.repeat(x0[None] * 2 - 1, len(t), axis=0)
+    x_t = diffusion.schedule.q_sample(x, t, np.repeat(noise[None], len(t), axis=0))
+    return np.concatenate([x0[None], np.clip((x_t + 1) / 2, 0, 1)])
+
+
+def reverse_trajectory(diffusion: Any, labels: Any, rng: np.random.Generator,
+                       steps: Optional[int] = None, frames: int = 8
+                       ) -> Tuple[List[int], np.ndarray]:
+    """The reverse process of ``diffusion.sample(labels, rng, steps)`` caught at
+    ``frames`` evenly spaced points: ``(times, x)`` with ``x`` (N, frames', C, H, W) in
+    [0, 1] (``frames' <= frames``) and ``times`` the timestep each frame enters (-1:
+    the final sample, the last frame; it equals what ``sample`` returns)."""
+    from .nn.diffusion import sample
+
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not labels.size or labels.dtype.kind not in "iu" or \
+            labels.min() < 0 or labels.max() >= diffusion.classes:
+        raise ValueError(f"labels must be a non-empty (N,) of ints in "
+                         f"[0, {diffusion.classes})")
+    if frames < 2:
+        raise ValueError(f"frames={frames!r} must be >= 2")
+    states: List[np.ndarray] = []
+    times: List[int] = []
+
+    def eps_model(x: Array, t: np.ndarray, y: Optional[np.ndarray]) -> Array:
+        if y is not None:  # the conditional call: once per step, before the step
+            states.append(np.asarray(to_numpy(x)))
+            times.append(int(t[0]))
+        return diffusion.predict_noise(x, t, y)
+
+    total = diffusion.schedule.steps
+    method = "ddpm" if steps is None or int(steps) == total else "ddim"
+    xp, dtype = diffusion.net.xp, diffusion.net.dtype
+    x = sample(eps_model, diffusion.schedule, (len(labels),) + tuple(diffusion.image_shape),
+               rng, labels=labels, steps=steps, method=method, dtype=dtype, xp=xp)
+    states.append(np.asarray(to_numpy(x)))
+    times.append(-1)
+    pick = np.unique(np.linspace(0, len(states) - 1, frames).round().astype(int))
+    # the same mapping to [0, 1] as Diffusion.sample
+    tiles = np.stack([np.clip((states[i] + 1) * dtype.type(0.5), 0, 1) for i in pick],
+                     axis=1)
+    return [times[i] for i in pick], tiles
+
+
+GENERATIVE_PANELS = {
+    "gan": [("losses", ("d_loss", "g_loss")), ("D on test images", ("d_real", "d_fake"))],
+    "diffusion": [("noise-prediction MSE", ("train_loss", "test_loss"))],
+}
+_CURVE_LABELS = {"d_loss": "D loss", "g_loss": "G loss", "d_real": "D(real)",
+                 "d_fake": "D(fake)"}
+
+
+def generative_panels(history: List[Dict[str, Any]], task: str
+                      ) -> List[Tuple[str, List[str]]]:
+    """``(title, keys)`` of the panels :func:`plot_generative_curves` draws for
+    ``history`` (a ValueError when there is nothing to draw: a caller can check
+    before any work)."""
+    if task not in GENERATIVE_PANELS:
+        raise ValueError(f"task={task!r}: expected one of {', '.join(GENERATIVE_PANELS)}")
+    if not history:
+        raise ValueError("no metrics to plot")
+    panels = [(t, [k for k in keys if any(k in m for m in history)])
+              for t, keys in GENERATIVE_PANELS[task]]
+    panels = [(t, keys) for t, keys in panels if keys]
+    if not panels:
+        raise ValueError(f"no {task} metric in the history (keys: {sorted(history[0])})")
+    return panels
+
+
+def plot_generative_curves(history: List[Dict[str, Any]], task: str,
+                           path: PathLike) -> str:
+    """Training curves of a GAN (``task="gan"``: ``d_loss``, ``g_loss``; ``d_real``,
+    ``d_fake``) or a diffusion model (``"diffusion"``: ``train_loss``, ``test_loss``,
+    the noise-prediction MSE) per epoch, from ``cnnfast train``'s metrics."""
+    panels = generative_panels(history, task)
+    epochs = [m.get("epoch", i + 1) for i, m in enumerate(history)]
+    fig = new_figure(figsize=(4.2 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for key in keys:
+            pts = [(e, m[key]) for e, m in zip(epochs, history) if key in m]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                    label=_CURVE_LABELS.get(key, key.replace("_", " ")))
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
