@@ -187,7 +187,7 @@ inline bool use_ws(int op, const ConvGeo& g) {
 // with fewer taps some phases are thin products (3x3 / 2, 8x64x56x56 -> 128: 1.07 of
 // gemm; 1x1 / 2, 256 -> 512 on 28x28: 1.01; 5x5 / 2, 32 -> 32 on 31x29: 0.78; the
 // forward and the weight gradient 0.69-1.01 on the same layers, 1 thread CPU time). Measured
-// (AMD EPYC Zen 3, AVX2, float32, medians of 15-21, interleaved in one process on a
+// (AMD EPYC family 25 model 17, AVX2 path, float32, medians of 15-21, interleaved in one process on a
 // loaded machine, two runs; gemm-phase / the previous path, 1 thread CPU time | 2
 // threads wall time; benchmarks/cpp_paths_vs_torch.py):
 //   conv_transpose k4s2 (16x128x16x16 -> 64, 4x4, stride 2, pad 1) vs gemm: forward
