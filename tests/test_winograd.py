@@ -102,39 +102,16 @@ def test_cpp_winograd_two_huge_values_error_follows_their_product(dtype):
     assert S < 1e5  # ... which S holds nothing of: S alone would not bound the error
 
 
-# (N, C, K, H, W, padding): sizes not multiple of 4, 1x1 and 2x2 images with padding,
-# one channel in or out, asymmetric and large padding (the input gradient's padding
-# 2 - p is then negative), several images per tile block, and both schedules (one
-# block per thread; all threads on one block with its own weight transform).
-GRID = [
-    (1, 1, 1, 1, 1, 1),
-    (2, 3, 1, 2, 2, 1),
-    (1, 1, 5, 3, 3, 0),
-    (3, 2, 3, 1, 4, 2),
-    (2, 5, 7, 9, 4, 3),
-    (2, 4, 6, 7, 10, ((0, 2), (1, 0))),
-    (1, 6, 4, 8, 8, "same"),
-    (2, 3, 5, 6, 5, "valid"),
-    (4, 8, 16, 13, 13, 0),
-    (2, 16, 8, 17, 23, 1),
-    (1, 7, 9, 4, 33, 1),
-    (3, 33, 20, 21, 11, 1),
-    (8, 24, 40, 28, 28, 1),
-    (1, 70, 13, 10, 10, 1),
-]
+# The shared 2-d grid (helpers/winograd_contract.py); here it also covers both
+# schedules (one block per thread; all threads on one block with its own weight
+# transform).
+GRID = contract.GRID_2D
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", GRID, ids=lambda c: "x".join(map(str, c[:5])) + f"-p{c[5]}")
+@pytest.mark.parametrize("case", GRID, ids=contract.grid_id)
 def test_cpp_winograd_matches_the_reference(case, dtype):
-    n, c, k, h, w, pad = case
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((n, c, h, w))
-    wt = rng.standard_normal((k, c, 3, 3))
-    b = rng.standard_normal(k)
-    y = cnnfast.conv2d(x, wt, padding=pad, backend="numpy")
-    gy = rng.standard_normal(y.shape)
-    _check(x, wt, gy, b, dict(padding=pad), dtype, str(case))
+    _check(*contract.grid_case(case), dtype, str(case))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])

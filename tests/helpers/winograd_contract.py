@@ -75,3 +75,40 @@ def check(x, w, gy, b, kw, dtype, what, backend, algorithm="winograd", last_path
     result = worst(got, exact, S, dtype)
     assert max(result.values()) < 1, f"{what} {np.dtype(dtype).name}: |err| / bound {result}"
     return result
+
+
+# (N, C, K, H, W, padding) of the 2-d grids: sizes not multiple of 4, 1x1 and 2x2 images
+# with padding, one channel in or out, asymmetric and large padding (the input
+# gradient's padding 2 - p is then negative), several images per tile block, and wide
+# and deep layers.
+GRID_2D = [
+    (1, 1, 1, 1, 1, 1),
+    (2, 3, 1, 2, 2, 1),
+    (1, 1, 5, 3, 3, 0),
+    (3, 2, 3, 1, 4, 2),
+    (2, 5, 7, 9, 4, 3),
+    (2, 4, 6, 7, 10, ((0, 2), (1, 0))),
+    (1, 6, 4, 8, 8, "same"),
+    (2, 3, 5, 6, 5, "valid"),
+    (4, 8, 16, 13, 13, 0),
+    (2, 16, 8, 17, 23, 1),
+    (1, 7, 9, 4, 33, 1),
+    (3, 33, 20, 21, 11, 1),
+    (8, 24, 40, 28, 28, 1),
+    (1, 70, 13, 10, 10, 1),
+]
+
+
+def grid_id(case) -> str:
+    return "x".join(map(str, case[:5])) + f"-p{case[5]}"
+
+
+def grid_case(case):
+    """``(x, w, gy, b, kw)`` of a GRID_2D case: random float64 data, 3x3 kernel."""
+    n, c, k, h, w, pad = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((k, c, 3, 3))
+    b = rng.standard_normal(k)
+    y = cnnfast.conv2d(x, wt, padding=pad, backend="numpy")
+    return x, wt, rng.standard_normal(y.shape), b, dict(padding=pad)
