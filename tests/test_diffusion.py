@@ -510,6 +510,50 @@ def test_cli_trains_resumes_exactly_and_samples(tmp_path, capsys):
     _fails(capsys, ["evaluate", ck, "--data", SLICE], "diffusion model", "cnnfast sample")
 
 
+def test_quality_script_takes_diffusion_checkpoints(tmp_path, capsys):
+    """benchmarks/generative_quality.py on a tiny untrained diffusion model: the
+    figures are those of evaluate_generator on the same sampler; a GAN refuses
+    --steps."""
+    import json
+    import sys
+
+    from cnnfast.nn import gan as G
+    from cnnfast.nn import generative_quality as Q
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                    "benchmarks"))
+    from generative_quality import main as quality_main
+
+    d = D.Diffusion.build((1, 28, 28), steps=10, base_channels=2, depth=1, seed=0,
+                          backend="numpy")
+    ck = nn.save_checkpoint(tmp_path / "d.npz", d.net, None,
+                            {"task": "diffusion", "diffusion": d.config()})
+    judge = nn.Sequential([nn.Flatten(), nn.Dense(8), nn.ReLU(), nn.Dense(10)],
+                          input_shape=(1, 28, 28), seed=0)
+    nn.save_checkpoint(tmp_path / "cnn.npz", judge)
+    argv = [str(ck), "--classifier", str(tmp_path / "cnn.npz"), "--data", SLICE,
+            "--n", "20", "--backend", "numpy", "--steps", "3", "--guidance", "1.5"]
+    assert quality_main(argv + ["--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["model"], result["method"], result["steps"], result["guidance"]) == \
+        ("diffusion", "DDIM", 3, 1.5)
+    from cnnfast.nn.data import load_fashion_mnist
+
+    test_x, _ = load_fashion_mnist("test", SLICE)
+    direct = Q.evaluate_generator(D.DiffusionSampler(d, steps=3, guidance=1.5), judge,
+                                  test_x, n=20)
+    assert result["recognised"] == direct["recognised"]
+    assert result["frechet"] == pytest.approx(direct["frechet"], rel=1e-12)
+    assert quality_main(argv) == 0
+    assert "DDIM, 3 steps, guidance 1.5" in capsys.readouterr().out
+    gan = G.DCGAN.build(g_channels=(2, 2), d_channels=(2, 2), seed=0)
+    gck = G.save_gan(tmp_path / "gan.npz", gan)
+    with pytest.raises(SystemExit) as exc:
+        quality_main([str(gck), "--classifier", str(tmp_path / "cnn.npz"), "--data", SLICE,
+                      "--n", "20", "--steps", "3"])
+    assert exc.value.code == 2 and "diffusion checkpoints" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--model", "diffusion", "--noise", "0.2"], "--noise does not apply"),
     (["--model", "diffusion", "--freeze", "1"], "--freeze does not apply"),

@@ -99,24 +99,12 @@ def save_png(image: Any, path: str) -> str:
     return path
 
 
-def _holds_diffusion(path: str) -> bool:
-    """Whether ``path``'s metadata says it holds a diffusion model (False for any
-    problem: the loader named by the other answer reports it)."""
-    from ..nn.checkpoint_file import read_arrays
-    from ..nn.diffusion import is_diffusion_checkpoint
-
-    try:
-        meta = read_arrays(path).get("__meta__")
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and is_diffusion_checkpoint(meta.get("extra"))
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..nn.diffusion import is_diffusion_checkpoint, load_diffusion
-    from ..nn.gan import image_grid, load_gan
+    from ..nn.diffusion import is_diffusion_checkpoint
+    from ..nn.gan import image_grid
+    from ..nn.generative_quality import load_generator
 
     if args.n > MAX_SAMPLES:
         raise CliError(f"--n {args.n}: at most {MAX_SAMPLES:,} samples")
@@ -124,10 +112,7 @@ def run(args: argparse.Namespace) -> int:
     require_backend(args.backend)
     model: Any  # a Diffusion or a DCGAN: both have classes and sample()
     try:
-        if _holds_diffusion(args.checkpoint):
-            model, _, extra = load_diffusion(args.checkpoint, backend=args.backend)
-        else:
-            model, _, _, extra = load_gan(args.checkpoint, backend=args.backend)
+        model, extra = load_generator(args.checkpoint, backend=args.backend)
     except (OSError, ValueError) as exc:  # FileNotFoundError, CheckpointError
         raise CliError(" ".join(str(exc).split())) from exc
     diffusion = is_diffusion_checkpoint(extra)

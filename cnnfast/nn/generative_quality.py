@@ -12,16 +12,20 @@ classifier (no internet, no pretrained Inception network):
   the finite sample, hence the **real-vs-real floor**: the same distance between two
   disjoint halves of the test set, of the same size.
 
-:func:`evaluate_generator` runs all three on ``n`` class-balanced samples.
+:func:`evaluate_generator` runs all three on ``n`` class-balanced samples;
+:func:`load_generator` reads either kind of checkpoint (a DCGAN or a diffusion model).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import os
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from .base import to_numpy
+from .checkpoint import PathLike
+from .checkpoint_file import read_arrays
 from .model import Sequential
 from .tasks import as_float
 
@@ -158,3 +162,24 @@ def evaluate_generator(gan: Any, classifier: Sequential, test_images: Any, n: in
             "frechet": fd, "frechet_floor": floor,
             "frechet_ratio": fd / floor if floor > 0 else float("inf"),
             "name": FRECHET_NAME}
+
+
+def load_generator(path: PathLike, backend: Optional[str] = None) -> Tuple[Any, dict]:
+    """``(model, extra)`` from a ``cnnfast train --model dcgan`` or ``--model
+    diffusion`` checkpoint: a ``DCGAN`` or a ``Diffusion`` (both have ``classes``,
+    ``image_shape`` and ``sample(labels, rng, ...)``) and the checkpoint's metadata.
+    Every problem is an ``OSError`` or a ``CheckpointError`` (a ``ValueError``); a
+    classifier's checkpoint is refused by the GAN loader's message."""
+    from .diffusion import is_diffusion_checkpoint, load_diffusion
+    from .gan import load_gan
+
+    path = os.fspath(path)
+    try:
+        meta = read_arrays(path).get("__meta__")
+    except (OSError, ValueError):
+        meta = None  # the loader below reports the problem
+    if isinstance(meta, dict) and is_diffusion_checkpoint(meta.get("extra")):
+        diffusion, _, extra = load_diffusion(path, backend=backend)
+        return diffusion, extra
+    gan, _, _, extra = load_gan(path, backend=backend)
+    return gan, extra
