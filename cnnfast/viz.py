@@ -564,9 +564,9 @@ def forward_noising(diffusion: Any, image: Any, timesteps: Sequence[int],
 
 
 def reverse_trajectory(diffusion: Any, labels: Any, rng: np.random.Generator,
-                       steps: Optional[int] = None, frames: int = 8
-                       ) -> Tuple[List[int], np.ndarray]:
-    """The reverse process of ``diffusion.sample(labels, rng, steps)`` caught at
+                       steps: Optional[int] = None, frames: int = 8,
+                       guidance: float = 0.0) -> Tuple[List[int], np.ndarray]:
+    """The reverse process of ``diffusion.sample(labels, rng, steps, guidance)`` caught at
     ``frames`` evenly spaced points: ``(times, x)`` with ``x`` (N, frames', C, H, W) in
     [0, 1] (``frames' <= frames``) and ``times`` the timestep each frame enters (-1:
     the final sample, the last frame; it equals what ``sample`` returns)."""
@@ -592,7 +592,8 @@ def reverse_trajectory(diffusion: Any, labels: Any, rng: np.random.Generator,
     method = "ddpm" if steps is None or int(steps) == total else "ddim"
     xp, dtype = diffusion.net.xp, diffusion.net.dtype
     x = sample(eps_model, diffusion.schedule, (len(labels),) + tuple(diffusion.image_shape),
-               rng, labels=labels, steps=steps, method=method, dtype=dtype, xp=xp)
+               rng, labels=labels, steps=steps, method=method, guidance=guidance,
+               dtype=dtype, xp=xp)
     states.append(np.asarray(to_numpy(x)))
     times.append(-1)
     pick = np.unique(np.linspace(0, len(states) - 1, frames).round().astype(int))

@@ -121,12 +121,13 @@ def test_forward_timesteps_and_noising():
         viz.forward_noising(d, image[:, :4], times, np.random.default_rng(3))
 
 
-@pytest.mark.parametrize("steps", [None, 4])  # DDPM over all 10 timesteps; DDIM
-def test_reverse_trajectory_ends_in_the_sample(steps):
-    d = _tiny_diffusion()
+@pytest.mark.parametrize("steps, guidance", [(None, 0.0), (4, 0.0), (4, 2.0)])
+def test_reverse_trajectory_ends_in_the_sample(steps, guidance):
+    d = _tiny_diffusion()  # steps None: DDPM over all 10 timesteps; 4: DDIM
     times, frames = viz.reverse_trajectory(d, np.array([0, 2]), np.random.default_rng(5),
-                                           steps=steps, frames=3)
-    want = d.sample(np.array([0, 2]), np.random.default_rng(5), steps=steps)
+                                           steps=steps, frames=3, guidance=guidance)
+    want = d.sample(np.array([0, 2]), np.random.default_rng(5), steps=steps,
+                    guidance=guidance)
     assert frames.shape == (2, 3, 1, 8, 8) and times[0] == 9 and times[-1] == -1
     assert times == sorted(times, reverse=True)
     np.testing.assert_array_equal(frames[:, -1], want)
@@ -170,16 +171,16 @@ def test_visualize_diffusion(diffusion_ck, tmp_path, capsys, monkeypatch):
     # no data set installed: the forward noising starts from a sample
     monkeypatch.setattr("cnnfast.nn.data.find_fashion_mnist", _no_data)
     assert main(["visualize", diffusion_ck, "--out", str(out), "--seed", "7",
-                 "--steps", "4", "--backend", "numpy"]) == 0
+                 "--steps", "4", "--guidance", "1.5", "--backend", "numpy"]) == 0
     captured = capsys.readouterr()
     names = ["samples.png", "forward_noising.png", "reverse_process.png", "curves.png"]
     assert captured.out.split() == [str(out / n) for n in names]
     assert "noises a sample" in captured.err
     samples = _read_png(out / "samples.png")
     assert samples.shape == (3 * 9 - 1, 8 * 9 - 1)  # a row per class, 8 columns
-    # the same grid as cnnfast sample --n 24 --seed 7 --steps 4
+    # the same grid as cnnfast sample --n 24 --seed 7 --steps 4 --guidance 1.5
     assert main(["sample", diffusion_ck, "--n", "24", "--seed", "7", "--steps", "4",
-                 "--out", str(tmp_path / "s.png")]) == 0
+                 "--guidance", "1.5", "--out", str(tmp_path / "s.png")]) == 0
     np.testing.assert_array_equal(samples, _read_png(tmp_path / "s.png"))
     forward = _read_png(out / "forward_noising.png")
     assert forward.shape == (8, 7 * 9 - 1)  # the image, then t = 0, 1, 2, 5, 7, 9
@@ -188,7 +189,7 @@ def test_visualize_diffusion(diffusion_ck, tmp_path, capsys, monkeypatch):
     # 3 samples (one per class); DDIM in 4 steps: 4 states and the sample = 5 frames
     assert reverse.shape == (3 * 9 - 1, 5 * 9 - 1)
     d, _, _ = D.load_diffusion(diffusion_ck, backend="numpy")
-    final = d.sample(np.arange(3), np.random.default_rng([7, 2]), steps=4)
+    final = d.sample(np.arange(3), np.random.default_rng([7, 2]), steps=4, guidance=1.5)
     for row in range(3):
         np.testing.assert_array_equal(_tile(reverse, row, 4, 8),
                                       np.round(final[row, 0] * 255))
@@ -235,6 +236,10 @@ def test_visualize_generative_user_errors(gan_ck, diffusion_ck, tmp_path, capsys
            "holds a GAN")
     _fails(capsys, ["visualize", gan_ck, "--out", out, "--steps", "3"], "--steps",
            "diffusion checkpoints")
+    _fails(capsys, ["visualize", gan_ck, "--out", out, "--guidance", "1"], "--guidance",
+           "diffusion checkpoints")
+    _fails(capsys, ["visualize", diffusion_ck, "--out", out, "--guidance", "-1"],
+           "argument --guidance")
     _fails(capsys, ["visualize", diffusion_ck, "--out", out, "--noise", "0.2"], "--noise",
            "holds a diffusion model")
     _fails(capsys, ["visualize", diffusion_ck, "--out", out, "--steps", "11"],
@@ -255,4 +260,6 @@ def test_visualize_generative_user_errors(gan_ck, diffusion_ck, tmp_path, capsys
         [nn.Flatten(), nn.Dense(10)], input_shape=(1, 28, 28)), None)
     _fails(capsys, ["visualize", str(cls), "--out", out, "--steps", "3", "--data", SLICE],
            "--steps applies to diffusion")
+    _fails(capsys, ["visualize", str(cls), "--out", out, "--guidance", "1", "--data",
+                    SLICE], "--guidance applies to diffusion")
     assert not os.path.exists(os.path.join(out, "samples.png"))

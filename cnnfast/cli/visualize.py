@@ -14,8 +14,8 @@ the diffusion model's noise-prediction MSE), and for a diffusion model
 ``forward_noising.png`` (test image ``--image``, or a sample when no data is
 installed, then noised at t = 0, T/10, T/4, T/2, 3T/4, T-1) and
 ``reverse_process.png`` (the sampler's x_t from noise to image, a row per sample,
-the last column the sample; ``--steps S``: DDIM in S steps, as in ``cnnfast
-sample``). ``--seed`` fixes their noise. Needs matplotlib
+the last column the sample; ``--steps S``: DDIM in S steps, ``--guidance W``:
+classifier-free guidance, as in ``cnnfast sample``). ``--seed`` fixes their noise. Needs matplotlib
 (``pip install cnnfast[viz]``). The paths written go to stdout; the library's
 messages (a picture skipped), logged to ``cnnfast.viz``, to stderr.
 """
@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=positive_int, default=None, metavar="S",
                         help="diffusion: sample with DDIM in S steps, DDPM when S is the "
                              "model's timesteps T (default min(50, T))")
+    parser.add_argument("--guidance", type=non_negative_float, default=None, metavar="W",
+                        help="diffusion: classifier-free guidance weight of the samples "
+                             "and the reverse process (default 0)")
 
 
 def _history(args: argparse.Namespace, extra: Dict[str, Any]) -> List[Any]:
@@ -126,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
         for p in paths:
             print(p)
         return 0
-    if args.steps is not None:
-        raise CliError(f"--steps applies to diffusion checkpoints; {args.checkpoint} holds "
-                       f"a {extra.get('task') or 'classify'} model")
+    for flag, value in (("--steps", args.steps), ("--guidance", args.guidance)):
+        if value is not None:
+            raise CliError(f"{flag} applies to diffusion checkpoints; {args.checkpoint} "
+                           f"holds a {extra.get('task') or 'classify'} model")
     _, (images, labels) = load_data("test", args.data, args.limit)
     check_model_fits_data(model, images, args.checkpoint)
     history = _history(args, extra)
@@ -178,8 +182,9 @@ def _generative(args: argparse.Namespace, extra: Dict[str, Any]) -> List[str]:
     paths written."""
     import numpy as np
 
-    from ..nn.diffusion import is_diffusion_checkpoint, load_diffusion
-    from ..nn.gan import image_grid, load_gan
+    from ..nn.diffusion import is_diffusion_checkpoint
+    from ..nn.gan import image_grid
+    from ..nn.generative_quality import load_generator
     from ..viz import (forward_noising, forward_timesteps, generative_panels,
                        plot_generative_curves, reverse_trajectory)
     from .sample import DEFAULT_DIFFUSION_STEPS, save_png
@@ -187,17 +192,16 @@ def _generative(args: argparse.Namespace, extra: Dict[str, Any]) -> List[str]:
     diffusion = is_diffusion_checkpoint(extra)
     owner = "a diffusion model" if diffusion else "a GAN"
     for flag, value in (("--class", args.class_index), ("--noise", args.noise),
-                        ("--steps", None if diffusion else args.steps)):
+                        ("--steps", None if diffusion else args.steps),
+                        ("--guidance", None if diffusion else args.guidance)):
         if value is not None:
-            applies = "diffusion" if flag == "--steps" else "classifier and denoiser"
+            applies = "diffusion" if flag in ("--steps", "--guidance") \
+                else "classifier and denoiser"
             raise CliError(f"{flag} applies to {applies} checkpoints; {args.checkpoint} "
                            f"holds {owner}")
     model: Any  # a Diffusion or a DCGAN: both have classes and sample()
     try:
-        if diffusion:
-            model, _, _ = load_diffusion(args.checkpoint, backend=args.backend)
-        else:
-            model, _, _, _ = load_gan(args.checkpoint, backend=args.backend)
+        model, _ = load_generator(args.checkpoint, backend=args.backend)
     except (OSError, ValueError) as exc:  # CheckpointError
         raise CliError(" ".join(str(exc).split())) from exc
     steps = None
@@ -207,6 +211,9 @@ def _generative(args: argparse.Namespace, extra: Dict[str, Any]) -> List[str]:
         if steps > total:
             raise CliError(f"--steps {steps}: the model has {total} timesteps (at most "
                            f"that many steps)")
+        if args.guidance and model.p_uncond == 0:
+            raise CliError(f"--guidance {args.guidance:g}: {args.checkpoint} was trained "
+                           f"with --p-uncond 0, so it has no unconditional prediction")
     # every user error before the sampling
     task = "diffusion" if diffusion else "gan"
     history = _history(args, extra)
@@ -221,7 +228,8 @@ def _generative(args: argparse.Namespace, extra: Dict[str, Any]) -> List[str]:
     paths: List[str] = []
     labels = np.repeat(np.arange(model.classes), SAMPLES_PER_CLASS)  # a row per class
     rng = np.random.default_rng(args.seed)  # as cnnfast sample --seed: the same grid
-    samples = (model.sample(labels, rng, steps=steps) if diffusion
+    guidance = args.guidance or 0.0
+    samples = (model.sample(labels, rng, steps=steps, guidance=guidance) if diffusion
                else model.sample(labels, rng))
     paths.append(save_png(image_grid(samples, SAMPLES_PER_CLASS),
                           os.path.join(out, "samples.png")))
@@ -235,7 +243,7 @@ def _generative(args: argparse.Namespace, extra: Dict[str, Any]) -> List[str]:
                               os.path.join(out, "forward_noising.png")))
         rows = np.arange(min(model.classes, TRAJECTORY_SAMPLES))
         _, frames = reverse_trajectory(model, rows, np.random.default_rng([args.seed, 2]),
-                                       steps, TRAJECTORY_FRAMES)
+                                       steps, TRAJECTORY_FRAMES, guidance)
         paths.append(save_png(image_grid(frames.reshape((-1,) + frames.shape[2:]),
                                          frames.shape[1]),
                               os.path.join(out, "reverse_process.png")))
