@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .checkpoint_file import FORMAT, CheckpointError, read_arrays
+from .data import PathLike
 from .model import Sequential
 from .optim import Optimizer, make_optimizer
 
-#: A file path: a str or an ``os.PathLike`` (``pathlib.Path``).
-PathLike = Union[str, "os.PathLike[str]"]
 
 # save_checkpoint writes to a temporary file named like this in the target folder
 # first; one left behind means a process was killed mid-write.
