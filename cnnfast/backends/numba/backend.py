@@ -180,22 +180,28 @@ def _act(p: ConvParams):
     return (_epilogue.CODES[p.activation], float(p.negative_slope))
 
 
-# A buffer per Python thread for the backward's g = grad_y * act'(y): it lives only
-# during one backward call (the gradient kernels read it, nothing returned points
-# into it), so one buffer per thread and dtype, grown to the largest g seen, is
-# reused instead of a fresh large allocation (and its page faults) every call.
+# Scratch buffers per Python thread, one per named slot and dtype, grown to the
+# largest size seen and reused: the backward's g = grad_y * act'(y) ("g"), the
+# padded or phase-split input of the wide products and of the weight gradient
+# ("padded"), a stride phase's output ("phase") and the weight gradient's partial
+# sums ("part"). Each lives only during one call (the kernels read it, nothing
+# returned points into it), and the slots that one call uses at the same time are
+# distinct; a fresh large allocation every call would instead pay its page faults
+# (several MB per call, measured 10-20% of a transposed convolution right after
+# torch freed its own buffers).
 _scratch = threading.local()
 
 
-def _g_buffer(shape, dtype):
-    """A writeable array of ``shape`` and ``dtype`` from this thread's buffer."""
+def _buffer(slot, shape, dtype):
+    """A writeable array of ``shape`` and ``dtype`` from this thread's buffer ``slot``."""
     bufs = getattr(_scratch, "bufs", None)
     if bufs is None:
         bufs = _scratch.bufs = {}
     size = math.prod(shape)
-    buf = bufs.get(dtype)
+    key = (slot, np.dtype(dtype))
+    buf = bufs.get(key)
     if buf is None or buf.size < size:
-        buf = bufs[dtype] = np.empty(max(size, 1), dtype)
+        buf = bufs[key] = np.empty(max(size, 1), dtype)
     return buf[:size].reshape(shape)
 
 
@@ -206,7 +212,7 @@ def _activation_grad(gy, y, p: ConvParams, channels, gb_out=None):
     fused."""
     if p.activation is None:
         return gy, None
-    g = _g_buffer(gy.shape, gy.dtype)
+    g = _buffer("g", gy.shape, gy.dtype)
     gb = _dest(gb_out, channels, gy.dtype)
     _launch(_epilogue.grad_act, _as5(gy), _as5(y), _as5(g), gb, *_act(p))
     return g, gb
@@ -268,14 +274,14 @@ def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path, act=_NO_ACT):
         if padded == x5.shape[2:] and not any(pad):
             xp = x5
         else:
-            xp = np.empty(x5.shape[:2] + padded, x5.dtype)
+            xp = _buffer("padded", x5.shape[:2] + padded, x5.dtype)
             _launch(_gemm.pad_input, x5, xp, pad)
         kbase, koff = _wide_taps(x5.shape[1] // groups, kshape, dil, (1, 1, 1), padded)
     elif any(s > 1 for s in stride) and _phases_pay(out, kshape, stride, dil):
         # The input split into its stride phases: a stride-1 wide product over them.
         ext, moff, tphase, _ = _rows_geometry(x5.shape[2:], out, kshape, stride, pad, dil)
         S, plane, (N, C) = int(np.prod(stride)), int(np.prod(ext)), x5.shape[:2]
-        xp = np.empty((N, C * S) + ext, x5.dtype)
+        xp = _buffer("padded", (N, C * S) + ext, x5.dtype)
         _launch(_wgrad.pack_phases, x5, xp.reshape(xp.size), ext,
                 (S * plane, plane, ext[2], C * S * plane), stride, pad)
         kbase, koff = _wide_taps(C // groups, kshape, dil, stride, ext)
@@ -391,7 +397,7 @@ def _correlate_t_phases(x5, w5, b, y5, stride, pad, dil, groups, act):
             np.ascontiguousarray(w5[:, :, td[0], th[0], tw[0]]), groups)
         sub_dil = (td[1], th[1], tw[1])
         sub_pad = (-td[2], -th[2], -tw[2])
-        buf = np.empty(view.shape, y5.dtype)
+        buf = _buffer("phase", view.shape, y5.dtype)
         # The sum over (input channel, taps) is long even for few output
         # channels per group (e.g. the input gradient of a stem conv), so the
         # product path pays from 2 output channels (the register tile is MR).
@@ -466,7 +472,7 @@ def _weight_grad_rows(a5, b5, w_shape, stride, pad, dil, groups, dtype, out=None
         nst, nimg, xsn, xsc, vlen = 1, N, C * S * plane, plane, qn
         strides = (S * plane, plane, Wq, C * S * plane)
     if copy or nst > 1:
-        xq = np.empty(N * C * S * plane, dtype)
+        xq = _buffer("padded", (N * C * S * plane,), dtype)
         _launch(_wgrad.pack_phases, a5, xq, (Dq, Hq, Wq), strides, stride, pad)
     else:  # the input as it is
         xq = a5.reshape(a5.size)
@@ -475,7 +481,7 @@ def _weight_grad_rows(a5, b5, w_shape, stride, pad, dil, groups, dtype, out=None
     og, k = O // groups, int(np.prod(w5[1:]))
     qc, nunit, nchunk, nks, nwork = _wgrad.plan(vlen, nimg, og, k, O,
                                                 np.dtype(dtype).itemsize, _threads())
-    part = np.empty((nchunk, O * k), dtype)
+    part = _buffer("part", (nchunk, O * k), dtype)
     # 2-D for every rank: one specialisation (``out`` is C-contiguous: a view)
     gw = np.empty((O, k), dtype) if out is None else out.reshape(O, k)
     geo = tuple(int(v) for v in (S, Hq, Wq, nst, nimg, xsn, xsc, vlen, nunit, nchunk, nks,

@@ -4,8 +4,9 @@
   zero-padded input (``pad_input``, stride 1) or its stride phases
   (``wgrad.pack_phases``, any stride), where every panel row is one contiguous
   run of a plane, read in place (``_micro_x``: an implicit im2col; MR x NR
-  accumulators in registers). 1x1 convolutions take this path with no padding
-  and no waste: a plain product of the input.
+  accumulators in registers), in blocks of at most KC reduction rows. 1x1
+  convolutions take this path with no padding and no waste: a plain product of
+  the input.
 * ``correlate_gemm`` (any stride): the same product after a general im2col
   (``_im2col``, ``_micro``), for outputs too small for the wide rows.
 
@@ -34,6 +35,10 @@ from .epilogue import store_act
 # 3x32 run alike, 6x16 and 4x32 at half their speed).
 MR = 4
 NR = 16
+# The reduction is cut in blocks of at most KC rows (``correlate_wide``): a
+# block's panel (KC rows of NR, read in place or copied) stays in L1 while every
+# block of MR output channels sweeps it (the cpp backend's kGemmKC).
+KC = 256
 
 
 @intrinsic
@@ -91,28 +96,74 @@ def _micro(cp, wp, g, ob, K, tile):
 
 
 @njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
-def _micro_x(xf, base, koff, wp, g, ob, K, tile):
-    """``_micro`` with the panel read in place: ``cp[k, j] = xf[base + koff[k] + j]``
-    (an implicit im2col; the caller keeps every read inside the array)."""
-    acc = carray(_stack_tile(xf.dtype), (MR, NR))
-    for i in range(MR):
-        for j in range(NR):
-            acc[i, j] = 0
-    for k in range(K):
-        a0 = wp[g, ob, k, 0]
-        a1 = wp[g, ob, k, 1]
-        a2 = wp[g, ob, k, 2]
-        a3 = wp[g, ob, k, 3]
-        s0 = uint64(base + koff[k])
-        for j in range(uint64(NR)):  # unsigned: no wraparound select per load
-            v = xf[s0 + j]
-            acc[0, j] += a0 * v
+def _micro_p(bf, b0, af, a0, kc, cf, c0, ldc, init):
+    """``cf[c0 + i*ldc + j] (+)= sum_{k < kc} af[a0 + k*MR + i] * bf[b0 + k*NR + j]``:
+    one MR x NR tile over one block of the reduction, from a packed panel ``bf``
+    (kc x NR) and packed weight rows ``af`` (kc x MR); ``init``: add to the tile's
+    partial sum in ``cf`` (the previous reduction blocks) instead of starting at 0.
+    Flat arrays and unsigned offsets (no views, no wraparound selects)."""
+    acc = carray(_stack_tile(bf.dtype), (MR, NR))
+    uc = uint64(c0)
+    if init:
+        for i in range(MR):
+            for j in range(NR):
+                acc[i, j] = cf[uc + uint64(i * ldc + j)]
+    else:
+        for i in range(MR):
+            for j in range(NR):
+                acc[i, j] = 0
+    ua = uint64(a0)
+    ub = uint64(b0)
+    for k in range(uint64(kc)):
+        ka = ua + k * uint64(MR)
+        a0_ = af[ka]
+        a1 = af[ka + uint64(1)]
+        a2 = af[ka + uint64(2)]
+        a3 = af[ka + uint64(3)]
+        kb = ub + k * uint64(NR)
+        for j in range(uint64(NR)):
+            v = bf[kb + j]
+            acc[0, j] += a0_ * v
             acc[1, j] += a1 * v
             acc[2, j] += a2 * v
             acc[3, j] += a3 * v
     for i in range(MR):
         for j in range(NR):
-            tile[i, j] = acc[i, j]
+            cf[uc + uint64(i * ldc + j)] = acc[i, j]
+
+
+@njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
+def _micro_x(xf, base, koff, k0, kc, af, a0, cf, c0, ldc, init):
+    """``_micro_p`` with the panel read in place: row ``k`` of the panel is
+    ``xf[base + koff[k0 + k] + j]`` (an implicit im2col; the caller keeps every
+    read inside the array)."""
+    acc = carray(_stack_tile(xf.dtype), (MR, NR))
+    uc = uint64(c0)
+    if init:
+        for i in range(MR):
+            for j in range(NR):
+                acc[i, j] = cf[uc + uint64(i * ldc + j)]
+    else:
+        for i in range(MR):
+            for j in range(NR):
+                acc[i, j] = 0
+    ua = uint64(a0)
+    for k in range(uint64(kc)):
+        ka = ua + k * uint64(MR)
+        a0_ = af[ka]
+        a1 = af[ka + uint64(1)]
+        a2 = af[ka + uint64(2)]
+        a3 = af[ka + uint64(3)]
+        s0 = uint64(base + koff[k0 + k])
+        for j in range(uint64(NR)):  # unsigned: no wraparound select per load
+            v = xf[s0 + j]
+            acc[0, j] += a0_ * v
+            acc[1, j] += a1 * v
+            acc[2, j] += a2 * v
+            acc[3, j] += a3 * v
+    for i in range(MR):
+        for j in range(NR):
+            cf[uc + uint64(i * ldc + j)] = acc[i, j]
 
 
 @njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
@@ -273,7 +324,8 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, 
     the value at ``q + koff[k]`` of plane ``kbase[k]`` (counted from the group's
     first plane), where ``q = (od*Hq + oh)*Wq + ow`` is the "wide" position: the
     outputs are computed over rows as long as the planes' rows, so that a panel
-    row is one contiguous run, read in place (``_micro_x``). Positions with
+    row is one contiguous run, read in place (``_micro_x``; the last panels of a
+    plane are copied, ``_micro_p``). Positions with
     ``ow >= OW`` or ``oh >= OH`` are computed and dropped (waste ``Wq/OW``, chosen
     by the caller). ``nr_runtime`` is NR, passed at run time on purpose (see the
     copy loop). Each output is written once, with the bias and the activation
@@ -291,19 +343,28 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, 
     ntile = (Qn + PT - 1) // PT
     xflat = xp.reshape(xp.size)
     yflat = y.reshape(y.size)
+    wflat = wp.reshape(wp.size)
     unr = uint64(nr_runtime)
     offmax = 0
     kfull = np.empty(K, np.int64)  # row k of the implicit im2col
     for k in range(K):
         offmax = max(offmax, koff[k])
         kfull[k] = kbase[k] * plane + koff[k]
+    P = OD * OH * OW
+    # The reduction in equal blocks of at most KC rows, fixed by K alone (the
+    # order of the sums does not depend on the tiles or the threads).
+    nkb = (K + KC - 1) // KC
+    kblk = (K + nkb - 1) // nkb
     ntask = N * groups * ntile
     # Chunks allocate their buffers once; results do not depend on the split.
     nchunk = min(ntask, 4 * nthreads)
     for chunk in prange(nchunk):
-        col = np.empty((PT // NR, K, NR), xp.dtype)
-        acc = np.empty((MR, NR), xp.dtype)
-        accf = acc.reshape(MR * NR)
+        pan = np.empty(kblk * NR, xp.dtype)
+        # the tile's sums (partial until the last reduction block), (OGB*MR, PT)
+        cbuf = np.empty(OGB * MR * PT, xp.dtype)
+        segj = np.empty(PT + 1, np.int64)  # the tile's pieces of output rows
+        segm = np.empty(PT + 1, np.int64)
+        segy = np.empty(PT + 1, np.int64)
         sink = np.zeros(1, xp.dtype)
         for task in range(chunk * ntask // nchunk, (chunk + 1) * ntask // nchunk):
             tile = task % ntile
@@ -313,24 +374,12 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, 
             q0 = tile * PT
             qn = min(PT, Qn - q0)
             npan = (qn + NR - 1) // NR
-            # Flat, unsigned indices and a runtime trip count: no array views
-            # (each costs atomic reference counting), no wraparound selects, no
-            # full unrolling into scalar code (LLVM cannot prove that col and xf
-            # do not overlap) -- 3x faster than the obvious loop (measured).
-            # The panels whose reads stay inside the plane are read in place
-            # (``_micro_x``: no im2col copy, which cost as much as the product
-            # for few output channels); the last ones of a plane are copied, with
-            # zeros past its end. Flat, unsigned indices and a runtime trip count
-            # in the copy: no array views (each costs atomic reference counting),
-            # no wraparound selects, no full unrolling into scalar code (LLVM
-            # cannot prove that col and xf do not overlap) -- 3x faster (measured).
-            cf = col.reshape(col.size)
             gbase = (n * NP + g * PG) * plane
             # Touch the tile's new input (past what the chunk's previous tile
             # read) plane by plane, one load per cache line: a few sequential
-            # streams that the prefetcher follows, before the product reads them
-            # panel by panel, a line from each of many planes at a time (memory
-            # latency: 10% slower for 1x1 convs, measured).
+            # streams that the prefetcher follows, before the panels read them
+            # a line from each of many planes at a time (memory latency: 10%
+            # slower for 1x1 convs, measured).
             s = xp.dtype.type(0)
             t0 = q0 if task == chunk * ntask // nchunk else q0 + offmax
             t1 = min(q0 + qn + offmax, plane)
@@ -339,47 +388,74 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, 
                 for u in range(t0, t1, 16):
                     s += xflat[pb + u]
             sink[0] += s
-            for jb in range(npan):
-                qs = q0 + jb * NR
-                if qs + offmax + NR <= plane:
-                    continue
-                for k in range(K):
-                    st = qs + koff[k]
-                    sbase = gbase + kbase[k] * plane
-                    d0 = uint64((jb * K + k) * NR)
-                    if st + NR <= plane:
-                        s0 = uint64(sbase + st)
-                        for j in range(unr):
-                            cf[d0 + j] = xflat[s0 + j]
-                    else:  # past the plane: only dropped positions read here
-                        for j in range(NR):
-                            cf[d0 + uint64(j)] = (xflat[sbase + st + j]
-                                                  if st + j < plane else 0)
-            for ob in range(OGB):
-                rows = min(MR, OG - ob * MR)
+            # Loop order of a blocked GEMM (the cpp backend's gemm_packed):
+            # reduction block, panel, output channels, so that a panel's rows
+            # (<= KC of NR) stay in L1 while every block of output channels
+            # sweeps them, and the weight block streams from L2.
+            for kb in range(nkb):
+                k0 = kb * kblk
+                kc = min(kblk, K - k0)
                 for jb in range(npan):
                     qs = q0 + jb * NR
-                    if qs + offmax + NR <= plane:
-                        _micro_x(xflat, gbase + qs, kfull, wp, g, ob, K, acc)
-                    else:
-                        _micro(col[jb], wp, g, ob, K, acc)
-                    cols = min(NR, qn - jb * NR)
-                    j = 0
-                    while j < cols:
-                        q = qs + j
-                        ow = q % Wp
-                        rr = q // Wp
-                        oh = rr % Hp
-                        od = rr // Hp
-                        seg = min(Wp - ow, cols - j)
-                        if oh < OH and ow < OW:
-                            m = uint64(min(seg, OW - ow))
-                            for i in range(rows):
-                                o = g * OG + ob * MR + i
-                                store_act(yflat,
-                                          (((n * O + o) * OD + od) * OH + oh) * OW + ow,
-                                          accf, i * NR + j, m, b[o], act, slope)
-                        j += seg
+                    # The panels whose reads stay inside the plane are read in
+                    # place: the rows of one block share cache lines (taps of one
+                    # input row), so they stay in L1 while the output blocks sweep
+                    # them, like a packed panel, at no copy (a packed copy of
+                    # every panel: 5-40% slower on the suite's conv1d.k9 and
+                    # conv3d.k3 rows, measured). The last panels of a plane are
+                    # copied, with zeros past its end.
+                    direct = qs + offmax + NR <= plane
+                    if not direct:
+                        # Flat, unsigned indices and a runtime trip count: no
+                        # array views (each costs atomic reference counting), no
+                        # wraparound selects, no full unrolling into scalar code
+                        # (LLVM cannot prove that pan and xf do not overlap) --
+                        # 3x faster than the obvious loop (measured).
+                        for k in range(kc):
+                            st = qs + koff[k0 + k]
+                            sbase = gbase + kbase[k0 + k] * plane
+                            d0 = uint64(k * NR)
+                            if st + NR <= plane:
+                                s0 = uint64(sbase + st)
+                                for j in range(unr):
+                                    pan[d0 + j] = xflat[s0 + j]
+                            else:  # past the plane: only dropped positions read here
+                                for j in range(NR):
+                                    pan[d0 + uint64(j)] = (xflat[sbase + st + j]
+                                                           if st + j < plane else 0)
+                    for ob in range(OGB):
+                        c0 = ob * MR * PT + jb * NR
+                        a0 = ((g * OGB + ob) * K + k0) * MR
+                        if direct:
+                            _micro_x(xflat, gbase + qs, kfull, k0, kc, wflat, a0, cbuf, c0,
+                                     PT, kb > 0)
+                        else:
+                            _micro_p(pan, 0, wflat, a0, kc, cbuf, c0, PT, kb > 0)
+            # The tile's outputs, output row by output row (the cpp backend's
+            # bias_act_rows): the row pieces are found once per tile, and each
+            # (channel, piece) is one contiguous run in cbuf and in y (pieces of
+            # a panel per block of MR channels instead: 1.5x slower for the
+            # fmnist conv1 layer, 1 input channel, measured).
+            nseg = 0
+            j = 0
+            while j < qn:
+                q = q0 + j
+                ow = q % Wp
+                rr = q // Wp
+                oh = rr % Hp
+                od = rr // Hp
+                seg = min(Wp - ow, qn - j)
+                if oh < OH and ow < OW:
+                    segj[nseg] = j
+                    segm[nseg] = min(seg, OW - ow)
+                    segy[nseg] = (od * OH + oh) * OW + ow
+                    nseg += 1
+                j += seg
+            for i in range(OG):
+                o = g * OG + i
+                for sg in range(nseg):
+                    store_act(yflat, (n * O + o) * P + segy[sg], cbuf, i * PT + segj[sg],
+                              segm[sg], b[o], act, slope)
 
 
 def pack_weight(w, groups, dtype):
