@@ -930,6 +930,15 @@ def max_pool_backward(grad_y: ArrayLike, indices: ArrayLike, x_shape: Sequence[i
                     x_shape, backend)
 
 
+def _indices_outside(indices, plane) -> bool:
+    """Whether an index lies outside ``[0, plane)``. numpy: one pass, as unsigned a
+    negative index is above every plane size (min and max would read the indices
+    twice, a fifth of a fast kernel's time)."""
+    if isinstance(indices, np.ndarray):  # int64 (checked), either byte order
+        return int(indices.view(indices.dtype.str.replace("i", "u")).max()) >= plane
+    return int(indices.min()) < 0 or int(indices.max()) >= plane
+
+
 def _run_max_pool_backward(grad_y, indices, x_shape, backend, out):
     kind, dtype = _check_arrays(grad_y=grad_y)
     x_shape = _check_x_shape(x_shape)
@@ -948,7 +957,7 @@ def _run_max_pool_backward(grad_y, indices, x_shape, backend, out):
     if out is not None:
         check_out(out, "out", x_shape, dtype, kind, {"grad_y": grad_y, "indices": indices})
     plane = P.prod(x_shape[2:])
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= plane):
+    if indices.size and _indices_outside(indices, plane):
         raise ValueError(f"indices must lie in [0, {plane}) (flat offsets into each "
                          f"(n, c) plane of x_shape={x_shape}); got values in "
                          f"[{int(indices.min())}, {int(indices.max())}]")

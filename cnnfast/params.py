@@ -572,11 +572,30 @@ def _floor_sum(n, m, a, b) -> int:
     return total
 
 
+_WINDOW_COUNTS: Dict[Any, Any] = {}
+_WINDOW_COUNTS_KEPT = 4096  # outputs along the dim; larger answers are not kept
+
+
 def pool_window_counts(p: PoolParams, dim: int):
     """Per output position along ``dim``: (taps inside the input, taps inside
-    input-plus-padding), as int64 arrays. The ceil_mode overhang past the padding
-    counts in neither. Counted per window in closed form (O(output), not O(output x
-    kernel))."""
+    input-plus-padding), as read-only int64 arrays. The ceil_mode overhang past the
+    padding counts in neither. Counted per window in closed form (O(output), not
+    O(output x kernel)), and kept per (params, dim): every average pooling call needs
+    them, and computing them costs ~15 us a dim, a third of a small call."""
+    key = (p, dim)
+    hit = _WINDOW_COUNTS.get(key)
+    if hit is None:
+        hit = _window_counts(p, dim)
+        for a in hit:
+            a.flags.writeable = False  # shared by the calls that get them from here
+        if p.out_shape[dim] <= _WINDOW_COUNTS_KEPT:
+            if len(_WINDOW_COUNTS) >= 1024:
+                _WINDOW_COUNTS.clear()
+            _WINDOW_COUNTS[key] = hit
+    return hit
+
+
+def _window_counts(p: PoolParams, dim: int):
     size, k, s, d = p.in_shape[dim], p.kernel[dim], p.stride[dim], p.dilation[dim]
     lo, hi = p.padding[dim]
     start = np.arange(p.out_shape[dim], dtype=np.int64) * s - lo

@@ -9,7 +9,12 @@ For each (case, op):
 2. ``repeat`` rounds follow; each round times one sample of every implementation in
    turn (A B C A B C ...), so slow drift (turbo, thermal, a neighbour process) hits
    all of them alike, with a short sleep before each sample so that the spinning
-   worker threads of the previous implementation (OpenMP, TBB, numba) have gone idle;
+   worker threads of the previous implementation (OpenMP, TBB, numba) have gone idle,
+   and then one untimed call: it wakes this implementation's own workers, which the
+   sleep put to sleep too (no sleep, no such call). Otherwise the first timed call of
+   a sample waits for them to get a core again, milliseconds on a loaded machine, and
+   that cost, paid once per sample, weighs by 1/``number``: an implementation timed
+   one call per sample would be charged all of it and another timed ten calls a tenth;
 3. the result of the warm-up call is checked against the numpy reference backend (or
    torch when numpy is not run), so a fast wrong kernel cannot go unnoticed.
 
@@ -147,6 +152,10 @@ def measure(case: Case, op: str, impls, inputs: Inputs, settings: Settings) -> l
             result = impl.to_numpy(pick_output(case, op, out))
             del out
             t = timer(fn, 1)
+            if 0 < settings.min_time <= t:
+                # A second look before settling for one call per sample: a single
+                # slow call (a preempted worker thread) must not decide it.
+                t = min(t, timer(fn, 1))
         except NotImplementedError as exc:
             row.update(status="n/a", reason=str(exc) or "not implemented")
             continue
@@ -164,6 +173,8 @@ def measure(case: Case, op: str, impls, inputs: Inputs, settings: Settings) -> l
         for impl, row, fn, timer in live:
             if settings.pause > 0:
                 time.sleep(settings.pause)
+                fn()  # untimed: wakes the workers the sleep put to sleep (see 2.)
+                impl.synchronize()
             row["times_s"].append(timer(fn, row["number"]) / row["number"])
             _note_paths(impl, case, row)
     for impl, row, _, _ in live:

@@ -135,19 +135,24 @@ def max_pool(x, y, idx, want_idx, kernel, stride, pad, dil):
 
 @njit(**JIT)
 def max_pool_backward(gy, idx, gx):
-    """``gx[n, c].flat[idx[n, c, q]] += gy[n, c, q]``; one task per (n, c) plane."""
+    """``gx[n, c].flat[idx[n, c, q]] += gy[n, c, q]`` in q order from 0 (the API has
+    checked that every index lies in its plane); one task per (n, c) plane. The
+    offsets are unsigned: a signed index gets a negative-index select per access
+    (``common``), which cost 17-37% of the time here (measured, 1 thread)."""
     N, C = gx.shape[0], gx.shape[1]
     plane = gx.shape[2] * gx.shape[3] * gx.shape[4]
     Q = gy.shape[2] * gy.shape[3] * gy.shape[4]
     gxf = gx.reshape(gx.size)
     gyf = gy.reshape(gy.size)
     idf = idx.reshape(idx.size)
+    pu = uint64(plane)
+    qu = uint64(Q)
     for task in prange(N * C):
-        p0 = task * plane
+        p0 = uint64(task) * pu
         fill(gxf, p0, plane, 0)
-        q0 = task * Q
-        for q in range(Q):
-            gxf[p0 + idf[q0 + q]] += gyf[q0 + q]
+        q0 = uint64(task) * qu
+        for q in range(qu):
+            gxf[p0 + uint64(idf[q0 + q])] += gyf[q0 + q]
 
 
 @njit(**JIT)
@@ -172,7 +177,22 @@ def avg_pool(x, y, kernel, stride, pad, dil, div_d, div_h, div_w, override):
     # ... and when those taps are whole input rows (dense in w and h), the rows
     # of one depth slice are one contiguous run: a single loop.
     whole_rows = dw == 1 and dh == 1 and kw_lo == pw and kw_hi - kw_lo == W
+    # Global pooling (one output, its window the whole unpadded plane): one sum of a
+    # contiguous run per plane (the row path below took 4x longer on 7x7 planes).
+    whole_plane = (OD * OH * OW == 1 and pd == 0 and ph == 0 and pw == 0 and KD == D
+                   and KH == H and KW == W and dd == 1 and dh == 1 and dw == 1)
     for task in prange(N * C * OD):
+        if whole_plane:
+            if override > 0:
+                dv = y.dtype.type(override)
+            else:
+                dv = div_d[0] * div_h[0] * div_w[0]
+            x0 = uint64(task) * uint64(D * H * W)
+            cell = y.dtype.type(0)
+            for t in range(uint64(D * H * W)):
+                cell += xf[x0 + t]
+            yf[task] = cell / dv
+            continue
         od = task % OD
         nc = task // OD
         ybase = (nc * OD + od) * OH
