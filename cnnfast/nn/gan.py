@@ -108,7 +108,7 @@ def dcgan_generator(z_dim: int = 64, classes: int = 10,
 
 
 def dcgan_discriminator(classes: int = 10, image_shape: Sequence[int] = (1, 28, 28),
-                        channels: Sequence[int] = (32, 64), *, dtype: Any = "float32",
+                        channels: Sequence[int] = (64, 128), *, dtype: Any = "float32",
                         seed: Optional[int] = None,
                         backend: Optional[str] = None) -> Sequential:
     """The discriminator: input ``(C + classes, H, W)`` (the image, then the label as
@@ -220,11 +220,14 @@ class DCGAN:
     @classmethod
     def build(cls, z_dim: int = 64, classes: int = 10,
               image_shape: Sequence[int] = (1, 28, 28),
-              g_channels: Sequence[int] = (64, 32), d_channels: Sequence[int] = (32, 64),
+              g_channels: Sequence[int] = (64, 32), d_channels: Sequence[int] = (64, 128),
               label_smoothing: float = 0.0, *, dtype: Any = "float32", seed: int = 0,
               backend: Optional[str] = None) -> "DCGAN":
         """New networks (``dcgan_generator``, ``dcgan_discriminator``); the
-        discriminator's weights come from ``seed + 1``."""
+        discriminator's weights come from ``seed + 1``. The discriminator is twice as
+        wide as the generator: with (32, 64) it sat at chance (loss 2 ln 2) from the
+        first epoch and the samples stalled at 6x the Fréchet floor; (64, 128) reached
+        4.5x in the same 8 epochs (README, Generative models)."""
         g = dcgan_generator(z_dim, classes, image_shape, g_channels, dtype=dtype, seed=seed,
                             backend=backend)
         d = dcgan_discriminator(classes, image_shape, d_channels, dtype=dtype,
