@@ -353,20 +353,27 @@ def plot_curves(history: List[Dict[str, Any]], path: PathLike) -> str:
     out)."""
     if not history:
         raise ValueError("no metrics to plot")
-    epochs = [m.get("epoch", i + 1) for i, m in enumerate(history)]
     known = [("loss", ("train_loss", "test_loss")), ("accuracy", ("train_acc", "test_acc")),
              ("PSNR (dB)", ("psnr_noisy", "psnr_denoised"))]
     panels = [(t, [k for k in keys if any(k in m for m in history)]) for t, keys in known]
     panels = [(t, keys) for t, keys in panels if keys]
     if not panels:
         raise ValueError(f"no known metric in the history (keys: {sorted(history[0])})")
+    return _plot_panels(history, panels, path)
+
+
+def _plot_panels(history: List[Dict[str, Any]], panels: Sequence[Tuple[str, Sequence[str]]],
+                 path: PathLike, labels: Optional[Dict[str, str]] = None) -> str:
+    """One panel per ``(title, keys)``: each key's values per epoch (the epochs a
+    record lacks it are skipped), labelled by ``labels`` or the key itself."""
+    epochs = [m.get("epoch", i + 1) for i, m in enumerate(history)]
     fig = new_figure(figsize=(4.2 * len(panels), 3.2))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):
         for key in keys:
             pts = [(e, m[key]) for e, m in zip(epochs, history) if key in m]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
-                    label=key.replace("_", " "))
+                    label=(labels or {}).get(key, key.replace("_", " ")))
         ax.set_xlabel("epoch")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -633,17 +640,4 @@ def plot_generative_curves(history: List[Dict[str, Any]], task: str,
     """Training curves of a GAN (``task="gan"``: ``d_loss``, ``g_loss``; ``d_real``,
     ``d_fake``) or a diffusion model (``"diffusion"``: ``train_loss``, ``test_loss``,
     the noise-prediction MSE) per epoch, from ``cnnfast train``'s metrics."""
-    panels = generative_panels(history, task)
-    epochs = [m.get("epoch", i + 1) for i, m in enumerate(history)]
-    fig = new_figure(figsize=(4.2 * len(panels), 3.2))
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    for ax, (title, keys) in zip(axes[0], panels):
-        for key in keys:
-            pts = [(e, m[key]) for e, m in zip(epochs, history) if key in m]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
-                    label=_CURVE_LABELS.get(key, key.replace("_", " ")))
-        ax.set_xlabel("epoch")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return _plot_panels(history, generative_panels(history, task), path, _CURVE_LABELS)

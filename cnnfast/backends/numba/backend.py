@@ -92,6 +92,9 @@ _DESCRIPTION = {
     "phases": "one stride-1 correlation per stride phase",
     "winograd": "Winograd F(4x4,3x3) transforms + register-blocked products",
 }
+# A weight gradient's "gemm" multiplies padded rows in place (no im2col matrix).
+_WEIGHT_GRAD_DESCRIPTION = {**_DESCRIPTION,
+                            "gemm": "register-blocked dot products of padded rows"}
 
 _record = threading.local()
 
@@ -419,8 +422,8 @@ def _path_weight_grad(og, k, algorithm="auto"):
     block, else (depthwise) one fixed-order sum per element."""
     if algorithm == "auto":
         if og >= GEMM_MIN_OG:
-            return "gemm", (f"{og} output channels per group, rows of {k}: dot products "
-                            f"of padded rows, no im2col")
+            return "gemm", (f"{og} output channels per group (>= {GEMM_MIN_OG} fill the "
+                            f"register block), rows of {k}")
         return "direct", (f"{og} output channel(s) per group (a product needs "
                           f">= {GEMM_MIN_OG})")
     if algorithm in ("direct", "gemm"):
@@ -634,8 +637,9 @@ def explain(op, p, dtype, x_shape=None, w_shape=None, needs=("x", "weight")):
     """Which path each kernel of ``op`` would run, and why (``cnnfast.explain``)."""
     if not isinstance(p, ConvParams):
         return None  # pooling: one path per op
-    parts = [f"{'' if name == 'y' else name + ' '}{path} ({_DESCRIPTION[path]}); why: {why}"
-             for name, path, why in _plan(op, p, w_shape, needs)]
+    parts = [f"{'' if name == 'y' else name + ' '}{path} "
+             f"({(_WEIGHT_GRAD_DESCRIPTION if name == 'grad_weight' else _DESCRIPTION)[path]})"
+             f"; why: {why}" for name, path, why in _plan(op, p, w_shape, needs)]
     if p.activation is not None:
         parts.append(_explain_activation(op, p))
     return f"{'; '.join(parts)}; {_threads()} thread(s)"
