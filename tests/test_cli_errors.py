@@ -15,22 +15,11 @@ import pytest
 from cnnfast import nn
 from cnnfast.cli import main
 from cnnfast.nn import training as T
+from helpers.cli import cli_fails as _fails
 
 SLICE = os.path.join(os.path.dirname(__file__), "data", "fashion-mnist-slice")
 TRAIN = ["train", "--data", SLICE, "--limit", "32", "--test-limit", "16", "--epochs", "1",
          "--backend", "numpy", "--no-progress"]
-
-
-def _fails(capsys, argv, *needles):
-    """Run ``cnnfast argv``: status 2, one line on stderr holding every needle."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith(f"cnnfast {argv[0]}: "), err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

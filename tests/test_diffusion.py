@@ -16,6 +16,7 @@ import pytest
 
 from cnnfast import nn
 from cnnfast.nn import diffusion as D
+from helpers.cli import cli_fails as _fails, read_png as _read_png
 
 
 def test_linear_schedule_spans_ho_et_al_range_scaled_by_the_step_count():
@@ -425,30 +426,10 @@ def _main(argv):
     return main(argv)
 
 
-def _fails(capsys, argv, *needles):
-    capsys.readouterr()
-    assert _main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith(f"cnnfast {argv[0]}: "), err
-    for needle in needles:
-        assert needle in err, err
-
-
 def _train(out, *extra, epochs=1):
     return _main(["train", "--model", "diffusion", "--data", SLICE, "--limit", "16",
                   "--test-limit", "8", "--epochs", str(epochs), "--batch-size", "8",
                   "--backend", "numpy", "--out", str(out), "--no-progress", *extra])
-
-
-def _read_png(path):
-    import struct
-    import zlib
-
-    data = open(path, "rb").read()
-    w, h = struct.unpack(">II", data[16:24])
-    idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
-    return np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, w + 1)[:, 1:]
 
 
 def test_cli_trains_resumes_exactly_and_samples(tmp_path, capsys):

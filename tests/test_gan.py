@@ -15,6 +15,7 @@ from cnnfast.cli import main
 from cnnfast.nn import gan as G
 from cnnfast.nn import generative_quality as Q
 from cnnfast.nn.losses import binary_cross_entropy_with_logits
+from helpers.cli import cli_fails as _fails, read_png as _read_png
 
 torch = pytest.importorskip("torch")
 
@@ -315,16 +316,6 @@ def gan_checkpoint(tmp_path_factory):
     return path
 
 
-def _fails(capsys, argv, *needles):
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith(f"cnnfast {argv[0]}: "), err
-    for needle in needles:
-        assert needle in err, err
-
-
 def test_sample_writes_a_grid_with_a_row_per_class(gan_checkpoint, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["sample", str(gan_checkpoint), "--n", "7", "--out", str(out),
@@ -344,27 +335,6 @@ def test_sample_writes_a_grid_with_a_row_per_class(gan_checkpoint, tmp_path, cap
     assert main(["sample", str(gan_checkpoint), "--n", "4", "--class", "2", "--out",
                  str(tmp_path / "c2.png")]) == 0
     assert _read_png(tmp_path / "c2.png").shape == (17, 17)
-
-
-def _read_png(path):
-    """An 8-bit greyscale PNG without filters (what cnnfast sample writes), decoded
-    here; matplotlib's reader agrees where it is installed."""
-    import struct
-    import zlib
-
-    data = open(path, "rb").read()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    w, h, depth, colour = struct.unpack(">IIBB", data[16:26])
-    assert (depth, colour) == (8, 0)
-    idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, w + 1)
-    assert (rows[:, 0] == 0).all()
-    try:
-        from matplotlib.image import imread
-    except ImportError:
-        return rows[:, 1:]
-    np.testing.assert_array_equal(np.round(imread(path) * 255), rows[:, 1:])
-    return rows[:, 1:]
 
 
 def test_sample_user_errors(gan_checkpoint, tmp_path, capsys):

@@ -18,23 +18,9 @@ from cnnfast.nn import gan as G
 pytest.importorskip("matplotlib")
 
 from cnnfast import viz  # noqa: E402  (after the skip: the curves need matplotlib)
+from helpers.cli import cli_fails as _fails, read_png as _read_png
 
 SLICE = os.path.join(os.path.dirname(__file__), "data", "fashion-mnist-slice")
-
-
-def _read_png(path):
-    """An 8-bit greyscale PNG without filters (what cnnfast sample writes)."""
-    import struct
-    import zlib
-
-    data = open(path, "rb").read()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    w, h, depth, colour = struct.unpack(">IIBB", data[16:26])
-    assert (depth, colour) == (8, 0)
-    idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, w + 1)
-    assert (rows[:, 0] == 0).all()
-    return rows[:, 1:]
 
 
 def _tile(grid, row, col, size):
@@ -60,16 +46,6 @@ def _metrics(folder, rows):
 
 def _no_data(data=None):
     raise FileNotFoundError("no Fashion-MNIST here")
-
-
-def _fails(capsys, argv, *needles):
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith("cnnfast visualize: "), err
-    for needle in needles:
-        assert needle in err, err
 
 
 @pytest.fixture(scope="module")
