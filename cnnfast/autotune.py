@@ -57,7 +57,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -68,6 +67,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from . import registry
+from .atomic_file import write_atomic
 from ._version import __version__
 from .fpmode import get_flush_denormal
 from .threads import get_num_threads
@@ -473,21 +473,11 @@ def _file_lock(path: Path):
 
 
 def _write(path: Path, entries: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".autotune-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"format": FORMAT, "version": FORMAT_VERSION,
-                       "cnnfast": __version__, "entries": entries}, f, indent=1,
-                      sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temporary name only
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    data = json.dumps({"format": FORMAT, "version": FORMAT_VERSION,
+                       "cnnfast": __version__, "entries": entries}, indent=1,
+                      sort_keys=True).encode("utf-8")
+    write_atomic(path, lambda f: f.write(data), prefix=".autotune-", mode=0o644,
+                 fsync=True)
 
 
 def _record(path, key, entry) -> None:

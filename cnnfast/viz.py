@@ -25,12 +25,12 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
                     Sequence, Tuple)
 
 import numpy as np
 
+from .atomic_file import write_atomic
 from .nn.base import Array, to_numpy
 from .nn.data import PathLike
 from .nn.layers import Dropout, LeakyReLU, ReLU, _Conv, _ConvTranspose
@@ -67,28 +67,10 @@ def new_figure(**kwargs: Any) -> Any:
     return fig
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_figure(fig: Any, path: PathLike, dpi: int = 100) -> str:
     """Save ``fig`` (a :func:`new_figure`) as a PNG at ``path`` atomically."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a PNG is not
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi,
+                                                    bbox_inches="tight"), suffix=".png")
 
 
 # ----------------------------------------------------------------------------- model walks

@@ -29,9 +29,10 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
+
+from ..atomic_file import umask, write_atomic
 
 if TYPE_CHECKING:
     from ..nn.data import PathLike
@@ -344,30 +345,16 @@ def write_json(doc: Dict[str, Any], path: PathLike) -> None:
 
 def write_text_atomic(path, text: str) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        if hasattr(os, "fchmod"):  # POSIX
-            os.fchmod(fd, _file_mode(path))
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    data = text.encode("utf-8")
+    write_atomic(path, lambda f: f.write(data), prefix=f".{path.name}.",
+                 mode=_file_mode(path))
 
 
 def _file_mode(path) -> int:
     try:
         return os.stat(path).st_mode & 0o7777  # keep an existing file's mode
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~umask()
 
 
 def load_json(path: PathLike) -> Dict[str, Any]:

@@ -14,14 +14,13 @@ the noise codes, so the same command draws the same picture.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import struct
-import tempfile
 import zlib
 from typing import Any
 
+from ..atomic_file import write_atomic
 from .common import (CliError, non_negative_float, non_negative_int, positive_int,
                      random_seed, require_backend)
 
@@ -83,20 +82,8 @@ def png_bytes(image: Any) -> bytes:
 
 def save_png(image: Any, path: str) -> str:
     """``png_bytes(image)`` written to ``path`` atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(png_bytes(image))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; a PNG is not
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    data = png_bytes(image)
+    return write_atomic(path, lambda f: f.write(data), suffix=".png")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..atomic_file import write_atomic
 from .checkpoint_file import FORMAT, CheckpointError, read_arrays
 from .data import PathLike
 from .model import Sequential
@@ -90,23 +90,8 @@ def save_checkpoint(path: PathLike, model: Sequential, optimizer: Optional[Optim
         for k, v in optimizer.state_dict().items():
             stored[f"optim/{k}"] = np.asarray(v)
     stored.update({k: np.asarray(v) for k, v in (arrays or {}).items()})
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=directory)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; use the usual mode
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **stored)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return write_atomic(path, lambda f: np.savez(f, **stored), prefix=TMP_PREFIX,
+                        suffix=TMP_SUFFIX, fsync=True)
 
 
 def remove_stale_temporaries(directory: PathLike) -> List[str]:
@@ -144,12 +129,6 @@ def remove_stale_temporaries(directory: PathLike) -> List[str]:
             os.unlink(full)
             removed.append(full)
     return removed
-
-
-def _umask() -> int:
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return mask
 
 
 def load_checkpoint(path: PathLike, backend: Optional[str] = None, device: str = "cpu"

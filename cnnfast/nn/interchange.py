@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
 
 import numpy as np
 
+from ..atomic_file import write_atomic
 from .data import PathLike
 
 if TYPE_CHECKING:  # for the annotations only
@@ -92,12 +92,12 @@ def save_torch_weights(model: Sequential, path: PathLike) -> None:
     path = Path(path)
     state = torch_state_dict(model)
     if path.suffix == ".safetensors":
-        _atomic_write(path, lambda f: write_safetensors(f, state))
+        write_atomic(path, lambda f: write_safetensors(f, state), prefix=path.name + ".")
         return
     import torch
 
     tensors = {k: torch.from_numpy(_c_order(v)) for k, v in state.items()}
-    _atomic_write(path, lambda f: torch.save(tensors, f))
+    write_atomic(path, lambda f: torch.save(tensors, f), prefix=path.name + ".")
 
 
 def load_torch_weights(model: Sequential, path: PathLike, strict: bool = True) -> List[str]:
@@ -117,17 +117,6 @@ def _c_order(value) -> np.ndarray:
     would make a 0-d array 1-d)."""
     a = np.asarray(value)
     return a if a.flags.c_contiguous else a.copy(order="C")
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------- safetensors
