@@ -16,8 +16,6 @@ small ones (in x, in the weight or in gy).
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pytest
 
@@ -44,36 +42,13 @@ def _forced_paths(x, w, kw):
     return fwd, dict(nb.last_paths())
 
 
-# (kind, N, C, K, H, W, padding[, the array with the huge value])
-ADVERSARIAL = [
-    ("normal", 2, 32, 32, 15, 15, 1),
-    ("wide-range", 2, 64, 64, 14, 14, 1),
-    ("deep", 2, 512, 512, 6, 6, 1),
-    ("deep", 1, 256, 384, 5, 7, 1),
-    ("constant-sign", 2, 64, 48, 13, 13, 1),
-    ("one-huge", 2, 16, 16, 11, 12, 1, "x"),
-    ("one-huge", 2, 16, 16, 11, 12, 1, "w"),
-    ("one-huge", 2, 16, 16, 11, 12, 1, "gy"),
-    ("one-huge", 1, 128, 128, 9, 9, 2, "x"),
-    ("one-huge", 1, 128, 128, 9, 9, 2, "w"),
-    ("one-huge", 1, 128, 128, 9, 9, 2, "gy"),
-]
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", ADVERSARIAL,
-                         ids=lambda c: "-".join(map(str, (c[0], *c[7:], f"C{c[2]}", f"K{c[3]}"))))
+@pytest.mark.parametrize("case", contract.ADVERSARIAL_2D, ids=contract.adversarial_id)
 def test_numba_winograd_accuracy_contract(case, dtype):
-    kind, n, c, k, h, w, pad = case[:7]
-    huge = case[7] if len(case) > 7 else None
-    for seed in range(3 if huge else 1):  # a few places for the huge value
-        rng = np.random.default_rng([zlib.crc32(repr(case).encode()), seed])
-        x = contract.values(rng, kind, (n, c, h, w), huge == "x")
-        wt = contract.values(rng, kind, (k, c, 3, 3), huge == "w")
-        gy = contract.values(rng, kind, (n, k, h + 2 * pad - 2, w + 2 * pad - 2), huge == "gy")
-        b = contract.values(rng, kind, (k,))
-        _check(x, wt, gy, b, dict(padding=pad), dtype, f"{kind} seed {seed}")
-    fwd, bwd = _forced_paths(x.astype(dtype), wt.astype(dtype), dict(padding=pad))
+    for seed in range(3 if len(case) > 7 else 1):  # a few places for a huge value
+        x, wt, gy, b, kw = contract.adversarial_case(case, seed)
+        _check(x, wt, gy, b, kw, dtype, f"{case[0]} seed {seed}")
+    fwd, bwd = _forced_paths(x.astype(dtype), wt.astype(dtype), kw)
     assert fwd == {"y": "winograd"}
     assert bwd == {"grad_x": "winograd", "grad_weight": "winograd"}
 

@@ -6,6 +6,8 @@ float64 reference applied to |inputs|): float32 |got - exact| <= 1e-5 * S + 1e-4
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 import cnnfast
@@ -112,3 +114,36 @@ def grid_case(case):
     b = rng.standard_normal(k)
     y = cnnfast.conv2d(x, wt, padding=pad, backend="numpy")
     return x, wt, rng.standard_normal(y.shape), b, dict(padding=pad)
+
+
+# The 2-d adversarial cases: (kind, N, C, K, H, W, padding[, the array with the huge
+# value]).
+ADVERSARIAL_2D = [
+    ("normal", 2, 32, 32, 15, 15, 1),
+    ("wide-range", 2, 64, 64, 14, 14, 1),
+    ("deep", 2, 512, 512, 6, 6, 1),
+    ("deep", 1, 256, 384, 5, 7, 1),
+    ("constant-sign", 2, 64, 48, 13, 13, 1),
+    ("one-huge", 2, 16, 16, 11, 12, 1, "x"),
+    ("one-huge", 2, 16, 16, 11, 12, 1, "w"),
+    ("one-huge", 2, 16, 16, 11, 12, 1, "gy"),
+    ("one-huge", 1, 128, 128, 9, 9, 2, "x"),
+    ("one-huge", 1, 128, 128, 9, 9, 2, "w"),
+    ("one-huge", 1, 128, 128, 9, 9, 2, "gy"),
+]
+
+
+def adversarial_id(case) -> str:
+    return "-".join(map(str, (case[0], *case[7:], f"C{case[2]}", f"K{case[3]}")))
+
+
+def adversarial_case(case, seed):
+    """``(x, w, gy, b, kw)`` of an ADVERSARIAL_2D case, its data drawn for ``seed``
+    (a case with a huge value puts it elsewhere for each seed)."""
+    kind, n, c, k, h, w, pad = case[:7]
+    huge = case[7] if len(case) > 7 else None
+    rng = np.random.default_rng([zlib.crc32(repr(case).encode()), seed])
+    x = values(rng, kind, (n, c, h, w), huge == "x")
+    wt = values(rng, kind, (k, c, 3, 3), huge == "w")
+    gy = values(rng, kind, (n, k, h + 2 * pad - 2, w + 2 * pad - 2), huge == "gy")
+    return x, wt, gy, values(rng, kind, (k,)), dict(padding=pad)
