@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import IO, TYPE_CHECKING, Callable, Optional
-
-if TYPE_CHECKING:
-    from .nn.data import PathLike
+from typing import IO, Callable, Optional
 
 
 def umask() -> int:
@@ -20,7 +17,7 @@ def umask() -> int:
     return mask
 
 
-def write_atomic(path: PathLike, write: Callable[[IO[bytes]], object], *,
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object], *,
                  prefix: str = ".tmp-", suffix: str = ".tmp", mode: Optional[int] = None,
                  fsync: bool = False) -> str:
     """``write(f)`` into a binary temporary file ``prefix*suffix`` beside ``path``
