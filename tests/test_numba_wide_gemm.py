@@ -58,6 +58,9 @@ CASES = {
     # K = 32*9 = 288: two blocks
     "strided": ((2, 32, 19, 20), (6, 32, 3, 3), dict(stride=2, padding=1), "gemm", "gemm"),
     "stem-like": ((1, 3, 30, 29), (8, 3, 7, 7), dict(stride=2, padding=3), "gemm", "gemm"),
+    # 358 wide positions per image, 5 images: one whole-image tile each with one
+    # thread, two tiles (256 + 102) with two (``gemm.pick_wide_tile``)
+    "whole-image": ((5, 3, 20, 20), (13, 3, 3, 3), {}, "gemm-wide", "gemm-wide"),
 }
 
 
@@ -163,7 +166,8 @@ def test_fused_activation_equals_unfused(case, act, slope):
         assert fused.tobytes() == unfused.tobytes()
 
 
-@pytest.mark.parametrize("case", ["two-blocks", "three-blocks", "in-place", "strided"])
+@pytest.mark.parametrize("case", ["two-blocks", "three-blocks", "in-place", "strided",
+                                  "whole-image"])
 def test_one_and_two_threads_bit_identical(case, threads):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
@@ -175,6 +179,14 @@ def test_one_and_two_threads_bit_identical(case, threads):
         threads(n)
         out.append(cnnfast.conv(x, w, **geo, backend="numba", algorithm=algorithm))
     assert out[0].tobytes() == out[1].tobytes()
+
+
+def test_whole_image_tile_depends_on_threads_only_through_the_split():
+    """The "whole-image" case takes one tile per image with one thread and two with
+    two threads (the bit-identity above then shows that tiles change no sum)."""
+    k, wide, rows = 27, 17 * 20 + 18, 16
+    assert gemm.pick_wide_tile(k, wide, rows, 4, 5, 1) == 368
+    assert gemm.pick_wide_tile(k, wide, rows, 4, 5, 2) == gemm.pick_tile(k, wide) == 256
 
 
 def test_blocking_covers_the_cases():

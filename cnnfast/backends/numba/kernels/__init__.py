@@ -21,7 +21,7 @@ Modules:
 * ``wgrad``: the weight gradient as register-blocked dot products of rows
   (``pack_phases``, ``weight_grad_rows``);
 * ``direct``: the fixed-order direct sums: ``correlate_direct``, ``correlate_t``,
-  ``weight_grad``, ``bias_grad``;
+  ``weight_grad``, ``weight_grad_planes``, ``bias_grad``;
 * ``winograd``: Winograd F(4x4, 3x3) for 2-d 3x3 stride-1 correlations
   (``transform_weight``, ``correlate``, ``weight_grad``), the transforms and
   accuracy contract of the cpp backend's ``csrc/conv/winograd.h``;
@@ -50,7 +50,8 @@ Three primitives carry the four convolution ops (the algebra is in the docstring
   ``weight_grad_rows`` (dot products of padded input rows, split into stride
   phases, with "wide" gradient rows, over chunks of positions fixed by the
   shapes, whose partial sums are added in chunk order) and ``weight_grad`` (one
-  fixed-order sum per (o, c) pair, depthwise).
+  fixed-order sum per (o, c) pair, depthwise; for stride 1 ``weight_grad_planes``,
+  the same pairs as dot products of whole padded planes).
 
 Paddings may be negative (a negative pad crops), which the adjoint needs.
 

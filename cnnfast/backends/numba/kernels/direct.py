@@ -6,7 +6,8 @@
   stride, written so that every task owns whole output rows and gathers every
   (input channel, tap) contribution into them.
 * ``weight_grad``: one fixed-order sum per (o, c) pair (depthwise);
-  ``bias_grad``: one task per channel.
+  ``weight_grad_planes``: the same for stride 1 as whole-plane dot products
+  (padded input plane, "wide" gradient rows); ``bias_grad``: one task per channel.
 
 See ``cnnfast.backends.numba.kernels`` for the algebra and the determinism rules.
 """
@@ -17,7 +18,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from . import JIT
-from .common import axpy, axpy4, fill, mul_add, scatter_axpy, span
+from .common import ROW, axpy, axpy4, copy_strided, fill, mul_add, scatter_axpy, span
 from .epilogue import activate
 
 # Output channels computed together by the direct kernel.
@@ -220,6 +221,90 @@ def weight_grad(a, bg, gw, stride, pad, dil, groups):
                 acc += part[t * OW + i]
             gwf[task * T + t] = acc
 
+
+
+@njit(**ROW)
+def _dot3(bf, af, a0, a1, a2, n):
+    """The dot products of ``bf[:n]`` with ``af[a_i:a_i + n]`` (i < 3): each ``bf``
+    element loaded once for three products; the loop is vectorised (reassociation
+    is allowed), its order fixed by the code and ``n``."""
+    z = bf.dtype.type(0)
+    s0 = z
+    s1 = z
+    s2 = z
+    u0 = uint64(a0)
+    u1 = uint64(a1)
+    u2 = uint64(a2)
+    for u in range(uint64(n)):
+        v = bf[u]
+        s0 += v * af[u0 + u]
+        s1 += v * af[u1 + u]
+        s2 += v * af[u2 + u]
+    return s0, s1, s2
+
+
+@njit(**JIT)
+def weight_grad_planes(a, bg, gw, pad, dil, groups, ext):
+    """``weight_grad`` for stride 1, as dot products over whole planes: per image,
+    the input plane zero-padded to ``ext`` = (Dq, Hq, Wq) (the extent the outputs
+    read, ``Dq = OD + (KD-1)*dd`` ...) and the output-gradient plane as "wide" rows
+    of Wq (zeros past OW and OH), so tap ``t`` is one dot product over the plane at
+    a fixed offset: no per-row edges, no per-row partial sums.
+
+    Task = one (o, c) pair; its sums run image by image in a fixed order. A zero
+    of the padding or of a wide row meets values the exact sum never reads: an inf
+    or NaN there gives NaN, so the caller recomputes a non-finite result with
+    ``weight_grad`` (see ``kernels.wgrad``).
+    """
+    N, C, D, H, W = a.shape
+    O, OD, OH, OW = bg.shape[1], bg.shape[2], bg.shape[3], bg.shape[4]
+    CG, KD, KH, KW = gw.shape[1], gw.shape[2], gw.shape[3], gw.shape[4]
+    Dq, Hq, Wq = ext
+    pd, ph, pw = pad
+    dd, dh, dw = dil
+    OG = O // groups
+    T = KD * KH * KW
+    plane = Dq * Hq * Wq
+    L = ((OD - 1) * Hq + OH - 1) * Wq + OW  # wide positions of one image
+    # tap offsets in the padded plane, padded to a multiple of 3 with the last
+    toff = np.empty(T + 2, np.int64)
+    for t in range(T):
+        kw = t % KW
+        kh = (t // KW) % KH
+        kd = t // (KW * KH)
+        toff[t] = ((kd * dd) * Hq + kh * dh) * Wq + kw * dw
+    toff[T] = toff[T - 1]
+    toff[T + 1] = toff[T - 1]
+    lo_w, hi_w = span(Wq, 1, -pw, W)  # padded columns inside a
+    af = a.reshape(a.size)
+    bf = bg.reshape(bg.size)
+    gwf = gw.reshape(gw.size)
+    for task in prange(O * CG):
+        c = task % CG
+        o = task // CG
+        ci = (o // OG) * CG + c
+        # the zeros (padding, the wide rows' gaps) are the same for every image:
+        # written once, then only the values inside are copied per image
+        ap = np.zeros(plane, gw.dtype)
+        bw = np.zeros(L, gw.dtype)
+        acc = np.zeros(T + 2, gw.dtype)
+        for n in range(N):
+            for iu in range(max(0, -pd), min(D, Dq - pd)):
+                for iv in range(max(0, -ph), min(H, Hq - ph)):
+                    copy_strided(ap, ((iu + pd) * Hq + iv + ph) * Wq + lo_w, af,
+                                 (((n * C + ci) * D + iu) * H + iv) * W + lo_w - pw, 1,
+                                 hi_w - lo_w)
+            for od in range(OD):
+                for oh in range(OH):
+                    copy_strided(bw, (od * Hq + oh) * Wq, bf,
+                                 (((n * O + o) * OD + od) * OH + oh) * OW, 1, OW)
+            for t0 in range(0, T, 3):
+                s0, s1, s2 = _dot3(bw, ap, toff[t0], toff[t0 + 1], toff[t0 + 2], L)
+                acc[t0] += s0
+                acc[t0 + 1] += s1
+                acc[t0 + 2] += s2
+        for t in range(T):
+            gwf[task * T + t] = acc[t]
 
 
 @njit(**JIT)

@@ -81,6 +81,20 @@ def store_act(yf, ys, af, as_, m, bv, act, slope):
 
 
 @njit(**ROW)
+def store_act_step(yf, ys, step, af, as_, m, bv, act, slope):
+    """``yf[ys + t*step] = act(af[as_ + t] + bv)`` for t < m: ``store_act`` into
+    every ``step``-th element (a stride phase of a transposed convolution's output)."""
+    y0 = uint64(ys)
+    su = uint64(step)
+    a0 = uint64(as_)
+    s = yf.dtype.type(slope)
+    zero = yf.dtype.type(0)
+    one = yf.dtype.type(1)
+    for t in range(uint64(m)):
+        yf[y0 + su * t] = act_value(af[a0 + t] + bv, act, s, zero, one)
+
+
+@njit(**ROW)
 def activate(f, start, m, act, slope):
     """``f[start:start+m]`` through activation ``act``, in place (rows a direct kernel
     has finished summing)."""

@@ -26,7 +26,7 @@ from numba.extending import intrinsic
 
 from . import JIT
 from .common import copy_strided, fill, span
-from .epilogue import store_act
+from .epilogue import store_act, store_act_step
 
 # Register tile of the product: MR output channels x NR output pixels. 4 x 16
 # float32 accumulators are 8 AVX2 registers, which leaves room for the operands:
@@ -65,6 +65,25 @@ def pick_tile(k, positions):
     return int(whole if whole <= cap else cap)
 
 
+# ``correlate_wide`` takes all the wide positions of an image as one tile when the
+# tile's sums (its output channels, rounded up to MR, x positions) fit in this many
+# bytes (they stay in L2) and there are images enough for the threads: the fixed
+# cost of each task and its ragged last tile went (fmnist conv1, 726 positions:
+# 14% faster than 3 tiles of 256; the transposed decoder layer's input gradient,
+# 272 positions: 4% faster than 128; measured). The tiles change no sum.
+WIDE_WHOLE_BYTES = 262144
+
+
+def pick_wide_tile(k, positions, rows, itemsize, images, threads):
+    """``correlate_wide``'s tile: an image's ``positions`` whole (see
+    WIDE_WHOLE_BYTES; ``rows`` output channels rounded up to MR, ``images`` tasks
+    of a whole tile), else ``pick_tile``."""
+    whole = (positions + NR - 1) // NR * NR
+    if whole * rows * itemsize <= WIDE_WHOLE_BYTES and images >= 4 * threads:
+        return int(whole)
+    return pick_tile(k, positions)
+
+
 @njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
 def _micro(cp, wp, g, ob, K, tile):
     """``tile[i, j] = sum_k wp[g, ob, k, i] * cp[k, j]`` for one MR x NR tile;
@@ -95,75 +114,85 @@ def _micro(cp, wp, g, ob, K, tile):
             tile[i, j] = acc[i, j]
 
 
+# The two panel kernels of ``correlate_wide`` sweep every block of MR output
+# channels over one panel in one call: a call per MR x NR tile paid its argument
+# passing and register saves per tile (22% of the fmnist conv1 layer's product,
+# K = 9; 3-5% at K = 147 to 1024, measured single-threaded).
+
+
 @njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
-def _micro_p(bf, b0, af, a0, kc, cf, c0, ldc, init):
-    """``cf[c0 + i*ldc + j] (+)= sum_{k < kc} af[a0 + k*MR + i] * bf[b0 + k*NR + j]``:
-    one MR x NR tile over one block of the reduction, from a packed panel ``bf``
-    (kc x NR) and packed weight rows ``af`` (kc x MR); ``init``: add to the tile's
-    partial sum in ``cf`` (the previous reduction blocks) instead of starting at 0.
-    Flat arrays and unsigned offsets (no views, no wraparound selects)."""
+def _micro_p(bf, b0, af, a0, astep, kc, cf, c0, cstep, ldc, init, nob):
+    """For the ``nob`` blocks ``ob`` of MR output channels, the MR x NR tile
+    ``cf[c0 + ob*cstep + i*ldc + j] (+)= sum_{k < kc} af[a0 + ob*astep + k*MR + i] *
+    bf[b0 + k*NR + j]`` over one block of the reduction, from a packed panel ``bf``
+    (kc x NR) and packed weight rows ``af`` (kc x MR per block); ``init``: add to
+    the tile's partial sum in ``cf`` (the previous reduction blocks) instead of
+    starting at 0. Flat arrays and unsigned offsets (no views, no wraparound
+    selects)."""
     acc = carray(_stack_tile(bf.dtype), (MR, NR))
-    uc = uint64(c0)
-    if init:
-        for i in range(MR):
-            for j in range(NR):
-                acc[i, j] = cf[uc + uint64(i * ldc + j)]
-    else:
-        for i in range(MR):
-            for j in range(NR):
-                acc[i, j] = 0
-    ua = uint64(a0)
     ub = uint64(b0)
-    for k in range(uint64(kc)):
-        ka = ua + k * uint64(MR)
-        a0_ = af[ka]
-        a1 = af[ka + uint64(1)]
-        a2 = af[ka + uint64(2)]
-        a3 = af[ka + uint64(3)]
-        kb = ub + k * uint64(NR)
-        for j in range(uint64(NR)):
-            v = bf[kb + j]
-            acc[0, j] += a0_ * v
-            acc[1, j] += a1 * v
-            acc[2, j] += a2 * v
-            acc[3, j] += a3 * v
-    for i in range(MR):
-        for j in range(NR):
-            cf[uc + uint64(i * ldc + j)] = acc[i, j]
+    for ob in range(nob):
+        uc = uint64(c0 + ob * cstep)
+        if init:
+            for i in range(MR):
+                for j in range(NR):
+                    acc[i, j] = cf[uc + uint64(i * ldc + j)]
+        else:
+            for i in range(MR):
+                for j in range(NR):
+                    acc[i, j] = 0
+        ua = uint64(a0 + ob * astep)
+        for k in range(uint64(kc)):
+            ka = ua + k * uint64(MR)
+            a0_ = af[ka]
+            a1 = af[ka + uint64(1)]
+            a2 = af[ka + uint64(2)]
+            a3 = af[ka + uint64(3)]
+            kb = ub + k * uint64(NR)
+            for j in range(uint64(NR)):
+                v = bf[kb + j]
+                acc[0, j] += a0_ * v
+                acc[1, j] += a1 * v
+                acc[2, j] += a2 * v
+                acc[3, j] += a3 * v
+        for i in range(MR):
+            for j in range(NR):
+                cf[uc + uint64(i * ldc + j)] = acc[i, j]
 
 
 @njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
-def _micro_x(xf, base, koff, k0, kc, af, a0, cf, c0, ldc, init):
+def _micro_x(xf, base, koff, k0, kc, af, a0, astep, cf, c0, cstep, ldc, init, nob):
     """``_micro_p`` with the panel read in place: row ``k`` of the panel is
     ``xf[base + koff[k0 + k] + j]`` (an implicit im2col; the caller keeps every
     read inside the array)."""
     acc = carray(_stack_tile(xf.dtype), (MR, NR))
-    uc = uint64(c0)
-    if init:
+    for ob in range(nob):
+        uc = uint64(c0 + ob * cstep)
+        if init:
+            for i in range(MR):
+                for j in range(NR):
+                    acc[i, j] = cf[uc + uint64(i * ldc + j)]
+        else:
+            for i in range(MR):
+                for j in range(NR):
+                    acc[i, j] = 0
+        ua = uint64(a0 + ob * astep)
+        for k in range(uint64(kc)):
+            ka = ua + k * uint64(MR)
+            a0_ = af[ka]
+            a1 = af[ka + uint64(1)]
+            a2 = af[ka + uint64(2)]
+            a3 = af[ka + uint64(3)]
+            s0 = uint64(base + koff[k0 + k])
+            for j in range(uint64(NR)):  # unsigned: no wraparound select per load
+                v = xf[s0 + j]
+                acc[0, j] += a0_ * v
+                acc[1, j] += a1 * v
+                acc[2, j] += a2 * v
+                acc[3, j] += a3 * v
         for i in range(MR):
             for j in range(NR):
-                acc[i, j] = cf[uc + uint64(i * ldc + j)]
-    else:
-        for i in range(MR):
-            for j in range(NR):
-                acc[i, j] = 0
-    ua = uint64(a0)
-    for k in range(uint64(kc)):
-        ka = ua + k * uint64(MR)
-        a0_ = af[ka]
-        a1 = af[ka + uint64(1)]
-        a2 = af[ka + uint64(2)]
-        a3 = af[ka + uint64(3)]
-        s0 = uint64(base + koff[k0 + k])
-        for j in range(uint64(NR)):  # unsigned: no wraparound select per load
-            v = xf[s0 + j]
-            acc[0, j] += a0_ * v
-            acc[1, j] += a1 * v
-            acc[2, j] += a2 * v
-            acc[3, j] += a3 * v
-    for i in range(MR):
-        for j in range(NR):
-            cf[uc + uint64(i * ldc + j)] = acc[i, j]
+                cf[uc + uint64(i * ldc + j)] = acc[i, j]
 
 
 @njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
@@ -285,37 +314,33 @@ def correlate_gemm(x, wp, b, y, kshape, stride, pad, dil, groups, PT, nthreads, 
 @njit(**JIT)
 def pad_input(x, xp, pad):
     """``xp[n, c, u, v, w] = x[n, c, u - pd, v - ph, w - pw]`` inside ``x``, else 0
-    (a negative pad crops). One task per (n, c, depth slice)."""
+    (a negative pad crops). One task per (n, c, depth slice); flat rows (array
+    views in the loop: 1.1-1.4x slower, measured; see ``common``)."""
     N, C, D, H, W = x.shape
     Dp, Hp, Wp = xp.shape[2], xp.shape[3], xp.shape[4]
     pd, ph, pw = pad
     lo, hi = span(Wp, 1, -pw, W)
+    xf = x.reshape(x.size)
+    pf = xp.reshape(xp.size)
     for task in prange(N * C * Dp):
         u = task % Dp
-        r = task // Dp
-        c = r % C
-        n = r // C
+        nc = task // Dp
+        iu = u - pd
         for v in range(Hp):
-            row = xp[n, c, u, v]
-            iu = u - pd
+            d0 = (task * Hp + v) * Wp
             iv = v - ph
             if iu < 0 or iu >= D or iv < 0 or iv >= H:
-                for t in range(Wp):
-                    row[t] = 0
+                fill(pf, d0, Wp, 0)
                 continue
-            for t in range(lo):
-                row[t] = 0
-            src = x[n, c, iu, iv, lo - pw:]
-            dst = row[lo:]
-            for t in range(hi - lo):
-                dst[t] = src[t]
-            for t in range(hi, Wp):
-                row[t] = 0
+            fill(pf, d0, lo, 0)
+            copy_strided(pf, d0 + lo, xf, ((nc * D + iu) * H + iv) * W + lo - pw, 1,
+                         hi - lo)
+            fill(pf, d0 + hi, Wp - hi, 0)
 
 
 @njit(**JIT)
-def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, act,
-                   slope):
+def correlate_wide(xp, wp, b, y, ylay, kbase, koff, groups, PT, nthreads, nr_runtime,
+                   act, slope):
     """Correlation as tiled products over "wide" rows of input planes ``xp``
     (N, planes, Dq, Hq, Wq): the zero-padded input (stride 1), or its stride
     phases (``wgrad.pack_phases``, image by image; any stride).
@@ -330,10 +355,15 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, 
     by the caller). ``nr_runtime`` is NR, passed at run time on purpose (see the
     copy loop). Each output is written once, with the bias and the activation
     ``act`` (``epilogue.store_act``).
+
+    ``ylay`` = (y0, ysn, yso, ysd, ysh, ysw, OD, OH, OW): output (n, o, od, oh, ow)
+    is ``y.flat[y0 + n*ysn + o*yso + od*ysd + oh*ysh + ow*ysw]`` (``contiguous``:
+    all of ``y``; a stride phase of a transposed convolution's output is written
+    in place, every ``ysw``-th element of its rows, with no copy).
     """
     N, NP, Dp, Hp, Wp = xp.shape
     O = y.shape[1]
-    OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
+    y0, ysn, yso, ysd, ysh, ysw, OD, OH, OW = ylay
     PG = NP // groups  # planes per group
     OG = O // groups
     K = koff.shape[0]
@@ -350,7 +380,6 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, 
     for k in range(K):
         offmax = max(offmax, koff[k])
         kfull[k] = kbase[k] * plane + koff[k]
-    P = OD * OH * OW
     # The reduction in equal blocks of at most KC rows, fixed by K alone (the
     # order of the sums does not depend on the tiles or the threads).
     nkb = (K + KC - 1) // KC
@@ -397,6 +426,13 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, 
                 kc = min(kblk, K - k0)
                 for jb in range(npan):
                     qs = q0 + jb * NR
+                    # A panel wholly in the padding rows between two depth
+                    # slices (3-d: rows OH..Hp-1) has no output: skipped (its
+                    # sums are never read; 3% of the conv3d.k3 product).
+                    r0 = qs // Wp
+                    r1 = (qs + NR - 1) // Wp
+                    if r0 % Hp >= OH and r1 % Hp >= OH and r0 // Hp == r1 // Hp:
+                        continue
                     # The panels whose reads stay inside the plane are read in
                     # place: the rows of one block share cache lines (taps of one
                     # input row), so they stay in L1 while the output blocks sweep
@@ -423,14 +459,15 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, 
                                 for j in range(NR):
                                     pan[d0 + uint64(j)] = (xflat[sbase + st + j]
                                                            if st + j < plane else 0)
-                    for ob in range(OGB):
-                        c0 = ob * MR * PT + jb * NR
-                        a0 = ((g * OGB + ob) * K + k0) * MR
-                        if direct:
-                            _micro_x(xflat, gbase + qs, kfull, k0, kc, wflat, a0, cbuf, c0,
-                                     PT, kb > 0)
-                        else:
-                            _micro_p(pan, 0, wflat, a0, kc, cbuf, c0, PT, kb > 0)
+                    # every block of MR output channels: weight rows K*MR apart,
+                    # tiles MR*PT apart in cbuf
+                    a0 = (g * OGB * K + k0) * MR
+                    if direct:
+                        _micro_x(xflat, gbase + qs, kfull, k0, kc, wflat, a0, K * MR, cbuf,
+                                 jb * NR, MR * PT, PT, kb > 0, OGB)
+                    else:
+                        _micro_p(pan, 0, wflat, a0, K * MR, kc, cbuf, jb * NR, MR * PT, PT,
+                                 kb > 0, OGB)
             # The tile's outputs, output row by output row (the cpp backend's
             # bias_act_rows): the row pieces are found once per tile, and each
             # (channel, piece) is one contiguous run in cbuf and in y (pieces of
@@ -448,14 +485,45 @@ def correlate_wide(xp, wp, b, y, kbase, koff, groups, PT, nthreads, nr_runtime, 
                 if oh < OH and ow < OW:
                     segj[nseg] = j
                     segm[nseg] = min(seg, OW - ow)
-                    segy[nseg] = (od * OH + oh) * OW + ow
+                    segy[nseg] = y0 + od * ysd + oh * ysh + ow * ysw
                     nseg += 1
                 j += seg
             for i in range(OG):
                 o = g * OG + i
+                yo = n * ysn + o * yso
                 for sg in range(nseg):
-                    store_act(yflat, (n * O + o) * P + segy[sg], cbuf, i * PT + segj[sg],
-                              segm[sg], b[o], act, slope)
+                    if ysw == 1:
+                        store_act(yflat, yo + segy[sg], cbuf, i * PT + segj[sg], segm[sg],
+                                  b[o], act, slope)
+                    else:
+                        store_act_step(yflat, yo + segy[sg], ysw, cbuf, i * PT + segj[sg],
+                                       segm[sg], b[o], act, slope)
+
+
+def contiguous(y):
+    """The ``ylay`` of ``correlate_wide`` that writes all of ``y`` (N, O, OD, OH, OW)."""
+    _, O, OD, OH, OW = y.shape
+    P = OD * OH * OW
+    return (0, O * P, P, OH * OW, OW, 1, OD, OH, OW)
+
+
+# The weight packing runs on every call, serially in the caller's thread: compiled
+# loops (one pass) instead of numpy's transposing copies (five passes for a stride
+# phase of a transposed convolution; 1.1 ms of python-side time per call of the
+# decoder layer, measured, against ~9 ms of kernels on two threads).
+
+
+@njit(cache=True)
+def _pack(w2, groups, wp):
+    """``wp[g, ob, k, i] = w2[g*OG + ob*MR + i, k]``, 0 past OG."""
+    OGB, K = wp.shape[1], wp.shape[2]
+    OG = w2.shape[0] // groups
+    for g in range(groups):
+        for ob in range(OGB):
+            for k in range(K):
+                for i in range(MR):
+                    o = ob * MR + i
+                    wp[g, ob, k, i] = w2[g * OG + o, k] if o < OG else 0
 
 
 def pack_weight(w, groups, dtype):
@@ -463,7 +531,20 @@ def pack_weight(w, groups, dtype):
     o = w.shape[0]
     og = o // groups
     k = int(np.prod(w.shape[1:]))
-    ogb = (og + MR - 1) // MR
-    wp = np.zeros((groups, ogb * MR, k), dtype)
-    wp[:, :og] = w.reshape(groups, og, k)
-    return np.ascontiguousarray(wp.reshape(groups, ogb, MR, k).transpose(0, 1, 3, 2))
+    wp = np.empty((groups, (og + MR - 1) // MR, k, MR), dtype)
+    _pack(np.ascontiguousarray(w, dtype=dtype).reshape(o, k), groups, wp)
+    return wp
+
+
+@njit(cache=True)
+def adjoint_taps(w, groups, taps, out):
+    """``out[g*OG + o, c, t] = w[g*CG + c, o, taps[t]]``: the conv-layout weight
+    (G*OG, CG, T') of a transposed-conv weight ``w`` (Ci, OG, T) (taps flat),
+    restricted to (and ordered by) ``taps`` (the flipped adjoint's taps)."""
+    Ci, OG = w.shape[0], w.shape[1]
+    CG = Ci // groups
+    for g in range(groups):
+        for c in range(CG):  # w read in order
+            for o in range(OG):
+                for t in range(taps.shape[0]):
+                    out[g * OG + o, c, t] = w[g * CG + c, o, taps[t]]
