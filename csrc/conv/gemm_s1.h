@@ -42,11 +42,22 @@ static void conv_fwd_s1(const ConvGeo& g, const T* x, const T* w, const T* b, T*
     T* Ap = tscratch<T>(kFwdPackedW, g.G * apanel);
     for (long gi = 0; gi < g.G; ++gi) pack_a<T>(M, K, w + gi * M * K, K, 1, Ap + gi * apanel);
     const long items = g.G * g.N * nblk;
+    // A kernel one column wide: the product's rows are y's (Wp == Wo), so it writes y
+    // directly, bias and activation then in place (1x1 on ResNet's 256->64 layer: the
+    // forward 3.5% faster, the input gradient 18%, single-threaded).
+    const bool into_y = ex == 0;
+    // A 1x1 kernel without padding: a tile of channel c is nq contiguous values of x,
+    // so the panels are packed from x itself, 8 channels at a time (8 rows of a panel:
+    // 512 contiguous bytes), without the padded-rows copy Xp: that 1x1 forward 10%
+    // faster (1 thread), 0.90 of torch's time instead of 1.02 (2 threads). Panel by
+    // panel over all K channels instead was 8% slower: a page per channel row.
+    const bool from_x = ex == 0 && ey == 0 && g.lo[1] == 0 && g.lo[2] == 0 && Wo == W &&
+                        Ho == H;
 #pragma omp parallel num_threads(nt)
     {
         DenormalGuard fp;
         T* Bp = tscratch<T>(kFwdPackB, K * pt);
-        T* Cb = tscratch<T>(kFwdTileC, M * pt);
+        T* Cb = into_y ? nullptr : tscratch<T>(kFwdTileC, M * pt);
         T* Xp = tscratch<T>(kS1PaddedRows, xsz);
         fill<T>(Xp + g.cg * plane, ex + NR, T(0));
         // where row k of the im2col panel starts in Xp
@@ -61,9 +72,24 @@ static void conv_fwd_s1(const ConvGeo& g, const T* x, const T* w, const T* b, T*
             const long n = r / nblk, blk = r % nblk;
             const long r0 = blk * R, r1 = imin(Ho, r0 + R), nr = r1 - r0;
             const long nq = nr * Wp, nqp = round_up(nq, NR);
+            if (from_x) {
+                const T* xt = x + (n * g.C + gi * g.cg) * g.Pin + r0 * W;
+                for (long k0 = 0; k0 < K; k0 += 8) {
+                    const long k1 = imin(K, k0 + 8);
+                    for (long j0 = 0; j0 < nqp; j0 += NR) {
+                        T* d = Bp + (j0 / NR) * K * NR;
+                        const long wd = imin(NR, nq - j0);
+                        for (long k = k0; k < k1; ++k) {  // zeros past the tile's end
+                            std::memcpy(d + k * NR, xt + k * g.Pin + j0,
+                                        (std::size_t)wd * sizeof(T));
+                            if (wd < NR) fill<T>(d + k * NR + wd, NR - wd, T(0));
+                        }
+                    }
+                }
+            }
             // zero-padded input rows r0 - lo_y .. of every channel of the group
             const long ca = imax(0, -g.lo[2]), cb = imin(W, Wp - g.lo[2]);
-            for (long c = 0; c < g.cg; ++c) {
+            for (long c = 0; !from_x && c < g.cg; ++c) {
                 const T* xc = x + (n * g.C + gi * g.cg + c) * g.Pin;
                 for (long rr = 0; rr < nr + ey; ++rr) {
                     T* d = Xp + c * plane + rr * Wp;
@@ -81,18 +107,26 @@ static void conv_fwd_s1(const ConvGeo& g, const T* x, const T* w, const T* b, T*
             }
             // Panel by panel, each written sequentially (panels are K*NR apart, often
             // a multiple of 4 KiB: writing them row by row would thrash one L1 set).
-            for (long j0 = 0; j0 < nqp; j0 += NR) {
+            for (long j0 = 0; !from_x && j0 < nqp; j0 += NR) {
                 T* d = Bp + (j0 / NR) * K * NR;
                 const T* src = Xp + j0;
                 for (long k = 0; k < K; ++k)
                     std::memcpy(d + k * NR, src + koff[k], NR * sizeof(T));
             }
-            gemm_packed<T>(M, nq, K, Ap + gi * apanel, Bp, Cb, pt, false);
+            T* y0 = y + (n * g.O + gi * M) * g.Pout + r0 * Wo;
+            if (into_y)
+                gemm_packed<T>(M, nq, K, Ap + gi * apanel, Bp, y0, g.Pout, false);
+            else
+                gemm_packed<T>(M, nq, K, Ap + gi * apanel, Bp, Cb, pt, false);
             for (long o = 0; o < M; ++o) {
                 const T bo = b ? b[gi * M + o] : T(0);
-                T* yo = y + (n * g.O + gi * M + o) * g.Pout + r0 * Wo;
-                // the rows out of the tile, + bias and the fused activation
-                bias_act_rows<T>(yo, Wo, Cb + o * pt, Wp, nr, Wo, bo, g.act, (T)g.slope);
+                T* yo = y0 + o * g.Pout;
+                // the rows out of the tile (in place when written there), + bias and
+                // the fused activation
+                if (!into_y)
+                    bias_act_rows<T>(yo, Wo, Cb + o * pt, Wp, nr, Wo, bo, g.act, (T)g.slope);
+                else if (b || g.act != kActNone)
+                    bias_act_row<T>(yo, yo, nq, b ? &bo : nullptr, g.act, (T)g.slope);
             }
         }
     }
