@@ -1,11 +1,14 @@
 """Builds the pybind11 extension cnnfast.backends.cpp._cpp from csrc/.
 
 The extension is compiled for the baseline ISA of the target (no -march=native):
-AVX2+FMA code sits in a file that enables it with `#pragma GCC target`
-(csrc/isa/kernels_avx2.cpp), and is
+AVX2+FMA and AVX-512 code sit in files that enable them with `#pragma GCC target`
+(csrc/isa/kernels_avx2.cpp, csrc/isa/kernels_avx512.cpp), and are
 chosen at run time by CPU-feature detection (csrc/cpu_features.cpp).
 
 CNNFAST_DEBUG=1 builds with -O1 -g -fsanitize=address,undefined and bounds checks.
+CNNFAST_AVX512_EMULATE=1 builds the AVX-512 kernels over csrc/isa/avx512_emulation.h
+for AVX2, so that they run (slowly, for the tests: CNNFAST_SIMD=avx512) on machines
+without AVX-512.
 
 OpenMP (the kernels' threads) is probed with the compiler at build time: a compiler
 without it (Apple clang) builds a working single-threaded extension and a warning says
@@ -34,11 +37,12 @@ def version():
 
 
 DEBUG = os.environ.get("CNNFAST_DEBUG", "") == "1"
+AVX512_EMULATE = os.environ.get("CNNFAST_AVX512_EMULATE", "") == "1"
 # csrc/*.cpp: module, bindings, CPU features; csrc/isa/*.cpp: the kernels, one
 # translation unit per ISA. The kernel headers are in csrc/{common,gemm,conv,pool}/
 # (csrc/cuda_emu/ is not part of this extension).
 SOURCES = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/isa/*.cpp"))
-HEADERS = sorted(glob.glob("csrc/*.h") + [
+HEADERS = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/isa/*.h") + [
     h for d in ("common", "gemm", "conv", "pool") for h in glob.glob(f"csrc/{d}/*.h")])
 
 OPENMP_TEST = """#include <omp.h>
@@ -125,6 +129,8 @@ if sys.platform != "win32":
         link_args += ["-fsanitize=address,undefined"]
     else:
         compile_args += ["-O3"]
+    if AVX512_EMULATE:  # 64-byte vectors in AVX2 code: GCC's notes on their ABI
+        compile_args += ["-Wno-psabi"]
 else:  # pragma: no cover - MSVC
     compile_args += ["/O2"]
 
@@ -134,7 +140,8 @@ EXT = Pybind11Extension(
     cxx_std=17,
     include_dirs=["csrc"],
     define_macros=[("CNNFAST_VERSION", f'"{version()}"')]
-    + ([("CNNFAST_DEBUG", "1")] if DEBUG else []),
+    + ([("CNNFAST_DEBUG", "1")] if DEBUG else [])
+    + ([("CNNFAST_AVX512_EMULATED", "1")] if AVX512_EMULATE else []),
     extra_compile_args=compile_args,
     extra_link_args=link_args,
     depends=HEADERS,

@@ -6,8 +6,10 @@
 # build in the tree is left alone -- and runs a subset of the tests against it:
 # the cpp backend's part of the shared grid and of the fuzzer (tests/test_fuzz.py, a
 # fresh seed each run), tests/test_cpp_*.py, tests/test_winograd.py and
-# tests/test_winograd3d.py, on both SIMD paths. Python itself is not sanitized: the
-# ASan runtime is preloaded.
+# tests/test_winograd3d.py, on each SIMD path. The copy is built with
+# CNNFAST_AVX512_EMULATE=1, so that its AVX-512 kernels (tile shapes, masked edges) run
+# here too, over csrc/isa/avx512_emulation.h, whether or not this CPU has AVX-512.
+# Python itself is not sanitized: the ASan runtime is preloaded.
 # Usage: .ci/sanitize_cpp.sh            (~2-4 min on 2 busy cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +37,8 @@ mkdir -p "$work/src"
 cp -r setup.py pyproject.toml README.md csrc tests "$work/src/"
 (cd "$ROOT" && tar cf - --exclude='__pycache__' --exclude='*.so' cnnfast) | (cd "$work/src" && tar xf -)
 
-echo "== building the CNNFAST_DEBUG=1 extension in $work"
-(cd "$work/src" && CNNFAST_DEBUG=1 "$PY" setup.py -q build_ext --inplace \
+echo "== building the CNNFAST_DEBUG=1 CNNFAST_AVX512_EMULATE=1 extension in $work"
+(cd "$work/src" && CNNFAST_DEBUG=1 CNNFAST_AVX512_EMULATE=1 "$PY" setup.py -q build_ext --inplace -j 2 \
     --build-temp "$work/build" >"$work/build.log" 2>&1) || { cat "$work/build.log"; exit 1; }
 
 run_tests() {
@@ -57,4 +59,5 @@ run_tests() {
 
 run_tests "AVX2 path where available"
 run_tests "portable path" CNNFAST_SIMD=portable
+run_tests "AVX-512 path (emulated)" CNNFAST_SIMD=avx512
 echo "sanitize_cpp: OK in $(( $(date +%s) - start )) s"

@@ -90,16 +90,30 @@ bool flush_denormal() { return g_flush_denormal.load(std::memory_order_relaxed);
 // ----------------------------------------------------------------------------- SIMD choice
 
 namespace {
-int g_simd_override = 0;  // 0: cpu_features' choice, 1: portable, 2: avx2 (test switch)
+// The kernel table in use: simd_path()'s choice unless a test forced one
+// (set_simd_path). Written only by that test switch, between calls.
+enum class Simd { kAuto, kPortable, kAvx2, kAvx512 };
+Simd g_simd_override = Simd::kAuto;
 
-bool run_avx2() {
-#if defined(__x86_64__)
-    if (g_simd_override == 1) return false;
-    if (g_simd_override == 2) return true;
-    return use_avx2();
-#else
-    return false;
-#endif
+Simd simd_from_name(const std::string& name) {
+    if (name == "avx512") return Simd::kAvx512;
+    if (name == "avx2") return Simd::kAvx2;
+    return Simd::kPortable;
+}
+
+Simd run_simd() {
+    static const Simd chosen = simd_from_name(simd_path());
+    return g_simd_override == Simd::kAuto ? chosen : g_simd_override;
+}
+
+std::string join(const std::vector<std::string>& names) {
+    std::string out;
+    for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+    return out;
+}
+
+const char* simd_name(Simd s) {
+    return s == Simd::kAvx512 ? "avx512" : s == Simd::kAvx2 ? "avx2" : "portable";
 }
 
 template <class T>
@@ -107,14 +121,22 @@ const KernelTable<T>& table();
 template <>
 const KernelTable<float>& table<float>() {
 #if defined(__x86_64__)
-    if (run_avx2()) return avx2_table_f32();
+    switch (run_simd()) {
+        case Simd::kAvx512: return avx512_table_f32();
+        case Simd::kAvx2: return avx2_table_f32();
+        default: break;
+    }
 #endif
     return portable_table_f32();
 }
 template <>
 const KernelTable<double>& table<double>() {
 #if defined(__x86_64__)
-    if (run_avx2()) return avx2_table_f64();
+    switch (run_simd()) {
+        case Simd::kAvx512: return avx512_table_f64();
+        case Simd::kAvx2: return avx2_table_f64();
+        default: break;
+    }
 #endif
     return portable_table_f64();
 }
@@ -504,31 +526,34 @@ void register_kernels(py::module_& m) {
           "denormals to zero (FTZ + DAZ) in every kernel thread, False keeps them.");
     m.def("get_flush_denormal", [] { return g_flush_denormal.load(); },
           "The kernels' denormal policy (see set_flush_denormal).");
-    m.def("kernel_path", [] { return std::string(run_avx2() ? "avx2" : "portable"); },
-          "The SIMD variant the kernels run now ('avx2' or 'portable').");
+    m.def("kernel_path", [] { return std::string(simd_name(run_simd())); },
+          "The SIMD variant the kernels run now ('avx512', 'avx2' or 'portable').");
+    m.def("simd_paths", &runnable_simd_paths,
+          "The SIMD variants this build can run on this CPU, lowest first.");
+    m.def("avx512_emulated", &avx512_emulated,
+          "True for a CNNFAST_AVX512_EMULATE=1 build: its 'avx512' kernels run over "
+          "csrc/isa/avx512_emulation.h on AVX2 (a test build).");
     m.def("set_simd_path",
           [](const std::string& path) {
               if (path == "auto") {
-                  g_simd_override = 0;
-              } else if (path == "portable") {
-                  g_simd_override = 1;
-              } else if (path == "avx2") {
-                  const CpuFeatures f = detect_cpu_features();
-#if defined(__x86_64__)
-                  if (!(f.avx2 && f.fma))
-                      throw py::value_error("set_simd_path('avx2'): this CPU lacks AVX2+FMA");
-                  g_simd_override = 2;
-#else
-                  (void)f;
-                  throw py::value_error("set_simd_path('avx2'): not an x86-64 build");
-#endif
-              } else {
-                  throw py::value_error("set_simd_path(" + path +
-                                        "): expected 'auto', 'portable' or 'avx2'");
+                  g_simd_override = Simd::kAuto;
+                  return;
               }
+              const std::vector<std::string> ok = runnable_simd_paths();
+              for (const std::string& p : ok)
+                  if (p == path) {
+                      g_simd_override = simd_from_name(path);
+                      return;
+                  }
+              if (path == "avx2" || path == "avx512")
+                  throw py::value_error("set_simd_path('" + path + "'): this build or CPU "
+                                        "cannot run it (runnable: " + join(ok) + ")");
+              throw py::value_error("set_simd_path(" + path +
+                                    "): expected 'auto', 'portable', 'avx2' or 'avx512'");
           },
           py::arg("path"),
-          "Test switch: force the 'portable' or 'avx2' kernels, or 'auto' (CNNFAST_SIMD / CPU).");
+          "Test switch: force the 'portable', 'avx2' or 'avx512' kernels (one of simd_paths()), "
+          "or 'auto' (CNNFAST_SIMD / CPU).");
 }
 
 }  // namespace cnnfast

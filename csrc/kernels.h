@@ -1,9 +1,9 @@
 // Shared declarations of the cpp backend's kernels.
 //
 // The kernels themselves live in kernels_impl.h and the parts it includes (common/,
-// gemm/, conv/, pool/), compiled twice: once for the baseline ISA
-// (isa/kernels_portable.cpp) and once with AVX2+FMA enabled (isa/kernels_avx2.cpp,
-// x86-64 only). kernels.cpp picks a table at run time, owns the per-thread workspace
+// gemm/, conv/, pool/), compiled once per ISA: for the baseline ISA
+// (isa/kernels_portable.cpp), with AVX2+FMA enabled (isa/kernels_avx2.cpp) and with
+// AVX-512 enabled (isa/kernels_avx512.cpp; both x86-64 only). kernels.cpp picks a table at run time, owns the per-thread workspace
 // and the Python bindings. This header is ISA-independent: the geometry (ConvGeo,
 // PoolGeo), the path choice, the scratch slots and the function table.
 #pragma once
@@ -48,7 +48,7 @@ struct ConvGeo {
 // The algorithms ("paths") of the three convolution kernels, the cpp backend's
 // vocabulary for cnnfast.explain and algorithm=: choose_path is the automatic choice,
 // path_unfit says why a forced path cannot run a geometry. Both kernel builds
-// (portable, AVX2) and the bindings use these, so the choice exists once.
+// (portable, AVX2, AVX-512) and the bindings use these, so the choice exists once.
 enum ConvOp { kFwd = 0, kBwdData = 1, kBwdWeight = 2 };
 enum ConvPath {
     kAuto = -1,
@@ -476,6 +476,8 @@ const KernelTable<double>& portable_table_f64();
 #if defined(__x86_64__)
 const KernelTable<float>& avx2_table_f32();
 const KernelTable<double>& avx2_table_f64();
+const KernelTable<float>& avx512_table_f32();
+const KernelTable<double>& avx512_table_f64();
 #endif
 
 }  // namespace cnnfast

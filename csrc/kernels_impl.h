@@ -1,15 +1,17 @@
 // The cpp backend's kernels, written once and compiled once per ISA (see kernels.h):
 // isa/kernels_portable.cpp includes this with CNNFAST_KNS=portable,
 // isa/kernels_avx2.cpp with CNNFAST_KNS=avx2 and CNNFAST_IMPL_AVX2 after
-// `#pragma GCC target("avx2,fma")`, so the loops are auto-vectorised for each ISA and
-// the GEMM has an intrinsics micro-kernel. This file is the one entry point: it
+// `#pragma GCC target("avx2,fma")`, isa/kernels_avx512.cpp with CNNFAST_KNS=avx512 and
+// CNNFAST_IMPL_AVX2 + CNNFAST_IMPL_AVX512 after an AVX-512 target pragma, so the loops
+// are auto-vectorised for each ISA and the GEMM has an intrinsics micro-kernel. This file is the one entry point: it
 // includes the parts in dependency order and assembles the function table.
 //
 //   common/  index helpers and CNN_CHECK, DenormalGuard, tscratch (slots: kernels.h),
 //            the DV<T> SIMD vectors of the direct kernels, the fused activation
 //            epilogue (activation.h: ConvGeo::act, applied where y is written)
 //   gemm/    blocking, pack_a / pack_b, gemm_packed; isa.h picks the ISA's parts
-//            (ukernel_generic.h / ukernel_avx2.h, pack_generic.h / pack_avx2.h)
+//            (ukernel_generic.h / ukernel_avx2.h / ukernel_avx512.h, pack_generic.h /
+//            pack_avx2.h)
 //   conv/    im2col / col2im, the direct kernels (direct2d*.h: d2_*, direct_rows.h,
 //            direct.h choosing between them), the stride-1 GEMM path (gemm_s1.h),
 //            Winograd F(4x4, 3x3) (winograd.h; 3-d: winograd3d.h, which it
@@ -20,7 +22,8 @@
 //
 // Each part opens namespace cnnfast::CNNFAST_KNS itself and includes the parts it
 // uses; the ISA macros are read only by common/simd.h (the vector width),
-// gemm/isa.h and conv/winograd.h (its AVX2 transposes and weight transform).
+// gemm/blocking.h (the tile shape), gemm/isa.h and conv/winograd.h (its AVX2
+// transposes and weight transform).
 //
 // Only raw pointers and our own inline helpers are used here (no std:: templates):
 // an out-of-line copy of a shared template instantiated under the AVX2 target could

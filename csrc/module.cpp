@@ -62,10 +62,14 @@ PYBIND11_MODULE(_cpp, m) {
         d["avx2"] = f.avx2;
         d["fma"] = f.fma;
         d["avx512f"] = f.avx512f;
+        d["avx512vl"] = f.avx512vl;
+        d["avx512dq"] = f.avx512dq;
+        d["avx512bw"] = f.avx512bw;
         d["neon"] = f.neon;
         return d;
     }, "CPU features detected at run time.");
     m.def("simd_path", [] { return cnnfast::simd_path(); },
-          "Kernel path in use: 'avx2' or 'portable' (CNNFAST_SIMD=portable forces it).");
+          "Kernel path chosen at load: 'avx512', 'avx2' or 'portable' (CNNFAST_SIMD=portable, "
+          "avx2 or avx512 forces one this CPU can run).");
     if (cnnfast::register_kernels) cnnfast::register_kernels(m);
 }

@@ -91,6 +91,7 @@ import cnnfast  # noqa: E402
 from cnnfast import activation  # noqa: E402
 from cnnfast import params as P  # noqa: E402
 from cnnfast import registry  # noqa: E402
+from helpers.simd import testable_paths  # noqa: E402
 
 OPS = ("conv", "conv_backward", "conv_transpose", "conv_transpose_backward",
        "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward")
@@ -447,8 +448,10 @@ def _gen_pool(rng, op, stats):
 def _knobs(rng):
     """Backend test switches; each backend reads only its own."""
     knobs = {}
-    if rng.random() < 0.3:
-        knobs["simd"] = "portable"  # cpp: the baseline-ISA kernels (other vector widths)
+    if rng.random() < 0.4:
+        # cpp: another ISA's kernels (vector widths, tile shapes), where this process
+        # runs them (helpers/simd.py); the same draw on every machine.
+        knobs["simd"] = _pick(rng, ("portable", "avx2", "avx512"))
     if rng.random() < 0.3:
         knobs["conv_path"] = _pick(rng, ("gemm", "direct"))
     if rng.random() < 0.2:
@@ -678,7 +681,7 @@ def _settings(case: Case, backend: str):
     undo = []
     try:
         k = case.knobs
-        if backend == "cpp" and k.get("simd"):
+        if backend == "cpp" and k.get("simd") in testable_paths():
             from cnnfast.backends.cpp import _cpp
             _cpp.set_simd_path(k["simd"])
             undo.append(lambda: _cpp.set_simd_path("auto"))

@@ -136,7 +136,7 @@ def test_cache_is_created_versioned_and_reused(tuning, tmp_path, tb):
     assert fields["x"] == list(X2.shape) and fields["w"] == list(W2.shape)
     assert fields["padding"] == [[1, 1], [1, 1]] and fields["dtype"] == "float64"
     assert fields["threads"] == cf.get_num_threads()
-    assert fields["isa"] == (module._cpp.simd_path() if tb == "cpp" else None)
+    assert fields["isa"] == (module._cpp.kernel_path() if tb == "cpp" else None)
     assert fields["device"] == autotune.cpu_model()
     assert fields["version"] == cf.__version__
 

@@ -33,6 +33,7 @@ import pytest
 import cnnfast
 from cnnfast import activation
 from cnnfast.registry import get_backend
+from helpers.simd import ALL_PATHS, forced_path, testable_paths
 
 _cpp = pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built")
 if get_backend("cpp").reason is not None:  # pragma: no cover - depends on the build
@@ -68,15 +69,11 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["avx2", "portable"])
+@pytest.fixture(params=ALL_PATHS)
 def simd(request):
-    """Both kernel tables, through the test switch (CNNFAST_SIMD sets it per process)."""
-    try:
-        _cpp.set_simd_path(request.param)
-    except ValueError as exc:
-        pytest.skip(str(exc))
-    yield request.param
-    _cpp.set_simd_path("auto")
+    """Each kernel table, through the test switch (helpers/simd.py says which run)."""
+    with forced_path(request.param):
+        yield request.param
 
 
 def _inputs(case, dtype, seed=0):
@@ -277,8 +274,9 @@ def test_cpp_fused_backward_matches_unfused_and_reference(case, dtype, simd):
     x, w, b = _inputs(case, dtype)
     rng = np.random.default_rng(2)
     # The gradient kernels are those of the unfused pass; every forced path once (on
-    # the AVX2 table), the automatic one on both.
-    paths = ["auto"] + ([p for p in PATHS + ("wgrad-short",)] if simd == "avx2" else [])
+    # the process's own table), the automatic one on each.
+    own = simd == testable_paths()[-1]
+    paths = ["auto"] + ([p for p in PATHS + ("wgrad-short",)] if own else [])
     for act, slope in ACTS:
         y = _forward(case, x, w, b, backend="cpp", activation=act, negative_slope=slope)
         gy = rng.standard_normal(y.shape).astype(dtype)

@@ -44,18 +44,37 @@ def test_cpu_features_match_the_kernel():
     features = _cpp.cpu_features()
     assert features["avx2"] == ("avx2" in flags)
     assert features["fma"] == ("fma" in flags)
-    assert features["avx512f"] == ("avx512f" in flags)
-    expected = "avx2" if features["avx2"] and features["fma"] else "portable"
-    if os.environ.get("CNNFAST_SIMD") != "portable":
-        assert _cpp.simd_path() == expected
+    for name in ("avx512f", "avx512vl", "avx512dq", "avx512bw"):
+        assert features[name] == (name in flags)
+    paths = ["portable"]
+    if features["avx2"] and features["fma"]:
+        paths.append("avx2")
+        if _cpp.avx512_emulated() or all(features[n] for n in ("avx512f", "avx512vl",
+                                                                 "avx512dq", "avx512bw")):
+            paths.append("avx512")
+    assert _cpp.simd_paths() == paths
+    # The best native path, unless CNNFAST_SIMD asks for another runnable one.
+    native = [p for p in paths if not (p == "avx512" and _cpp.avx512_emulated())]
+    forced = os.environ.get("CNNFAST_SIMD")
+    assert _cpp.simd_path() == (forced if forced in paths else native[-1])
 
 
-def test_portable_path_can_be_forced():
-    code = "from cnnfast.backends.cpp import _cpp; print(_cpp.simd_path())"
-    env = dict(os.environ, CNNFAST_SIMD="portable")
+@pytest.mark.parametrize("path", ["portable", "avx2", "avx512", "sse9"])
+def test_cnnfast_simd_forces_a_runnable_path(path):
+    code = ("from cnnfast.backends.cpp import _cpp, backend\n"
+            "print(_cpp.simd_path(), _cpp.kernel_path(), ','.join(_cpp.simd_paths()))")
+    env = dict(os.environ, CNNFAST_SIMD=path)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True)
-    assert out.stdout.strip() == "portable"
+    chosen, running, runnable = out.stdout.split()
+    runnable = runnable.split(",")
+    assert running == chosen
+    if path in runnable:
+        assert chosen == path
+        assert "ignored" not in out.stderr
+    else:  # not runnable here (or no such path): the automatic choice, and a warning
+        assert chosen in runnable and chosen != path
+        assert f"CNNFAST_SIMD={path!r} ignored" in out.stderr
 
 
 def test_info_command_reports_build():

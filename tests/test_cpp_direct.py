@@ -7,8 +7,8 @@ vector and not a multiple of it (the overlapping last vector), x and y strides 1
 (phase rows, row blocks with y stride 1 and 2), dilations, asymmetric padding and
 padding wider than the kernel, several outputs per group, inputs whose buffer is cut
 into many row blocks, and the input gradient of strided convolutions (gy upsampled),
-which transposed convolutions use as their forward. Every case runs on both SIMD
-paths, in float32 and float64."""
+which transposed convolutions use as their forward. Every case runs on each SIMD
+path, in float32 and float64."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import cnnfast
 from cnnfast import params as P
 from cnnfast.backends.numpy import backend as ref
 from cnnfast.registry import get_backend
+from helpers.simd import ALL_PATHS, forced_path, testable_paths
 
 _cpp = pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built")
 if get_backend("cpp").reason is not None:  # pragma: no cover - depends on the build
@@ -26,21 +27,10 @@ if get_backend("cpp").reason is not None:  # pragma: no cover - depends on the b
                 allow_module_level=True)
 
 
-def _paths():
-    """The SIMD paths this machine can run ("avx2" only with AVX2+FMA)."""
-    out = ["portable"]
-    if _cpp.simd_path() == "avx2":
-        out.append("avx2")
-    return out
-
-
-@pytest.fixture(params=["portable", "avx2"])
+@pytest.fixture(params=ALL_PATHS)
 def path(request):
-    if request.param not in _paths():
-        pytest.skip("no AVX2+FMA here (or CNNFAST_SIMD=portable)")
-    _cpp.set_simd_path(request.param)
-    yield request.param
-    _cpp.set_simd_path("auto")
+    with forced_path(request.param):
+        yield request.param
 
 
 # (x shape, kernel, stride, padding, dilation, outputs per group); groups = channels.
@@ -176,18 +166,20 @@ def test_direct_kernels_are_bit_identical_for_any_thread_count(threads, dtype):
 
 
 def test_simd_paths_agree_closely():
-    """The two paths sum in different orders (vector widths, FMA), never far apart."""
-    if "avx2" not in _paths():
-        pytest.skip("no AVX2+FMA here (or CNNFAST_SIMD=portable)")
+    """The paths sum in different orders (vector widths, FMA), never far apart."""
+    paths = testable_paths()
+    if len(paths) < 2:
+        pytest.skip(f"one SIMD path run here: {paths}")
     x, w, b, gy, _, kw = _inputs(((2, 4, 23, 29), (3, 3), 1, 1, 1, 1), np.float32, seed=9)
     x, w, b, gy = (a.astype(np.float32) for a in (x, w, b, gy))
     res = {}
     try:
-        for name in ("portable", "avx2"):
+        for name in paths:
             _cpp.set_simd_path(name)
             res[name] = [cnnfast.conv(x, w, b, backend="cpp", **kw)]
             res[name] += list(cnnfast.conv_backward(gy, x, w, backend="cpp", **kw))
     finally:
         _cpp.set_simd_path("auto")
-    for a, e in zip(res["portable"], res["avx2"]):
-        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(e).max()))
+    for name in paths[1:]:
+        for a, e in zip(res["portable"], res[name]):
+            np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(e).max()))

@@ -18,6 +18,7 @@ import cnnfast
 from cnnfast import params as P
 from cnnfast.backends.numpy import backend as ref
 from cnnfast.registry import get_backend
+from helpers.simd import ALL_PATHS, skip_unless_testable
 
 _cpp = pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built")
 if get_backend("cpp").reason is not None:  # pragma: no cover - depends on the build
@@ -122,10 +123,9 @@ def test_weight_gradient_split_over_rows_is_deterministic(threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("path", ["portable", "avx2"])
+@pytest.mark.parametrize("path", ALL_PATHS)
 def test_simd_paths_match_the_reference(simd, path, dtype):
-    if path == "avx2" and _cpp.simd_path() != "avx2":
-        pytest.skip("no AVX2+FMA here (or CNNFAST_SIMD=portable)")
+    skip_unless_testable(path)
     simd(path)
     assert _cpp.kernel_path() == path
     tol = 1e-10 if dtype == np.float64 else 2e-4
@@ -147,6 +147,39 @@ def test_simd_paths_match_the_reference(simd, path, dtype):
             np.testing.assert_allclose(g, e, rtol=tol, atol=tol * 10 * max(1, np.abs(e).max()))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_gemm_tile_edges_match_the_reference(simd, path, dtype):
+    """Every row count of a micro-kernel tile and every column count of its last one:
+    M (output channels / input channels) across 1 .. 2 MR + 1 (MR = 6, 8 on AVX-512)
+    and N (pixels) across 1 .. 97, past 2 NR + 1 for every NR (4 .. 48; masked stores
+    on AVX-512), on the im2col GEMM path and the stride-1 one (whose 1x1 forward packs
+    its panels from x and writes y directly), forward and both gradients."""
+    skip_unless_testable(path)
+    simd(path)
+    rng = np.random.default_rng(11)
+    tol = 1e-12 if dtype == np.float64 else 1e-5  # 3-5 terms per output, |terms| <~ 10
+    # one row of `cols` pixels, then images of several rows (tiles of whole rows)
+    shapes = [(o, c, 1, cols) for o, c in ((1, 3), (5, 7), (8, 6), (9, 9), (13, 4), (17, 16))
+              for cols in range(1, 98, 1 if o in (5, 17) else 7)]
+    shapes += [(o, 5, h, wd) for o in (3, 8)
+               for h, wd in ((7, 9), (13, 11), (3, 50), (40, 41))]
+    for o, c, h, cols in shapes:
+        x = rng.standard_normal((2 if h > 1 else 1, c, h, cols))
+        w = rng.standard_normal((o, c, 1, 1))
+        gy = rng.standard_normal((x.shape[0], o, h, cols))
+        p = P.conv_params(x.shape, w.shape, 1, 0, 1, 1)
+        want = ref.conv_backward(gy, x, w, p, {"x", "weight", "bias"})
+        for alg in ("gemm", "gemm-s1"):
+            y = cnnfast.conv(x.astype(dtype), w.astype(dtype), backend="cpp",
+                             algorithm=alg)
+            np.testing.assert_allclose(y, ref.conv(x, w, None, p), rtol=tol, atol=tol)
+            got = cnnfast.conv_backward(gy.astype(dtype), x.astype(dtype),
+                                        w.astype(dtype), backend="cpp", algorithm=alg)
+            for g, e in zip(got, want):
+                np.testing.assert_allclose(g, e, rtol=tol, atol=tol * max(1, cols / 8))
+
+
 def test_portable_path_from_the_environment():
     code = ("import numpy as np, cnnfast; from cnnfast.backends.cpp import _cpp\n"
             "x = np.arange(2*3*9*9, dtype=np.float32).reshape(2, 3, 9, 9) / 100\n"
@@ -163,8 +196,18 @@ def test_portable_path_from_the_environment():
 
 
 def test_set_simd_path_rejects_unknown_names():
-    with pytest.raises(ValueError, match="expected 'auto'"):
-        _cpp.set_simd_path("avx512")
+    with pytest.raises(ValueError, match="expected 'auto', 'portable', 'avx2' or 'avx512'"):
+        _cpp.set_simd_path("avx1024")
+    assert _cpp.kernel_path() == _cpp.simd_path()
+
+
+def test_set_simd_path_refuses_a_path_this_cpu_cannot_run():
+    missing = [p for p in ALL_PATHS if p not in _cpp.simd_paths()]
+    if not missing:
+        pytest.skip("this build and CPU run every SIMD path")
+    with pytest.raises(ValueError, match="cannot run it"):
+        _cpp.set_simd_path(missing[-1])
+    assert _cpp.kernel_path() == _cpp.simd_path()
 
 
 def test_floating_point_state_is_restored():

@@ -35,9 +35,11 @@ def collect() -> Dict[str, Any]:
         from ..backends.cpp import _cpp  # type: ignore[attr-defined]
 
         info["cpp_build"] = {"version": _cpp.version(), "compiler": _cpp.compiler(),
-                             "openmp": _cpp.openmp()[0], "debug": _cpp.debug_build()}
+                             "openmp": _cpp.openmp()[0], "debug": _cpp.debug_build(),
+                             "avx512": "emulated" if _cpp.avx512_emulated() else "native"}
         info["cpu_features"] = {k: v for k, v in _cpp.cpu_features().items() if v}
         info["simd_path"] = _cpp.simd_path()
+        info["simd_paths"] = ", ".join(_cpp.simd_paths())  # runnable here, lowest first
     except ImportError as exc:
         info["cpp_build"] = f"not built: {exc}"
     for name in ("numba", "cupy", "torch"):

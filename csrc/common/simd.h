@@ -8,7 +8,10 @@ namespace cnnfast {
 namespace CNNFAST_KNS {
 
 // Vectors of CNN_DVB bytes (GCC vector extensions): 256-bit in the AVX2 build, 128-bit
-// (SSE2 / NEON) in the portable one.
+// (SSE2 / NEON) in the portable one. The AVX-512 build keeps 256 bits here (it defines
+// CNNFAST_IMPL_AVX2 too): these loops are bound by loads, stores and shuffles, and
+// Zen 4 runs 512-bit operations at half rate; with AVX512VL they still get the 32
+// registers. Its GEMM micro-kernel is the 512-bit code (gemm/ukernel_avx512.h).
 #if defined(CNNFAST_IMPL_AVX2)
 #define CNN_DVB 32
 #else

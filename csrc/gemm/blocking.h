@@ -9,16 +9,21 @@
 namespace cnnfast {
 namespace CNNFAST_KNS {
 
+// The tile of the build's micro-kernel: MR rows of kTileVectors vectors of kTileBytes
+// (the B panels' width NR): 8 x (3 x 512 bits) with AVX-512 (gemm/ukernel_avx512.h),
+// 6 x (2 x 256 bits) with AVX2, 6 x (2 x 128 bits) in the portable code (SSE2 / NEON:
+// its 12 accumulator vectors fit the 16 registers of SSE2; with 6 x 16 floats the
+// generic kernel spilled: the stem and conv1d layers ran 1.45x slower, 1 thread).
+#if defined(CNNFAST_IMPL_AVX512)
+constexpr int kTileRows = 8, kTileVectors = 3, kTileBytes = 64;
+#elif defined(CNNFAST_IMPL_AVX2)
+constexpr int kTileRows = 6, kTileVectors = 2, kTileBytes = 32;
+#else
+constexpr int kTileRows = 6, kTileVectors = 2, kTileBytes = 16;
+#endif
 template <class T>
-struct Blk;
-template <>
-struct Blk<float> {
-    static constexpr int MR = 6, NR = 16;
-    static constexpr long KC = kGemmKC;
-};
-template <>
-struct Blk<double> {
-    static constexpr int MR = 6, NR = 8;
+struct Blk {
+    static constexpr int MR = kTileRows, NR = kTileVectors * kTileBytes / (int)sizeof(T);
     static constexpr long KC = kGemmKC;
 };
 

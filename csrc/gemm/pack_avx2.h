@@ -49,9 +49,10 @@ static inline void transpose8(const float* s, long cs, float* d, long ds) {
 #define CNN_INLINE_EARLY __attribute__((always_inline))
 
 // pack_a of whole panels (mr == MR) of contiguous rows (cs == 1) of floats: a
-// transpose of 6 rows, 8 columns at a time. Panel d holds rows i0 .. i0 + MR of src.
+// transpose of MR (6: AVX2's tile, 8: AVX-512's) rows, 8 columns at a time. Panel d
+// holds rows i0 .. i0 + MR of src.
 template <class T>
-constexpr bool kPackAFast = sizeof(T) == 4 && Blk<T>::MR == 6;
+constexpr bool kPackAFast = sizeof(T) == 4 && (Blk<T>::MR == 6 || Blk<T>::MR == 8);
 template <class T>
 static inline CNN_INLINE_EARLY void pack_a_panel_fast(long i0, long K, const T* src, long rs,
                                                       T* d) {
@@ -59,7 +60,10 @@ static inline CNN_INLINE_EARLY void pack_a_panel_fast(long i0, long K, const T* 
     const float* s = reinterpret_cast<const float*>(src) + i0 * rs;
     float* df = reinterpret_cast<float*>(d);
     long k = 0;
-    for (; k + 8 < K; k += 8) transpose8<6>(s + k, rs, df + k * MR, MR);
+    if constexpr (MR == 6)  // each store writes 2 lanes past its column: not in the last block
+        for (; k + 8 < K; k += 8) transpose8<6>(s + k, rs, df + k * MR, MR);
+    else
+        for (; k + 8 <= K; k += 8) transpose8<8>(s + k, rs, df + k * MR, MR);
     for (; k < K; ++k)
         for (int i = 0; i < MR; ++i) df[k * MR + i] = s[i * rs + k];
 }
@@ -67,7 +71,7 @@ static inline CNN_INLINE_EARLY void pack_a_panel_fast(long i0, long K, const T* 
 // pack_b of whole panels (nr == NR) of floats read across rows (rs == 1, cs != 1): a
 // transpose in 8 x 8 blocks. Panel d holds columns j0 .. j0 + NR of src.
 template <class T>
-constexpr bool kPackBFast = sizeof(T) == 4 && Blk<T>::NR == 16;
+constexpr bool kPackBFast = sizeof(T) == 4 && Blk<T>::NR % 8 == 0;
 template <class T>
 static inline CNN_INLINE_EARLY void pack_b_panel_fast(long j0, long K, const T* src, long cs,
                                                       T* d) {
@@ -78,6 +82,9 @@ static inline CNN_INLINE_EARLY void pack_b_panel_fast(long j0, long K, const T* 
     for (; k + 8 <= K; k += 8) {
         transpose8(s + k, cs, df + k * NR, NR);
         transpose8(s + 8 * cs + k, cs, df + k * NR + 8, NR);
+        if constexpr (NR > 16)  // AVX-512's 48 columns
+            for (int jb = 16; jb < NR; jb += 8)
+                transpose8(s + jb * cs + k, cs, df + k * NR + jb, NR);
     }
     for (; k < K; ++k)
         for (int j = 0; j < NR; ++j) df[k * NR + j] = s[j * cs + k];

@@ -1,6 +1,6 @@
 // The kernels (kernels_impl.h and its parts) compiled for AVX2+FMA, with the
 // intrinsics GEMM micro-kernels and packing (gemm/ukernel_avx2.h, gemm/pack_avx2.h).
-// Only called when cnnfast::use_avx2() says the CPU has them (the module itself is
+// Only called when cnnfast::simd_path() / the test switch say so (the module itself is
 // built for the baseline ISA).
 #if defined(__x86_64__)
 // Everything from outside is included before the target pragma, so no shared

@@ -50,7 +50,9 @@ on ``g``.
 
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 
 import numpy as np
 
@@ -70,6 +72,13 @@ if _cpp is not None and _cpp.openmp()[0]:
     # threadpool_limits sets it with omp_set_num_threads, which our explicit
     # num_threads clause would otherwise override.
     _threads.follow_openmp(lambda: _cpp.openmp()[2])
+
+_FORCED_SIMD = os.environ.get("CNNFAST_SIMD")
+if _cpp is not None and _FORCED_SIMD and _FORCED_SIMD != _cpp.simd_path():
+    # The C++ side takes a path only where this CPU can run it: say why it did not.
+    warnings.warn(f"CNNFAST_SIMD={_FORCED_SIMD!r} ignored: this build and CPU run "
+                  f"{', '.join(_cpp.simd_paths())}; the cpp kernels use "
+                  f"{_cpp.simd_path()!r}", RuntimeWarning, stacklevel=1)
 
 ARRAY = "numpy"
 DTYPES = ("float32", "float64")
