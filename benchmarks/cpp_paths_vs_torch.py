@@ -3,6 +3,11 @@ automatic choice and against forced paths, in one process (medians of --repeat r
 each round runs every variant once, in turn, so drift on a busy machine hits all alike).
 
     python benchmarks/cpp_paths_vs_torch.py conv_transpose.k4s2 forward --paths gemm,phases
+    python benchmarks/cpp_paths_vs_torch.py resnet.conv1x1 forward --simd avx2,avx512
+
+--simd adds the automatic choice on each named SIMD kernel table (the extension's test
+switch, so the ISAs are compared in one process too; `cnnfast info` lists the runnable
+ones).
 
 Prints ms per variant and the ratio to torch (< 1: cpp is faster). Development tool;
 the published numbers come from `cnnfast bench`.
@@ -24,6 +29,8 @@ def main(argv=None):
     ap.add_argument("case")
     ap.add_argument("ops", help="comma-separated: forward,backward_input,backward_weight")
     ap.add_argument("--paths", default="", help="comma-separated cpp algorithms to force")
+    ap.add_argument("--simd", default="", help="comma-separated SIMD paths to run the "
+                    "automatic choice on (portable, avx2, avx512)")
     ap.add_argument("--repeat", type=int, default=21)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cpu", action="store_true",
@@ -47,6 +54,10 @@ def main(argv=None):
             except NotImplementedError as exc:
                 print(f"  {path}: {exc}")
                 del fns[f"cpp {path}"]
+        for simd in filter(None, args.simd.split(",")):
+            f = CnnfastImpl("cpp").prepare(case, op, inputs)
+            fns[f"cpp @{simd}"] = (lambda f=f, s=simd: _on_simd(f, s))
+            fns[f"cpp @{simd}"]()  # a path this CPU cannot run fails here, at once
         times = {k: [] for k in fns}
         for f in fns.values():
             f()
@@ -62,6 +73,16 @@ def main(argv=None):
         for k, ts in times.items():
             m = statistics.median(ts)
             print(f"  {k:16s} {m * 1e3:8.3f} ms  ratio to torch {m / ref:5.2f}")
+
+
+def _on_simd(f, simd):
+    from cnnfast.backends.cpp import _cpp
+
+    _cpp.set_simd_path(simd)
+    try:
+        return f()
+    finally:
+        _cpp.set_simd_path("auto")
 
 
 def _pinned(f, path):
