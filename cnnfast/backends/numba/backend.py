@@ -263,6 +263,14 @@ def _path_correlate(og, stride, out, kshape, dil, algorithm="auto", min_og=GEMM_
                  else "phases is for strided transposed correlations")
 
 
+def _dw3x3_fits(x5, w5, y5, stride, pad, dil, groups):
+    """Whether the direct correlation is ``correlate_dw3x3``'s case: 2-d depthwise
+    3x3 (one input channel per group), stride 1, no dilation, depth 1 in and out."""
+    return (groups == x5.shape[1] and w5.shape[1:] == (1, 1, 3, 3) and x5.shape[2] == 1
+            and y5.shape[2] == 1 and pad[0] == 0 and all(s == 1 for s in stride)
+            and all(d == 1 for d in dil))
+
+
 def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path, act=_NO_ACT, phase=None):
     """``y5`` <- grouped correlation (see ``cnnfast.backends.numba.kernels``) by
     ``path`` (of ``_path_correlate`` or ``_path_winograd``); ``pad`` = the leading pads
@@ -272,7 +280,10 @@ def _correlate(x5, w5, b, y5, stride, pad, dil, groups, path, act=_NO_ACT, phase
     if path == "winograd":
         return _winograd_correlate(x5, w5, b, y5, pad, act)
     if path == "direct":
-        _launch(_direct.correlate_direct, x5, w5, b, y5, stride, pad, dil, groups, *act)
+        if _dw3x3_fits(x5, w5, y5, stride, pad, dil, groups):
+            _launch(_direct.correlate_dw3x3, x5, w5, b, y5, pad, *act)
+        else:
+            _launch(_direct.correlate_direct, x5, w5, b, y5, stride, pad, dil, groups, *act)
         return y5
     k = int(np.prod(w5.shape[1:]))
     kshape = tuple(int(v) for v in w5.shape[2:])
@@ -382,9 +393,14 @@ def _path_correlate_t(og, stride, out, kshape, dil, algorithm="auto"):
 def _correlate_t(x5, w5, b, y5, stride, pad, dil, groups, path, act=_NO_ACT):
     """``y5`` <- transposed correlation of ``x5`` with ``w5`` (Ci, OG, *k) by ``path``
     (of ``_path_correlate_t``), through the activation ``act`` (see ``_correlate``)."""
-    if path in ("gemm", "gemm-wide", "winograd"):
+    s1 = all(s == 1 for s in stride)
+    if path in ("gemm", "gemm-wide", "winograd") or (
+            path == "direct" and s1 and w5.shape[1] == 1
+            and _dw3x3_fits(x5, w5, y5, stride, pad, dil, groups)):
         # Stride 1: a correlation with the flipped adjoint weight; the input is
-        # padded by d*(k-1) - lo before (negative: cropped).
+        # padded by d*(k-1) - lo before (negative: cropped). For "direct", where that
+        # correlation is correlate_dw3x3's case (depthwise 3x3, one output channel per
+        # group: the input gradient of a depthwise layer).
         adj_pad = tuple(d * (k - 1) - p for d, k, p in zip(dil, w5.shape[2:], pad))
         return _correlate(x5, _flipped_adjoint_weight(w5, groups), b, y5, (1, 1, 1),
                           adj_pad, dil, groups, path, act)
