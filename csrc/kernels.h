@@ -135,7 +135,16 @@ inline bool wino_ok(const ConvGeo& g) {
 // (4, 64, 64, ..) 0.31, (2, 16, 16, 16, 56, 56) 0.35, (1, 64, 64, 4, 12, 12) 0.40, (1,
 // 256, 256, 2, 16, 16) 0.65, 4 tiles per plane (1, 128, 128, 2, 8, 8) 0.94, (1, 512, 512,
 // 3, 6, 6) 3.65; float64 (4, 8, 16, 8, 28, 28) 0.45: >= 8 input channels.
+// The 2-d input gradient also needs >= 4 input channels (its products' rows): with
+// fewer, each transform point is a thin product and gemm (the choice then: im2col rows
+// of the taps, col2im) wins (vs winograd, same machine, float32, (N, C, K, H) 3x3,
+// padding 0 | 1, 1 thread CPU time / 2 threads wall): (64, 1, 64, 28) 0.39 | 0.94 / 0.32
+// | 0.69, (64, 2, 64, 28) 0.57 | 0.90 / 0.61 | 0.53, (64, 3, 64, 28) 0.76 | 1.03 / 0.84
+// | 0.79, (32, 4, 64, 32) 1.01 | 0.97 / 0.87 | 0.91, (16, 8, 64, 32) 1.28 | 1.47 / 1.19 |
+// 1.30; the seed conv1 layer (64, 1, 64, 28, padding 0, cnnfast bench's
+// fmnist.conv1.n64): 0.46 (2.16 -> 1.00 ms, torch 3.81 ms).
 constexpr long kWinoMinChannels = 16, kWinoMinTiles = 16, kWino3MinPlaneTiles = 8;
+constexpr long kWinoMinBwdDataInputs = 4;
 inline long wino_plane_tiles(int op, const ConvGeo& g) {
     const long* o = op == kBwdData ? g.in : g.out;
     return ((o[1] + 3) / 4) * ((o[2] + 3) / 4);
@@ -148,7 +157,8 @@ inline bool use_wino(int op, const ConvGeo& g) {
     if (!z_collapsed(g))
         return wino_plane_tiles(op, g) >= kWino3MinPlaneTiles &&
                (op == kFwd || (op == kBwdData ? g.C >= 4 || g.O <= 4 : g.C >= 8));
-    return (op == kBwdData ? g.O : g.C) >= kWinoMinChannels;
+    if (op == kBwdData) return g.O >= kWinoMinChannels && g.C >= kWinoMinBwdDataInputs;
+    return g.C >= kWinoMinChannels;
 }
 
 // wgrad-short (conv/wgrad_short.h): the weight gradient of a 1-d or 2-d convolution
@@ -231,7 +241,8 @@ inline int choose_path(int op, const ConvGeo& g, const char** why = nullptr) {
         else
             because = op == kBwdData
                           ? "2-d 3x3, stride 1, no dilation, one group; >= 16 output "
-                            "channels and >= 16 tiles of 4x4 input positions"
+                            "channels, >= 4 input channels and >= 16 tiles of 4x4 input "
+                            "positions"
                           : "2-d 3x3, stride 1, no dilation, one group; >= 16 input "
                             "channels and >= 16 tiles of 4x4 outputs";
     } else if (use_ws(op, g)) {
