@@ -11,11 +11,13 @@ compiled specialisation per kernel and dtype serves all ranks. The kernels live 
   (an implicit im2col: panel rows read in place; a 1x1 convolution is a plain
   product of the input) and over the input's stride phases for other strides
   (``_phases_pay``), else ``correlate_gemm`` (im2col); narrower groups
-  (depthwise) use ``correlate_direct``;
+  (depthwise) use ``correlate_direct``, or ``correlate_dw3x3`` for 2-d depthwise
+  3x3 stride-1 layers;
 * input gradient of conv / conv_transpose forward: for stride 1 the same
   correlation with the flipped, per-group transposed weight (the algebra is in
   ``cnnfast.backends.numpy.backend``), or ``correlate_t`` (a gather into output
-  rows) when a group has few output channels; for other strides one such stride-1
+  rows) when a group has few output channels (a 2-d depthwise 3x3 layer: the
+  flipped-weight correlation by ``correlate_dw3x3``); for other strides one such stride-1
   correlation per stride phase ("sub-pixel" decomposition, a sub-kernel each);
 * weight gradient: ``weight_grad_rows`` (register-blocked dot products of
   padded, stride-phase-split input rows with "wide" output-gradient rows: no
@@ -30,8 +32,8 @@ compiled specialisation per kernel and dtype serves all ranks. The kernels live 
 
 Algorithms (``ALGORITHMS``, ``cnnfast.explain``; the ``_path_*`` functions are the
 one place each choice is made, for the kernels and for ``explain``): ``direct`` (the
-fixed-order direct sums: ``correlate_direct``, ``correlate_t``, ``weight_grad``,
-``weight_grad_planes``),
+fixed-order direct sums: ``correlate_direct``, ``correlate_dw3x3``, ``correlate_t``,
+``weight_grad``, ``weight_grad_planes``),
 ``gemm`` (``correlate_gemm`` or, strided, ``correlate_wide`` over stride phases;
 ``weight_grad_rows``; a stride-1 input gradient as the flipped-weight
 correlation), ``gemm-wide`` (``correlate_wide``, stride 1 only),

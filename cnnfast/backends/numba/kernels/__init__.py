@@ -20,8 +20,8 @@ Modules:
   ``correlate_gemm``;
 * ``wgrad``: the weight gradient as register-blocked dot products of rows
   (``pack_phases``, ``weight_grad_rows``);
-* ``direct``: the fixed-order direct sums: ``correlate_direct``, ``correlate_t``,
-  ``weight_grad``, ``weight_grad_planes``, ``bias_grad``;
+* ``direct``: the fixed-order direct sums: ``correlate_direct``, ``correlate_dw3x3``,
+  ``correlate_t``, ``weight_grad``, ``weight_grad_planes``, ``bias_grad``;
 * ``winograd``: Winograd F(4x4, 3x3) for 2-d 3x3 stride-1 correlations
   (``transform_weight``, ``correlate``, ``weight_grad``), the transforms and
   accuracy contract of the cpp backend's ``csrc/conv/winograd.h``;
@@ -40,7 +40,8 @@ Three primitives carry the four convolution ops (the algebra is in the docstring
   ``correlate_wide`` (stride 1, or strided over the input's stride phases),
   ``correlate_gemm`` (any stride), or
   ``correlate_direct`` for depthwise-like cases (fewer than MR output channels per
-  group), where a product has nothing to reuse.
+  group), where a product has nothing to reuse (``correlate_dw3x3``: 2-d depthwise
+  3x3, stride 1).
 * ``correlate_t``: the adjoint of correlation with respect to ``x`` for any
   stride, written so that every task owns whole output rows and gathers every
   (input channel, tap) contribution into them. The backend uses it for stride 1
