@@ -3,13 +3,16 @@
     python benchmarks/roofline.py benchmarks/results/cpu.json --backend cpp
     python benchmarks/roofline.py benchmarks/results/cpu.json --backend numba --misses
 
-For every row of a ``cnnfast bench --json`` document: our median, torch's, the ratio,
-the target ratio (the cpp and numba issues' tables, below), the time the target
-demands (torch / target), and the roofline floor: the larger of FLOPs / peak GFLOP/s
-and bytes / peak GB/s, where a convolution moves at least its three tensors once and
-a pooling the bytes the suite counts. ``demands < floor`` marks a target that no
-implementation can meet on this machine; ``ours/floor`` says how far a row is from
-the hardware limit (1.0 = at the roofline).
+For every row of a ``cnnfast bench --json`` document: our median, torch's, the ratio
+(torch time / ours), the target (issue 15's, from ``issue15_targets.py``, as the same
+ratio), the time the target demands (torch / target), and the roofline floor: the
+larger of FLOPs / peak GFLOP/s and bytes / peak GB/s, where a convolution moves at
+least its three tensors once and a pooling the bytes the suite counts, and a Winograd
+F(4x4, 3x3) row does 4x fewer multiplications. ``demands < floor`` marks a target that
+no implementation of that algorithm can meet on this machine; ``ours/floor`` says how
+far a row is from the hardware limit (1.0 = at the roofline). The peaks are the run's
+measured ones unless given: ``--peak-gflops`` sets the compute roof, e.g. what the
+micro-kernel reaches in cache (``benchmarks/ukernel_roof.cpp``).
 """
 
 from __future__ import annotations
@@ -21,23 +24,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# Target torch-time / ours-time per backend: (predicate on (case, group, kind, op), ratio);
-# the first match wins. From the issues' "Performance" sections.
-TARGETS = {
-    "cpp": [
-        (lambda c, g, k, o: g == "fashion-mnist", 2.0),
-        (lambda c, g, k, o: c.startswith("depthwise"), 2.0),
-        (lambda c, g, k, o: k == "conv_transpose" and o.startswith("backward"), 2.0),
-        (lambda c, g, k, o: g == "pool", 3.0),
-        (lambda c, g, k, o: g == "resnet", 1.0),
-        (lambda c, g, k, o: True, 0.8),  # "never below 0.8 anywhere"
-    ],
-    "numba": [
-        (lambda c, g, k, o: g == "resnet", 0.5),
-        (lambda c, g, k, o: g in ("fashion-mnist", "pool") or c.startswith("depthwise"), 1.0),
-    ],
-}
+from issue15_targets import target as target_of  # noqa: E402  (one place for them)
 
 
 def main(argv=None):
@@ -45,16 +34,17 @@ def main(argv=None):
     ap.add_argument("json")
     ap.add_argument("--backend", required=True)
     ap.add_argument("--misses", action="store_true", help="only rows below target")
+    ap.add_argument("--peak-gflops", type=float, default=None,
+                    help="the compute roof (default: the run's measured peak)")
     args = ap.parse_args(argv)
 
     from cnnfast import params as P
 
     doc = json.loads(Path(args.json).read_text())
-    peak_gf = doc["settings"]["peak_gflops"]
+    peak_gf = args.peak_gflops or doc["settings"]["peak_gflops"]
     peak_gbs = doc["settings"]["peak_gbs"]
     cases = {c["name"]: c for c in doc["cases"]}
     rows = {(r["case"], r["op"], r["impl"]): r for r in doc["results"]}
-    targets = TARGETS.get(args.backend, [])
     print(f"roofline: {peak_gf:g} GFLOP/s, {peak_gbs:g} GB/s; times in ms")
     print(f"{'case':24s} {'op':16s} {'ours':>8s} {'torch':>8s} {'ratio':>6s} {'target':>6s} "
           f"{'demands':>8s} {'floor':>8s} {'ours/floor':>10s}  note")
@@ -71,12 +61,12 @@ def main(argv=None):
             n, c_out = case["x"][0], _out_channels(case)
             y = n * c_out * math.prod(p.out_shape)
             nbytes = (math.prod(case["x"]) + math.prod(case["weight"]) + y) * item
-        floor = max((r["flops"] or 0) / (peak_gf * 1e9), nbytes / (peak_gbs * 1e9))
+        flops = (r["flops"] or 0) / (4 if r.get("algorithm") == "winograd" else 1)
+        floor = max(flops / (peak_gf * 1e9), nbytes / (peak_gbs * 1e9))
         ours = r["median_s"]
         theirs = ref["median_s"] if ref and ref["status"] == "ok" else None
         ratio = theirs / ours if theirs else None
-        target = next((t for pred, t in targets
-                       if pred(name, case["group"], case["kind"], op)), None)
+        target = 1 / target_of(name, op, impl)
         demands = theirs / target if theirs and target else None
         miss = ratio is not None and target is not None and ratio < target
         if args.misses and not miss:

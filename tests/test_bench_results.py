@@ -404,3 +404,25 @@ def test_render_readme_section_shows_algorithm_and_isa_path(tmp_path):
     text = readme.read_text()
     assert "family 6, model 85, stepping 4" in text and "cpp ISA path avx2" in text
     assert "`gemm-s1`" in text
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numba"])
+def test_roofline_and_issue15_targets_on_the_recorded_results(backend):
+    """benchmarks/roofline.py takes its targets from issue15_targets.py (one table):
+    both read the recorded CPU run, and they agree on which rows miss."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    results = bench / "results" / "cpu.json"
+    if not results.exists():
+        pytest.skip("no recorded CPU results")
+    run = lambda *a: subprocess.run([sys.executable, *map(str, a)], check=True,  # noqa: E731
+                                    capture_output=True, text=True).stdout
+    counted = run(bench / "issue15_targets.py", results, "--backend", backend)
+    misses = {tuple(l.split()[1:3]) for l in counted.splitlines() if l.startswith("  miss:")}
+    roof = run(bench / "roofline.py", results, "--backend", backend, "--misses",
+               "--peak-gflops", "190")
+    assert roof.startswith("roofline: 190 GFLOP/s")
+    assert {tuple(l.split()[:2]) for l in roof.splitlines()[2:]} == misses
