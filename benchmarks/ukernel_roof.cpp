@@ -3,7 +3,7 @@
 // on packed panels that stay in cache, over reduction lengths K, on 1 and on every
 // OpenMP thread; beside it, the FMA peak (12 independent FMA chains, no loads).
 // What a convolution can reach through gemm_packed is at most the first; the gap to
-// the second is the micro-kernel's loads and broadcasts.
+// the second is the micro-kernel's loads, broadcasts and stores.
 //
 //   g++ -O3 -fopenmp -Icsrc benchmarks/ukernel_roof.cpp -o /tmp/ukernel_roof
 //   /tmp/ukernel_roof            # GFLOP/s per K, 1 thread and all threads
@@ -53,18 +53,26 @@ double ukernel_seconds(long K, long reps) {
 }
 
 double fma_peak_seconds(long iters) {
-    __m256 a0 = _mm256_set1_ps(0.1f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,
-           a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    // distinct chains (equal ones would be merged into one by the compiler)
+    __m256 a0 = _mm256_set1_ps(0.10f), a1 = _mm256_set1_ps(0.11f), a2 = _mm256_set1_ps(0.12f),
+           a3 = _mm256_set1_ps(0.13f), a4 = _mm256_set1_ps(0.14f), a5 = _mm256_set1_ps(0.15f),
+           a6 = _mm256_set1_ps(0.16f), a7 = _mm256_set1_ps(0.17f), a8 = _mm256_set1_ps(0.18f),
+           a9 = _mm256_set1_ps(0.19f), a10 = _mm256_set1_ps(0.20f), a11 = _mm256_set1_ps(0.21f);
     const __m256 b = _mm256_set1_ps(0.9999f), c = _mm256_set1_ps(1e-4f);
     const auto t0 = Clock::now();
     for (long k = 0; k < iters; ++k) {
 #define F(x) x = _mm256_fmadd_ps(x, b, c);
         F(a0) F(a1) F(a2) F(a3) F(a4) F(a5) F(a6) F(a7) F(a8) F(a9) F(a10) F(a11)
 #undef F
-        __asm__ volatile("" ::"r"(k));
+        __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5),
+                         "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
     }
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    volatile float sink = _mm256_cvtss_f32(_mm256_add_ps(_mm256_add_ps(a0, a11), a5));
+    const __m256 sum = _mm256_add_ps(
+        _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                      _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7))),
+        _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
+    volatile float sink = _mm256_cvtss_f32(sum);
     (void)sink;
     return s;
 }
