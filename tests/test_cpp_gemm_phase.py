@@ -231,3 +231,29 @@ def test_auto_choice():
         assert cpp.last_paths() == {"y": path}
         cf.conv_backward(y, x1, w1, needs=("x", "weight"), backend="cpp", **k1)
         assert cpp.last_paths() == {"grad_x": path, "grad_weight": "gemm"}
+
+
+@pytest.mark.parametrize("act", [None, "relu", "tanh"])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_stride1_input_gradient(act, dt):
+    """Stride 1 (one phase) with a reduction of 32 or more: the input gradient in runs
+    of one row (1-d rows longer than a tile) and in whole rows per tile, and the same
+    kernel as a transposed convolution with a bias and a fused activation."""
+    rng = np.random.default_rng(12)
+    tol = dict(rtol=2e-4, atol=2e-4) if dt == np.float32 else dict(rtol=1e-11, atol=1e-11)
+    for xs, ws, pad in (((2, 9, 3001), (12, 9, 5), 2), ((2, 6, 20, 30), (16, 6, 3, 3), 1)):
+        x = rng.standard_normal(xs).astype(dt)
+        w = rng.standard_normal(ws).astype(dt)
+        y = cf.conv(x, w, backend="numpy", padding=pad)
+        gy = rng.standard_normal(y.shape).astype(dt)
+        ref = cf.conv_backward(gy, x, w, needs=("x",), backend="numpy", padding=pad)[0]
+        got = cf.conv_backward(gy, x, w, needs=("x",), backend="cpp", padding=pad,
+                               algorithm="gemm-phase")[0]
+        assert cpp.last_paths()["grad_x"] == "gemm-phase"
+        np.testing.assert_allclose(got, ref, **tol)
+        # the transposed convolution of gy: the same kernel, with a bias and activation
+        bt = rng.standard_normal(ws[1]).astype(dt)
+        t_ref = cf.conv_transpose(gy, w, bt, padding=pad, activation=act, backend="numpy")
+        t = cf.conv_transpose(gy, w, bt, padding=pad, activation=act, backend="cpp",
+                              algorithm="gemm-phase")
+        np.testing.assert_allclose(t, t_ref, **tol)
