@@ -23,6 +23,7 @@ import cnnfast  # noqa: E402
 from cnnfast import params as P  # noqa: E402
 from cnnfast.backends.numba import backend as nb  # noqa: E402
 from cnnfast.backends.numpy import backend as ref  # noqa: E402
+from helpers.numba_launches import record_launches  # noqa: E402
 
 pytestmark = pytest.mark.skipif(nb.availability() is not None,
                                 reason=f"numba backend unavailable: {nb.availability()}")
@@ -54,17 +55,6 @@ def _case(name, dtype, seed=3):
     return x, w, b, gy, p, dict(padding=pad, groups=C)
 
 
-def _spy(monkeypatch):
-    seen = []
-    launch = nb._launch
-
-    def spy(kernel, *args):
-        seen.append(getattr(kernel, "__name__", ""))
-        return launch(kernel, *args)
-
-    monkeypatch.setattr(nb, "_launch", spy)
-    return seen
-
 
 def _close(got, want, scale, dtype):
     if dtype == np.float64:
@@ -79,7 +69,7 @@ def _close(got, want, scale, dtype):
 def test_forward_matches_reference(name, act, dtype, monkeypatch):
     x, w, b, _, p, kw = _case(name, dtype)
     before = (x.copy(), w.copy(), b.copy())
-    seen = _spy(monkeypatch)
+    seen = record_launches(monkeypatch)
     y = cnnfast.conv(x, w, b, activation=act, backend="numba", **kw)
     assert seen == ["correlate_dw3x3"]
     f64 = [a.astype(np.float64) for a in (x, w, b)]
@@ -96,7 +86,7 @@ def test_forward_matches_reference(name, act, dtype, monkeypatch):
 def test_input_gradient_matches_reference(name, dtype, monkeypatch):
     x, w, _, gy, p, kw = _case(name, dtype)
     before = gy.copy()
-    seen = _spy(monkeypatch)
+    seen = record_launches(monkeypatch)
     gx = cnnfast.conv_backward(gy, x, w, needs=("x",), backend="numba", **kw)[0]
     # one output per group: the flipped 3x3 correlation; a multiplier sums over the
     # group's outputs (correlate_t)
@@ -116,7 +106,7 @@ def test_transposed_convolution(dtype, monkeypatch):
     x = rng.standard_normal((2, 5, 9, 8)).astype(dtype)
     w = rng.standard_normal((5, 1, 3, 3)).astype(dtype)
     b = rng.standard_normal(5).astype(dtype)
-    seen = _spy(monkeypatch)
+    seen = record_launches(monkeypatch)
     y = cnnfast.conv_transpose(x, w, b, padding=1, groups=5, backend="numba")
     assert seen == ["correlate_dw3x3"]
     f64 = [a.astype(np.float64) for a in (x, w, b)]
@@ -179,7 +169,7 @@ def test_depth_padding_is_not_its_case(monkeypatch):
     w = rng.standard_normal((3, 1, 1, 3, 3))
     b = rng.standard_normal(3)
     kw = dict(padding=((0, 1), 1, 2), groups=3)
-    seen = _spy(monkeypatch)
+    seen = record_launches(monkeypatch)
     y = cnnfast.conv(x, w, b, backend="numba", **kw)
     assert seen == ["correlate_direct"]
     np.testing.assert_allclose(y, cnnfast.conv(x, w, b, backend="numpy", **kw),

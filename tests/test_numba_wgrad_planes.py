@@ -23,6 +23,7 @@ import cnnfast  # noqa: E402
 from cnnfast import params as P  # noqa: E402
 from cnnfast.backends.numba import backend as nb  # noqa: E402
 from cnnfast.backends.numpy import backend as ref  # noqa: E402
+from helpers.numba_launches import record_launches  # noqa: E402
 
 pytestmark = pytest.mark.skipif(nb.availability() is not None,
                                 reason=f"numba backend unavailable: {nb.availability()}")
@@ -57,17 +58,6 @@ def _case(name, dtype, seed=5):
     return x, w, gy, p, kw
 
 
-def _spy(monkeypatch):
-    seen = []
-    launch = nb._launch
-
-    def spy(kernel, *args):
-        seen.append(getattr(kernel, "__name__", ""))
-        return launch(kernel, *args)
-
-    monkeypatch.setattr(nb, "_launch", spy)
-    return seen
-
 
 def _check(gw, gy, x, w, p, dtype, transposed=False):
     f64 = [a.astype(np.float64) for a in (gy, x, w)]
@@ -87,7 +77,7 @@ def _check(gw, gy, x, w, p, dtype, transposed=False):
 def test_planes_match_reference(name, dtype, monkeypatch):
     x, w, gy, p, kw = _case(name, dtype)
     before = (x.copy(), w.copy(), gy.copy())
-    seen = _spy(monkeypatch)
+    seen = record_launches(monkeypatch)
     gw = cnnfast.conv_backward(gy, x, w, needs=("weight",), backend="numba", **kw)[1]
     assert nb.last_paths() == {"grad_weight": "direct"}
     assert seen == ["weight_grad_planes"]  # finite: no recomputation
@@ -105,7 +95,7 @@ def test_transposed_weight_gradient(dtype, monkeypatch):
     w = _rand(rng, (6, 1, 3, 3), dtype)
     p = P.conv_transpose_params(x.shape, w.shape, 1, 1, 0, 6, 1)
     gy = _rand(rng, (2, 6) + tuple(p.out_shape), dtype)
-    seen = _spy(monkeypatch)
+    seen = record_launches(monkeypatch)
     gw = cnnfast.conv_transpose_backward(gy, x, w, padding=1, groups=6, needs=("weight",),
                                          backend="numba")[1]
     assert seen == ["weight_grad_planes"]
@@ -119,7 +109,7 @@ def test_non_finite_input_is_recomputed_exactly(bad, monkeypatch):
     The result is then recomputed by the per-row kernel."""
     x, w, gy, p, kw = _case("depthwise", np.float64)
     x[1, 2, 5, 12] = bad  # last column: read by taps kw >= 1 only (padding 1)
-    seen = _spy(monkeypatch)
+    seen = record_launches(monkeypatch)
     gw = cnnfast.conv_backward(gy, x, w, needs=("weight",), backend="numba", **kw)[1]
     assert seen == ["weight_grad_planes", "weight_grad"]
     want = ref.conv_backward(gy, x, w, p, frozenset({"weight"}))[1]
