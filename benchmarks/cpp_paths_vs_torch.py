@@ -1,6 +1,8 @@
 """Interleaved timing of one `cnnfast bench` case: torch against the cpp backend's
 automatic choice and against forced paths, in one process (medians of --repeat rounds;
-each round runs every variant once, in turn, so drift on a busy machine hits all alike).
+each round runs every variant once, in turn, so drift on a busy machine hits all alike;
+before each sample a pause and an untimed call, as in `cnnfast bench`: without them the
+variant after torch ran up to 5x slower, in the spin of torch's threads).
 
     python benchmarks/cpp_paths_vs_torch.py conv_transpose.k4s2 forward --paths gemm,phases
     python benchmarks/cpp_paths_vs_torch.py resnet.conv1x1 forward --simd avx2,avx512
@@ -33,6 +35,8 @@ def main(argv=None):
                     "automatic choice on (portable, avx2, avx512)")
     ap.add_argument("--repeat", type=int, default=21)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pause", type=float, default=0.02,
+                    help="seconds of sleep before each sample (then one untimed call)")
     ap.add_argument("--cpu", action="store_true",
                     help="process CPU time instead of wall time (steadier on a loaded "
                          "machine with --threads 1; with more threads it counts spinning)")
@@ -64,6 +68,10 @@ def main(argv=None):
         clock = time.process_time if args.cpu else time.perf_counter
         for _ in range(args.repeat):
             for k, f in fns.items():
+                # as cnnfast bench: a pause lets the previous variant's spinning thread
+                # pool go idle, and an untimed call wakes this one's own workers
+                time.sleep(args.pause)
+                f()
                 t0 = clock()
                 f()
                 times[k].append(clock() - t0)
