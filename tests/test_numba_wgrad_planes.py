@@ -23,6 +23,7 @@ import cnnfast  # noqa: E402
 from cnnfast import params as P  # noqa: E402
 from cnnfast.backends.numba import backend as nb  # noqa: E402
 from cnnfast.backends.numpy import backend as ref  # noqa: E402
+from helpers.determinism import assert_numba_bit_identical_across_threads  # noqa: E402
 from helpers.numba_launches import record_launches  # noqa: E402
 
 pytestmark = pytest.mark.skipif(nb.availability() is not None,
@@ -118,16 +119,12 @@ def test_non_finite_input_is_recomputed_exactly(bad, monkeypatch):
 
 
 def test_bit_identical_across_threads(threads):
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
-    runs = []
-    for n in (1, 2, 1):
-        threads(n)
+    def compute():
         out = []
         for name in sorted(CASES):
             x, w, gy, _, kw = _case(name, np.float32, seed=7)
             out.append(cnnfast.conv_backward(gy, x, w, needs=("weight",), backend="numba",
                                              **kw)[1])
-        runs.append(out)
-    for a, b, c in zip(*runs):
-        assert a.tobytes() == b.tobytes() == c.tobytes()
+        return out
+
+    assert_numba_bit_identical_across_threads(threads, compute)
