@@ -164,11 +164,14 @@ def test_api_rejects_indices_outside_the_plane_before_any_work(backend, bad):
     assert np.all(out == 7.0)
 
 
-# Average pooling whose window is the whole plane (global pooling): the numba
-# kernel's one-sum-per-plane path, and the near misses that must take the general
-# path (padding, a window short of the plane, dilation, several outputs).
+# Average pooling whose window is the whole plane (global pooling): the numba and cpp
+# kernels' one-sum-per-plane paths (planes shorter than a vector, a whole number of
+# vectors, an odd plane count split over threads), and the near misses that must take
+# the general path (padding, a window short of the plane, dilation, several outputs).
 GLOBAL = [
     ((3, 5, 7, 7), dict(kernel_size=7)),
+    ((1, 3, 2, 2), dict(kernel_size=2)),
+    ((2, 33, 8, 8), dict(kernel_size=8)),
     ((2, 4, 9), dict(kernel_size=9)),
     ((2, 3, 3, 4, 5), dict(kernel_size=(3, 4, 5))),
     ((2, 3, 1, 1), dict(kernel_size=1)),
@@ -181,15 +184,16 @@ GLOBAL = [
 ]
 
 
+@pytest.mark.parametrize("name", ["numba", "cpp"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,kw", GLOBAL)
-def test_numba_global_avg_pool_matches_reference(dtype, shape, kw):
-    _need("numba")
+def test_global_avg_pool_path_matches_reference(name, dtype, shape, kw):
+    _need(name)
     rng = np.random.default_rng(11)
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     x0 = x.copy()
     ref = cnnfast.avg_pool(x.astype(np.float64), backend="numpy", **kw)
-    got = cnnfast.avg_pool(x, backend="numba", **kw)
+    got = cnnfast.avg_pool(x, backend=name, **kw)
     assert got.dtype == dtype and got.shape == ref.shape
     # Only the summation order differs (a plane's sum is vectorised): float64 to a
     # few ulps of the window's magnitude; float32 to its accumulated rounding.
@@ -199,9 +203,10 @@ def test_numba_global_avg_pool_matches_reference(dtype, shape, kw):
     np.testing.assert_array_equal(x, x0)
 
 
+@pytest.mark.parametrize("name", ["numba", "cpp"])
 @pytest.mark.filterwarnings("ignore:invalid value encountered")  # the reference's inf - inf
-def test_numba_global_avg_pool_special_values_and_threads(threads):
-    _need("numba")
+def test_global_avg_pool_special_values_and_threads(threads, name):
+    _need(name)
     x = np.random.default_rng(12).standard_normal((4, 6, 5, 5))
     x[0, 0, 2, 2] = np.nan
     x[1, 1, 0, 0] = np.inf
@@ -209,7 +214,7 @@ def test_numba_global_avg_pool_special_values_and_threads(threads):
     out = []
     for n in (1, 2):
         threads(n)
-        out.append(cnnfast.avg_pool(x, 5, backend="numba"))
+        out.append(cnnfast.avg_pool(x, 5, backend=name))
     np.testing.assert_array_equal(out[0], out[1])
     ref = cnnfast.avg_pool(x, 5, backend="numpy")
     assert np.isnan(out[0][0, 0, 0, 0]) and out[0][1, 1, 0, 0] == np.inf

@@ -7,6 +7,7 @@
 #include "common/denormal.h"
 #include "common/index.h"
 #include "common/scratch.h"
+#include "common/simd.h"
 
 namespace cnnfast {
 namespace CNNFAST_KNS {
@@ -45,34 +46,49 @@ static inline bool whole_plane_window(const PoolGeo& g) {
     return true;
 }
 
-// Sum of a contiguous run in eight interleaved partial sums (vectorised; a single
-// running sum is a chain of dependent adds), combined in a fixed order.
+// Sum of a contiguous run: vector partial sums (a single running sum is a chain of
+// dependent adds), their lanes in a fixed order, then the scalar tail. The partial
+// sums live in registers: folding the tail into them (an array indexed at run time)
+// kept them in memory, and the global pooling of 4096 planes of 49 ran 1.6x slower.
 template <class T>
 static inline T sum_run(const T* p, long n) {
-    T part[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+    constexpr int L = DV<T>::L;
+    typename DV<T>::v part = dsplat<T>(T(0));
     long i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; ++j) part[j] += p[i + j];
-    for (int j = 0; i < n; ++i, ++j) part[j] += p[i];
-    return ((part[0] + part[1]) + (part[2] + part[3])) +
-           ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i + L <= n; i += L) part += dload<T>(p + i);
+    T tail = T(0);
+    for (; i < n; ++i) tail += p[i];
+    return dhsum<T>(part) + tail;
+}
+
+// Global pooling: the sums, then one vectorised division pass over each thread's
+// planes (the same static schedule, so nowait is safe). Dividing plane by plane in
+// the first loop cost ~1/3 of the kernel (8x512x7x7: 30 -> 20 us on one thread).
+template <class T>
+static void global_avg_pool(const PoolGeo& g, const T* x, T div, T* y, int nt) {
+    const long Pin = g.Pin();
+#pragma omp parallel num_threads(nt)
+    {
+        DenormalGuard fp;
+#pragma omp for schedule(static) nowait
+        for (long pl = 0; pl < g.planes; ++pl) y[pl] = sum_run<T>(x + pl * Pin, Pin);
+#pragma omp for schedule(static)
+        for (long pl = 0; pl < g.planes; ++pl) y[pl] /= div;
+    }
 }
 
 template <class T>
 static void avg_pool(const PoolGeo& g, const T* x, const double* cz, const double* cy,
                      const double* cx, double ov, T* y, int nt) {
+    if (whole_plane_window(g))
+        return global_avg_pool<T>(g, x, divisor_at<T>(cz, cy, cx, ov, 0, 0, 0), y, nt);
     const long Pin = g.Pin(), Pout = g.Pout(), W = g.out[2];
-    const bool global = whole_plane_window(g);
 #pragma omp parallel num_threads(nt)
     {
         DenormalGuard fp;
 #pragma omp for schedule(static)
         for (long pl = 0; pl < g.planes; ++pl) {
             const T* xp = x + pl * Pin;
-            if (global) {
-                y[pl] = sum_run<T>(xp, Pin) / divisor_at<T>(cz, cy, cx, ov, 0, 0, 0);
-                continue;
-            }
             for (long oz = 0; oz < g.out[0]; ++oz)
                 for (long oy = 0; oy < g.out[1]; ++oy) {
                     T* acc = y + pl * Pout + (oz * g.out[1] + oy) * W;
