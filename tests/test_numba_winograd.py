@@ -1,7 +1,7 @@
 """The numba backend's Winograd F(4x4, 3x3) path (``algorithm="winograd"``; see
 ``cnnfast/backends/numba/kernels/winograd.py``): 2-d convolutions with a 3x3 kernel,
 stride 1, dilation 1, one group, any padding -- forward, input gradient and weight
-gradient, float32 and float64.
+gradient, float32 and float64 (3-d: tests/test_numba_winograd3d.py).
 
 The accuracy contract is the cpp backend's (tests/test_winograd.py): with S = max over
 the outputs of sum |terms| (the float64 reference applied to |inputs|),
@@ -148,7 +148,7 @@ def test_numba_winograd_bits_do_not_depend_on_the_thread_count(threads, case, dt
     ("groups", dict(groups=2), (1, 4, 9, 9), (4, 2, 3, 3)),
     ("dilation 2", dict(dilation=2), (1, 4, 9, 9), (4, 4, 3, 3)),
     ("1-d", {}, (1, 4, 9), (4, 4, 3)),
-    ("3-d", {}, (1, 4, 5, 5, 5), (4, 4, 3, 3, 3)),
+    ("3-d 3x3x1", {}, (1, 4, 5, 5, 5), (4, 4, 3, 3, 1)),
     ("3x1", {}, (1, 4, 9, 9), (4, 4, 3, 1)),
 ])
 def test_numba_winograd_refuses_what_it_cannot_run(what, kw, x_shape, w_shape):

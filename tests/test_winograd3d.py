@@ -21,8 +21,6 @@ Every test name holds "cpp" so that ``-k cpp`` (the sanitizer job) selects them.
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pytest
 
@@ -41,75 +39,17 @@ def _check(x, w, gy, b, kw, dtype, what):
     return contract.check(x, w, gy, b, kw, dtype, what, "cpp", last_paths=cpp.last_paths)
 
 
-def _out_shape(n, k, dhw, kd, pad):
-    return (n, k, dhw[0] + 2 * pad - kd + 1, dhw[1] + 2 * pad - 2, dhw[2] + 2 * pad - 2)
-
-
-# (kind, N, C, K, (D, H, W), padding[, the array with the huge value])
-ADVERSARIAL = [
-    ("normal", 2, 16, 16, (5, 15, 15), 1),
-    ("wide-range", 1, 48, 32, (4, 14, 14), 1),
-    ("deep", 1, 256, 256, (3, 6, 6), 1),
-    ("deep", 1, 128, 192, (2, 5, 7), 1),
-    ("constant-sign", 1, 64, 48, (4, 13, 13), 1),
-    ("one-huge", 2, 16, 16, (4, 11, 12), 1, "x"),
-    ("one-huge", 2, 16, 16, (4, 11, 12), 1, "w"),
-    ("one-huge", 2, 16, 16, (4, 11, 12), 1, "gy"),
-    ("one-huge", 1, 64, 64, (3, 9, 9), 2, "x"),
-    ("one-huge", 1, 64, 64, (3, 9, 9), 2, "w"),
-    ("one-huge", 1, 64, 64, (3, 9, 9), 2, "gy"),
-]
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", ADVERSARIAL,
-                         ids=lambda c: "-".join(map(str, (c[0], *c[6:], f"C{c[2]}", f"K{c[3]}"))))
+@pytest.mark.parametrize("case", contract.ADVERSARIAL_3D, ids=contract.adversarial3d_id)
 def test_cpp_winograd3d_accuracy_contract(case, dtype):
-    kind, n, c, k, dhw, pad = case[:6]
-    huge = case[6] if len(case) > 6 else None
-    for seed in range(3 if huge else 1):  # a few places for the huge value
-        rng = np.random.default_rng([zlib.crc32(repr(case).encode()), seed])
-        x = contract.values(rng, kind, (n, c, *dhw), huge == "x")
-        wt = contract.values(rng, kind, (k, c, 3, 3, 3), huge == "w")
-        gy = contract.values(rng, kind, _out_shape(n, k, dhw, 3, pad), huge == "gy")
-        b = contract.values(rng, kind, (k,))
-        _check(x, wt, gy, b, dict(padding=pad), dtype, f"{kind} seed {seed}")
-
-
-# (N, C, K, (D, H, W), KD, padding): sizes not multiples of 4, depth 1 with padding (the
-# output slices whose taps all fall in the padding hold the bias), depth taps 1, 2, 3
-# and 5, asymmetric and large padding (the input gradient's padding k - 1 - p is then
-# negative), one channel in or out, more output slices than V slots (the window moved
-# to the front), several tile blocks per plane.
-GRID = [
-    (1, 1, 1, (1, 1, 1), 1, 1),
-    (2, 3, 2, (1, 2, 2), 3, 1),
-    (1, 2, 3, (3, 4, 4), 1, 2),
-    (2, 4, 6, (4, 5, 7), 2, 1),
-    (1, 5, 7, (7, 8, 6), 3, ((1, 0), (0, 2), (2, 1))),
-    (1, 4, 4, (9, 6, 6), 5, 2),
-    (1, 6, 4, (5, 8, 8), 3, "same"),
-    (2, 3, 5, (6, 6, 5), 3, "valid"),
-    (1, 1, 9, (12, 9, 9), 3, 1),
-    (2, 9, 1, (11, 7, 10), 3, 1),
-    (1, 17, 20, (5, 13, 14), 3, 3),
-    (1, 8, 8, (3, 70, 66), 3, 1),
-]
+    for seed in range(3 if len(case) > 6 else 1):  # a few places for the huge value
+        _check(*contract.adversarial3d_case(case, seed), dtype, f"{case[0]} seed {seed}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", GRID,
-                         ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}-{'x'.join(map(str, c[3]))}"
-                                       f"-k{c[4]}-p{c[5]}")
+@pytest.mark.parametrize("case", contract.GRID_3D, ids=contract.grid3d_id)
 def test_cpp_winograd3d_matches_the_reference(case, dtype):
-    n, c, k, dhw, kd, pad = case
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((n, c, *dhw))
-    wt = rng.standard_normal((k, c, kd, 3, 3))
-    b = rng.standard_normal(k)
-    y = cnnfast.conv3d(x, wt, padding=pad, backend="numpy")
-    gy = rng.standard_normal(y.shape)
-    _check(x, wt, gy, b, dict(padding=pad), dtype, str(case))
+    _check(*contract.grid3d_case(case), dtype, str(case))
 
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh"])
@@ -159,24 +99,11 @@ def test_cpp_winograd3d_transposed_convolution(dtype):
 
 # With 1, 2 and 3 threads the tile blocks stay but the output depths are split into a
 # different number of ranges (each transforming its first slices again), and the weight
-# gradient's channels into a different number of ranges: few blocks per plane and a
-# deep input (many ranges), several blocks per plane, and a 1-slice kernel.
-SCHEDULES = [((1, 16, 24, 20, 8, 8), 3), ((2, 8, 16, 6, 30, 26), 3), ((1, 12, 8, 9, 12, 12), 1)]
-
-
+# gradient's channels into a different number of ranges.
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", SCHEDULES, ids=lambda c: "x".join(map(str, c[0])) + f"-k{c[1]}")
+@pytest.mark.parametrize("case", contract.SCHEDULES_3D, ids=contract.schedule3d_id)
 def test_cpp_winograd3d_bits_do_not_depend_on_the_thread_count(threads, case, dtype):
-    (n, c, k, d, h, w), kd = case
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((n, c, d, h, w)).astype(dtype)
-    wt = rng.standard_normal((k, c, kd, 3, 3)).astype(dtype)
-    b = rng.standard_normal(k).astype(dtype)
-    gy = rng.standard_normal((n, k, d + 3 - kd, h, w)).astype(dtype)
-    runs = []
-    for nt in (1, 2, 3):
-        threads(nt)
-        runs.append(contract.ops(x, wt, gy, b, dict(padding=1), "cpp", "winograd"))
+    runs = contract.thread_runs3d(case, dtype, threads, "cpp")
     for r in runs[1:]:
         for name in r:
             assert np.array_equal(r[name], runs[0][name]), name

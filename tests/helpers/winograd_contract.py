@@ -147,3 +147,97 @@ def adversarial_case(case, seed):
     wt = values(rng, kind, (k, c, 3, 3), huge == "w")
     gy = values(rng, kind, (n, k, h + 2 * pad - 2, w + 2 * pad - 2), huge == "gy")
     return x, wt, gy, values(rng, kind, (k,)), dict(padding=pad)
+
+
+# The 3-d cases (tests/test_winograd3d.py: cpp, tests/test_numba_winograd3d.py):
+# (kind, N, C, K, (D, H, W), padding[, the array with the huge value]), a 3x3x3 kernel.
+ADVERSARIAL_3D = [
+    ("normal", 2, 16, 16, (5, 15, 15), 1),
+    ("wide-range", 1, 48, 32, (4, 14, 14), 1),
+    ("deep", 1, 256, 256, (3, 6, 6), 1),
+    ("deep", 1, 128, 192, (2, 5, 7), 1),
+    ("constant-sign", 1, 64, 48, (4, 13, 13), 1),
+    ("one-huge", 2, 16, 16, (4, 11, 12), 1, "x"),
+    ("one-huge", 2, 16, 16, (4, 11, 12), 1, "w"),
+    ("one-huge", 2, 16, 16, (4, 11, 12), 1, "gy"),
+    ("one-huge", 1, 64, 64, (3, 9, 9), 2, "x"),
+    ("one-huge", 1, 64, 64, (3, 9, 9), 2, "w"),
+    ("one-huge", 1, 64, 64, (3, 9, 9), 2, "gy"),
+]
+
+
+def adversarial3d_id(case) -> str:
+    return "-".join(map(str, (case[0], *case[6:], f"C{case[2]}", f"K{case[3]}")))
+
+
+def adversarial3d_case(case, seed):
+    """``(x, w, gy, b, kw)`` of an ADVERSARIAL_3D case, its data drawn for ``seed``."""
+    kind, n, c, k, dhw, pad = case[:6]
+    huge = case[6] if len(case) > 6 else None
+    rng = np.random.default_rng([zlib.crc32(repr(case).encode()), seed])
+    x = values(rng, kind, (n, c, *dhw), huge == "x")
+    wt = values(rng, kind, (k, c, 3, 3, 3), huge == "w")
+    gy = values(rng, kind, (n, k) + tuple(v + 2 * pad - 2 for v in dhw), huge == "gy")
+    return x, wt, gy, values(rng, kind, (k,)), dict(padding=pad)
+
+
+# (N, C, K, (D, H, W), KD, padding): sizes not multiples of 4, depth 1 with padding (the
+# output slices whose taps all fall in the padding hold the bias), depth taps 1, 2, 3
+# and 5, asymmetric and large padding (the input gradient's padding k - 1 - p is then
+# negative), one channel in or out, more output slices than cpp's V slots (its window
+# moved to the front), several tile blocks per plane.
+GRID_3D = [
+    (1, 1, 1, (1, 1, 1), 1, 1),
+    (2, 3, 2, (1, 2, 2), 3, 1),
+    (1, 2, 3, (3, 4, 4), 1, 2),
+    (2, 4, 6, (4, 5, 7), 2, 1),
+    (1, 5, 7, (7, 8, 6), 3, ((1, 0), (0, 2), (2, 1))),
+    (1, 4, 4, (9, 6, 6), 5, 2),
+    (1, 6, 4, (5, 8, 8), 3, "same"),
+    (2, 3, 5, (6, 6, 5), 3, "valid"),
+    (1, 1, 9, (12, 9, 9), 3, 1),
+    (2, 9, 1, (11, 7, 10), 3, 1),
+    (1, 17, 20, (5, 13, 14), 3, 3),
+    (1, 8, 8, (3, 70, 66), 3, 1),
+]
+
+
+def grid3d_id(case) -> str:
+    return f"{case[0]}x{case[1]}x{case[2]}-{'x'.join(map(str, case[3]))}-k{case[4]}-p{case[5]}"
+
+
+def grid3d_case(case):
+    """``(x, w, gy, b, kw)`` of a GRID_3D case: random float64 data, a KDx3x3 kernel."""
+    n, c, k, dhw, kd, pad = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, *dhw))
+    wt = rng.standard_normal((k, c, kd, 3, 3))
+    b = rng.standard_normal(k)
+    y = cnnfast.conv3d(x, wt, padding=pad, backend="numpy")
+    return x, wt, rng.standard_normal(y.shape), b, dict(padding=pad)
+
+
+# ((N, C, K, D, H, W), KD) run with 1, 2 and 3 threads: few tile blocks per plane and a
+# deep input, several blocks per plane, a 1-slice kernel.
+SCHEDULES_3D = [((1, 16, 24, 20, 8, 8), 3), ((2, 8, 16, 6, 30, 26), 3),
+                ((1, 12, 8, 9, 12, 12), 1)]
+
+
+def schedule3d_id(case) -> str:
+    return "x".join(map(str, case[0])) + f"-k{case[1]}"
+
+
+def thread_runs3d(case, dtype, threads, backend):
+    """The three results of a SCHEDULES_3D case on 1, 2 and 3 threads (``threads``:
+    the fixture that sets the count)."""
+    (n, c, k, d, h, w), kd = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, c, d, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c, kd, 3, 3)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    gy = rng.standard_normal((n, k, d + 3 - kd, h, w)).astype(dtype)
+    runs = []
+    for nt in (1, 2, 3):
+        threads(nt)
+        runs.append(ops(x, wt, gy, b, dict(padding=1), backend, "winograd"))
+    return runs

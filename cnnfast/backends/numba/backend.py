@@ -38,8 +38,8 @@ fixed-order direct sums: ``correlate_direct``, ``correlate_dw3x3``, ``correlate_
 ``weight_grad_rows``; a stride-1 input gradient as the flipped-weight
 correlation), ``gemm-wide`` (``correlate_wide``, stride 1 only),
 ``phases`` (strided input gradients / transposed convolutions) and ``winograd``
-(``kernels.winograd``: F(4x4,3x3) for 2-d 3x3 stride-1 layers, forward, input and
-weight gradient; chosen by ``_path_winograd``). ``algorithm=`` pins
+(``kernels.winograd``: F(4x4,3x3) for 2-d 3x3 and 3-d KDx3x3 stride-1 layers,
+forward, input and weight gradient; chosen by ``_path_winograd``). ``algorithm=`` pins
 one for every kernel of the call (``NotImplementedError`` where a kernel has no such
 path); ``last_paths()`` records the paths of this thread's last convolution call.
 
@@ -594,10 +594,12 @@ def _bias_grad(gy5, channels, dtype, out=None):
 
 # ----------------------------------------------------------------------------- winograd
 
-# Winograd F(4x4, 3x3) (``kernels.winograd``): 2-d 3x3 correlations, stride 1, dilation
-# 1, one group, any padding; forward, input gradient (the flipped-weight correlation)
-# and weight gradient. Accuracy: an output's error follows the largest sum of |terms|
-# of the call, not its own (the cpp backend's contract, tests/test_numba_winograd.py).
+# Winograd F(4x4, 3x3) (``kernels.winograd``): 2-d 3x3 and 3-d KDx3x3 correlations
+# (the depth taps summed in the products' reduction), stride 1, dilation 1, one group,
+# any padding; forward, input gradient (the flipped-weight correlation) and weight
+# gradient. Accuracy: an output's error follows the largest sum of |terms| of the
+# call, not its own (the cpp backend's contract, tests/test_numba_winograd.py and
+# tests/test_numba_winograd3d.py).
 # The automatic choice takes it with at least WINO_MIN_CHANNELS channels in the
 # products' reduction (forward: the input channels; input gradient: the output
 # channels) and WINO_MIN_OUT on the other side (the correlation's outputs: fewer
@@ -617,13 +619,23 @@ WINO_MIN_CHANNELS = 16
 WINO_MIN_OUT = 8
 WINO_MIN_WG_CHANNELS = 8
 WINO_MIN_TILES = 4
+# 3-d (KDx3x3): every input slice's windows are transformed once per depth tap (the
+# cpp path keeps a window of transformed slices instead), so the products must be
+# wider to pay: the channels of the two sides must multiply to WINO3_MIN_CHANNELS2.
+# Measured (float32, 2 threads, AMD EPYC Zen 3, medians of 9 interleaved runs; time of
+# winograd / gemm-wide (forward, input gradient) and / gemm (weight gradient); N, C,
+# K, DxHxW, 3x3x3, padding 1):
+#   2,16,16,16x56x56: 0.99, 0.94, 1.28    2,32,32,8x40x40: 0.63, 0.64, 0.78
+#   2,16,64,8x28x28:  0.68, 0.85, 0.75    2,64,64,8x28x28: 0.50, 0.48, 0.56
+WINO3_MIN_CHANNELS2 = 1024
 
 
 def _wino_unfit(p: ConvParams):
     """Why the Winograd path cannot run a case of ``p`` (None when it can)."""
-    if (p.rank != 2 or tuple(p.kernel) != (3, 3) or p.groups != 1
+    if (p.rank not in (2, 3) or tuple(p.kernel[-2:]) != (3, 3) or p.groups != 1
             or any(s != 1 for s in p.stride) or any(d != 1 for d in p.dilation)):
-        return "winograd needs a 2-d 3x3 kernel, stride 1, dilation 1 and one group"
+        return ("winograd needs a 2-d 3x3 or 3-d KDx3x3 kernel, stride 1, dilation 1 "
+                "and one group")
     return None
 
 
@@ -641,31 +653,35 @@ def _path_winograd(p: ConvParams, kernel, extent, red, out,
     if p.algorithm != "auto" or _wino_unfit(p) is not None:
         return None
     tiles = -(-extent[-2] // 4) * -(-extent[-1] // 4)
+    if p.rank == 3 and red * out < WINO3_MIN_CHANNELS2:
+        return None
     if red >= mins[0] and out >= mins[1] and tiles >= WINO_MIN_TILES:
-        return "winograd", (f"2-d 3x3, stride 1, one group; {red} x {out} channels "
+        shape = "2-d 3x3" if p.rank == 2 else f"3-d {p.kernel[0]}x3x3"
+        return "winograd", (f"{shape}, stride 1, one group; {red} x {out} channels "
                             f"(>= {mins[0]} x {mins[1]}), {tiles} tiles of 4x4 per "
                             f"image (>= {WINO_MIN_TILES})")
     return None
 
 
 def _winograd_correlate(x5, w5, b, y5, pad, act):
-    """``y5`` <- the stride-1 3x3 correlation of ``x5`` with ``w5`` (2-d cases: depth 1)
-    by Winograd, the weight transformed once per call."""
-    (N, C, _, H, W), (K, Ho, Wo) = x5.shape, (y5.shape[1],) + y5.shape[3:]
-    up = np.zeros((36, -(-K // _gemm.MR), C, _gemm.MR), x5.dtype)
-    _launch(_winograd.transform_weight, w5.reshape(K, C, 3, 3), up)
-    _launch(_winograd.correlate, x5.reshape(N, C, H, W), up, b, y5.reshape(N, K, Ho, Wo),
-            pad[1], pad[2], _winograd.block_tiles(C, x5.dtype.itemsize), _threads(), *act)
+    """``y5`` <- the stride-1 KDx3x3 correlation of ``x5`` with ``w5`` (2-d: KD = 1) by
+    Winograd, the weight transformed once per call (its reduction rows kd * C + c)."""
+    (K, C, KD), dtype = w5.shape[:3], x5.dtype
+    rows = np.ascontiguousarray(w5.transpose(0, 2, 1, 3, 4)).reshape(K, KD * C, 3, 3)
+    up = np.zeros((36, -(-K // _gemm.MR), KD * C, _gemm.MR), dtype)
+    _launch(_winograd.transform_weight, rows, up)
+    _launch(_winograd.correlate, x5, up, b, y5, *pad,
+            _winograd.block_tiles(KD * C, dtype.itemsize), _threads(), *act)
     return y5
 
 
 def _winograd_weight_grad(a5, b5, gw, pad):
-    """``gw`` (O, C, 3, 3) <- the weight gradient of the stride-1 3x3 correlation of
-    ``a5`` (C channels) giving ``b5`` (O channels), by Winograd."""
-    (N, C, _, H, W), (O, Ho, Wo) = a5.shape, (b5.shape[1],) + b5.shape[3:]
-    cc, mk = _winograd.weight_grad_split(C, O, _threads())
-    _launch(_winograd.weight_grad, a5.reshape(N, C, H, W), b5.reshape(N, O, Ho, Wo),
-            gw.reshape(O, C, 3, 3), pad[1], pad[2], cc, mk)
+    """``gw`` (O, C, [KD,] 3, 3) <- the weight gradient of the stride-1 KDx3x3
+    correlation of ``a5`` (C channels) giving ``b5`` (O channels), by Winograd."""
+    gw5 = _as5(gw)
+    (O, C, KD) = gw5.shape[:3]
+    cc, mk = _winograd.weight_grad_split(KD * C, O, _threads())
+    _launch(_winograd.weight_grad, a5, b5, gw5, *pad, cc, mk)
 
 
 # ----------------------------------------------------------------------------- conv

@@ -22,7 +22,7 @@ Modules:
   (``pack_phases``, ``weight_grad_rows``);
 * ``direct``: the fixed-order direct sums: ``correlate_direct``, ``correlate_dw3x3``,
   ``correlate_t``, ``weight_grad``, ``weight_grad_planes``, ``bias_grad``;
-* ``winograd``: Winograd F(4x4, 3x3) for 2-d 3x3 stride-1 correlations
+* ``winograd``: Winograd F(4x4, 3x3) for 2-d 3x3 and 3-d KDx3x3 stride-1 correlations
   (``transform_weight``, ``correlate``, ``weight_grad``), the transforms and
   accuracy contract of the cpp backend's ``csrc/conv/winograd.h``;
 * ``pool``: the pooling kernels;

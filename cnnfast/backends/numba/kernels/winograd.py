@@ -1,5 +1,5 @@
-"""Winograd F(4x4, 3x3) (the "winograd" path): 2-d 3x3 correlations, stride 1,
-dilation 1, one group, any padding (negative: cropped); the forward correlation
+"""Winograd F(4x4, 3x3) (the "winograd" path): 2-d 3x3 and 3-d KDx3x3 correlations,
+stride 1, dilation 1, one group, any padding (negative: cropped); the forward correlation
 (``correlate``: conv forward, and with the flipped adjoint weight the input
 gradient) and the weight gradient (``weight_grad``). The algorithm, its transforms
 and its accuracy are those of the cpp backend's ``csrc/conv/winograd.h`` (read
@@ -12,6 +12,14 @@ Accuracy (the same contract as cpp, tests/test_numba_winograd.py): an output's
 error follows the largest sum of |terms| of the call, S, not its own: float32
 within 1e-5 S + 1e-4 |exact|, float64 within 1e-12 S. An infinity or NaN in a
 window spreads to the whole tile's outputs.
+
+3-d: Winograd on (H, W) and the KD depth taps in the products' reduction, as the cpp
+path (``csrc/conv/winograd3d.h``): the rows of U and V are (kd, c) pairs, kd * C + c
+(the weight reordered so by the caller), the tiles run over the (image, output slice)
+planes, and a tile's window for depth tap kd is in input slice od + kd - loz (zeros
+when outside). Unlike cpp, each input slice is transformed once per depth tap that
+reads it, not once per call: simpler, and paid for only by deep layers (the backend's
+automatic choice, WINO3_MIN_CHANNELS2). 2-d is the case D = Do = KD = 1.
 
 Forward schedule: the tiles (n, ty, tx) of the batch, in that order, are cut into
 blocks of ``Tb`` (a multiple of NR; ``block_tiles``); a task (chunk of blocks) owns
@@ -165,27 +173,34 @@ def _gt6(f, q, z):
 
 
 @njit(**ROW)
-def _tile_geometry(t0, nb, tX, tpi, plane_img, W, loy, lox, off, iy, ix):
-    """Tiles t0 .. t0+nb-1 (n, ty, tx): their windows' first row and column in the
-    plane (``iy``, ``ix``: 4 * (ty, tx) - lo) and offset (``off``, with the image's)."""
+def _tile_geometry(t0, nb, tX, tpi, Do, img, sl, W, loz, loy, lox, off, iz, iy, ix):
+    """Tiles t0 .. t0+nb-1 (n, od, ty, tx) over ``Do`` output slices of ``tpi`` tiles
+    each: their windows' first slice, row and column in the input (``iz``, ``iy``,
+    ``ix``: (od, 4 ty, 4 tx) - lo) and offset (``off``, with the image's; ``img`` and
+    ``sl`` the image and slice strides). 2-d: Do = 1, loz = 0."""
     for j in range(nb):
         t = t0 + j
-        n = t // tpi
-        r = t - n * tpi
+        q = t // tpi
+        r = t - q * tpi
+        n = q // Do
+        z0 = q - n * Do - loz
         ty = r // tX
         y0 = 4 * ty - loy
         x0 = 4 * (r - ty * tX) - lox
+        iz[j] = z0
         iy[j] = y0
         ix[j] = x0
-        off[j] = n * plane_img + y0 * W + x0
+        off[j] = n * img + z0 * sl + y0 * W + x0
 
 
 @njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
-def _in_panel(src, cbase, H, W, R, off, iy, ix, j0, nbp, dst, dbase, xs):
-    """The transforms of one channel (its plane at ``cbase`` of the flat ``src``) for
-    the tiles j0 .. j0+nbp-1 of a block (geometry ``off``/``iy``/``ix``): R = 6, input
-    windows, ``B^T d B``; R = 4, gy windows, ``A gy A^T``. Position xi of tile j0 + j
-    goes to ``dst[dbase + xi * xs + j]`` (j < NR; the tiles past nbp get zeros)."""
+def _in_panel(src, cbase, D, H, W, R, off, iz, kz, iy, ix, j0, nbp, dst, dbase, xs):
+    """The transforms of one channel (its plane at ``cbase`` of the flat ``src``; 3-d:
+    depth tap ``kz`` of D slices, ``cbase`` including its offset) for the tiles j0 ..
+    j0+nbp-1 of a block (geometry ``off``/``iz``/``iy``/``ix``): R = 6, input windows,
+    ``B^T d B``; R = 4, gy windows, ``A gy A^T``. Position xi of tile j0 + j goes to
+    ``dst[dbase + xi * xs + j]`` (j < NR; the tiles past nbp, and windows in a slice
+    outside the input, get zeros)."""
     dt = src.dtype.type
     k = _consts(src)
     zero = dt(0)
@@ -196,7 +211,12 @@ def _in_panel(src, cbase, H, W, R, off, iy, ix, j0, nbp, dst, dbase, xs):
         y0 = iy[j0 + j]
         x0 = ix[j0 + j]
         b = cbase + off[j0 + j]
-        if y0 >= 0 and y0 + R <= H and x0 >= 0 and x0 + R <= W:
+        z = iz[j0 + j] + kz
+        if z < 0 or z >= D:
+            for r in range(R):
+                for s in range(R):
+                    d[(r * 6 + s) * KW + j] = zero
+        elif y0 >= 0 and y0 + R <= H and x0 >= 0 and x0 + R <= W:
             for r in range(R):
                 br = uint64(b + r * W)
                 for s in range(R):
@@ -335,8 +355,8 @@ def _out_panel(vf, v0, vxs, uf, u0, uxs, C, k0, rows, yf, ky, Ho, Wo, yoff, ni, 
 
 
 def block_tiles(C, itemsize):
-    """Tiles per block of the forward: V (36 x C x tiles) within ``V_BYTES``, whole
-    panels of NR, at most 256."""
+    """Tiles per block of the forward: V (36 x C x tiles; 3-d: C = depth taps x
+    channels) within ``V_BYTES``, whole panels of NR, at most 256."""
     tb = V_BYTES // (36 * itemsize * max(C, 1))
     return int(max(NR, min(256, tb // NR * NR)))
 
@@ -344,7 +364,8 @@ def block_tiles(C, itemsize):
 @njit(**JIT)
 def transform_weight(w, up):
     """``up[xi, k // MR, c, k % MR] = (G w[k, c] G^T)[xi]`` (xi = a*6 + b, a along y),
-    computed in float64; ``up`` is zero past the last output channel."""
+    computed in float64; ``up`` is zero past the last output channel. 3-d: ``w`` is
+    (K, KD * C, 3, 3), row kd * C + c (the products' reduction order)."""
     K, C = w.shape[0], w.shape[1]
     f64 = np.float64
     for k in prange(K):
@@ -362,28 +383,36 @@ def transform_weight(w, up):
 
 
 @njit(**JIT)
-def correlate(x, up, b, y, loy, lox, Tb, nthreads, act, slope):
-    """``y[n, k, oy, ox] = act(b[k] + sum_{c, ky, kx} w[k, c, ky, kx] * x[n, c, oy + ky -
-    loy, ox + kx - lox])`` (x, y 4-D; zeros outside x) by Winograd F(4x4, 3x3), the
-    weight transformed into ``up`` (``transform_weight``); blocks of ``Tb`` tiles."""
-    N, C, H, W = x.shape
-    K, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
-    KB = up.shape[1]
+def correlate(x, up, b, y, loz, loy, lox, Tb, nthreads, act, slope):
+    """``y[n, k, od, oy, ox] = act(b[k] + sum_{c, kd, ky, kx} w[k, c, kd, ky, kx] * x[n, c,
+    od + kd - loz, oy + ky - loy, ox + kx - lox])`` (x, y 5-D, 2-d as depth 1; zeros
+    outside x) by Winograd F(4x4, 3x3) on (H, W) and a sum over the KD depth taps in the
+    products' reduction (rows kd * C + c), the weight transformed into ``up``
+    (``transform_weight``); blocks of ``Tb`` tiles of the (image, output slice) planes.
+    A window in a slice outside x transforms to zeros (it adds nothing, as the zero
+    padding of the exact sum)."""
+    N, C, D, H, W = x.shape
+    K, Do, Ho, Wo = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
+    KB, RC = up.shape[1], up.shape[2]
+    KD = RC // C
     tX = (Wo + 3) // 4
     tpi = ((Ho + 3) // 4) * tX
-    tiles = N * tpi
+    tiles = N * Do * tpi
     nblk = (tiles + Tb - 1) // Tb
     npmax = Tb // NR
-    vxs = npmax * C * NR
-    uxs = KB * C * MR
+    vxs = npmax * RC * NR
+    uxs = KB * RC * MR
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     uf = up.reshape(up.size)
-    ky = Ho * Wo
+    HW = H * W
+    ps = Ho * Wo
+    ky = Do * ps
     nchunk = min(nblk, 4 * nthreads)
     for chunk in prange(nchunk):
         v = np.empty(36 * vxs, x.dtype)
         off = np.empty(Tb, np.int64)
+        iz = np.empty(Tb, np.int64)
         iy = np.empty(Tb, np.int64)
         ix = np.empty(Tb, np.int64)
         yoff = np.empty(Tb, np.int64)
@@ -393,26 +422,30 @@ def correlate(x, up, b, y, loy, lox, Tb, nthreads, act, slope):
             t0 = blk * Tb
             nb = min(Tb, tiles - t0)
             npan = (nb + NR - 1) // NR
-            _tile_geometry(t0, nb, tX, tpi, C * H * W, W, loy, lox, off, iy, ix)
+            _tile_geometry(t0, nb, tX, tpi, Do, C * D * HW, HW, W, loz, loy, lox, off, iz,
+                           iy, ix)
             for j in range(nb):  # where each tile's outputs go
                 t = t0 + j
-                n = t // tpi
-                r = t - n * tpi
+                q = t // tpi
+                r = t - q * tpi
+                n = q // Do
                 oy = (r // tX) * 4
                 ox = (r - (r // tX) * tX) * 4
                 ni[j] = min(4, Ho - oy)
                 nj[j] = min(4, Wo - ox)
-                yoff[j] = n * K * ky + oy * Wo + ox
-            for c in range(C):
-                for p in range(npan):
-                    _in_panel(xf, c * H * W, H, W, 6, off, iy, ix, p * NR,
-                              min(NR, nb - p * NR), v, (p * C + c) * NR, vxs)
+                yoff[j] = n * K * ky + (q - n * Do) * ps + oy * Wo + ox
+            for kd in range(KD):
+                for c in range(C):
+                    for p in range(npan):
+                        _in_panel(xf, c * D * HW + kd * HW, D, H, W, 6, off, iz, kd, iy, ix,
+                                  p * NR, min(NR, nb - p * NR), v,
+                                  (p * RC + kd * C + c) * NR, vxs)
             for ob in range(KB):
                 rows = min(MR, K - ob * MR)
                 for p in range(npan):
-                    _out_panel(v, p * C * NR, vxs, uf, ob * C * MR, uxs, C, ob * MR, rows,
-                               yf, ky, Ho, Wo, yoff, ni, nj, p * NR, min(NR, nb - p * NR),
-                               b, act, slope)
+                    _out_panel(v, p * RC * NR, vxs, uf, ob * RC * MR, uxs, RC, ob * MR,
+                               rows, yf, ky, Ho, Wo, yoff, ni, nj, p * NR,
+                               min(NR, nb - p * NR), b, act, slope)
 
 
 # ----------------------------------------------------------------------------- weight grad
@@ -435,35 +468,43 @@ def weight_grad_split(C, K, nthreads):
 
 
 @njit(**JIT)
-def weight_grad(x, gy, gw, loy, lox, cc, mk):
-    """``gw[k, c, ky, kx] = sum_{n, oy, ox} gy[n, k, oy, ox] * x[n, c, oy + ky - loy,
-    ox + kx - lox]`` (4-D arrays; zeros outside x) by Winograd F(4x4, 3x3): tasks of
-    ``mk`` output x ``cc`` input channels, the tiles in fixed chunks of ``WG_CHUNK``."""
-    N, C, H, W = x.shape
-    K, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3]
+def weight_grad(x, gy, gw, loz, loy, lox, cc, mk):
+    """``gw[k, c, kd, ky, kx] = sum_{n, od, oy, ox} gy[n, k, od, oy, ox] * x[n, c, od + kd -
+    loz, oy + ky - loy, ox + kx - lox]`` (5-D arrays, 2-d as depth 1; zeros outside x)
+    by Winograd F(4x4, 3x3) on (H, W): the rows of dL/dU are the (kd, c) pairs (row
+    kd * C + c), tasks of ``mk`` output channels x ``cc`` rows, the tiles of the
+    (image, output slice) planes in fixed chunks of ``WG_CHUNK``."""
+    N, C, D, H, W = x.shape
+    K, Do, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3], gy.shape[4]
+    KD = gw.shape[2]
+    RC = KD * C
     tX = (Wo + 3) // 4
     tpi = ((Ho + 3) // 4) * tX
-    tiles = N * tpi
+    tiles = N * Do * tpi
     Tc = WG_CHUNK
     nch = (tiles + Tc - 1) // Tc
-    nc = (C + cc - 1) // cc
+    nc = (RC + cc - 1) // cc
     nk = (K + mk - 1) // mk
     ccp = (cc + 2) // 3 * 3
     mkp = (mk + 3) // 4 * 4
     xf = x.reshape(x.size)
     gf = gy.reshape(gy.size)
+    HW = H * W
+    ps = Ho * Wo
     for it in prange(nk * nc):
         k0 = (it // nc) * mk
         k1 = min(K, k0 + mk)
         c0 = (it % nc) * cc
-        c1 = min(C, c0 + cc)
+        c1 = min(RC, c0 + cc)
         vt = np.zeros(36 * ccp * Tc, x.dtype)  # rows past c1 / k1 stay zero
         gt = np.zeros(36 * mkp * Tc, x.dtype)
         du = np.zeros(36 * mkp * ccp, x.dtype)
         off = np.empty(Tc, np.int64)
+        iz = np.empty(Tc, np.int64)
         iy = np.empty(Tc, np.int64)
         ix = np.empty(Tc, np.int64)
         goff = np.empty(Tc, np.int64)
+        giz = np.empty(Tc, np.int64)
         giy = np.empty(Tc, np.int64)
         gix = np.empty(Tc, np.int64)
         for ch in range(nch):
@@ -471,16 +512,22 @@ def weight_grad(x, gy, gw, loy, lox, cc, mk):
             nb = min(Tc, tiles - t0)
             npan = (nb + NR - 1) // NR
             n = npan * NR  # the tiles past nb are zero windows: they add nothing
-            _tile_geometry(t0, nb, tX, tpi, C * H * W, W, loy, lox, off, iy, ix)
-            _tile_geometry(t0, nb, tX, tpi, K * Ho * Wo, Wo, 0, 0, goff, giy, gix)
-            for c in range(c0, c1):
+            _tile_geometry(t0, nb, tX, tpi, Do, C * D * HW, HW, W, loz, loy, lox, off, iz,
+                           iy, ix)
+            _tile_geometry(t0, nb, tX, tpi, Do, K * Do * ps, ps, Wo, 0, 0, 0, goff, giz,
+                           giy, gix)
+            for rc in range(c0, c1):
+                kd = rc // C
+                c = rc - kd * C
                 for p in range(npan):
-                    _in_panel(xf, c * H * W, H, W, 6, off, iy, ix, p * NR,
-                              min(NR, nb - p * NR), vt, (c - c0) * Tc + p * NR, ccp * Tc)
+                    _in_panel(xf, c * D * HW + kd * HW, D, H, W, 6, off, iz, kd, iy, ix,
+                              p * NR, min(NR, nb - p * NR), vt, (rc - c0) * Tc + p * NR,
+                              ccp * Tc)
             for k in range(k0, k1):
                 for p in range(npan):
-                    _in_panel(gf, k * Ho * Wo, Ho, Wo, 4, goff, giy, gix, p * NR,
-                              min(NR, nb - p * NR), gt, (k - k0) * Tc + p * NR, mkp * Tc)
+                    _in_panel(gf, k * Do * ps, Do, Ho, Wo, 4, goff, giz, 0, giy, gix,
+                              p * NR, min(NR, nb - p * NR), gt, (k - k0) * Tc + p * NR,
+                              mkp * Tc)
             for xi in range(36):
                 gb = xi * mkp * Tc
                 vb = xi * ccp * Tc
@@ -492,9 +539,11 @@ def weight_grad(x, gy, gw, loy, lox, cc, mk):
                                b0 + 2 * Tc, n, du, (xi * mkp + kq) * ccp + cq, ccp)
         # gw = G^T dL/dU G, in float64
         for k in range(k0, k1):
-            for c in range(c0, c1):
+            for rc in range(c0, c1):
+                kd = rc // C
+                c = rc - kd * C
                 z = mkp * ccp
-                e = ((k - k0) * ccp) + (c - c0)
+                e = ((k - k0) * ccp) + (rc - c0)
                 # h_a = (dU G)[a] (dU[a][s] at e + (a*6 + s) * z)
                 h0 = _gt6(du, e, z)
                 h1 = _gt6(du, e + 6 * z, z)
@@ -504,6 +553,6 @@ def weight_grad(x, gy, gw, loy, lox, cc, mk):
                 h5 = _gt6(du, e + 30 * z, z)
                 for t in range(3):
                     o = _gt(h0[t], h1[t], h2[t], h3[t], h4[t], h5[t])
-                    gw[k, c, 0, t] = o[0]
-                    gw[k, c, 1, t] = o[1]
-                    gw[k, c, 2, t] = o[2]
+                    gw[k, c, kd, 0, t] = o[0]
+                    gw[k, c, kd, 1, t] = o[1]
+                    gw[k, c, kd, 2, t] = o[2]
