@@ -3,8 +3,9 @@
 dilation 1 in every dim, one group, any padding -- forward, input gradient and weight
 gradient, float32 and float64.
 
-The same kernels as the 2-d path with the depth taps in the products' reduction (rows
-kd * C + c; a window in a slice outside the input transforms to zeros), held to the
+The 2-d path's transforms and products with the depth taps in the products' reduction
+(rows kd * C + c; a window in a slice outside the input transforms to zeros; the
+forward keeps a window of transformed slices per work item), held to the
 same accuracy contract (helpers/winograd_contract.py) on the cpp backend's 3-d cases:
 random and adversarial data (wide dynamic range, deep channels, constant sign, one huge
 value in x, the weight or gy), a grid of depths, depth taps and paddings, and bits
@@ -93,7 +94,7 @@ def test_numba_winograd3d_refuses_what_it_cannot_run(what, kw, w_shape):
         cnnfast.explain("conv", x, w, backend="numba", algorithm="winograd", **kw)
 
 
-def test_numba_winograd3d_is_the_automatic_choice_for_deep_layers_only():
+def test_numba_winograd3d_is_the_automatic_choice():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 32, 4, 16, 16)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3, 3)).astype(np.float32)
@@ -103,7 +104,10 @@ def test_numba_winograd3d_is_the_automatic_choice_for_deep_layers_only():
     assert nb.last_paths() == {"y": "winograd"}
     cnnfast.conv_backward(y, x, w, padding=1, backend="numba")
     assert nb.last_paths() == {"grad_x": "winograd", "grad_weight": "winograd"}
-    # 16 x 16 channels: each slice's windows are transformed once per depth tap, which
-    # costs what the fewer multiply-adds save (measured: see the backend's rule)
-    cnnfast.conv3d(x[:, :16], w[:16, :16], padding=1, backend="numba")
-    assert nb.last_paths() == {"y": "gemm-wide"}
+    # 16 x 16 channels: the correlations still, not the weight gradient (it transforms
+    # each slice once per depth tap, which costs what the fewer multiply-adds save)
+    x, w = x[:, :16], w[:16, :16]
+    y = cnnfast.conv3d(x, w, padding=1, backend="numba")
+    assert nb.last_paths() == {"y": "winograd"}
+    cnnfast.conv_backward(y, x, w, padding=1, backend="numba")
+    assert nb.last_paths() == {"grad_x": "winograd", "grad_weight": "gemm"}

@@ -619,15 +619,15 @@ WINO_MIN_CHANNELS = 16
 WINO_MIN_OUT = 8
 WINO_MIN_WG_CHANNELS = 8
 WINO_MIN_TILES = 4
-# 3-d (KDx3x3): every input slice's windows are transformed once per depth tap (the
-# cpp path keeps a window of transformed slices instead), so the products must be
-# wider to pay: the channels of the two sides must multiply to WINO3_MIN_CHANNELS2.
-# Measured (float32, 2 threads, AMD EPYC Zen 3, medians of 9 interleaved runs; time of
-# winograd / gemm-wide (forward, input gradient) and / gemm (weight gradient); N, C,
-# K, DxHxW, 3x3x3, padding 1):
-#   2,16,16,16x56x56: 0.99, 0.94, 1.28    2,32,32,8x40x40: 0.63, 0.64, 0.78
-#   2,16,64,8x28x28:  0.68, 0.85, 0.75    2,64,64,8x28x28: 0.50, 0.48, 0.56
-WINO3_MIN_CHANNELS2 = 1024
+# 3-d (KDx3x3): the correlations follow the 2-d rule; the weight gradient transforms
+# every input slice once per depth tap, so its products must be wider to pay: its
+# channels must multiply to WINO3_MIN_WG_CHANNELS2. Measured (float32, 2 threads, AMD
+# EPYC Zen 3, medians of 9 interleaved runs; time of winograd / gemm-wide (forward,
+# input gradient) and / gemm (weight gradient); N, C, K, DxHxW, 3x3x3, padding 1):
+#   2,16,16,16x56x56: 0.73-0.93, 0.75-0.86, 1.05-1.16   4,16,16,8x32x32: 0.78, 0.80, 1.15
+#   2,32,32,8x40x40:  0.59, 0.56, 0.75                  2,16,64,8x28x28: 0.68, 0.85, 0.75
+#   2,64,64,8x28x28:  0.51, 0.45, 0.54
+WINO3_MIN_WG_CHANNELS2 = 1024
 
 
 def _wino_unfit(p: ConvParams):
@@ -639,12 +639,12 @@ def _wino_unfit(p: ConvParams):
     return None
 
 
-def _path_winograd(p: ConvParams, kernel, extent, red, out,
-                   mins=(WINO_MIN_CHANNELS, WINO_MIN_OUT)):
+def _path_winograd(p: ConvParams, kernel, extent, red, out, weight_grad=False):
     """(path, why) of the Winograd path for one kernel of a call (``kernel``: its name
     for errors), or None to leave the choice to the other rules. ``extent``: the
     spatial extent tiled; ``red``, ``out``: the channels of the products' reduction
-    and of their results, ``mins`` their least counts (see WINO_MIN_CHANNELS)."""
+    and of their results (see WINO_MIN_CHANNELS); ``weight_grad``: the kernel is a
+    weight gradient."""
     if p.algorithm == "winograd":
         why = _wino_unfit(p)
         if why is not None:
@@ -653,12 +653,15 @@ def _path_winograd(p: ConvParams, kernel, extent, red, out,
     if p.algorithm != "auto" or _wino_unfit(p) is not None:
         return None
     tiles = -(-extent[-2] // 4) * -(-extent[-1] // 4)
-    if p.rank == 3 and red * out < WINO3_MIN_CHANNELS2:
+    mins = (WINO_MIN_WG_CHANNELS,) * 2 if weight_grad else (WINO_MIN_CHANNELS, WINO_MIN_OUT)
+    if weight_grad and p.rank == 3 and red * out < WINO3_MIN_WG_CHANNELS2:
         return None
     if red >= mins[0] and out >= mins[1] and tiles >= WINO_MIN_TILES:
         shape = "2-d 3x3" if p.rank == 2 else f"3-d {p.kernel[0]}x3x3"
+        wide = (f", {red * out} >= {WINO3_MIN_WG_CHANNELS2} channel pairs"
+                if weight_grad and p.rank == 3 else "")
         return "winograd", (f"{shape}, stride 1, one group; {red} x {out} channels "
-                            f"(>= {mins[0]} x {mins[1]}), {tiles} tiles of 4x4 per "
+                            f"(>= {mins[0]} x {mins[1]}{wide}), {tiles} tiles of 4x4 per "
                             f"image (>= {WINO_MIN_TILES})")
     return None
 
@@ -670,8 +673,15 @@ def _winograd_correlate(x5, w5, b, y5, pad, act):
     rows = np.ascontiguousarray(w5.transpose(0, 2, 1, 3, 4)).reshape(K, KD * C, 3, 3)
     up = np.zeros((36, -(-K // _gemm.MR), KD * C, _gemm.MR), dtype)
     _launch(_winograd.transform_weight, rows, up)
-    _launch(_winograd.correlate, x5, up, b, y5, *pad,
-            _winograd.block_tiles(KD * C, dtype.itemsize), _threads(), *act)
+    if x5.shape[2] == y5.shape[2] == KD == 1:  # 2-d (depth padding would give Do > 1)
+        N, H, W = x5.shape[0], *x5.shape[3:]
+        _launch(_winograd.correlate, x5.reshape(N, C, H, W), up, b,
+                y5.reshape(y5.shape[:2] + y5.shape[3:]), pad[1], pad[2],
+                _winograd.block_tiles(C, dtype.itemsize), _threads(), *act)
+    else:
+        lb = _winograd.slots3(KD)
+        _launch(_winograd.correlate3, x5, up, b, y5, *pad,
+                _winograd.block_tiles(lb * C, dtype.itemsize), lb, _threads(), *act)
     return y5
 
 
@@ -721,7 +731,7 @@ def _plan(op, p: ConvParams, w_shape, needs=("x", "weight")):
         if "weight" in needs:
             tiled = out_s if op == "conv_backward" else in_s  # the extent of b5
             plan.append(("grad_weight", *(wino(p, "weight gradient", tiled, *c_o,
-                                               (WINO_MIN_WG_CHANNELS,) * 2)
+                                               weight_grad=True)
                                           or _path_weight_grad(w_shape[0] // g, k, a))))
     return plan
 

@@ -13,13 +13,15 @@ error follows the largest sum of |terms| of the call, S, not its own: float32
 within 1e-5 S + 1e-4 |exact|, float64 within 1e-12 S. An infinity or NaN in a
 window spreads to the whole tile's outputs.
 
-3-d: Winograd on (H, W) and the KD depth taps in the products' reduction, as the cpp
-path (``csrc/conv/winograd3d.h``): the rows of U and V are (kd, c) pairs, kd * C + c
-(the weight reordered so by the caller), the tiles run over the (image, output slice)
-planes, and a tile's window for depth tap kd is in input slice od + kd - loz (zeros
-when outside). Unlike cpp, each input slice is transformed once per depth tap that
-reads it, not once per call: simpler, and paid for only by deep layers (the backend's
-automatic choice, WINO3_MIN_CHANNELS2). 2-d is the case D = Do = KD = 1.
+3-d (``correlate3``, and ``weight_grad`` on 5-D arrays): Winograd on (H, W) and the KD
+depth taps in the products' reduction, as the cpp path (``csrc/conv/winograd3d.h``):
+the rows of U and V are (kd, c) pairs, kd * C + c (the weight reordered so by the
+caller), and a window for depth tap kd of output slice od is in input slice od + kd -
+loz (zeros when outside). The forward keeps a window of transformed slices per work
+item (see ``correlate3``), so each slice is transformed about once; the weight
+gradient's tiles run over the (image, output slice) planes and transform a slice once
+per depth tap that reads it (simpler; paid for only by deep layers: the backend's
+automatic choice, WINO3_MIN_WG_CHANNELS2).
 
 Forward schedule: the tiles (n, ty, tx) of the batch, in that order, are cut into
 blocks of ``Tb`` (a multiple of NR; ``block_tiles``); a task (chunk of blocks) owns
@@ -383,36 +385,29 @@ def transform_weight(w, up):
 
 
 @njit(**JIT)
-def correlate(x, up, b, y, loz, loy, lox, Tb, nthreads, act, slope):
-    """``y[n, k, od, oy, ox] = act(b[k] + sum_{c, kd, ky, kx} w[k, c, kd, ky, kx] * x[n, c,
-    od + kd - loz, oy + ky - loy, ox + kx - lox])`` (x, y 5-D, 2-d as depth 1; zeros
-    outside x) by Winograd F(4x4, 3x3) on (H, W) and a sum over the KD depth taps in the
-    products' reduction (rows kd * C + c), the weight transformed into ``up``
-    (``transform_weight``); blocks of ``Tb`` tiles of the (image, output slice) planes.
-    A window in a slice outside x transforms to zeros (it adds nothing, as the zero
-    padding of the exact sum)."""
-    N, C, D, H, W = x.shape
-    K, Do, Ho, Wo = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
-    KB, RC = up.shape[1], up.shape[2]
-    KD = RC // C
+def correlate(x, up, b, y, loy, lox, Tb, nthreads, act, slope):
+    """``y[n, k, oy, ox] = act(b[k] + sum_{c, ky, kx} w[k, c, ky, kx] * x[n, c, oy + ky -
+    loy, ox + kx - lox])`` (x, y 4-D; zeros outside x) by Winograd F(4x4, 3x3), the
+    weight transformed into ``up`` (``transform_weight``); blocks of ``Tb`` tiles."""
+    N, C, H, W = x.shape
+    K, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
+    KB = up.shape[1]
     tX = (Wo + 3) // 4
     tpi = ((Ho + 3) // 4) * tX
-    tiles = N * Do * tpi
+    tiles = N * tpi
     nblk = (tiles + Tb - 1) // Tb
     npmax = Tb // NR
-    vxs = npmax * RC * NR
-    uxs = KB * RC * MR
+    vxs = npmax * C * NR
+    uxs = KB * C * MR
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     uf = up.reshape(up.size)
-    HW = H * W
-    ps = Ho * Wo
-    ky = Do * ps
+    ky = Ho * Wo
     nchunk = min(nblk, 4 * nthreads)
     for chunk in prange(nchunk):
         v = np.empty(36 * vxs, x.dtype)
         off = np.empty(Tb, np.int64)
-        iz = np.empty(Tb, np.int64)
+        iz = np.zeros(Tb, np.int64)
         iy = np.empty(Tb, np.int64)
         ix = np.empty(Tb, np.int64)
         yoff = np.empty(Tb, np.int64)
@@ -422,29 +417,129 @@ def correlate(x, up, b, y, loz, loy, lox, Tb, nthreads, act, slope):
             t0 = blk * Tb
             nb = min(Tb, tiles - t0)
             npan = (nb + NR - 1) // NR
-            _tile_geometry(t0, nb, tX, tpi, Do, C * D * HW, HW, W, loz, loy, lox, off, iz,
-                           iy, ix)
+            _tile_geometry(t0, nb, tX, tpi, 1, C * H * W, 0, W, 0, loy, lox, off, iz, iy,
+                           ix)
             for j in range(nb):  # where each tile's outputs go
                 t = t0 + j
-                q = t // tpi
-                r = t - q * tpi
-                n = q // Do
+                n = t // tpi
+                r = t - n * tpi
                 oy = (r // tX) * 4
                 ox = (r - (r // tX) * tX) * 4
                 ni[j] = min(4, Ho - oy)
                 nj[j] = min(4, Wo - ox)
-                yoff[j] = n * K * ky + (q - n * Do) * ps + oy * Wo + ox
-            for kd in range(KD):
-                for c in range(C):
-                    for p in range(npan):
-                        _in_panel(xf, c * D * HW + kd * HW, D, H, W, 6, off, iz, kd, iy, ix,
-                                  p * NR, min(NR, nb - p * NR), v,
-                                  (p * RC + kd * C + c) * NR, vxs)
+                yoff[j] = n * K * ky + oy * Wo + ox
+            for c in range(C):
+                for p in range(npan):
+                    _in_panel(xf, c * H * W, 1, H, W, 6, off, iz, 0, iy, ix, p * NR,
+                              min(NR, nb - p * NR), v, (p * C + c) * NR, vxs)
             for ob in range(KB):
                 rows = min(MR, K - ob * MR)
                 for p in range(npan):
-                    _out_panel(v, p * RC * NR, vxs, uf, ob * RC * MR, uxs, RC, ob * MR,
-                               rows, yf, ky, Ho, Wo, yoff, ni, nj, p * NR,
+                    _out_panel(v, p * C * NR, vxs, uf, ob * C * MR, uxs, C, ob * MR, rows,
+                               yf, ky, Ho, Wo, yoff, ni, nj, p * NR, min(NR, nb - p * NR),
+                               b, act, slope)
+
+
+def slots3(KD):
+    """V slots (transformed input slices) per work item of ``correlate3``: the KD live
+    ones and 3 more, so the live ones move to the front once every 4 output slices."""
+    return KD + 3
+
+
+@njit(**JIT)
+def correlate3(x, up, b, y, loz, loy, lox, Tb, Lb, nthreads, act, slope):
+    """``y[n, k, od, oy, ox] = act(b[k] + sum_{c, kd, ky, kx} w[k, c, kd, ky, kx] * x[n, c,
+    od + kd - loz, oy + ky - loy, ox + kx - lox])`` (x, y 5-D; zeros outside x): the 3-d
+    ``correlate``, the KD depth taps in the products' reduction (rows kd * C + c of
+    ``up``), ``Lb`` = ``slots3(KD)``. Each input slice is transformed once per work
+    item: items are (image, block of ``Tb`` tiles of one plane, range of output
+    depths); an item keeps the transformed slices of its window in ``Lb`` slots of V,
+    consecutive slices in consecutive slots, so the KD slices an output slice reads
+    are one contiguous reduction (rows kd * C + c, the order of U); when the slots run
+    out the KD - 1 live ones move to the front. The depth ranges (more of them only
+    when the images and blocks are too few for the threads) decide who computes an
+    output, not its value: a slice's transform and the reduction order do not depend
+    on the range."""
+    N, C, D, H, W = x.shape
+    K, Do, Ho, Wo = y.shape[1], y.shape[2], y.shape[3], y.shape[4]
+    KB, RC = up.shape[1], up.shape[2]
+    KD = RC // C
+    tX = (Wo + 3) // 4
+    tpi = ((Ho + 3) // 4) * tX
+    nblk = (tpi + Tb - 1) // Tb
+    SC = Lb * C
+    vxs = (Tb // NR) * SC * NR
+    uxs = KB * RC * MR
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    uf = up.reshape(up.size)
+    HW = H * W
+    ps = Ho * Wo
+    ky = Do * ps
+    nr = 1
+    while N * nblk * nr < 4 * nthreads and nr < Do:
+        nr += 1
+    dr = (Do + nr - 1) // nr
+    nr = (Do + dr - 1) // dr
+    for item in prange(N * nblk * nr):
+        n = item // (nblk * nr)
+        blk = (item // nr) % nblk
+        d0 = (item % nr) * dr
+        d1 = min(Do, d0 + dr)
+        t0 = blk * Tb
+        nb = min(Tb, tpi - t0)
+        npan = (nb + NR - 1) // NR
+        v = np.empty(36 * vxs, x.dtype)
+        off = np.empty(Tb, np.int64)
+        iz = np.zeros(Tb, np.int64)
+        iy = np.empty(Tb, np.int64)
+        ix = np.empty(Tb, np.int64)
+        poff = np.empty(Tb, np.int64)
+        yoff = np.empty(Tb, np.int64)
+        ni = np.empty(Tb, np.int64)
+        nj = np.empty(Tb, np.int64)
+        # the block's windows in one plane (a slice's offset goes into cbase below)
+        _tile_geometry(t0, nb, tX, tpi, 1, 0, 0, W, 0, loy, lox, off, iz, iy, ix)
+        for j in range(nb):
+            r = t0 + j
+            oy = (r // tX) * 4
+            ox = (r - (r // tX) * tX) * 4
+            ni[j] = min(4, Ho - oy)
+            nj[j] = min(4, Wo - ox)
+            poff[j] = oy * Wo + ox
+        img = n * C * D * HW
+        s0 = 0  # the slot of depth tap 0 of the current output slice
+        for od in range(d0, d1):
+            if od == d0:
+                first, last = 0, KD
+            else:
+                if s0 + KD >= Lb:  # no slot after the live ones: move them to the front
+                    ln = (KD - 1) * C * NR
+                    for xi in range(36):
+                        for p in range(npan):
+                            src = xi * vxs + (p * SC + (s0 + 1) * C) * NR
+                            dst = xi * vxs + p * SC * NR
+                            for e in range(ln):
+                                v[dst + e] = v[src + e]
+                    s0 = 0
+                else:
+                    s0 += 1
+                first, last = KD - 1, KD
+            for kd in range(first, last):  # slice z into slot s0 + kd (zeros outside x)
+                z = od + kd - loz
+                for c in range(C):
+                    for p in range(npan):
+                        _in_panel(xf, img + c * D * HW + z * HW, D, H, W, 6, off, iz, z,
+                                  iy, ix, p * NR, min(NR, nb - p * NR), v,
+                                  (p * SC + (s0 + kd) * C + c) * NR, vxs)
+            base = n * K * ky + od * ps
+            for j in range(nb):
+                yoff[j] = base + poff[j]
+            for ob in range(KB):
+                rows = min(MR, K - ob * MR)
+                for p in range(npan):
+                    _out_panel(v, (p * SC + s0 * C) * NR, vxs, uf, ob * RC * MR, uxs, RC,
+                               ob * MR, rows, yf, ky, Ho, Wo, yoff, ni, nj, p * NR,
                                min(NR, nb - p * NR), b, act, slope)
 
 
@@ -470,7 +565,8 @@ def weight_grad_split(C, K, nthreads):
 @njit(**JIT)
 def weight_grad(x, gy, gw, loz, loy, lox, cc, mk):
     """``gw[k, c, kd, ky, kx] = sum_{n, od, oy, ox} gy[n, k, od, oy, ox] * x[n, c, od + kd -
-    loz, oy + ky - loy, ox + kx - lox]`` (5-D arrays, 2-d as depth 1; zeros outside x)
+    loz, oy + ky - loy, ox + kx - lox]`` (5-D arrays, 2-d as depth 1, KD = 1; zeros
+    outside x)
     by Winograd F(4x4, 3x3) on (H, W): the rows of dL/dU are the (kd, c) pairs (row
     kd * C + c), tasks of ``mk`` output channels x ``cc`` rows, the tiles of the
     (image, output slice) planes in fixed chunks of ``WG_CHUNK``."""
