@@ -91,7 +91,7 @@ import cnnfast  # noqa: E402
 from cnnfast import activation  # noqa: E402
 from cnnfast import params as P  # noqa: E402
 from cnnfast import registry  # noqa: E402
-from helpers.simd import testable_paths  # noqa: E402
+from helpers.simd import runnable_simd_paths  # noqa: E402
 
 OPS = ("conv", "conv_backward", "conv_transpose", "conv_transpose_backward",
        "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward")
@@ -681,7 +681,7 @@ def _settings(case: Case, backend: str):
     undo = []
     try:
         k = case.knobs
-        if backend == "cpp" and k.get("simd") in testable_paths():
+        if backend == "cpp" and k.get("simd") in runnable_simd_paths():
             from cnnfast.backends.cpp import _cpp
             _cpp.set_simd_path(k["simd"])
             undo.append(lambda: _cpp.set_simd_path("auto"))

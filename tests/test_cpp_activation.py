@@ -33,7 +33,7 @@ import pytest
 import cnnfast
 from cnnfast import activation
 from cnnfast.registry import get_backend
-from helpers.simd import ALL_PATHS, forced_path, testable_paths
+from helpers.simd import ALL_PATHS, forced_path, runnable_simd_paths
 
 _cpp = pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built")
 if get_backend("cpp").reason is not None:  # pragma: no cover - depends on the build
@@ -275,7 +275,7 @@ def test_cpp_fused_backward_matches_unfused_and_reference(case, dtype, simd):
     rng = np.random.default_rng(2)
     # The gradient kernels are those of the unfused pass; every forced path once (on
     # the process's own table), the automatic one on each.
-    own = simd == testable_paths()[-1]
+    own = simd == runnable_simd_paths()[-1]
     paths = ["auto"] + ([p for p in PATHS + ("wgrad-short",)] if own else [])
     for act, slope in ACTS:
         y = _forward(case, x, w, b, backend="cpp", activation=act, negative_slope=slope)

@@ -19,7 +19,7 @@ import cnnfast
 from cnnfast import params as P
 from cnnfast.backends.numpy import backend as ref
 from cnnfast.registry import get_backend
-from helpers.simd import ALL_PATHS, forced_path, testable_paths
+from helpers.simd import ALL_PATHS, forced_path, runnable_simd_paths
 
 _cpp = pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built")
 if get_backend("cpp").reason is not None:  # pragma: no cover - depends on the build
@@ -167,7 +167,7 @@ def test_direct_kernels_are_bit_identical_for_any_thread_count(threads, dtype):
 
 def test_simd_paths_agree_closely():
     """The paths sum in different orders (vector widths, FMA), never far apart."""
-    paths = testable_paths()
+    paths = runnable_simd_paths()
     if len(paths) < 2:
         pytest.skip(f"one SIMD path run here: {paths}")
     x, w, b, gy, _, kw = _inputs(((2, 4, 23, 29), (3, 3), 1, 1, 1, 1), np.float32, seed=9)

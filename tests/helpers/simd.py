@@ -22,7 +22,7 @@ def _cpp():
     return ext
 
 
-def testable_paths() -> List[str]:
+def runnable_simd_paths() -> List[str]:
     """The paths this process's tests force (see the module docstring), lowest first."""
     ext = _cpp()
     paths = list(ext.simd_paths())
@@ -30,9 +30,9 @@ def testable_paths() -> List[str]:
 
 
 def skip_unless_testable(path: str) -> None:
-    if path not in testable_paths():
+    if path not in runnable_simd_paths():
         pytest.skip(f"SIMD path {path!r} is not run here (this build and CPU, or "
-                    f"CNNFAST_SIMD): {', '.join(testable_paths())}")
+                    f"CNNFAST_SIMD): {', '.join(runnable_simd_paths())}")
 
 
 @contextmanager
