@@ -622,8 +622,9 @@ WINO_MIN_TILES = 4
 # 3-d (KDx3x3): the correlations follow the 2-d rule; the weight gradient transforms
 # every input slice once per depth tap, so its products must be wider to pay: its
 # channels must multiply to WINO3_MIN_WG_CHANNELS2. Measured (float32, 2 threads, AMD
-# EPYC Zen 3, medians of 9 interleaved runs; time of winograd / gemm-wide (forward,
-# input gradient) and / gemm (weight gradient); N, C, K, DxHxW, 3x3x3, padding 1):
+# EPYC Zen 3, medians of 9 interleaved runs, benchmarks/numba_winograd3d_ab.py; time of
+# winograd / gemm-wide (forward, input gradient) and / gemm (weight gradient); N, C,
+# K, DxHxW, 3x3x3, padding 1):
 #   2,16,16,16x56x56: 0.73-0.93, 0.75-0.86, 1.05-1.16   4,16,16,8x32x32: 0.78, 0.80, 1.15
 #   2,32,32,8x40x40:  0.59, 0.56, 0.75                  2,16,64,8x28x28: 0.68, 0.85, 0.75
 #   2,64,64,8x28x28:  0.51, 0.45, 0.54
