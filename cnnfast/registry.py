@@ -12,7 +12,8 @@ A backend is a module that exposes:
   registry drops that argument and the dispatcher copies the results into ``out``;
 * optionally ``availability() -> None | str``: the reason it cannot run here;
 * optionally ``unsupported(op, params, dtype) -> None | str``: the reason a
-  particular case is not implemented;
+  particular case is not implemented, from its arguments alone (the dispatcher keeps
+  the choice per call signature: ``cnnfast.plans``);
 * optionally ``ALGORITHMS``: the names of its convolution algorithms, which
   ``algorithm=`` may pin (``ConvParams.algorithm``); a backend runs the pinned one or
   raises ``NotImplementedError`` with the reason;
@@ -28,10 +29,11 @@ import contextlib
 import contextvars
 import functools
 import importlib
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+from .environ import getenv
 
 OP_NAMES = ("conv", "conv_backward", "conv_transpose", "conv_transpose_backward",
             "max_pool", "max_pool_backward", "avg_pool", "avg_pool_backward")
@@ -278,7 +280,7 @@ def current_choice() -> Optional[str]:
     if choice is None:
         choice = _global_choice
     if choice is None:
-        env = os.environ.get("CNNFAST_BACKEND", "").strip()
+        env = getenv("CNNFAST_BACKEND").strip()
         if env and env != "auto":
             choice = env
     return choice
@@ -287,6 +289,12 @@ def current_choice() -> Optional[str]:
 def select(op: str, array_kind: str, dtype: str, params, requested: Optional[str]):
     """The kernel for ``op``: the backend asked for (argument, context, global or
     ``CNNFAST_BACKEND``), else the automatic choice for the array kind."""
+    return select_backend(op, array_kind, dtype, params, requested).ops[op]
+
+
+def select_backend(op: str, array_kind: str, dtype: str, params,
+                   requested: Optional[str]) -> Backend:
+    """The backend ``select`` takes ``op``'s kernel from."""
     if requested is not None and not isinstance(requested, str):
         raise TypeError(f"backend={requested!r} must be a backend name (str) or None")
     name = requested if requested not in (None, "auto") else None
@@ -316,7 +324,7 @@ def select(op: str, array_kind: str, dtype: str, params, requested: Optional[str
             hint = (f"; backends that can: {', '.join(others)}" if others
                     else "; no available backend can")
             raise NotImplementedError(f"{reason} for this case{hint}")
-        return backend.ops[op]
+        return backend
     # Automatic choice: the user asked for it, so falling back is allowed.
     order = ("cupy",) if array_kind == "cupy" else AUTO_CPU_ORDER
     reasons = []
@@ -327,7 +335,7 @@ def select(op: str, array_kind: str, dtype: str, params, requested: Optional[str
             continue
         reason = backend.unsupported(op, params, dtype)
         if reason is None:
-            return backend.ops[op]
+            return backend
         reasons.append(f"{candidate}: {reason}")
     raise NotImplementedError(f"no available backend runs {op} on {array_kind} "
                               f"{dtype} arrays here ({'; '.join(reasons)})")
@@ -354,8 +362,10 @@ def _can_run(name, op, array_kind, dtype, params) -> bool:
 
 def backend_for(op: str, array_kind: str, dtype: str, params, requested=None) -> str:
     """Name of the backend ``select`` would use (for reports and tests)."""
-    kernel = select(op, array_kind, dtype, params, requested)
-    for name, backend in _loaded.items():
-        if backend.ops.get(op) is kernel:
-            return name
-    raise AssertionError("selected kernel belongs to no loaded backend")
+    return select_backend(op, array_kind, dtype, params, requested).name
+
+
+def is_current(backend: Backend) -> bool:
+    """Whether ``backend`` is still the registry's backend of its name (not replaced
+    by ``register_backend`` or a reload)."""
+    return _loaded.get(backend.name) is backend

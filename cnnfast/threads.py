@@ -13,6 +13,8 @@ import numbers
 import os
 from typing import Any, Callable, Iterator, Optional
 
+from .environ import getenv
+
 _num_threads: Optional[int] = None
 # How many threads the loaded OpenMP runtime would use now (omp_get_max_threads), once
 # the cpp backend has registered its query (follow_openmp); None before.
@@ -28,7 +30,7 @@ MAX_THREADS = 1024
 
 
 def _default_threads() -> int:
-    env = os.environ.get("CNNFAST_NUM_THREADS", "").strip()
+    env = getenv("CNNFAST_NUM_THREADS").strip()
     if env:
         try:
             n = int(env)
@@ -47,7 +49,7 @@ def _default_threads() -> int:
         return max(1, min(_openmp_max_threads(), MAX_THREADS))
     # OMP_NUM_THREADS (its first entry, as OpenMP reads nested lists) when set. It is a
     # hint shared with every OpenMP program, so a huge value is clamped, not an error.
-    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    omp = getenv("OMP_NUM_THREADS").split(",")[0].strip()
     if omp.isdigit() and int(omp) >= 1:
         return min(int(omp), MAX_THREADS)
     try:
