@@ -27,6 +27,7 @@ import numpy as np
 from . import activation as _activation
 from . import autotune as _autotune
 from . import params as P
+from . import plans
 from .arrays import FLOAT_DTYPES, array_kind, dtype_name
 from .bridge import (bridged, check_grad_outs, check_out, check_pool_outs, write,
                      write_grads)
@@ -47,7 +48,12 @@ _Needs = Union[str, Iterable[str]]
 
 # ----------------------------------------------------------------------------- explain
 
-_explaining = threading.local()  # set by explain() around the validated call
+class _ExplainState(threading.local):
+    active = False  # set by explain() around the validated call (a class default: a
+    # missing attribute would cost a caught AttributeError, 1 us, on every call)
+
+
+_explaining = _ExplainState()
 
 
 class _Explained(Exception):
@@ -58,7 +64,7 @@ def _select(op, kind, dtype, params, backend, **shapes):
     """``registry.select``; under ``explain``, raises the description of the choice
     (backend, and the backend's own ``explain``: algorithm and why) instead."""
     kernel = select(op, kind, dtype, params, backend)
-    if getattr(_explaining, "active", False):
+    if _explaining.active:
         raise _Explained(_describe(op, kind, dtype, params, backend, shapes))
     return kernel
 
@@ -75,6 +81,16 @@ def _describe(op, kind, dtype, params, backend, shapes, name=None, autotune=None
     detail = describe(op, params, dtype, **shapes) if describe else None
     parts = [p for p in (detail, autotune) if p]
     return f"{name}: {'; '.join(parts)}" if parts else name
+
+
+def _plan_key(op, arrays, args, out):
+    """The key of this call's plan (``cnnfast.plans``), or None when it is not planned:
+    with ``out=``, under ``explain``, with an algorithm pinned by ``set_algorithm`` or
+    with autotuning on."""
+    if (out is not None or _explaining.active or _autotune._enabled
+            or _autotune.pinned() is not None):
+        return None
+    return plans.key(op, arrays, args)
 
 
 def _select_conv(op, kind, dtype, params, backend, **shapes):
@@ -121,7 +137,7 @@ def _select_tuned(op, kind, dtype, params, backend, shapes):
     name = backend_for(op, kind, dtype, params, backend)
     empty = _is_empty_conv(shapes["x_shape"], shapes["w_shape"])
     plan = None if empty else _autotune.plan(op, kind, dtype, params, name, shapes)
-    if getattr(_explaining, "active", False):
+    if _explaining.active:
         if plan is None:
             raise _Explained(_describe(op, kind, dtype, params, backend, shapes, name))
         chosen = plan.params(plan.winner) if plan.winner is not None else params
@@ -298,6 +314,16 @@ _GRAD_ARRAYS = ("grad_y", "x", "weight", "y")
 _SLOPE = _activation.DEFAULT_NEGATIVE_SLOPE
 
 
+_NO_GRAD_OUTS = (None, None, None)  # what check_grad_outs gives a call without out=
+
+
+def _grad_args(plan, grad_y, x, weight, y):
+    """The backward kernels' arguments: (grad_y, x, weight, params, needs, y)."""
+    kind = plan.kind
+    return (_contiguous(grad_y, kind), _contiguous(x, kind), _contiguous(weight, kind),
+            plan.params, plan.extra, _contiguous(y, kind))
+
+
 def _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
           activation, negative_slope, rank=None, out=None):
     return bridged(_run_conv, _CONV_ARRAYS, (x, weight, bias), out, stride, padding,
@@ -306,23 +332,30 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm
 
 def _run_conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
               activation, negative_slope, rank, out):
-    kind, dtype = _check_arrays(x=x, weight=weight, bias=bias)
-    P.check_rank(x, "x", rank)
-    p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding, dilation,
-                                       groups), algorithm)
-    p = P.with_activation(p, activation, negative_slope)
-    _check_bias(bias, weight.shape[0])
-    out_shape = (x.shape[0], weight.shape[0]) + p.out_shape
-    P.check_result_size(out_shape, "the output")
-    if out is not None:
-        check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
-                                                        "bias": bias})
-    kernel, p = _select_conv("conv", kind, dtype, p, backend, x_shape=x.shape,
-                             w_shape=weight.shape)
-    if _is_empty_conv(x.shape, weight.shape):
-        return write(out, _empty_conv(kind, dtype, out_shape, bias, p))
-    return write(out, _with_out(kernel, (_contiguous(x, kind), _contiguous(weight, kind),
-                                         _contiguous(bias, kind), p), out))
+    plan_key = _plan_key("conv", (x, weight, bias), (stride, padding, dilation, groups,
+                         backend, algorithm, activation, negative_slope, rank), out)
+    plan = plans.find(plan_key)
+    if plan is None:
+        kind, dtype = _check_arrays(x=x, weight=weight, bias=bias)
+        P.check_rank(x, "x", rank)
+        p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding,
+                                           dilation, groups), algorithm)
+        p = P.with_activation(p, activation, negative_slope)
+        _check_bias(bias, weight.shape[0])
+        out_shape = (x.shape[0], weight.shape[0]) + p.out_shape
+        P.check_result_size(out_shape, "the output")
+        if out is not None:
+            check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
+                                                            "bias": bias})
+        kernel, p = _select_conv("conv", kind, dtype, p, backend, x_shape=x.shape,
+                                 w_shape=weight.shape)
+        if _is_empty_conv(x.shape, weight.shape):
+            return write(out, _empty_conv(kind, dtype, out_shape, bias, p))
+        plan = plans.make(plan_key, "conv", kind, dtype, p, backend, kernel)
+    kind = plan.kind
+    return write(out, _with_out(plan.kernel(), (_contiguous(x, kind),
+                                                _contiguous(weight, kind),
+                                                _contiguous(bias, kind), plan.params), out))
 
 
 def conv(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
@@ -511,26 +544,34 @@ def conv_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike,
 
 def _run_conv_backward(grad_y, x, weight, y, stride, padding, dilation, groups, needs,
                        backend, algorithm, activation, negative_slope, out):
-    wanted = P.grad_needs(needs)
-    kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight, y=y)
-    P.check_rank(x, "x")
-    p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding, dilation,
-                                       groups), algorithm)
-    p = P.with_activation(p, activation, negative_slope)
-    _check_grad_y(grad_y, (x.shape[0], weight.shape[0]) + p.out_shape)
-    _check_activated_y(y, p, grad_y.shape)
-    outs = check_grad_outs(out, (x.shape, weight.shape, (weight.shape[0],)), dtype, kind,
-                            wanted, {"grad_y": grad_y, "x": x, "weight": weight, "y": y})
-    kernel, p = _select_conv("conv_backward", kind, dtype, p, backend, x_shape=x.shape,
-                             w_shape=weight.shape, needs=wanted)
-    if not wanted:
-        return None, None, None
-    if _is_empty_conv(x.shape, weight.shape):
-        return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape,
-                                                    weight.shape, y, p))
-    return write_grads(outs, _with_out(kernel, (
-        _contiguous(grad_y, kind), _contiguous(x, kind), _contiguous(weight, kind), p,
-        wanted, _contiguous(y, kind)), tuple(outs)))
+    plan_key = _plan_key("conv_backward", (grad_y, x, weight, y), (
+        stride, padding, dilation, groups, needs, backend, algorithm, activation,
+        negative_slope), out)
+    plan = plans.find(plan_key)
+    outs = _NO_GRAD_OUTS
+    if plan is None:
+        wanted = P.grad_needs(needs)
+        kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight, y=y)
+        P.check_rank(x, "x")
+        p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding,
+                                           dilation, groups), algorithm)
+        p = P.with_activation(p, activation, negative_slope)
+        _check_grad_y(grad_y, (x.shape[0], weight.shape[0]) + p.out_shape)
+        _check_activated_y(y, p, grad_y.shape)
+        outs = check_grad_outs(out, (x.shape, weight.shape, (weight.shape[0],)), dtype,
+                               kind, wanted, {"grad_y": grad_y, "x": x, "weight": weight,
+                                              "y": y})
+        kernel, p = _select_conv("conv_backward", kind, dtype, p, backend, x_shape=x.shape,
+                                 w_shape=weight.shape, needs=wanted)
+        if not wanted:
+            return None, None, None
+        if _is_empty_conv(x.shape, weight.shape):
+            return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y,
+                                                        x.shape, weight.shape, y, p))
+        plan = plans.make(plan_key, "conv_backward", kind, dtype, p, backend, kernel,
+                          wanted)
+    return write_grads(outs, _with_out(plan.kernel(), _grad_args(plan, grad_y, x, weight, y),
+                                       tuple(outs)))
 
 
 # ----------------------------------------------------------------------------- conv_transpose
@@ -545,24 +586,33 @@ def _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, di
 
 def _run_conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation,
                         backend, algorithm, activation, negative_slope, rank, out):
-    kind, dtype = _check_arrays(x=x, weight=weight, bias=bias)
-    P.check_rank(x, "x", rank)
-    p = P.with_algorithm(P.conv_transpose_params(x.shape, weight.shape, stride, padding,
-                                                 output_padding, groups, dilation), algorithm)
-    p = P.with_activation(p, activation, negative_slope)
-    c_out = weight.shape[1] * p.groups
-    _check_bias(bias, c_out)
-    out_shape = (x.shape[0], c_out) + p.out_shape
-    P.check_result_size(out_shape, "the output")
-    if out is not None:
-        check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
-                                                        "bias": bias})
-    kernel, p = _select_conv("conv_transpose", kind, dtype, p, backend, x_shape=x.shape,
-                             w_shape=weight.shape)
-    if _is_empty_conv(x.shape, weight.shape):
-        return write(out, _empty_conv(kind, dtype, out_shape, bias, p))
-    return write(out, _with_out(kernel, (_contiguous(x, kind), _contiguous(weight, kind),
-                                         _contiguous(bias, kind), p), out))
+    plan_key = _plan_key("conv_transpose", (x, weight, bias), (
+        stride, padding, output_padding, groups, dilation, backend, algorithm, activation,
+        negative_slope, rank), out)
+    plan = plans.find(plan_key)
+    if plan is None:
+        kind, dtype = _check_arrays(x=x, weight=weight, bias=bias)
+        P.check_rank(x, "x", rank)
+        p = P.with_algorithm(P.conv_transpose_params(x.shape, weight.shape, stride, padding,
+                                                     output_padding, groups, dilation),
+                             algorithm)
+        p = P.with_activation(p, activation, negative_slope)
+        c_out = weight.shape[1] * p.groups
+        _check_bias(bias, c_out)
+        out_shape = (x.shape[0], c_out) + p.out_shape
+        P.check_result_size(out_shape, "the output")
+        if out is not None:
+            check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
+                                                            "bias": bias})
+        kernel, p = _select_conv("conv_transpose", kind, dtype, p, backend,
+                                 x_shape=x.shape, w_shape=weight.shape)
+        if _is_empty_conv(x.shape, weight.shape):
+            return write(out, _empty_conv(kind, dtype, out_shape, bias, p))
+        plan = plans.make(plan_key, "conv_transpose", kind, dtype, p, backend, kernel)
+    kind = plan.kind
+    return write(out, _with_out(plan.kernel(), (_contiguous(x, kind),
+                                                _contiguous(weight, kind),
+                                                _contiguous(bias, kind), plan.params), out))
 
 
 def conv_transpose(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
@@ -716,27 +766,35 @@ def conv_transpose_backward(grad_y: ArrayLike, x: ArrayLike, weight: ArrayLike,
 def _run_conv_transpose_backward(grad_y, x, weight, y, stride, padding, output_padding,
                                  groups, dilation, needs, backend, algorithm, activation,
                                  negative_slope, out):
-    wanted = P.grad_needs(needs)
-    kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight, y=y)
-    P.check_rank(x, "x")
-    p = P.with_algorithm(P.conv_transpose_params(x.shape, weight.shape, stride, padding,
-                                                 output_padding, groups, dilation), algorithm)
-    p = P.with_activation(p, activation, negative_slope)
-    c_out = weight.shape[1] * p.groups
-    _check_grad_y(grad_y, (x.shape[0], c_out) + p.out_shape)
-    _check_activated_y(y, p, grad_y.shape)
-    outs = check_grad_outs(out, (x.shape, weight.shape, (c_out,)), dtype, kind, wanted,
-                            {"grad_y": grad_y, "x": x, "weight": weight, "y": y})
-    kernel, p = _select_conv("conv_transpose_backward", kind, dtype, p, backend,
-                             x_shape=x.shape, w_shape=weight.shape, needs=wanted)
-    if not wanted:
-        return None, None, None
-    if _is_empty_conv(x.shape, weight.shape):
-        return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y, x.shape,
-                                                    weight.shape, y, p))
-    return write_grads(outs, _with_out(kernel, (
-        _contiguous(grad_y, kind), _contiguous(x, kind), _contiguous(weight, kind), p,
-        wanted, _contiguous(y, kind)), tuple(outs)))
+    plan_key = _plan_key("conv_transpose_backward", (grad_y, x, weight, y), (
+        stride, padding, output_padding, groups, dilation, needs, backend, algorithm,
+        activation, negative_slope), out)
+    plan = plans.find(plan_key)
+    outs = _NO_GRAD_OUTS
+    if plan is None:
+        wanted = P.grad_needs(needs)
+        kind, dtype = _check_arrays(grad_y=grad_y, x=x, weight=weight, y=y)
+        P.check_rank(x, "x")
+        p = P.with_algorithm(P.conv_transpose_params(x.shape, weight.shape, stride, padding,
+                                                     output_padding, groups, dilation),
+                             algorithm)
+        p = P.with_activation(p, activation, negative_slope)
+        c_out = weight.shape[1] * p.groups
+        _check_grad_y(grad_y, (x.shape[0], c_out) + p.out_shape)
+        _check_activated_y(y, p, grad_y.shape)
+        outs = check_grad_outs(out, (x.shape, weight.shape, (c_out,)), dtype, kind, wanted,
+                               {"grad_y": grad_y, "x": x, "weight": weight, "y": y})
+        kernel, p = _select_conv("conv_transpose_backward", kind, dtype, p, backend,
+                                 x_shape=x.shape, w_shape=weight.shape, needs=wanted)
+        if not wanted:
+            return None, None, None
+        if _is_empty_conv(x.shape, weight.shape):
+            return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y,
+                                                        x.shape, weight.shape, y, p))
+        plan = plans.make(plan_key, "conv_transpose_backward", kind, dtype, p, backend,
+                          kernel, wanted)
+    return write_grads(outs, _with_out(plan.kernel(), _grad_args(plan, grad_y, x, weight, y),
+                                       tuple(outs)))
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -750,21 +808,27 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
 
 def _run_max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
                   backend, rank, out):
-    kind, dtype = _check_arrays(x=x)
-    P.check_rank(x, "x", rank)
-    p = P.pool_params(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    if not isinstance(return_indices, (bool, np.bool_)):
-        raise TypeError(f"return_indices={return_indices!r} must be a bool")
-    out_shape = x.shape[:2] + p.out_shape
-    P.check_result_size(out_shape, "the output")
-    y_out, idx_out = check_pool_outs(out, out_shape, dtype, kind, return_indices, x)
-    kernel = _select("max_pool", kind, dtype, p, backend)
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        y = _empty(kind, out_shape, dtype)
-        idx = _empty(kind, y.shape, "int64")
-    else:
-        y, idx = _with_out(kernel, (_contiguous(x, kind), p, bool(return_indices)),
-                           (y_out, idx_out))
+    plan_key = _plan_key("max_pool", (x,), (kernel_size, stride, padding, dilation,
+                                             ceil_mode, return_indices, backend, rank), out)
+    plan = plans.find(plan_key)
+    y_out = idx_out = None
+    if plan is None:
+        kind, dtype = _check_arrays(x=x)
+        P.check_rank(x, "x", rank)
+        p = P.pool_params(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+        if not isinstance(return_indices, (bool, np.bool_)):
+            raise TypeError(f"return_indices={return_indices!r} must be a bool")
+        out_shape = x.shape[:2] + p.out_shape
+        P.check_result_size(out_shape, "the output")
+        y_out, idx_out = check_pool_outs(out, out_shape, dtype, kind, return_indices, x)
+        kernel = _select("max_pool", kind, dtype, p, backend)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            y = write(y_out, _empty(kind, out_shape, dtype))
+            idx = _empty(kind, y.shape, "int64")
+            return (y, write(idx_out, idx)) if return_indices else y
+        plan = plans.make(plan_key, "max_pool", kind, dtype, p, backend, kernel)
+    y, idx = _with_out(plan.kernel(), (_contiguous(x, plan.kind), plan.params,
+                                       bool(return_indices)), (y_out, idx_out))
     y = write(y_out, y)
     return (y, write(idx_out, idx)) if return_indices else y
 
@@ -940,6 +1004,30 @@ def _indices_outside(indices, plane) -> bool:
 
 
 def _run_max_pool_backward(grad_y, indices, x_shape, backend, out):
+    plan_key = _plan_key("max_pool_backward", (grad_y, indices), (x_shape, backend), out)
+    plan = plans.find(plan_key)
+    if plan is None:
+        plan = _plan_max_pool_backward(grad_y, indices, x_shape, backend, out, plan_key)
+    else:
+        _check_indices(indices, plan.params)  # their values: on every call
+    if grad_y.size == 0:
+        return write(out, _empty(plan.kind, plan.params, dtype_name(grad_y.dtype)))
+    return write(out, _with_out(plan.kernel(), (_contiguous(grad_y, plan.kind),
+                                                _contiguous(indices, plan.kind),
+                                                plan.params), out))
+
+
+def _check_indices(indices, x_shape):
+    plane = P.prod(x_shape[2:])
+    if indices.size and _indices_outside(indices, plane):
+        raise ValueError(f"indices must lie in [0, {plane}) (flat offsets into each "
+                         f"(n, c) plane of x_shape={x_shape}); got values in "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
+
+
+def _plan_max_pool_backward(grad_y, indices, x_shape, backend, out, plan_key):
+    """The plan of a max_pool_backward call, after every check (kept unless ``grad_y``
+    is empty: the dispatcher computes that case)."""
     kind, dtype = _check_arrays(grad_y=grad_y)
     x_shape = _check_x_shape(x_shape)
     if array_kind(indices, "indices") != kind:
@@ -956,16 +1044,10 @@ def _run_max_pool_backward(grad_y, indices, x_shape, backend, out):
                          f"it must be ({x_shape[0]}, {x_shape[1]}, *pooled)")
     if out is not None:
         check_out(out, "out", x_shape, dtype, kind, {"grad_y": grad_y, "indices": indices})
-    plane = P.prod(x_shape[2:])
-    if indices.size and _indices_outside(indices, plane):
-        raise ValueError(f"indices must lie in [0, {plane}) (flat offsets into each "
-                         f"(n, c) plane of x_shape={x_shape}); got values in "
-                         f"[{int(indices.min())}, {int(indices.max())}]")
+    _check_indices(indices, x_shape)
     kernel = _select("max_pool_backward", kind, dtype, x_shape, backend)
-    if grad_y.size == 0:
-        return write(out, _empty(kind, x_shape, dtype))
-    return write(out, _with_out(kernel, (_contiguous(grad_y, kind),
-                                         _contiguous(indices, kind), x_shape), out))
+    return plans.make(plan_key if grad_y.size else None, "max_pool_backward", kind, dtype,
+                      x_shape, backend, kernel)
 
 
 def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
@@ -976,18 +1058,24 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
 
 def _run_avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                   divisor_override, dilation, backend, rank, out):
-    kind, dtype = _check_arrays(x=x)
-    P.check_rank(x, "x", rank)
-    p = P.pool_params(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
-                      count_include_pad, divisor_override)
-    out_shape = x.shape[:2] + p.out_shape
-    P.check_result_size(out_shape, "the output")
-    if out is not None:
-        check_out(out, "out", out_shape, dtype, kind, {"x": x})
-    kernel = _select("avg_pool", kind, dtype, p, backend)
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        return write(out, _empty(kind, out_shape, dtype))
-    return write(out, _with_out(kernel, (_contiguous(x, kind), p), out))
+    plan_key = _plan_key("avg_pool", (x,), (kernel_size, stride, padding, ceil_mode,
+                                             count_include_pad, divisor_override, dilation,
+                                             backend, rank), out)
+    plan = plans.find(plan_key)
+    if plan is None:
+        kind, dtype = _check_arrays(x=x)
+        P.check_rank(x, "x", rank)
+        p = P.pool_params(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
+                          count_include_pad, divisor_override)
+        out_shape = x.shape[:2] + p.out_shape
+        P.check_result_size(out_shape, "the output")
+        if out is not None:
+            check_out(out, "out", out_shape, dtype, kind, {"x": x})
+        kernel = _select("avg_pool", kind, dtype, p, backend)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            return write(out, _empty(kind, out_shape, dtype))
+        plan = plans.make(plan_key, "avg_pool", kind, dtype, p, backend, kernel)
+    return write(out, _with_out(plan.kernel(), (_contiguous(x, plan.kind), plan.params), out))
 
 
 def avg_pool(x: ArrayLike, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
@@ -1120,17 +1208,24 @@ def avg_pool_backward(grad_y: ArrayLike, x_shape: Sequence[int], kernel_size: In
 
 def _run_avg_pool_backward(grad_y, x_shape, kernel_size, stride, padding, ceil_mode,
                            count_include_pad, divisor_override, dilation, backend, out):
-    kind, dtype = _check_arrays(grad_y=grad_y)
-    x_shape = _check_x_shape(x_shape)
-    p = P.pool_params(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
-                      count_include_pad, divisor_override)
-    _check_grad_y(grad_y, x_shape[:2] + p.out_shape)
-    if out is not None:
-        check_out(out, "out", x_shape, dtype, kind, {"grad_y": grad_y})
-    kernel = _select("avg_pool_backward", kind, dtype, p, backend)
-    if grad_y.size == 0:
-        return write(out, _empty(kind, x_shape, dtype))
-    return write(out, _with_out(kernel, (_contiguous(grad_y, kind), p), out))
+    plan_key = _plan_key("avg_pool_backward", (grad_y,), (
+        x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+        divisor_override, dilation, backend), out)
+    plan = plans.find(plan_key)
+    if plan is None:
+        kind, dtype = _check_arrays(grad_y=grad_y)
+        x_shape = _check_x_shape(x_shape)
+        p = P.pool_params(x_shape, kernel_size, stride, padding, dilation, ceil_mode,
+                          count_include_pad, divisor_override)
+        _check_grad_y(grad_y, x_shape[:2] + p.out_shape)
+        if out is not None:
+            check_out(out, "out", x_shape, dtype, kind, {"grad_y": grad_y})
+        kernel = _select("avg_pool_backward", kind, dtype, p, backend)
+        if grad_y.size == 0:
+            return write(out, _empty(kind, x_shape, dtype))
+        plan = plans.make(plan_key, "avg_pool_backward", kind, dtype, p, backend, kernel)
+    return write(out, _with_out(plan.kernel(), (_contiguous(grad_y, plan.kind), plan.params),
+                                out))
 
 
 def _share_sections(general, *variants) -> None:
