@@ -195,6 +195,22 @@ def _tile_geometry(t0, nb, tX, tpi, Do, img, sl, W, loz, loy, lox, off, iz, iy, 
         off[j] = n * img + z0 * sl + y0 * W + x0
 
 
+@njit(**ROW)
+def _tile_outputs(t0, nb, tX, tpi, Ho, Wo, img, ni, nj, pos):
+    """Where the outputs of tiles t0 .. t0+nb-1 (n, ty, tx) of one output slice go:
+    rows ``ni`` and columns ``nj`` of the 4x4 tile inside the output, and the offset of
+    its first output (``pos``, with the image's; ``img`` the image stride)."""
+    for j in range(nb):
+        t = t0 + j
+        n = t // tpi
+        r = t - n * tpi
+        oy = (r // tX) * 4
+        ox = (r - (r // tX) * tX) * 4
+        ni[j] = min(4, Ho - oy)
+        nj[j] = min(4, Wo - ox)
+        pos[j] = n * img + oy * Wo + ox
+
+
 @njit(cache=True, fastmath=JIT["fastmath"], error_model="numpy")
 def _in_panel(src, cbase, D, H, W, R, off, iz, kz, iy, ix, j0, nbp, dst, dbase, xs):
     """The transforms of one channel (its plane at ``cbase`` of the flat ``src``; 3-d:
@@ -419,15 +435,7 @@ def correlate(x, up, b, y, loy, lox, Tb, nthreads, act, slope):
             npan = (nb + NR - 1) // NR
             _tile_geometry(t0, nb, tX, tpi, 1, C * H * W, 0, W, 0, loy, lox, off, iz, iy,
                            ix)
-            for j in range(nb):  # where each tile's outputs go
-                t = t0 + j
-                n = t // tpi
-                r = t - n * tpi
-                oy = (r // tX) * 4
-                ox = (r - (r // tX) * tX) * 4
-                ni[j] = min(4, Ho - oy)
-                nj[j] = min(4, Wo - ox)
-                yoff[j] = n * K * ky + oy * Wo + ox
+            _tile_outputs(t0, nb, tX, tpi, Ho, Wo, K * ky, ni, nj, yoff)
             for c in range(C):
                 for p in range(npan):
                     _in_panel(xf, c * H * W, 1, H, W, 6, off, iz, 0, iy, ix, p * NR,
@@ -500,13 +508,7 @@ def correlate3(x, up, b, y, loz, loy, lox, Tb, Lb, nthreads, act, slope):
         nj = np.empty(Tb, np.int64)
         # the block's windows in one plane (a slice's offset goes into cbase below)
         _tile_geometry(t0, nb, tX, tpi, 1, 0, 0, W, 0, loy, lox, off, iz, iy, ix)
-        for j in range(nb):
-            r = t0 + j
-            oy = (r // tX) * 4
-            ox = (r - (r // tX) * tX) * 4
-            ni[j] = min(4, Ho - oy)
-            nj[j] = min(4, Wo - ox)
-            poff[j] = oy * Wo + ox
+        _tile_outputs(t0, nb, tX, tpi, Ho, Wo, 0, ni, nj, poff)  # t0 < tpi: one image
         img = n * C * D * HW
         s0 = 0  # the slot of depth tap 0 of the current output slice
         for od in range(d0, d1):
