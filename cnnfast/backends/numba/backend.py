@@ -79,6 +79,8 @@ else:
 ARRAY = "numpy"
 DTYPES = ("float32", "float64")
 
+# Path plans and lifted geometries kept (per params and weight shape; a network has a few).
+_PLAN_CACHE = 512
 # A group needs this many output channels for the im2col product to pay
 # (below, each loaded column would feed too few multiply-adds).
 GEMM_MIN_OG = 4
@@ -478,6 +480,7 @@ def _phase_weight(w5, groups, taps):
     return out
 
 
+@functools.lru_cache(maxsize=_PLAN_CACHE)
 def _conv_geometry(p: ConvParams):
     return (lift_to_3d(p.stride, 1), pads_before_3d(p.padding), lift_to_3d(p.dilation, 1))
 
@@ -698,9 +701,12 @@ def _winograd_weight_grad(a5, b5, gw, pad):
 # ----------------------------------------------------------------------------- conv
 
 
+@functools.lru_cache(maxsize=_PLAN_CACHE)
 def _plan(op, p: ConvParams, w_shape, needs=("x", "weight")):
-    """[(result name, path, why)] of the kernels of ``op`` (see the ``_path_*``
-    functions): the one place the ops and ``explain`` take their paths from."""
+    """((result name, path, why), ...) of the kernels of ``op`` (see the ``_path_*``
+    functions): the one place the ops and ``explain`` take their paths from. Memoised:
+    a function of its arguments only, worked out in 20-70 us of Python (a tenth to a
+    half of a small call)."""
     stride, _, dil = _conv_geometry(p)
     kshape = lift_to_3d(p.kernel, 1)
     in_s, out_s = lift_to_3d(p.in_shape, 1), lift_to_3d(p.out_shape, 1)
@@ -734,7 +740,7 @@ def _plan(op, p: ConvParams, w_shape, needs=("x", "weight")):
             plan.append(("grad_weight", *(wino(p, "weight gradient", tiled, *c_o,
                                                weight_grad=True)
                                           or _path_weight_grad(w_shape[0] // g, k, a))))
-    return plan
+    return tuple(plan)
 
 
 def explain(op, p, dtype, x_shape=None, w_shape=None, needs=("x", "weight")):
