@@ -250,7 +250,10 @@ def max_pool(x, p: PoolParams, return_indices):
     # max (for a window of -inf only, its first in-bounds cell).
     winner = np.where(any_nan[..., None], nan, inside & (masked == best[..., None]))
     choice = winner.argmax(axis=-1)
-    y = best.astype(x.dtype, copy=False)
+    # y is the winner's value, not ``best``: they differ in the sign of a zero (max
+    # may return either of 0.0 and -0.0) and in a NaN's payload; torch and the other
+    # backends return the winning cell itself.
+    y = np.take_along_axis(v, choice[..., None], axis=-1)[..., 0].astype(x.dtype, copy=False)
     if not return_indices:
         return y, None
     idx = np.take_along_axis(np.broadcast_to(flat, v.shape), choice[..., None], axis=-1)
