@@ -53,7 +53,7 @@ run_tests() {
         CNNFAST_SANITIZE_EXPECT_DEBUG=1 \
         "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cpp_kernels.py tests/test_cpp_direct.py \
         tests/test_winograd.py tests/test_winograd3d.py tests/test_cpp_wgrad_short.py \
-        tests/test_cpp_activation.py tests/test_activation.py \
+        tests/test_cpp_activation.py tests/test_activation.py tests/test_cpp_max_pool_windows.py \
         tests/test_backend_grid.py tests/test_fuzz.py -k cpp 2>&1 | tail -5; exit "${PIPESTATUS[0]}")
 }
 

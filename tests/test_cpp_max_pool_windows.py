@@ -2,9 +2,9 @@
 2x2 and 3x3 windows, stride 1 or 2 along the rows, no dilation) against the numpy
 reference, on data made of ties, signed zeros, infinities and NaNs, where the rules
 of docs/API.md (first maximum, first NaN, NaN never loses) decide every output; with
-and without indices, on every SIMD path. Planes whose rows cannot take the fixed
-windows (padding at the row ends, ceil_mode overhang, dilation) are covered too: their
-rows take the general path, and some rows of a plane take each (vertical padding)."""
+and without indices, on every SIMD path. The outputs whose windows reach into the
+padding or past the input (ceil_mode) take the general path, in the same row as fixed
+ones or in rows of their own; planes with other windows take it throughout."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ pytest.importorskip("cnnfast.backends.cpp._cpp", reason="C++ extension not built
 
 VALUES = np.array([-np.inf, -1.0, -0.0, 0.0, 1.0, 2.0, np.inf, np.nan])
 
-# (x spatial shape, max_pool arguments): the first group takes the fixed windows in
-# every row, the second in some rows, the third in none.
+# (x spatial shape, max_pool arguments): the fixed windows in every output, in the rows
+# inside the input, in the outputs inside a row, and in none.
 CASES = [
     ((26, 26), dict(kernel_size=2)),  # the seed CNN's pooling: 13 outputs a row
     ((9, 75), dict(kernel_size=2, stride=(2, 2))),
@@ -31,6 +31,11 @@ CASES = [
     ((10, 19), dict(kernel_size=3, stride=2, padding=((1, 1), (0, 0)))),
     ((4, 7, 10), dict(kernel_size=(1, 3, 3), stride=2, padding=((0, 0), (1, 1), (0, 0)))),
     ((9, 20), dict(kernel_size=3, stride=2, padding=1)),  # padded row ends
+    ((10, 31), dict(kernel_size=3, stride=2, padding=1)),  # ResNet's stem pool
+    ((12, 12), dict(kernel_size=2, stride=1, padding=1)),
+    ((7, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    ((5, 3), dict(kernel_size=3, stride=2, padding=1)),  # no window inside a row
+    ((9, 20), dict(kernel_size=2, stride=2, padding=((0, 0), (0, 1)))),
     ((9, 9), dict(kernel_size=2, ceil_mode=True)),  # the last window overhangs
     ((9, 20), dict(kernel_size=2, dilation=2)),
     ((9, 20), dict(kernel_size=(2, 3))),

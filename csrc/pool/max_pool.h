@@ -40,13 +40,15 @@ static inline void max_taps(const T* xs, long a, long e, long sx_rt, std::int32_
     }
 }
 
+// Outputs c0 .. c1-1 of one output row (best, tap and bidx point at the row's start).
 template <class T, bool IDX>
 static inline void max_row(const PoolGeo& g, const T* xp, long oz, long oy, T* best,
-                           std::int32_t* tap, const long* toff, std::int64_t* bidx) {
+                           std::int32_t* tap, const long* toff, std::int64_t* bidx,
+                           long c0, long c1) {
     const long W = g.out[2], sx = g.s[2];
-    for (long o = 0; o < W; ++o) best[o] = -__builtin_huge_val();
+    for (long o = c0; o < c1; ++o) best[o] = -__builtin_huge_val();
     if (IDX)
-        for (long o = 0; o < W; ++o) tap[o] = -1;
+        for (long o = c0; o < c1; ++o) tap[o] = -1;
     for (long kz = 0; kz < g.k[0]; ++kz) {
         const long iz = oz * g.s[0] + kz * g.d[0] - g.lo[0];
         if (iz < 0 || iz >= g.in[0]) continue;
@@ -58,6 +60,8 @@ static inline void max_row(const PoolGeo& g, const T* xp, long oz, long oy, T* b
                 const long off = kx * g.d[2] - g.lo[2];
                 long a, e;
                 valid_range(W, sx, off, g.in[2], a, e);
+                a = imax(a, c0);
+                e = imin(e, c1);
                 if (a < e) {
                     CNN_CHECK("max_pool", a * sx + off, g.in[2]);
                     CNN_CHECK("max_pool", (e - 1) * sx + off, g.in[2]);
@@ -78,7 +82,7 @@ static inline void max_row(const PoolGeo& g, const T* xp, long oz, long oy, T* b
         // flat offset = base(oz, oy) + o*sx + toff[tap] (linear in the tap's offsets)
         const long base = ((oz * g.s[0] - g.lo[0]) * g.in[1] + (oy * g.s[1] - g.lo[1])) * g.in[2]
                           - g.lo[2];
-        for (long o = 0; o < W; ++o) {
+        for (long o = c0; o < c1; ++o) {
             CNN_CHECK("max_pool tap", tap[o], g.k[0] * g.k[1] * g.k[2]);
             bidx[o] = (std::int64_t)(base + o * sx + toff[tap[o]]);
         }
@@ -107,7 +111,7 @@ static inline void max_row_fixed(const T* xr, long W_in, long W, long base, T* y
                 const T v = p[ky * W_in + kx];
                 if (IDX) {
                     const bool nan = v != v;
-                    const bool take = !held_nan & ((v > best) | nan);
+                    const bool take = (!held_nan) & ((v > best) | nan);
                     held_nan = held_nan | nan;
                     best = take ? v : best;
                     tap = take ? ky * K + kx : tap;
@@ -123,31 +127,40 @@ static inline void max_row_fixed(const T* xr, long W_in, long W, long base, T* y
             ir[o] = (std::int64_t)(base + o * SX + (tapr[o] / K) * W_in + tapr[o] % K);
 }
 
-// Whether rows of ``g`` can take max_row_fixed (its K and stride), and the windows of
-// every output of a row lie inside the input horizontally.
+// Whether the rows of ``g`` can take max_row_fixed (its K and stride) where their
+// windows lie inside the input.
 static inline bool fixed_window(const PoolGeo& g, int K, int SX) {
     return g.k[0] == 1 && g.k[1] == K && g.k[2] == K && g.s[2] == SX && g.d[1] == 1 &&
-           g.d[2] == 1 && g.lo[2] == 0 && (g.out[2] - 1) * SX + K <= g.in[2];
+           g.d[2] == 1;
 }
 
+// A plane by fixed windows: the outputs a .. e-1 of a row whose windows lie inside
+// the input take max_row_fixed, the rest (padding, a ceil_mode overhang) max_row.
 template <class T, bool IDX, int K, int SX>
 static void max_plane_fixed(const PoolGeo& g, const T* xp, T* yp, std::int64_t* ip,
                             const long* toff, std::int32_t* tap) {
-    const long W = g.out[2], W_in = g.in[2];
+    const long W = g.out[2], W_in = g.in[2], lo = g.lo[2];
+    long a, e;  // outputs o with 0 <= o*SX - lo and o*SX - lo + K - 1 < W_in
+    valid_range(W, SX, -lo, W_in - (K - 1), a, e);
     for (long oz = 0; oz < g.out[0]; ++oz) {
         const long iz = oz * g.s[0] - g.lo[0];  // k[0] == 1: the one depth tap
         for (long oy = 0; oy < g.out[1]; ++oy) {
             const long orow = (oz * g.out[1] + oy) * W;
+            T* yr = yp + orow;
+            std::int64_t* ir = IDX ? ip + orow : nullptr;
             const long iy = oy * g.s[1] - g.lo[1];
-            if (iz < 0 || iz >= g.in[0] || iy < 0 || iy + K > g.in[1]) {  // padding rows
-                max_row<T, IDX>(g, xp, oz, oy, yp + orow, tap, toff, IDX ? ip + orow : nullptr);
+            if (iz < 0 || iz >= g.in[0] || iy < 0 || iy + K > g.in[1] || a >= e) {
+                max_row<T, IDX>(g, xp, oz, oy, yr, tap, toff, ir, 0, W);
                 continue;
             }
-            const long base = (iz * g.in[1] + iy) * W_in;
-            CNN_CHECK("max_pool window", base + (K - 1) * W_in + (W - 1) * SX + K - 1,
+            max_row<T, IDX>(g, xp, oz, oy, yr, tap, toff, ir, 0, a);
+            const long base = (iz * g.in[1] + iy) * W_in + a * SX - lo;  // output a's window
+            CNN_CHECK("max_pool window", base, g.in[0] * g.in[1] * W_in);
+            CNN_CHECK("max_pool window", base + (K - 1) * W_in + (e - a - 1) * SX + K - 1,
                       g.in[0] * g.in[1] * W_in);
-            max_row_fixed<T, IDX, K, SX>(xp + base, W_in, W, base, yp + orow,
-                                         IDX ? ip + orow : nullptr, tap);
+            max_row_fixed<T, IDX, K, SX>(xp + base, W_in, e - a, base, yr + a,
+                                         IDX ? ir + a : nullptr, tap + a);
+            max_row<T, IDX>(g, xp, oz, oy, yr, tap, toff, ir, e, W);
         }
     }
 }
@@ -187,9 +200,10 @@ static void max_pool(const PoolGeo& g, const T* x, T* y, std::int64_t* idx, int 
                 for (long oy = 0; oy < g.out[1]; ++oy) {
                     const long orow = pl * Pout + (oz * g.out[1] + oy) * W;
                     if (idx)
-                        max_row<T, true>(g, xp, oz, oy, y + orow, tap, toff, idx + orow);
+                        max_row<T, true>(g, xp, oz, oy, y + orow, tap, toff, idx + orow, 0, W);
                     else
-                        max_row<T, false>(g, xp, oz, oy, y + orow, nullptr, nullptr, nullptr);
+                        max_row<T, false>(g, xp, oz, oy, y + orow, nullptr, nullptr, nullptr,
+                                          0, W);
                 }
         }
     }
