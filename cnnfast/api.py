@@ -317,13 +317,6 @@ _SLOPE = _activation.DEFAULT_NEGATIVE_SLOPE
 _NO_GRAD_OUTS = (None, None, None)  # what check_grad_outs gives a call without out=
 
 
-def _grad_args(plan, grad_y, x, weight, y):
-    """The backward kernels' arguments: (grad_y, x, weight, params, needs, y)."""
-    kind = plan.kind
-    return (_contiguous(grad_y, kind), _contiguous(x, kind), _contiguous(weight, kind),
-            plan.params, plan.extra, _contiguous(y, kind))
-
-
 def _conv(x, weight, bias, stride, padding, dilation, groups, backend, algorithm,
           activation, negative_slope, rank=None, out=None):
     return bridged(_run_conv, _CONV_ARRAYS, (x, weight, bias), out, stride, padding,
@@ -343,15 +336,28 @@ def _run_conv(x, weight, bias, stride, padding, dilation, groups, backend, algor
         p = P.with_activation(p, activation, negative_slope)
         _check_bias(bias, weight.shape[0])
         out_shape = (x.shape[0], weight.shape[0]) + p.out_shape
-        P.check_result_size(out_shape, "the output")
-        if out is not None:
-            check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
-                                                            "bias": bias})
-        kernel, p = _select_conv("conv", kind, dtype, p, backend, x_shape=x.shape,
-                                 w_shape=weight.shape)
-        if _is_empty_conv(x.shape, weight.shape):
-            return write(out, _empty_conv(kind, dtype, out_shape, bias, p))
-        plan = plans.make(plan_key, "conv", kind, dtype, p, backend, kernel)
+        plan, empty = _forward_plan("conv", plan_key, kind, dtype, p, backend, x, weight,
+                                    bias, out_shape, out)
+        if plan is None:
+            return empty
+    return _run_forward(plan, x, weight, bias, out)
+
+
+def _forward_plan(op, plan_key, kind, dtype, p, backend, x, weight, bias, out_shape, out):
+    """The rest of a forward call's checks and its kernel choice: (its plan, None), or
+    (None, the result) for an empty convolution (computed here)."""
+    P.check_result_size(out_shape, "the output")
+    if out is not None:
+        check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
+                                                        "bias": bias})
+    kernel, p = _select_conv(op, kind, dtype, p, backend, x_shape=x.shape,
+                             w_shape=weight.shape)
+    if _is_empty_conv(x.shape, weight.shape):
+        return None, write(out, _empty_conv(kind, dtype, out_shape, bias, p))
+    return plans.make(plan_key, op, kind, dtype, p, backend, kernel), None
+
+
+def _run_forward(plan, x, weight, bias, out):
     kind = plan.kind
     return write(out, _with_out(plan.kernel(), (_contiguous(x, kind),
                                                 _contiguous(weight, kind),
@@ -556,22 +562,38 @@ def _run_conv_backward(grad_y, x, weight, y, stride, padding, dilation, groups, 
         p = P.with_algorithm(P.conv_params(x.shape, weight.shape, stride, padding,
                                            dilation, groups), algorithm)
         p = P.with_activation(p, activation, negative_slope)
-        _check_grad_y(grad_y, (x.shape[0], weight.shape[0]) + p.out_shape)
-        _check_activated_y(y, p, grad_y.shape)
-        outs = check_grad_outs(out, (x.shape, weight.shape, (weight.shape[0],)), dtype,
-                               kind, wanted, {"grad_y": grad_y, "x": x, "weight": weight,
-                                              "y": y})
-        kernel, p = _select_conv("conv_backward", kind, dtype, p, backend, x_shape=x.shape,
-                                 w_shape=weight.shape, needs=wanted)
-        if not wanted:
-            return None, None, None
-        if _is_empty_conv(x.shape, weight.shape):
-            return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y,
-                                                        x.shape, weight.shape, y, p))
-        plan = plans.make(plan_key, "conv_backward", kind, dtype, p, backend, kernel,
-                          wanted)
-    return write_grads(outs, _with_out(plan.kernel(), _grad_args(plan, grad_y, x, weight, y),
-                                       tuple(outs)))
+        plan, outs, early = _backward_plan("conv_backward", plan_key, kind, dtype, p,
+                                           backend, grad_y, x, weight, y, wanted,
+                                           weight.shape[0], out)
+        if plan is None:
+            return early
+    return _run_backward(plan, grad_y, x, weight, y, outs)
+
+
+def _backward_plan(op, plan_key, kind, dtype, p, backend, grad_y, x, weight, y, wanted,
+                   c_out, out):
+    """The rest of a backward call's checks (``c_out``: the channels of ``grad_y``) and
+    its kernel choice: (its plan, the checked outs, None), or (None, None, the result)
+    when nothing is asked for or the convolution is empty (computed here)."""
+    _check_grad_y(grad_y, (x.shape[0], c_out) + p.out_shape)
+    _check_activated_y(y, p, grad_y.shape)
+    outs = check_grad_outs(out, (x.shape, weight.shape, (c_out,)), dtype, kind, wanted,
+                           {"grad_y": grad_y, "x": x, "weight": weight, "y": y})
+    kernel, p = _select_conv(op, kind, dtype, p, backend, x_shape=x.shape,
+                             w_shape=weight.shape, needs=wanted)
+    if not wanted:
+        return None, None, (None, None, None)
+    if _is_empty_conv(x.shape, weight.shape):
+        return None, None, write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y,
+                                                                x.shape, weight.shape, y, p))
+    return plans.make(plan_key, op, kind, dtype, p, backend, kernel, wanted), outs, None
+
+
+def _run_backward(plan, grad_y, x, weight, y, outs):
+    kind = plan.kind
+    args = (_contiguous(grad_y, kind), _contiguous(x, kind), _contiguous(weight, kind),
+            plan.params, plan.extra, _contiguous(y, kind))
+    return write_grads(outs, _with_out(plan.kernel(), args, tuple(outs)))
 
 
 # ----------------------------------------------------------------------------- conv_transpose
@@ -600,19 +622,11 @@ def _run_conv_transpose(x, weight, bias, stride, padding, output_padding, groups
         c_out = weight.shape[1] * p.groups
         _check_bias(bias, c_out)
         out_shape = (x.shape[0], c_out) + p.out_shape
-        P.check_result_size(out_shape, "the output")
-        if out is not None:
-            check_out(out, "out", out_shape, dtype, kind, {"x": x, "weight": weight,
-                                                            "bias": bias})
-        kernel, p = _select_conv("conv_transpose", kind, dtype, p, backend,
-                                 x_shape=x.shape, w_shape=weight.shape)
-        if _is_empty_conv(x.shape, weight.shape):
-            return write(out, _empty_conv(kind, dtype, out_shape, bias, p))
-        plan = plans.make(plan_key, "conv_transpose", kind, dtype, p, backend, kernel)
-    kind = plan.kind
-    return write(out, _with_out(plan.kernel(), (_contiguous(x, kind),
-                                                _contiguous(weight, kind),
-                                                _contiguous(bias, kind), plan.params), out))
+        plan, empty = _forward_plan("conv_transpose", plan_key, kind, dtype, p, backend, x,
+                                    weight, bias, out_shape, out)
+        if plan is None:
+            return empty
+    return _run_forward(plan, x, weight, bias, out)
 
 
 def conv_transpose(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
@@ -779,22 +793,12 @@ def _run_conv_transpose_backward(grad_y, x, weight, y, stride, padding, output_p
                                                      output_padding, groups, dilation),
                              algorithm)
         p = P.with_activation(p, activation, negative_slope)
-        c_out = weight.shape[1] * p.groups
-        _check_grad_y(grad_y, (x.shape[0], c_out) + p.out_shape)
-        _check_activated_y(y, p, grad_y.shape)
-        outs = check_grad_outs(out, (x.shape, weight.shape, (c_out,)), dtype, kind, wanted,
-                               {"grad_y": grad_y, "x": x, "weight": weight, "y": y})
-        kernel, p = _select_conv("conv_transpose_backward", kind, dtype, p, backend,
-                                 x_shape=x.shape, w_shape=weight.shape, needs=wanted)
-        if not wanted:
-            return None, None, None
-        if _is_empty_conv(x.shape, weight.shape):
-            return write_grads(outs, _empty_conv_grads(kind, dtype, wanted, grad_y,
-                                                        x.shape, weight.shape, y, p))
-        plan = plans.make(plan_key, "conv_transpose_backward", kind, dtype, p, backend,
-                          kernel, wanted)
-    return write_grads(outs, _with_out(plan.kernel(), _grad_args(plan, grad_y, x, weight, y),
-                                       tuple(outs)))
+        plan, outs, early = _backward_plan("conv_transpose_backward", plan_key, kind, dtype,
+                                           p, backend, grad_y, x, weight, y, wanted,
+                                           weight.shape[1] * p.groups, out)
+        if plan is None:
+            return early
+    return _run_backward(plan, grad_y, x, weight, y, outs)
 
 
 # ----------------------------------------------------------------------------- pooling
