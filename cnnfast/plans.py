@@ -61,7 +61,10 @@ def find(plan_key: Optional[tuple]) -> Optional[Plan]:
     and its backend is still the registry's."""
     if plan_key is None:
         return None
-    plan = _plans.get(plan_key)
+    try:
+        plan = _plans.get(plan_key)
+    except TypeError:  # an unhashable shape or dtype: not an array, validation says so
+        return None
     if plan is None or not registry.is_current(plan.backend):
         return None
     return plan

@@ -136,6 +136,18 @@ def test_another_dtype_shape_or_array_type_is_another_plan():
     assert len(plans._plans) == 2
 
 
+def test_a_lookalike_array_gets_the_validation_error():
+    class Lookalike:  # shape and dtype, unhashable: not an array
+        shape = (2, 3, 9, 9)
+        dtype: list = []
+
+    _, w, b = _arrays()
+    for _ in range(2):
+        with pytest.raises(TypeError, match="x"):
+            cf.conv(Lookalike(), w, b, backend="numpy")
+    assert plans._plans == {}
+
+
 def test_layout_is_handled_per_call():
     x, w, b = _arrays()
     expected = cf.conv(np.asfortranarray(x), w, b, backend="numpy")
