@@ -31,10 +31,11 @@ from .common import (BLOCK_THREADS, CONV_GEO, CTYPES, CUDA_DIR, DTYPES,  # noqa:
 # The pooling launches: their kernel names for name_expressions, their ops for make_ops.
 from .pool_launch import KERNELS as POOL_KERNELS
 from .pool_launch import avg_pool, avg_pool_backward, max_pool, max_pool_backward
+from . import winograd_launch
 from ...geometry import lift_to_3d, pads_before_3d
 from ...params import ConvParams
 
-SOURCE_FILES = ("conv.cu", "pool.cu")
+SOURCE_FILES = ("conv.cu", "pool.cu", "winograd.cu")
 # Options given to NVRTC (CuPy adds the -arch of the current device itself). No
 # fast-math: max pooling relies on NaN comparisons.
 NVRTC_OPTIONS = ("--std=c++17",)
@@ -76,9 +77,10 @@ DW_TAPS = _K["DW_TAPS"]
 # conv_direct instantiations: 0 = any kernel size, 3 = 3x3 in the last two dims
 # (unrolled taps).
 DIRECT_FIXED_K = (0, 3)
-# The fused activation's codes (conv.cu ACT_*), by ConvParams.activation.
-ACT_CODES = {None: _K["ACT_NONE"], "relu": _K["ACT_RELU"], "leaky_relu": _K["ACT_LEAKY_RELU"],
-             "sigmoid": _K["ACT_SIGMOID"], "tanh": _K["ACT_TANH"]}
+# The fused activation's codes (activation.cuh ACT_*), by ConvParams.activation.
+_A = kernel_constants("activation.cuh")
+ACT_CODES = {None: _A["ACT_NONE"], "relu": _A["ACT_RELU"], "leaky_relu": _A["ACT_LEAKY_RELU"],
+             "sigmoid": _A["ACT_SIGMOID"], "tanh": _A["ACT_TANH"]}
 # The (slope, code) kernel arguments of a store without activation (the kernels'
 # last two parameters).
 NO_ACT = (np.float64(0.0), np.int32(ACT_CODES[None]))
@@ -123,6 +125,8 @@ def name_expressions(file: str, ctype: str = None) -> tuple:
                       f"act_grad<{ct}>"]
         elif file == "pool.cu":
             names += [f"{k}<{ct}>" for k in POOL_KERNELS]
+        elif file == "winograd.cu":
+            names += winograd_launch.name_expressions(ct)
         else:
             raise ValueError(f"unknown kernel file {file!r}; expected one of {SOURCE_FILES}")
     return tuple(names)
@@ -312,17 +316,29 @@ def _adj_gemm_fits(groups, cg, p: ConvParams) -> bool:
     return phases * max(1, cg * taps) * ROW_STRIDE <= ADJ_TABLE_MAX_INTS
 
 
-ALGORITHMS = ("gemm", "direct")  # the paths of every convolution kernel
+# The paths of the convolution kernels: "gemm" and "direct" run every case;
+# "winograd" (winograd_launch) 2-d 3x3 stride-1 float32/float64 ones, on request
+# (algorithm=, or autotuning on a GPU): the automatic choice waits for its device
+# timings (benchmarks/gpu_probe.py paths).
+ALGORITHMS = ("gemm", "direct", "winograd")
 
 
-def choose_path(mode, groups, m, cg, p: ConvParams):
+def choose_path(mode, groups, m, cg, p: ConvParams, dtype=None):
     """(path, why) of one convolution kernel (``mode``: MODE_CORR, MODE_ADJ or
-    MODE_WGRAD; ``m`` output and ``cg`` input channels per group): ``algorithm=``,
-    else the ``override`` test hook, else the automatic choice -- GEMM, or direct for
-    groups with few output channels (a GEMM tile would mostly idle)."""
+    MODE_WGRAD; ``m`` output and ``cg`` input channels per group; ``dtype`` when
+    known): ``algorithm=``, else the ``override`` test hook, else the automatic choice
+    -- GEMM, or direct for groups with few output channels (a GEMM tile would mostly
+    idle)."""
     forced = p.algorithm if p.algorithm != "auto" else _overrides["path"]
     if forced:
         path, why = forced, "forced"
+        if path == "winograd":
+            refusal = winograd_launch.refusal(p, GRID_Z_MAX)
+            if refusal is None and dtype is not None:
+                refusal = winograd_launch.unsupported_dtype(dtype)
+            if refusal:
+                raise NotImplementedError(f"algorithm='winograd' cannot run here: {refusal}")
+            why = "forced: F(2x2, 3x3), 16 GEMM slices"
     elif groups > 1 and m < 16:
         path, why = "direct", f"{groups} groups of {m} (< 16) output channels"
     else:
@@ -352,7 +368,7 @@ _OP_KERNELS = {
 _NEEDS = {"grad_x": "x", "grad_weight": "weight"}
 
 
-def _plan(op, p: ConvParams, x_shape, w_shape, needs=("x", "weight")):
+def _plan(op, p: ConvParams, x_shape, w_shape, needs=("x", "weight"), dtype=None):
     """[(result, path, why)] of the convolution kernels ``op`` runs (a backward op:
     those of ``needs``), from ``choose_path``: the one place the ops, ``explain`` and
     ``last_paths`` take their paths from. A forced path that cannot run one of them
@@ -362,7 +378,7 @@ def _plan(op, p: ConvParams, x_shape, w_shape, needs=("x", "weight")):
     plan = []
     for name, mode, co, ci in _OP_KERNELS[op]:
         if name not in _NEEDS or _NEEDS[name] in needs:
-            path, why = choose_path(mode, g, channels[co] // g, channels[ci] // g, p)
+            path, why = choose_path(mode, g, channels[co] // g, channels[ci] // g, p, dtype)
             plan.append((name, path, why))
     return plan
 
@@ -374,7 +390,8 @@ def explain(op, p, dtype, x_shape=None, w_shape=None, needs=("x", "weight")):
     if not isinstance(p, ConvParams):
         return None  # pooling: one path per op
     text = "; ".join(f"{'' if name == 'y' else name + ' '}{path}; why: {why}"
-                     for name, path, why in _plan(op, p, x_shape, w_shape, needs))
+                     for name, path, why in _plan(op, p, x_shape, w_shape, needs,
+                                                  np.dtype(dtype)))
     if p.activation is not None:
         if op.endswith("_backward"):
             text += (f". Fused: {p.activation}'s derivative, read from y, in one pass over "
@@ -400,10 +417,11 @@ def last_paths(rt) -> dict:
     return {} if rt is None else rt.record.paths
 
 
-def _record_paths(rt, op, p, x_shape, w_shape, needs=("x", "weight")):
-    """The paths of ``op`` by result (``_plan``), recorded as this call's on ``rt``."""
+def _record_paths(rt, op, p, x, w_shape, needs=("x", "weight")):
+    """The paths of ``op`` on data ``x`` by result (``_plan``), recorded as this
+    call's on ``rt``."""
     rt.record.paths = {}  # a refused call records nothing
-    paths = {name: path for name, path, _ in _plan(op, p, x_shape, w_shape, needs)}
+    paths = {name: path for name, path, _ in _plan(op, p, x.shape, w_shape, needs, x.dtype)}
     rt.record.paths = paths
     return paths
 
@@ -418,9 +436,17 @@ def _pick_tile(m):
 def _forward_like(rt, mode, path, a, x, bias, out, n, groups, ci, co, ishape, oshape, p,
                   act=NO_ACT):
     """out = MODE_CORR or MODE_ADJ of (a, x) (+ bias), then the activation ``act``
-    (``act_args``; none by default: the input gradients), on ``path`` ("gemm" or
-    "direct", from ``_plan``)."""
+    (``act_args``; none by default: the input gradients), on ``path`` ("gemm",
+    "direct" or "winograd", from ``_plan``)."""
     if out.size == 0:  # zero output channels: nothing to launch
+        return
+    if path == "winograd":
+        def slice_gemm(u, v, prod, g16, ci16, co16, q):
+            _forward_like(rt, MODE_CORR, "gemm", u, v, None, prod, 1, g16, ci16, co16,
+                          q.in_shape, q.out_shape, q)
+
+        winograd_launch.forward_like(rt, slice_gemm, mode == MODE_ADJ, a, x, bias, out, n,
+                                     groups, ci, co, ishape, oshape, p, act)
         return
     ct = ctype(out.dtype)
     m = co // groups
@@ -483,8 +509,17 @@ def _check_grid(grid):
 def _weight_grad(rt, path, a, x, out, n, groups, ci, co, ishape, oshape, p):
     """out (CO, CI/G, *k) = MODE_WGRAD of grad_y-like ``a`` (N, CO, *oshape) and data
     ``x`` (N, CI, *ishape) on ``path`` (from ``_plan``): "direct", a per-channel
-    reduction kernel, or "gemm", split over K when there are few output tiles."""
+    reduction kernel, "gemm", split over K when there are few output tiles, or
+    "winograd" (winograd_launch)."""
     if out.size == 0:
+        return
+    if path == "winograd":
+        def slice_gemm(gt, v, sums, g16, ci16, co16, q):
+            _weight_grad(rt, "gemm", gt, v, sums, 1, g16, ci16, co16, q.in_shape,
+                         q.out_shape, q)
+
+        winograd_launch.weight_grad(rt, slice_gemm, _add_slices, a, x, out, n, groups, ci,
+                                    co, ishape, oshape, p)
         return
     ct = ctype(out.dtype)
     m = co // groups
@@ -574,7 +609,7 @@ def conv(rt, x, w, b, p: ConvParams):
     n, c = x.shape[:2]
     o = w.shape[0]
     check_int32_extent((n, o) + tuple(p.out_shape))
-    path = _record_paths(rt, "conv", p, x.shape, w.shape)["y"]
+    path = _record_paths(rt, "conv", p, x, w.shape)["y"]
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
     _forward_like(rt, MODE_CORR, path, w, x, b, y, n, p.groups, c, o, p.in_shape,
                   p.out_shape, p, act_args(p))
@@ -583,7 +618,7 @@ def conv(rt, x, w, b, p: ConvParams):
 
 def conv_backward(rt, gy, x, w, p: ConvParams, needs, y=None):
     check_int32_extent(gy, x, w)
-    paths = _record_paths(rt, "conv_backward", p, x.shape, w.shape, needs)
+    paths = _record_paths(rt, "conv_backward", p, x, w.shape, needs)
     n, c = x.shape[:2]
     o = w.shape[0]
     gy, gb = _output_grad(rt, gy, y, p, needs)
@@ -606,7 +641,7 @@ def conv_transpose(rt, x, w, b, p: ConvParams):
     n, c = x.shape[:2]
     o = w.shape[1] * p.groups
     check_int32_extent((n, o) + tuple(p.out_shape))
-    path = _record_paths(rt, "conv_transpose", p, x.shape, w.shape)["y"]
+    path = _record_paths(rt, "conv_transpose", p, x, w.shape)["y"]
     y = rt.xp.empty((n, o) + tuple(p.out_shape), x.dtype)
     _forward_like(rt, MODE_ADJ, path, w, x, b, y, n, p.groups, c, o, p.in_shape, p.out_shape,
                   p, act_args(p))
@@ -615,7 +650,7 @@ def conv_transpose(rt, x, w, b, p: ConvParams):
 
 def conv_transpose_backward(rt, gy, x, w, p: ConvParams, needs, y=None):
     check_int32_extent(gy, x, w)
-    paths = _record_paths(rt, "conv_transpose_backward", p, x.shape, w.shape, needs)
+    paths = _record_paths(rt, "conv_transpose_backward", p, x, w.shape, needs)
     n, c = x.shape[:2]
     o = w.shape[1] * p.groups
     gy, gb = _output_grad(rt, gy, y, p, needs)

@@ -20,8 +20,8 @@
 // Index arithmetic is hoisted out of the inner loops. Everything that depends only on
 // the reduction index k lives in a row table built once per geometry on the host
 // (cnnfast/backends/cuda/conv_launch.py, which reads the ROW_*/PH_* layouts, the modes,
-// the ACT_* codes, GEMM_THREADS and DW_TAPS from this file); what depends only on the
-// output column is decoded once per thread. A B element is then
+// GEMM_THREADS and DW_TAPS from this file, the ACT_* codes from activation.cuh); what
+// depends only on the output column is decoded once per thread. A B element is then
 //     data[col_base + row.x_off + flat(row.v + col.v)]      (CORR, WGRAD)
 //     data[col_base + row.x_off + flat((col.v - row.v)/s)]  (ADJ, where exact)
 // with a bounds test per dim, in 32-bit arithmetic (the host refuses tensors of 2**31
@@ -44,6 +44,7 @@
 // steps per tile; shared tiles are double-buffered (the next tile's global loads are
 // issued before the current tile's arithmetic: one barrier per step).
 #include "common.cuh"
+#include "activation.cuh"
 
 #define MODE_CORR 0
 #define MODE_ADJ 1
@@ -71,62 +72,6 @@ static_assert(ROW_XOFF == 0 && ROW_V0 == 1 && ROW_STRIDE % 4 == 0,
 #define PH_ROWS 6
 #define PH_NCOLS 7
 #define PH_STRIDE 8
-
-// Fused activation (cnnfast/activation.py is the reference): its slope and code are
-// the last two arguments of the kernels that make the final store of y (conv_gemm and
-// conv_direct, or sum_splits after a split reduction), applied after the bias in the
-// accumulator type; act_grad applies the derivative in the backward. Runtime, not
-// template, arguments: one instantiation serves every activation (the branch is
-// uniform over the launch), so the modules and their compile time stay as they were.
-#define ACT_NONE 0
-#define ACT_RELU 1
-#define ACT_LEAKY_RELU 2
-#define ACT_SIGMOID 3
-#define ACT_TANH 4
-
-// expf/tanhf for float, exp/tanh for double (no <cmath> overloads under NVRTC).
-__device__ __forceinline__ float act_exp(float v) { return expf(v); }
-__device__ __forceinline__ double act_exp(double v) { return exp(v); }
-__device__ __forceinline__ float act_tanh(float v) { return tanhf(v); }
-__device__ __forceinline__ double act_tanh(double v) { return tanh(v); }
-
-template <class Acc>
-__device__ __forceinline__ Acc activate(Acc v, int act, double slope) {
-    switch (act) {
-    case ACT_RELU:  // max(v, 0) with NaN kept (v != v), +0 for -0 as numpy's maximum
-        return (v > Acc(0) || v != v) ? v : Acc(0);
-    case ACT_LEAKY_RELU:
-        return v < Acc(0) ? v * Acc(slope) : v;
-    case ACT_SIGMOID: {  // exp of -|v| only: no overflow on either side; NaN stays NaN
-        // 1/(1+e) or e/(1+e) as the reference, one division (each is a long sequence).
-        Acc e = act_exp(v < Acc(0) ? v : -v);
-        return (v >= Acc(0) ? Acc(1) : e) / (Acc(1) + e);
-    }
-    case ACT_TANH:
-        return act_tanh(v);
-    default:
-        return v;
-    }
-}
-
-// grad_y times the activation's derivative read from the activated output y; the
-// piecewise ones take the left side at 0 and NaN (y > 0 is false), the reference's
-// operation order otherwise.
-template <class Acc>
-__device__ __forceinline__ Acc activation_grad(Acc gy, Acc y, int act, double slope) {
-    switch (act) {
-    case ACT_RELU:
-        return y > Acc(0) ? gy : Acc(0);
-    case ACT_LEAKY_RELU:
-        return y > Acc(0) ? gy : gy * Acc(slope);
-    case ACT_SIGMOID:
-        return gy * (y * (Acc(1) - y));
-    case ACT_TANH:  // not 1 - y*y, which loses every digit as |y| -> 1
-        return gy * ((Acc(1) - y) * (Acc(1) + y));
-    default:
-        return gy;
-    }
-}
 
 // Input coordinate along one dim read by output o with tap t (CORR), or -1.
 __device__ __forceinline__ int corr_coord(int o, int t, int s, int p, int d, int n) {
