@@ -2,11 +2,16 @@
 
     python benchmarks/gpu_probe.py overhead   # host time per call, and where it goes
     python benchmarks/gpu_probe.py tiles      # every GEMM tile forced, per layer shape
+    python benchmarks/gpu_probe.py paths      # gemm vs winograd on the 3x3 stride-1 layers
 
 ``overhead`` times tiny calls (the GPU is idle, so a call costs what the host spends
 on it) and prints a cProfile of them; ``tiles`` times each conv_gemm tile shape on
 the ResNet layers at batch 8 and 32, so the tile heuristic of
-``cnnfast.backends.cuda.conv_launch`` can be checked against measurements.
+``cnnfast.backends.cuda.conv_launch`` can be checked against measurements; ``paths``
+times the implicit GEMM against the Winograd F(2x2, 3x3) path (``algorithm=``) and
+torch/cuDNN on the 3x3 stride-1 layers of the bench suite and the seed CNN, forward and
+both gradients, float32 with TF32 off -- the figures the automatic choice of
+``conv_launch.choose_path`` waits for.
 """
 
 from __future__ import annotations
@@ -99,5 +104,58 @@ def tiles():
                       flush=True)
 
 
+def paths():
+    import cupy as cp
+    import torch
+
+    import cnnfast
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rng = np.random.default_rng(0)
+    layers = [  # (name, C, H, W, O, pad)
+        ("resnet c64 56", 64, 56, 56, 64, 1),
+        ("resnet c128 28", 128, 28, 28, 128, 1),
+        ("resnet c256 14", 256, 14, 14, 256, 1),
+        ("resnet c512 7", 512, 7, 7, 512, 1),
+        ("seed conv2 13", 64, 13, 13, 64, 0),
+        ("wide c32 112", 32, 112, 112, 32, 1),
+    ]
+    print("us per call (CUDA events, 20 calls after one warm-up); float32, TF32 off")
+    print("(rel err: max |winograd - gemm| / max |gemm|, the results on the device)")
+    print(f"{'':30s}{'gemm':>10s}{'winograd':>10s}{'cudnn':>10s}{'gemm/wino':>10s}"
+          f"{'rel err':>10s}")
+    for name, c, h, w_, o, pad in layers:
+        for n in (8, 32, 64):
+            x = cp.asarray(rng.standard_normal((n, c, h, w_)).astype(np.float32))
+            w = cp.asarray(rng.standard_normal((o, c, 3, 3)).astype(np.float32))
+            y = cnnfast.conv2d(x, w, padding=pad, backend="cupy")
+            gy = cp.asarray(rng.standard_normal(y.shape).astype(np.float32))
+            tx, tw, tgy = (torch.as_tensor(a, device="cuda") for a in (x, w, gy))
+
+            def ours(op, algo):
+                if op == "fwd":
+                    return lambda: cnnfast.conv2d(x, w, padding=pad, backend="cupy",
+                                                  algorithm=algo)
+                needs = ("x",) if op == "bwd-x" else ("weight",)
+                return lambda: cnnfast.conv_backward(gy, x, w, 1, pad, needs=needs,
+                                                     backend="cupy", algorithm=algo)
+
+            cudnn = {
+                "fwd": lambda: torch.nn.functional.conv2d(tx, tw, padding=pad),
+                "bwd-x": lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tgy, padding=pad),
+                "bwd-w": lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tgy, padding=pad),
+            }
+            for op in ("fwd", "bwd-x", "bwd-w"):
+                g, wi = _timed(ours(op, "gemm"), 20), _timed(ours(op, "winograd"), 20)
+                t = _timed(cudnn[op], 20)
+                ref, got = (r if op == "fwd" else r[0] if op == "bwd-x" else r[1]
+                            for r in (ours(op, "gemm")(), ours(op, "winograd")()))
+                err = float(cp.abs(got - ref).max() / cp.abs(ref).max())
+                print(f"{name:16s} n{n:<3d} {op:8s}{g:10.1f}{wi:10.1f}{t:10.1f}{g / wi:10.2f}"
+                      f"{err:10.1e}", flush=True)
+
+
 if __name__ == "__main__":
-    {"overhead": overhead, "tiles": tiles}[sys.argv[1] if len(sys.argv) > 1 else "overhead"]()
+    {"overhead": overhead, "tiles": tiles, "paths": paths}[
+        sys.argv[1] if len(sys.argv) > 1 else "overhead"]()

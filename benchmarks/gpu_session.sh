@@ -4,13 +4,14 @@
 #
 #   bash benchmarks/gpu_session.sh OUTDIR [STEPS]
 #
-# STEPS is a comma list of: env, cache, test, bench, adhoc, suite (run in that order;
-# default: all but suite). Logs go to OUTDIR/{env,test,bench,adhoc,suite}.log (the
-# cache check appends to env.log); the benchmark writes OUTDIR/gpu.{json,md,png}. Meant for a machine that already has CuPy and a CUDA
-# torch (the lent H100/H200 image does); elsewhere: pip install -e .[gpu,dev] first.
+# STEPS is a comma list of: env, cache, test, bench, adhoc, paths, suite (run in that
+# order; default: all but suite). Logs go to OUTDIR/{env,test,bench,adhoc,paths,suite}.log
+# (the cache check appends to env.log); the benchmark writes OUTDIR/gpu.{json,md,png}.
+# Meant for a machine that already has CuPy and a CUDA torch (the lent H100/H200 image
+# does); elsewhere: pip install -e .[gpu,dev] first.
 set -u
 out=${1:?usage: gpu_session.sh OUTDIR [STEPS]}
-steps=${2:-env,cache,test,bench,adhoc}
+steps=${2:-env,cache,test,bench,adhoc,paths}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -65,6 +66,14 @@ if want adhoc; then
     step adhoc
     timeout 240 $py benchmarks/gpu_crosscheck.py > "$out/adhoc.log" 2>&1
     cat "$out/adhoc.log"
+fi
+
+if want paths; then
+    step paths
+    # gemm vs the Winograd path vs cuDNN per 3x3 stride-1 layer (issue 18: the
+    # automatic choice of conv_launch.choose_path waits for these figures)
+    timeout 300 $py benchmarks/gpu_probe.py paths > "$out/paths.log" 2>&1
+    cat "$out/paths.log"
 fi
 
 if want suite; then
