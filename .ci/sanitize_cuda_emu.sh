@@ -3,8 +3,9 @@
 #
 #  1. ASan + UBSan: the emulator library (every kernel of cnnfast/backends/cuda/kernels)
 #     built with -fsanitize=address,undefined; tests/test_cuda_emu.py,
-#     test_cuda_pool_paths.py, test_cuda_activation.py and test_cuda_winograd.py run on
-#     it (every kernel and path, ranks 1-3, both dtypes, the emulator's own semantics), and 200 random cases of the fuzzer
+#     test_cuda_pool_paths.py, test_cuda_activation.py, test_cuda_winograd.py and
+#     test_cuda_depthwise_tiled.py run on it (every kernel and path, ranks 1-3, both
+#     dtypes, the emulator's own semantics), and 200 random cases of the fuzzer
 #     (tests/test_fuzz.py); then a deliberate out-of-bounds kernel must be reported.
 #  2. TSan: the same library built with -fsanitize=thread (each CUDA thread is a TSan
 #     fiber; happens-before only at barriers, warp collectives and block boundaries);
@@ -36,12 +37,13 @@ runtime_lib() {
 asan_job() {
     local asan
     asan=$(runtime_lib libasan.so)
-    echo "== ASan + UBSan: tests/test_cuda_emu.py tests/test_cuda_pool_paths.py tests/test_cuda_activation.py tests/test_cuda_winograd.py, fuzz cases"
+    echo "== ASan + UBSan: tests/test_cuda_emu.py tests/test_cuda_pool_paths.py tests/test_cuda_activation.py tests/test_cuda_winograd.py tests/test_cuda_depthwise_tiled.py, fuzz cases"
     env CNNFAST_CUDA_EMU_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1" \
         LD_PRELOAD="$asan" ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=67" \
         UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" CNNFAST_FUZZ_CASES=200 \
         "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_emu.py tests/test_cuda_pool_paths.py \
-        tests/test_cuda_activation.py tests/test_cuda_winograd.py "tests/test_fuzz.py::test_fuzz[cuda-emu]"
+        tests/test_cuda_activation.py tests/test_cuda_winograd.py tests/test_cuda_depthwise_tiled.py \
+        "tests/test_fuzz.py::test_fuzz[cuda-emu]"
     echo "== ASan: an out-of-bounds write in a kernel must be reported"
     set +e
     out=$(env LD_PRELOAD="$asan" ASAN_OPTIONS="detect_leaks=0:exitcode=67" "$PY" - 2>&1 <<'PYEOF'
@@ -66,14 +68,15 @@ PYEOF
 tsan_job() {
     local tsan
     tsan=$(runtime_lib libtsan.so)
-    echo "== TSan: tests/test_cuda_emu.py tests/test_cuda_pool_paths.py tests/test_cuda_activation.py tests/test_cuda_winograd.py, fuzz cases"
+    echo "== TSan: tests/test_cuda_emu.py tests/test_cuda_pool_paths.py tests/test_cuda_activation.py tests/test_cuda_winograd.py tests/test_cuda_depthwise_tiled.py, fuzz cases"
     # One OpenBLAS thread: the fuzzer's numpy reference multiplies matrices large enough
     # for OpenBLAS to use its threads, whose (uninstrumented) hand-off TSan misreads
     # as a race on numpy's buffers.
     env CNNFAST_CUDA_EMU_FLAGS="-fsanitize=thread -g -O1" LD_PRELOAD="$tsan" OPENBLAS_NUM_THREADS=1 \
         TSAN_OPTIONS="halt_on_error=1 exitcode=66" CNNFAST_FUZZ_CASES=100 \
         "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_emu.py tests/test_cuda_pool_paths.py \
-        tests/test_cuda_activation.py tests/test_cuda_winograd.py "tests/test_fuzz.py::test_fuzz[cuda-emu]"
+        tests/test_cuda_activation.py tests/test_cuda_winograd.py tests/test_cuda_depthwise_tiled.py \
+        "tests/test_fuzz.py::test_fuzz[cuda-emu]"
     echo "== TSan: the racy kernel must be reported, its race-free twin must pass"
     "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_emu_sanitizers.py
 }

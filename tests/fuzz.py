@@ -454,8 +454,9 @@ def _knobs(rng):
         # runs them (helpers/simd.py); the same draw on every machine.
         knobs["simd"] = _pick(rng, ("portable", "avx2", "avx512"))
     if rng.random() < 0.3:
-        # (winograd declines most cases: 2-d 3x3 stride 1 only)
-        knobs["conv_path"] = _pick(rng, ("gemm", "direct", "winograd"))
+        # (winograd and depthwise-tiled decline most cases: 2-d 3x3 stride 1, 2-d
+        # depthwise 3x3/5x5)
+        knobs["conv_path"] = _pick(rng, ("gemm", "direct", "winograd", "depthwise-tiled"))
     if rng.random() < 0.2:
         knobs["splits"] = int(_pick(rng, (1, 2, 3, 5)))
     if rng.random() < 0.15:
@@ -621,11 +622,14 @@ def forced_algorithm(case: Case, backend: str):
 
 def forces_a_partial_path(case: Case, backend: str) -> bool:
     """Whether the case forces a convolution path that runs only some cases: an
-    algorithm of cpp or numba, or the CUDA backends' winograd ``conv_path`` knob (2-d
-    3x3 stride 1 only); such a path's NotImplementedError is not the backend
+    algorithm of cpp or numba, or the CUDA backends' ``conv_path`` knob naming one
+    of their partial paths; such a path's NotImplementedError is not the backend
     declining the case."""
     if backend in ("cuda-emu", "cupy"):
-        return case.op.startswith("conv") and case.knobs.get("conv_path") == "winograd"
+        from cnnfast.backends.cuda import conv_launch
+
+        return (case.op.startswith("conv") and
+                case.knobs.get("conv_path") not in (None,) + conv_launch.GENERAL_PATHS)
     return bool(forced_algorithm(case, backend))
 
 

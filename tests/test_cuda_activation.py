@@ -65,9 +65,9 @@ def dev(request):
     return Device("cuda-emu", np.asarray, np.asarray)
 
 
-# The paths that run every case (winograd: 2-d 3x3 stride 1 only, its activation in
-# tests/test_cuda_winograd.py).
-GENERAL_PATHS = tuple(a for a in conv_launch.ALGORITHMS if a != "winograd")
+# The paths that run every case (the others' activation: tests/test_cuda_winograd.py,
+# tests/test_cuda_depthwise_tiled.py).
+GENERAL_PATHS = conv_launch.GENERAL_PATHS
 
 
 def _close(got, expected, dtype, what):

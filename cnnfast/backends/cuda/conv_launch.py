@@ -35,7 +35,7 @@ from . import winograd_launch
 from ...geometry import lift_to_3d, pads_before_3d
 from ...params import ConvParams
 
-SOURCE_FILES = ("conv.cu", "pool.cu", "winograd.cu")
+SOURCE_FILES = ("conv.cu", "pool.cu", "winograd.cu", "depthwise.cu")
 # Options given to NVRTC (CuPy adds the -arch of the current device itself). No
 # fast-math: max pooling relies on NaN comparisons.
 NVRTC_OPTIONS = ("--std=c++17",)
@@ -72,8 +72,16 @@ PH_STRIDE, PH_U0, PH_Q0, PH_ROWS, PH_NCOLS = (_K[k] for k in ("PH_STRIDE", "PH_U
 # millions of phases, mostly empty, and GBs of table: past these bounds the direct
 # kernel, which needs no table, runs instead (_adj_gemm_fits).
 GRID_Z_MAX = 65535
+# Rows of blocks the direct kernels launch over their (image, channel) planes; a block
+# loops over the planes beyond (CUDA's limit; tests lower it to reach the loop).
+PLANE_ROWS_MAX = 65535
 ADJ_TABLE_MAX_INTS = 1 << 24  # 64 MiB of int32 (twice that as int64 while built)
 DW_TAPS = _K["DW_TAPS"]
+# depthwise.cu's tiles (outputs per block) and its instantiations: (K, stride, flip)
+# for KxK kernels; the flipped (adjoint) form for stride 1.
+_D = kernel_constants("depthwise.cu")
+DW_TILE_W, DW_TILE_H = _D["DW_TILE_W"], _D["DW_TILE_H"]
+DEPTHWISE_TILED = ((3, 1, 0), (3, 2, 0), (5, 1, 0), (5, 2, 0), (3, 1, 1), (5, 1, 1))
 # conv_direct instantiations: 0 = any kernel size, 3 = 3x3 in the last two dims
 # (unrolled taps).
 DIRECT_FIXED_K = (0, 3)
@@ -127,6 +135,9 @@ def name_expressions(file: str, ctype: str = None) -> tuple:
             names += [f"{k}<{ct}>" for k in POOL_KERNELS]
         elif file == "winograd.cu":
             names += winograd_launch.name_expressions(ct)
+        elif file == "depthwise.cu":
+            names += [f"conv_depthwise_tiled<{ct},{k},{s},{flip}>"
+                      for k, s, flip in DEPTHWISE_TILED]
         else:
             raise ValueError(f"unknown kernel file {file!r}; expected one of {SOURCE_FILES}")
     return tuple(names)
@@ -317,10 +328,28 @@ def _adj_gemm_fits(groups, cg, p: ConvParams) -> bool:
 
 
 # The paths of the convolution kernels: "gemm" and "direct" run every case;
-# "winograd" (winograd_launch) 2-d 3x3 stride-1 float32/float64 ones, on request
-# (algorithm=, or autotuning on a GPU): the automatic choice waits for its device
-# timings (benchmarks/gpu_probe.py paths).
-ALGORITHMS = ("gemm", "direct", "winograd")
+# "winograd" (winograd_launch) 2-d 3x3 stride-1 float32/float64 ones and
+# "depthwise-tiled" (depthwise.cu) 2-d depthwise 3x3/5x5 ones, on request (algorithm=,
+# or autotuning on a GPU): the automatic choice waits for their device timings
+# (benchmarks/gpu_probe.py paths).
+GENERAL_PATHS = ("gemm", "direct")
+ALGORITHMS = GENERAL_PATHS + ("winograd", "depthwise-tiled")
+
+
+def _depthwise_tiled_refusal(mode, cg, p: ConvParams):
+    """Why depthwise.cu's kernel cannot run a convolution kernel, or None."""
+    if mode == MODE_WGRAD:
+        return "it computes outputs, not weight gradients"
+    if p.rank != 2 or cg != 1:
+        return (f"2-d depthwise convolutions only (one input channel per group; this is "
+                f"{p.rank}-d with {cg})")
+    sizes = {(k, s) for k, s, flip in DEPTHWISE_TILED if flip == (mode == MODE_ADJ)}
+    k, s = p.kernel, p.stride
+    if k[0] != k[1] or s[0] != s[1] or (k[0], s[0]) not in sizes or p.dilation != (1, 1):
+        return (f"kernel {k}, stride {s}, dilation {p.dilation}: it has square kernel / "
+                f"stride pairs {sorted(sizes)} with dilation 1"
+                + (" (the adjoint: stride 1)" if mode == MODE_ADJ else ""))
+    return None
 
 
 def choose_path(mode, groups, m, cg, p: ConvParams, dtype=None):
@@ -339,6 +368,12 @@ def choose_path(mode, groups, m, cg, p: ConvParams, dtype=None):
             if refusal:
                 raise NotImplementedError(f"algorithm='winograd' cannot run here: {refusal}")
             why = "forced: F(2x2, 3x3), 16 GEMM slices"
+        elif path == "depthwise-tiled":
+            refusal = _depthwise_tiled_refusal(mode, cg, p)
+            if refusal:
+                raise NotImplementedError(f"algorithm='depthwise-tiled' cannot run here: "
+                                          f"{refusal}")
+            why = f"forced: {DW_TILE_W}x{DW_TILE_H} output tiles over a shared-memory patch"
     elif groups > 1 and m < 16:
         path, why = "direct", f"{groups} groups of {m} (< 16) output channels"
     else:
@@ -451,10 +486,17 @@ def _forward_like(rt, mode, path, a, x, bias, out, n, groups, ci, co, ishape, os
     ct = ctype(out.dtype)
     m = co // groups
     b = bias if bias is not None else a  # never read when HAS_BIAS is 0
+    if path == "depthwise-tiled":
+        geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None)
+        tiles = -(-oshape[0] // DW_TILE_H) * -(-oshape[1] // DW_TILE_W)
+        rt.function("depthwise.cu", f"conv_depthwise_tiled<{ct},{p.kernel[0]},{p.stride[0]},"
+                                    f"{int(mode == MODE_ADJ)}>")(
+            (tiles, min(n * co, PLANE_ROWS_MAX)), (BLOCK_THREADS,), (a, x, b, out, geo) + act)
+        return
     if path == "direct":
         geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None)
         op = math.prod(oshape)
-        grid = (-(-op // BLOCK_THREADS), min(n * co, 65535))
+        grid = (-(-op // BLOCK_THREADS), min(n * co, PLANE_ROWS_MAX))
         k = 3 if p.rank >= 2 and p.kernel[-2:] == (3, 3) else 0
         rt.function("conv.cu", f"conv_direct<{ct},{mode},{k},{k}>")(
             grid, (BLOCK_THREADS,), (a, x, b, out, geo) + act)
