@@ -1,17 +1,19 @@
-"""Two diagnostics of the cupy backend for tuning sessions on a GPU.
+"""Three diagnostics of the cupy backend for tuning sessions on a GPU.
 
     python benchmarks/gpu_probe.py overhead   # host time per call, and where it goes
     python benchmarks/gpu_probe.py tiles      # every GEMM tile forced, per layer shape
-    python benchmarks/gpu_probe.py paths      # gemm vs winograd on the 3x3 stride-1 layers
+    python benchmarks/gpu_probe.py paths      # gemm vs winograd, direct vs tiled depthwise
 
 ``overhead`` times tiny calls (the GPU is idle, so a call costs what the host spends
 on it) and prints a cProfile of them; ``tiles`` times each conv_gemm tile shape on
 the ResNet layers at batch 8 and 32, so the tile heuristic of
 ``cnnfast.backends.cuda.conv_launch`` can be checked against measurements; ``paths``
 times the implicit GEMM against the Winograd F(2x2, 3x3) path (``algorithm=``) and
-torch/cuDNN on the 3x3 stride-1 layers of the bench suite and the seed CNN, forward and
-both gradients, float32 with TF32 off -- the figures the automatic choice of
-``conv_launch.choose_path`` waits for.
+torch/cuDNN on the 3x3 stride-1 layers of the bench suite and the seed CNN (forward and
+both gradients), and the direct kernel against the shared-memory tiled one on
+MobileNet-like depthwise layers (forward, and the input gradient at stride 1), float32
+with TF32 off -- the figures the automatic choice of ``conv_launch.choose_path`` waits
+for.
 """
 
 from __future__ import annotations
@@ -104,6 +106,18 @@ def tiles():
                       flush=True)
 
 
+def _compare(name, n, op, base, alt, cudnn):
+    """One row of ``paths``: the two paths' and cuDNN's times, base/alt, and the two
+    results' relative difference (each callable returns the op's result)."""
+    import cupy as cp
+
+    b, a, t = _timed(base, 20), _timed(alt, 20), _timed(cudnn, 20)
+    ref, got = base(), alt()
+    err = float(cp.abs(got - ref).max() / cp.abs(ref).max())
+    print(f"{name:16s} n{n:<3d} {op:8s}{b:10.1f}{a:10.1f}{t:10.1f}{b / a:10.2f}{err:10.1e}",
+          flush=True)
+
+
 def paths():
     import cupy as cp
     import torch
@@ -113,7 +127,35 @@ def paths():
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     rng = np.random.default_rng(0)
-    layers = [  # (name, C, H, W, O, pad)
+
+    def arrays(n, c, h, w_, o, cg, k, s, pad):
+        x = cp.asarray(rng.standard_normal((n, c, h, w_)).astype(np.float32))
+        w = cp.asarray(rng.standard_normal((o, cg, k, k)).astype(np.float32))
+        kw = dict(stride=s, padding=pad, groups=c // cg)
+        y = cnnfast.conv2d(x, w, backend="cupy", **kw)
+        gy = cp.asarray(rng.standard_normal(y.shape).astype(np.float32))
+        return x, w, gy, kw
+
+    def ours(op, algo, x, w, gy, kw):
+        if op == "fwd":
+            return lambda: cnnfast.conv2d(x, w, backend="cupy", algorithm=algo, **kw)
+        if op == "bwd-x":
+            return lambda: cnnfast.conv_backward(gy, x, w, needs=("x",), backend="cupy",
+                                                 algorithm=algo, **kw)[0]
+        return lambda: cnnfast.conv_backward(gy, x, w, needs=("weight",), backend="cupy",
+                                             algorithm=algo, **kw)[1]
+
+    def cudnn(op, x, w, gy, kw):
+        tx, tw, tgy = (torch.as_tensor(a, device="cuda") for a in (x, w, gy))
+        return {"fwd": lambda: torch.nn.functional.conv2d(tx, tw, **kw),
+                "bwd-x": lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tgy, **kw),
+                "bwd-w": lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tgy, **kw)}[op]
+
+    print("us per call (CUDA events, 20 calls after one warm-up); float32, TF32 off")
+    print("(rel err: max |alt - base| / max |base|, the two results on the device)")
+    head = f"{'base':>10s}{'alt':>10s}{'cudnn':>10s}{'base/alt':>10s}{'rel err':>10s}"
+    print(f"\n3x3 stride 1: base gemm, alt winograd\n{'':30s}{head}")
+    dense = [  # (name, C, H, W, O, pad)
         ("resnet c64 56", 64, 56, 56, 64, 1),
         ("resnet c128 28", 128, 28, 28, 128, 1),
         ("resnet c256 14", 256, 14, 14, 256, 1),
@@ -121,39 +163,28 @@ def paths():
         ("seed conv2 13", 64, 13, 13, 64, 0),
         ("wide c32 112", 32, 112, 112, 32, 1),
     ]
-    print("us per call (CUDA events, 20 calls after one warm-up); float32, TF32 off")
-    print("(rel err: max |winograd - gemm| / max |gemm|, the results on the device)")
-    print(f"{'':30s}{'gemm':>10s}{'winograd':>10s}{'cudnn':>10s}{'gemm/wino':>10s}"
-          f"{'rel err':>10s}")
-    for name, c, h, w_, o, pad in layers:
+    for name, c, h, w_, o, pad in dense:
         for n in (8, 32, 64):
-            x = cp.asarray(rng.standard_normal((n, c, h, w_)).astype(np.float32))
-            w = cp.asarray(rng.standard_normal((o, c, 3, 3)).astype(np.float32))
-            y = cnnfast.conv2d(x, w, padding=pad, backend="cupy")
-            gy = cp.asarray(rng.standard_normal(y.shape).astype(np.float32))
-            tx, tw, tgy = (torch.as_tensor(a, device="cuda") for a in (x, w, gy))
-
-            def ours(op, algo):
-                if op == "fwd":
-                    return lambda: cnnfast.conv2d(x, w, padding=pad, backend="cupy",
-                                                  algorithm=algo)
-                needs = ("x",) if op == "bwd-x" else ("weight",)
-                return lambda: cnnfast.conv_backward(gy, x, w, 1, pad, needs=needs,
-                                                     backend="cupy", algorithm=algo)
-
-            cudnn = {
-                "fwd": lambda: torch.nn.functional.conv2d(tx, tw, padding=pad),
-                "bwd-x": lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tgy, padding=pad),
-                "bwd-w": lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tgy, padding=pad),
-            }
+            a = arrays(n, c, h, w_, o, c, 3, 1, pad)
             for op in ("fwd", "bwd-x", "bwd-w"):
-                g, wi = _timed(ours(op, "gemm"), 20), _timed(ours(op, "winograd"), 20)
-                t = _timed(cudnn[op], 20)
-                ref, got = (r if op == "fwd" else r[0] if op == "bwd-x" else r[1]
-                            for r in (ours(op, "gemm")(), ours(op, "winograd")()))
-                err = float(cp.abs(got - ref).max() / cp.abs(ref).max())
-                print(f"{name:16s} n{n:<3d} {op:8s}{g:10.1f}{wi:10.1f}{t:10.1f}{g / wi:10.2f}"
-                      f"{err:10.1e}", flush=True)
+                _compare(name, n, op, ours(op, "gemm", *a), ours(op, "winograd", *a),
+                         cudnn(op, *a))
+    print(f"\ndepthwise: base direct, alt depthwise-tiled\n{'':30s}{head}")
+    depthwise = [  # (name, C, H, W, k, stride): MobileNet-like layers
+        ("dw c32 112", 32, 112, 112, 3, 1),
+        ("dw c96 112 s2", 96, 112, 112, 3, 2),
+        ("dw c144 56", 144, 56, 56, 3, 1),
+        ("dw c384 14", 384, 14, 14, 3, 1),
+        ("dw c960 7", 960, 7, 7, 3, 1),
+        ("dw c240 28 k5", 240, 28, 28, 5, 1),
+        ("dw c672 14 k5s2", 672, 14, 14, 5, 2),
+    ]
+    for name, c, h, w_, k, s in depthwise:
+        for n in (8, 32):
+            a = arrays(n, c, h, w_, c, 1, k, s, k // 2)
+            for op in ("fwd", "bwd-x") if s == 1 else ("fwd",):
+                _compare(name, n, op, ours(op, "direct", *a), ours(op, "depthwise-tiled", *a),
+                         cudnn(op, *a))
 
 
 if __name__ == "__main__":

@@ -70,8 +70,9 @@ fi
 
 if want paths; then
     step paths
-    # gemm vs the Winograd path vs cuDNN per 3x3 stride-1 layer (issue 18: the
-    # automatic choice of conv_launch.choose_path waits for these figures)
+    # gemm vs winograd on the 3x3 stride-1 layers, direct vs depthwise-tiled on
+    # depthwise ones, each against cuDNN (issue 18: the automatic choice of
+    # conv_launch.choose_path waits for these figures)
     timeout 300 $py benchmarks/gpu_probe.py paths > "$out/paths.log" 2>&1
     cat "$out/paths.log"
 fi
