@@ -460,7 +460,7 @@ def _knobs(rng):
     if rng.random() < 0.2:
         knobs["splits"] = int(_pick(rng, (1, 2, 3, 5)))
     if rng.random() < 0.15:
-        knobs["tile"] = _pick(rng, ("small", "small16", "thin", "sliver"))
+        knobs["tile"] = _pick(rng, ("small", "small16", "small16_occ", "thin", "sliver"))
     if rng.random() < 0.3:
         knobs["pool_fwd"] = _pick(rng, ("thread", "warp"))
     if rng.random() < 0.3:

@@ -49,15 +49,22 @@ GEMM_THREADS = _K["GEMM_THREADS"]
 # on an H100 (benchmarks/gpu_probe.py tiles): 64 x 64 beat 128 x 128 and 64 x 256
 # tiles with 8 x 8 per thread on every ResNet layer at batch 8 and 32 (more resident
 # warps hide the gather latency better), so the larger tiles are gone; BK = 16 beat
-# BK = 8 by 5-35% on 27 of those 30 layer/pass pairs.
+# BK = 8 by 5-35% on 27 of those 30 layer/pass pairs. The last field is the blocks
+# per SM the registers are limited for (__launch_bounds__' second argument):
+# "small16" takes 93-105 registers in float (`.ci/nvrtc_check.py --ptxas-verbose`,
+# sm_90), so only 2 blocks of 256 threads fit an SM's 64K registers (a quarter of the
+# H100's 2048 threads); "small16_occ" is the same tile held to 4 blocks: 64 registers,
+# no spills in float (double spills ~200 B) -- not chosen automatically until
+# `gpu_probe.py tiles` has timed it on a GPU.
 GEMM_TILES = {
-    "small": (64, 64, 16, 8),    # 4 x 4 per thread
-    "small16": (64, 64, 16, 16),  # the same, 16 reduction steps per tile
-    "thin": (32, 256, 8, 8),     # 4 x 8, for M <= 32
-    "sliver": (16, 256, 4, 8),   # 4 x 4, for M <= 16 (e.g. gradients into RGB images)
+    "small": (64, 64, 16, 8, 1),    # 4 x 4 per thread
+    "small16": (64, 64, 16, 16, 1),  # the same, 16 reduction steps per tile
+    "small16_occ": (64, 64, 16, 16, 4),  # the same, for 4 resident blocks per SM
+    "thin": (32, 256, 8, 8, 1),     # 4 x 8, for M <= 32
+    "sliver": (16, 256, 4, 8, 1),   # 4 x 4, for M <= 16 (e.g. gradients into RGB images)
 }
 # Split-K slices are multiples of every tile's BK.
-GEMM_BK_MAX = math.lcm(*(bk for *_, bk in GEMM_TILES.values()))
+GEMM_BK_MAX = math.lcm(*(t[3] for t in GEMM_TILES.values()))
 # Blocks that keep a big GPU busy (an H100 has 132 SMs; two waves).
 TARGET_BLOCKS = 264
 # Row/phase table layouts (conv.cu): ints per row and per phase, and the fields'
@@ -145,13 +152,13 @@ def name_expressions(file: str, ctype: str = None) -> tuple:
 
 def template_ctype(name: str) -> str:
     """The C type a kernel's name expression is instantiated for (its first template
-    argument): ``conv_gemm<float,0,128,128,16>`` -> ``float``."""
+    argument): ``conv_gemm<float,0,64,64,16,16,1>`` -> ``float``."""
     return name.split("<", 1)[1].split(",", 1)[0].rstrip(">")
 
 
 def _gemm_name(ct, mode, tile):
-    bm, bn, thr_m, bk = GEMM_TILES[tile]
-    return f"conv_gemm<{ct},{mode},{bm},{bn},{thr_m},{bk}>"
+    bm, bn, thr_m, bk, min_blocks = GEMM_TILES[tile]
+    return f"conv_gemm<{ct},{mode},{bm},{bn},{thr_m},{bk},{min_blocks}>"
 
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)

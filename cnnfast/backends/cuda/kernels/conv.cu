@@ -86,8 +86,11 @@ __device__ __forceinline__ int adj_coord(int q, int t, int s, int p, int d, int 
     return i < n ? i : -1;
 }
 
-template <class T, int MODE, int BM, int BN, int THR_M, int GEMM_BK>
-__global__ void __launch_bounds__(GEMM_THREADS)
+// MIN_BLOCKS > 1 asks the compiler for registers few enough that MIN_BLOCKS blocks fit
+// on one SM (__launch_bounds__'s second argument): more resident warps to hide the
+// gather latency, at the price of spills if the tile needs more.
+template <class T, int MODE, int BM, int BN, int THR_M, int GEMM_BK, int MIN_BLOCKS>
+__global__ void __launch_bounds__(GEMM_THREADS, MIN_BLOCKS)
 conv_gemm(const T* __restrict__ a, const T* __restrict__ x, const T* __restrict__ bias,
           T* __restrict__ out, const int* __restrict__ geo, const int* __restrict__ rows,
           const int* __restrict__ phases, double slope, int act) {
