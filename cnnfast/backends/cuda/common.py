@@ -14,6 +14,8 @@ code runs on a GPU (``cnnfast.backends.cuda.cupy_backend``) and in the CPU emula
 * ``int32_array(values)``: a device array of int32 (geometry);
 * ``cached(key, build)``: the device copies of the numpy int32 arrays ``build()``
   returns (a tuple), built once per ``key`` (index tables of a geometry);
+* ``memo(key, build)``: whatever ``build()`` returns, built once per ``key`` on the
+  current device (a convolution's resolved launches; an exception is not kept);
 * ``record``: a ``conv_launch.PathRecord``, the paths of each thread's last
   convolution call (the backends' ``last_paths()``).
 

@@ -23,6 +23,7 @@ import re
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -103,7 +104,12 @@ NO_ACT = (np.float64(0.0), np.int32(ACT_CODES[None]))
 
 def act_args(p: ConvParams):
     """The (slope, code) kernel arguments of ``p``'s fused activation."""
-    return np.float64(p.negative_slope), np.int32(ACT_CODES[p.activation])
+    return _act_args(p.activation, p.negative_slope)
+
+
+@lru_cache(maxsize=64)
+def _act_args(activation, slope):  # numpy scalars are immutable: shared by every call
+    return np.float64(slope), np.int32(ACT_CODES[activation])
 
 # Test hooks (see tests/test_cuda_emu.py): force a convolution path or a split-K count.
 _overrides = {"path": None, "splits": None, "tile": None}
@@ -410,11 +416,23 @@ _OP_KERNELS = {
 _NEEDS = {"grad_x": "x", "grad_weight": "weight"}
 
 
+def _override_state():
+    """What the test hooks set that a launch's configuration depends on (part of every
+    memoised plan's key)."""
+    return _overrides["path"], _overrides["splits"], _overrides["tile"], PLANE_ROWS_MAX
+
+
 def _plan(op, p: ConvParams, x_shape, w_shape, needs=("x", "weight"), dtype=None):
-    """[(result, path, why)] of the convolution kernels ``op`` runs (a backward op:
-    those of ``needs``), from ``choose_path``: the one place the ops, ``explain`` and
-    ``last_paths`` take their paths from. A forced path that cannot run one of them
-    raises here, before any kernel runs."""
+    """((result, path, why), ...) of the convolution kernels ``op`` runs (a backward
+    op: those of ``needs``), from ``choose_path``: the one place the ops, ``explain``
+    and ``last_paths`` take their paths from. A forced path that cannot run one of them
+    raises here, before any kernel runs. Memoised (a refusal is raised afresh)."""
+    return _plan_of(op, p, tuple(x_shape), tuple(w_shape), frozenset(needs), dtype,
+                    _override_state())
+
+
+@lru_cache(maxsize=1024)
+def _plan_of(op, p, x_shape, w_shape, needs, dtype, overrides):
     g = p.groups
     channels = {"c": x_shape[1], "o": w_shape[1] * g if p.transposed else w_shape[0]}
     plan = []
@@ -422,7 +440,7 @@ def _plan(op, p: ConvParams, x_shape, w_shape, needs=("x", "weight"), dtype=None
         if name not in _NEEDS or _NEEDS[name] in needs:
             path, why = choose_path(mode, g, channels[co] // g, channels[ci] // g, p, dtype)
             plan.append((name, path, why))
-    return plan
+    return tuple(plan)
 
 
 def explain(op, p, dtype, x_shape=None, w_shape=None, needs=("x", "weight")):
@@ -490,39 +508,59 @@ def _forward_like(rt, mode, path, a, x, bias, out, n, groups, ci, co, ishape, os
         winograd_launch.forward_like(rt, slice_gemm, mode == MODE_ADJ, a, x, bias, out, n,
                                      groups, ci, co, ishape, oshape, p, act)
         return
-    ct = ctype(out.dtype)
-    m = co // groups
+    ln = rt.memo(("forward", mode, path, out.dtype, n, groups, ci, co, ishape, oshape, p,
+                  bias is not None, _override_state()),
+                 lambda: _forward_launch(rt, mode, path, out.dtype, n, groups, ci, co, ishape,
+                                         oshape, p, bias is not None))
     b = bias if bias is not None else a  # never read when HAS_BIAS is 0
+    target = _slice_workspace(rt, out, ln.splits)
+    # Split: the slices are raw sums; the activation comes with their sum.
+    ln.kernel(ln.grid, ln.block, (a, x, b, target) + ln.tables + act)
+    _add_slices(rt, target, out, ln.splits, act)
+
+
+class Launch(NamedTuple):
+    """One kernel launch of a convolution kernel, resolved once per geometry, path,
+    dtype and device (the runtime's ``memo``): a repeated call replays it with its
+    own arrays -- no index tables, tiles or grids worked out again (issue 18's host
+    path). ``tables``: the device arrays after the operands; ``splits``: the
+    reduction slices the kernel writes (added in order afterwards)."""
+
+    kernel: object
+    grid: tuple
+    block: tuple
+    tables: tuple
+    splits: int
+
+
+def _forward_launch(rt, mode, path, dtype, n, groups, ci, co, ishape, oshape, p, has_bias):
+    """The Launch of ``_forward_like`` on path "depthwise-tiled", "direct" or "gemm"."""
+    ct = ctype(dtype)
+    m = co // groups
+    geo_args = (rt, n, groups, ci, co, ishape, oshape, p, has_bias)
     if path == "depthwise-tiled":
-        geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None)
         tiles = -(-oshape[0] // DW_TILE_H) * -(-oshape[1] // DW_TILE_W)
-        rt.function("depthwise.cu", f"conv_depthwise_tiled<{ct},{p.kernel[0]},{p.stride[0]},"
-                                    f"{int(mode == MODE_ADJ)}>")(
-            (tiles, min(n * co, PLANE_ROWS_MAX)), (BLOCK_THREADS,), (a, x, b, out, geo) + act)
-        return
+        kernel = rt.function("depthwise.cu", f"conv_depthwise_tiled<{ct},{p.kernel[0]},"
+                                             f"{p.stride[0]},{int(mode == MODE_ADJ)}>")
+        return Launch(kernel, (tiles, min(n * co, PLANE_ROWS_MAX)), (BLOCK_THREADS,),
+                      (_geo_array(*geo_args),), 1)
     if path == "direct":
-        geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None)
         op = math.prod(oshape)
-        grid = (-(-op // BLOCK_THREADS), min(n * co, PLANE_ROWS_MAX))
         k = 3 if p.rank >= 2 and p.kernel[-2:] == (3, 3) else 0
-        rt.function("conv.cu", f"conv_direct<{ct},{mode},{k},{k}>")(
-            grid, (BLOCK_THREADS,), (a, x, b, out, geo) + act)
-        return
+        return Launch(rt.function("conv.cu", f"conv_direct<{ct},{mode},{k},{k}>"),
+                      (-(-op // BLOCK_THREADS), min(n * co, PLANE_ROWS_MAX)), (BLOCK_THREADS,),
+                      (_geo_array(*geo_args),), 1)
     rows, phases, nphase, kp, ncols = _tables(rt, mode, n, groups, ci, co, ishape, oshape, p)
     tile = _pick_tile(m)
     bm, bn = GEMM_TILES[tile][:2]
     blocks = -(-ncols // bn) * -(-m // bm) * groups * nphase
     # Too few output tiles to fill the GPU: split the reduction (slices >= 256).
     ksplits = _slice_count(blocks, kp, 256, 16, min(kp, 65535 // (groups * nphase)))
-    geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, bias is not None, nphase, kp,
-                     ksplits)
+    geo = _geo_array(*geo_args, nphase, kp, ksplits)
     grid = (-(-ncols // bn), -(-m // bm), groups * nphase * ksplits)
     _check_grid(grid)
-    target = _slice_workspace(rt, out, ksplits)
-    # Split: the slices are raw sums; the activation comes with their sum.
-    rt.function("conv.cu", _gemm_name(ct, mode, tile))(
-        grid, (GEMM_THREADS,), (a, x, b, target, geo, rows, phases) + act)
-    _add_slices(rt, target, out, ksplits, act)
+    return Launch(rt.function("conv.cu", _gemm_name(ct, mode, tile)), grid, (GEMM_THREADS,),
+                  (geo, rows, phases), ksplits)
 
 
 def _slice_count(blocks, length, min_slice, cap, limit):
@@ -570,23 +608,34 @@ def _weight_grad(rt, path, a, x, out, n, groups, ci, co, ishape, oshape, p):
         winograd_launch.weight_grad(rt, slice_gemm, _add_slices, a, x, out, n, groups, ci,
                                     co, ishape, oshape, p)
         return
-    ct = ctype(out.dtype)
+    ln = rt.memo(("wgrad", path, out.dtype, n, groups, ci, co, ishape, oshape, p,
+                  _override_state()),
+                 lambda: _weight_grad_launch(rt, path, out.dtype, n, groups, ci, co, ishape,
+                                             oshape, p))
+    target = _slice_workspace(rt, out, ln.splits)
+    if path == "direct":
+        ln.kernel(ln.grid, ln.block, (a, x, target) + ln.tables)
+    else:  # conv_gemm: ``a`` again where the bias would be (never read)
+        ln.kernel(ln.grid, ln.block, (a, x, a, target) + ln.tables + NO_ACT)
+    _add_slices(rt, target, out, ln.splits)
+
+
+def _weight_grad_launch(rt, path, dtype, n, groups, ci, co, ishape, oshape, p):
+    """The Launch of ``_weight_grad`` on path "direct" or "gemm"."""
+    ct = ctype(dtype)
     m = co // groups
     cg = ci // groups
     kt = math.prod(p.kernel)
     if path == "direct":
-        geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p)
         blocks = co * cg * -(-kt // DW_TAPS)
         total = n * math.prod(oshape)
         # Slices of the (n, position) range, each >= 1024 long.
         splits = _slice_count(blocks, total, 1024, 64, min(total, 65535))
         grid = (co * cg, -(-kt // DW_TAPS), splits)
         _check_grid(grid)
-        target = _slice_workspace(rt, out, splits)
-        rt.function("conv.cu", f"conv_wgrad_direct<{ct}>")(grid, (BLOCK_THREADS,),
-                                                          (a, x, target, geo))
-        _add_slices(rt, target, out, splits)
-        return
+        return Launch(rt.function("conv.cu", f"conv_wgrad_direct<{ct}>"), grid,
+                      (BLOCK_THREADS,), (_geo_array(rt, n, groups, ci, co, ishape, oshape, p),),
+                      splits)
     ncols = cg * kt
     k_total = n * math.prod(oshape)
     rows, phases, _, _, _ = _tables(rt, MODE_WGRAD, n, groups, ci, co, ishape, oshape, p)
@@ -598,12 +647,10 @@ def _weight_grad(rt, path, a, x, out, n, groups, ci, co, ishape, oshape, p):
     kchunk = -(-kchunk // GEMM_BK_MAX) * GEMM_BK_MAX
     splits = -(-k_total // kchunk)
     geo = _geo_array(rt, n, groups, ci, co, ishape, oshape, p, splits=splits, kchunk=kchunk)
-    target = _slice_workspace(rt, out, splits)
     grid = (-(-ncols // bn), -(-m // bm), groups * splits)
     _check_grid(grid)
-    rt.function("conv.cu", _gemm_name(ct, MODE_WGRAD, tile))(
-        grid, (GEMM_THREADS,), (a, x, a, target, geo, rows, phases) + NO_ACT)
-    _add_slices(rt, target, out, splits)
+    return Launch(rt.function("conv.cu", _gemm_name(ct, MODE_WGRAD, tile)), grid,
+                  (GEMM_THREADS,), (geo, rows, phases), splits)
 
 
 def _bias_grad(rt, gy):

@@ -75,6 +75,7 @@ class CupyRuntime:
         self._functions = {}  # (device id, name) -> RawKernel
         self._geo = {}  # (device id, geometry) -> device int32 array
         self._tables = {}  # (device id, table key) -> device int32 arrays
+        self._memo = {}  # (device id, key) -> a launch resolved on that device
         self._lock = threading.Lock()
 
     def module(self, file, ctype, device=None):
@@ -123,6 +124,17 @@ class CupyRuntime:
                 self._tables.clear()
             hit = self._tables[key] = tuple(cupy.asarray(np.ascontiguousarray(a, np.int32))
                                             for a in build())
+        return hit
+
+
+    def memo(self, key, build):
+        # Resolved launches (kernels, grids, device tables) of this device: bounded.
+        key = (cupy.cuda.Device().id, key)
+        hit = self._memo.get(key)
+        if hit is None:
+            if len(self._memo) > 1024:
+                self._memo.clear()
+            hit = self._memo[key] = build()
         return hit
 
 

@@ -273,6 +273,7 @@ class EmuRuntime:
         self.record = conv_launch.PathRecord()
         self._functions = {}
         self._tables = {}
+        self._memo = {}
 
     def function(self, file, name):
         k = self._functions.get(name)
@@ -290,6 +291,14 @@ class EmuRuntime:
             if len(self._tables) > 256:
                 self._tables.clear()
             hit = self._tables[key] = tuple(_aligned16(a) for a in build())
+        return hit
+
+    def memo(self, key, build):
+        hit = self._memo.get(key)
+        if hit is None:
+            if len(self._memo) > 1024:
+                self._memo.clear()
+            hit = self._memo[key] = build()
         return hit
 
 

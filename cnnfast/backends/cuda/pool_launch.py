@@ -27,6 +27,7 @@ multiply-shift dividers of its invariant extents, is computed once per shape."""
 from __future__ import annotations
 
 import contextlib
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -134,56 +135,76 @@ def _grid(threads, max_blocks=None):
     return (min(grid[0], max_blocks or MAX_BLOCKS),), block
 
 
-def _launch_forward(rt, name, ct, outputs, p, args):
-    if _forward_path(outputs, p) == "warp":
-        grid = max(1, min(-(-outputs * 32 // BLOCK_THREADS), MAX_BLOCKS))  # warp-stride loops
-        rt.function("pool.cu", f"{name}_warp<{ct}>")((grid,), (BLOCK_THREADS,), args)
-    else:
+def _forward_launch(rt, name, dtype, nc, p):
+    """(kernel, grid, block, geometry) of a pooling forward over ``nc`` planes,
+    resolved once per (kernel, dtype, planes, params, path override) and device: a
+    repeated call only allocates its results and launches (issue 18's host path)."""
+
+    def build():
+        ct = ctype(dtype)
+        outputs = nc * math.prod(p.out_shape)
+        geo = rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p))
+        if _forward_path(outputs, p) == "warp":
+            grid = max(1, min(-(-outputs * 32 // BLOCK_THREADS), MAX_BLOCKS))  # warp-stride
+            return rt.function("pool.cu", f"{name}_warp<{ct}>"), (grid,), (BLOCK_THREADS,), geo
         grid, block = _grid(outputs)
-        rt.function("pool.cu", f"{name}<{ct}>")(grid, block, args)
+        return rt.function("pool.cu", f"{name}<{ct}>"), grid, block, geo
+
+    return rt.memo(("pool", name, dtype, nc, p, _overrides["fwd"]), build)
 
 
 def max_pool(rt, x, p: PoolParams, return_indices):
     check_int32_extent(x, x.shape[:2] + tuple(p.out_shape))
-    ct = ctype(x.dtype)
-    nc = x.shape[0] * x.shape[1]
+    kernel, grid, block, geo = _forward_launch(rt, "max_pool_fwd", x.dtype,
+                                               x.shape[0] * x.shape[1], p)
     y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
     idx = rt.xp.empty(y.shape if return_indices else (1,), np.int64)
-    _launch_forward(rt, "max_pool_fwd", ct, y.size, p, (
-        x, y, idx, rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p)),
-        np.int32(bool(return_indices))))
+    kernel(grid, block, (x, y, idx, geo, np.int32(bool(return_indices))))
     return y, (idx if return_indices else None)
 
 
 def max_pool_backward(rt, gy, indices, x_shape):
     check_int32_extent(gy)
-    ct = ctype(gy.dtype)
-    nc = int(x_shape[0]) * int(x_shape[1])
-    plane = int(np.prod(x_shape[2:]))
-    scatter = _max_bwd_scatter(gy.size, int(np.prod(x_shape)))
-    check_int32_extent(tuple(x_shape))
-    gx = (rt.xp.zeros if scatter else rt.xp.empty)(tuple(x_shape), gy.dtype)
-    # Slices per plane of the scanning fallback: enough threads to fill a GPU, each
-    # slice >= 16 cells.
-    segments = max(1, min(-(-65536 // max(nc, 1)), plane // 16, 64))
-    geo = rt.int32_array(_pool_geo(nc, tuple(x_shape[2:]), tuple(gy.shape[2:]), None, segments,
-                                   _MAX_BWD_MODES[_overrides["max_bwd"]], MAX_BWD_RUN))
-    ishape = lift_to_3d(x_shape[2:], 1)
-    runs = nc * ishape[0] * ishape[1] * -(-ishape[2] // MAX_BWD_RUN)
+    x_shape = tuple(int(v) for v in x_shape)
+    check_int32_extent(x_shape)
+    scatter, reach_launch, launch = rt.memo(
+        ("max_pool_bwd", gy.dtype, gy.shape, x_shape, _overrides["max_bwd"]),
+        lambda: _max_backward_launches(rt, gy.dtype, gy.shape, x_shape))
+    gx = (rt.xp.zeros if scatter else rt.xp.empty)(x_shape, gy.dtype)
     indices = rt.xp.ascontiguousarray(indices, np.int64)
     # The reach is written with atomicMax: a fresh zeroed array each call (the
     # runtime's int32_array may be a cached, shared geometry array).
     reach = rt.xp.zeros(3, np.int32)
-    grid, block = _grid(gy.size, 1024)  # grid-stride; 3 atomics per block
-    rt.function("pool.cu", f"max_pool_bwd_reach<{ct}>")(grid, block, (indices, reach, geo))
-    if scatter:
-        grid, block = _grid(gy.size)
-        rt.function("pool.cu", f"max_pool_bwd_scatter<{ct}>")(grid, block, (
-            gy, indices, gx, reach, geo))
-        return gx
-    grid, block = _grid(runs)
-    rt.function("pool.cu", f"max_pool_bwd<{ct}>")(grid, block, (gy, indices, gx, reach, geo))
+    kernel, grid, block, geo = reach_launch
+    kernel(grid, block, (indices, reach, geo))
+    kernel, grid, block, geo = launch
+    kernel(grid, block, (gy, indices, gx, reach, geo))
     return gx
+
+
+def _max_backward_launches(rt, dtype, gy_shape, x_shape):
+    """(scatter, the reach pass's (kernel, grid, block, geometry), the gradient
+    pass's), resolved once per shapes, dtype, path override and device."""
+    ct = ctype(dtype)
+    nc = x_shape[0] * x_shape[1]
+    plane = math.prod(x_shape[2:])
+    outputs = math.prod(gy_shape)
+    scatter = _max_bwd_scatter(outputs, math.prod(x_shape))
+    # Slices per plane of the scanning fallback: enough threads to fill a GPU, each
+    # slice >= 16 cells.
+    segments = max(1, min(-(-65536 // max(nc, 1)), plane // 16, 64))
+    geo = rt.int32_array(_pool_geo(nc, x_shape[2:], tuple(gy_shape[2:]), None, segments,
+                                   _MAX_BWD_MODES[_overrides["max_bwd"]], MAX_BWD_RUN))
+    grid, block = _grid(outputs, 1024)  # grid-stride; 3 atomics per block
+    reach = (rt.function("pool.cu", f"max_pool_bwd_reach<{ct}>"), grid, block, geo)
+    if scatter:
+        grid, block = _grid(outputs)
+        return scatter, reach, (rt.function("pool.cu", f"max_pool_bwd_scatter<{ct}>"), grid,
+                                block, geo)
+    ishape = lift_to_3d(x_shape[2:], 1)
+    runs = nc * ishape[0] * ishape[1] * -(-ishape[2] // MAX_BWD_RUN)
+    grid, block = _grid(runs)
+    return scatter, reach, (rt.function("pool.cu", f"max_pool_bwd<{ct}>"), grid, block, geo)
 
 
 def _max_bwd_scatter(outputs, inputs):
@@ -197,23 +218,27 @@ def _max_bwd_scatter(outputs, inputs):
 
 def avg_pool(rt, x, p: PoolParams):
     check_int32_extent(x, x.shape[:2] + tuple(p.out_shape))
-    ct = ctype(x.dtype)
-    nc = x.shape[0] * x.shape[1]
+    kernel, grid, block, geo = _forward_launch(rt, "avg_pool_fwd", x.dtype,
+                                               x.shape[0] * x.shape[1], p)
     y = rt.xp.empty(x.shape[:2] + tuple(p.out_shape), x.dtype)
-    _launch_forward(rt, "avg_pool_fwd", ct, y.size, p, (
-        x, y, rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p))))
+    kernel(grid, block, (x, y, geo))
     return y
 
 
 def avg_pool_backward(rt, gy, p: PoolParams):
     check_int32_extent(gy)
-    ct = ctype(gy.dtype)
-    nc = gy.shape[0] * gy.shape[1]
     check_int32_extent(gy.shape[:2] + tuple(p.in_shape))
+    nc = gy.shape[0] * gy.shape[1]
+
+    def build():  # once per (dtype, planes, params) and device, as the forward's
+        ishape = lift_to_3d(p.in_shape, 1)
+        runs = nc * ishape[0] * ishape[1] * -(-ishape[2] // AVG_BWD_RUN)  # undilated: runs
+        grid, block = _grid(runs if all(d == 1 for d in p.dilation) else
+                            nc * math.prod(p.in_shape))
+        return (rt.function("pool.cu", f"avg_pool_bwd<{ctype(gy.dtype)}>"), grid, block,
+                rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p, run=AVG_BWD_RUN)))
+
+    kernel, grid, block, geo = rt.memo(("avg_pool_bwd", gy.dtype, nc, p), build)
     gx = rt.xp.empty(gy.shape[:2] + tuple(p.in_shape), gy.dtype)
-    ishape = lift_to_3d(p.in_shape, 1)
-    runs = nc * ishape[0] * ishape[1] * -(-ishape[2] // AVG_BWD_RUN)  # undilated: runs
-    grid, block = _grid(runs if all(d == 1 for d in p.dilation) else gx.size)
-    rt.function("pool.cu", f"avg_pool_bwd<{ct}>")(grid, block, (
-        gy, gx, rt.int32_array(_pool_geo(nc, p.in_shape, p.out_shape, p, run=AVG_BWD_RUN))))
+    kernel(grid, block, (gy, gx, geo))
     return gx
