@@ -101,6 +101,17 @@ def _launch(rt, name, total, args):
     rt.function("winograd.cu", name)(grid, block, args)
 
 
+def _input_transform(rt, x, ci, ishape, pad, th, tw):
+    """V (16, ci, tiles) of the images ``x``: wino_input."""
+    k = x.shape[0]
+    tiles = k * th * tw
+    v = rt.xp.empty((16 * ci * tiles,), x.dtype)
+    _launch(rt, f"wino_input<{ctype(x.dtype)}>", ci * tiles, (
+        x, v, np.int32(k), np.int32(ci), np.int32(ishape[0]), np.int32(ishape[1]),
+        np.int32(pad[0]), np.int32(pad[1]), np.int32(th), np.int32(tw)))
+    return v
+
+
 def forward_like(rt, gemm, mode_adj, a, x, bias, out, n, groups, ci, co, ishape, oshape,
                  p: ConvParams, act):
     """out = the 3x3 stride-1 correlation (``mode_adj`` false: weight ``a`` laid out
@@ -123,10 +134,7 @@ def forward_like(rt, gemm, mode_adj, a, x, bias, out, n, groups, ci, co, ishape,
     for lo, hi in _chunks(n, 16 * max(ci, co) * th * tw, 16 * (ci + co) * th * tw * dt.itemsize):
         k = hi - lo
         tiles = k * th * tw
-        v = rt.xp.empty((16 * ci * tiles,), dt)
-        _launch(rt, f"wino_input<{ct}>", ci * tiles, (
-            x[lo:hi], v, np.int32(k), np.int32(ci), np.int32(ishape[0]), np.int32(ishape[1]),
-            np.int32(pad[0]), np.int32(pad[1]), np.int32(th), np.int32(tw)))
+        v = _input_transform(rt, x[lo:hi], ci, ishape, pad, th, tw)
         prod = rt.xp.empty((16 * co * tiles,), dt)
         q = _slice_params(ci, co, cg, groups, tiles)
         gemm(u, v, prod, 16 * groups, 16 * ci, 16 * co, q)
@@ -154,10 +162,7 @@ def weight_grad(rt, gemm_wgrad, add_slices, a, x, out, n, groups, ci, co, ishape
     for i, (lo, hi) in enumerate(chunks):
         k = hi - lo
         tiles = k * th * tw
-        v = rt.xp.empty((16 * ci * tiles,), dt)
-        _launch(rt, f"wino_input<{ct}>", ci * tiles, (
-            x[lo:hi], v, np.int32(k), np.int32(ci), np.int32(ishape[0]), np.int32(ishape[1]),
-            np.int32(pad[0]), np.int32(pad[1]), np.int32(th), np.int32(tw)))
+        v = _input_transform(rt, x[lo:hi], ci, ishape, pad, th, tw)
         gt = rt.xp.empty((16 * co * tiles,), dt)
         _launch(rt, f"wino_grad_output<{ct}>", co * tiles, (
             a[lo:hi], gt, np.int32(k), np.int32(co), np.int32(oshape[0]), np.int32(oshape[1]),

@@ -37,6 +37,15 @@
 #define WINO_CORR 0  // the weight read as y = corr(x, w): w[co][c][ky][kx]
 #define WINO_ADJ 1   // the adjoint: w[c][co][2-ky][2-kx] (input gradient, convT forward)
 
+// Image, tile row and tile column of tile number ``tile``.
+__device__ __forceinline__ void tile_coords(int tile, int th_count, int tw_count, int& n,
+                                            int& th, int& tw) {
+    tw = tile % tw_count;
+    const int t01 = tile / tw_count;
+    th = t01 % th_count;
+    n = t01 / th_count;
+}
+
 // One 4-vector of B^T times d: (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
 template <class A>
 __device__ __forceinline__ void bt4(A d0, A d1, A d2, A d3, A* o) {
@@ -56,9 +65,9 @@ wino_input(const T* __restrict__ x, T* __restrict__ v, int n_img, int channels, 
     const i64 slice = total;  // V[e] holds channels * tiles values
     for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (i64)gridDim.x * blockDim.x) {
-        const int ch = (int)(idx / tiles), tile = (int)(idx % tiles);
-        const int tw = tile % tw_count, t01 = tile / tw_count;
-        const int th = t01 % th_count, n = t01 / th_count;
+        const int ch = (int)(idx / tiles);
+        int n, th, tw;
+        tile_coords((int)(idx % tiles), th_count, tw_count, n, th, tw);
         const T* xc = x + ((i64)n * channels + ch) * h * w;
         const int r0 = 2 * th - pad0, c0 = 2 * tw - pad1;
         Acc d[4][4];
@@ -135,9 +144,9 @@ wino_output(const T* __restrict__ mprod, const T* __restrict__ bias, T* __restri
     const i64 total = (i64)co_count * tiles;
     for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (i64)gridDim.x * blockDim.x) {
-        const int co = (int)(idx / tiles), tile = (int)(idx % tiles);
-        const int tw = tile % tw_count, t01 = tile / tw_count;
-        const int th = t01 % th_count, n = t01 / th_count;
+        const int co = (int)(idx / tiles);
+        int n, th, tw;
+        tile_coords((int)(idx % tiles), th_count, tw_count, n, th, tw);
         Acc mv[4][4];
         for (int e = 0; e < 16; ++e) mv[e / 4][e % 4] = Acc(mprod[e * total + idx]);
         Acc r[2][4];  // A^T M: rows m0 + m1 + m2 and m1 - m2 - m3
@@ -178,9 +187,9 @@ wino_grad_output(const T* __restrict__ gy, T* __restrict__ gt, int n_img, int co
     const i64 total = (i64)co_count * tiles;
     for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (i64)gridDim.x * blockDim.x) {
-        const int co = (int)(idx / tiles), tile = (int)(idx % tiles);
-        const int tw = tile % tw_count, t01 = tile / tw_count;
-        const int th = t01 % th_count, n = t01 / th_count;
+        const int co = (int)(idx / tiles);
+        int n, th, tw;
+        tile_coords((int)(idx % tiles), th_count, tw_count, n, th, tw);
         const T* gc = gy + ((i64)n * co_count + co) * oh * ow;
         Acc g[2][2];
         for (int i = 0; i < 2; ++i)
