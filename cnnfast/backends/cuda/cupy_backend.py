@@ -128,11 +128,12 @@ class CupyRuntime:
 
 
     def memo(self, key, build):
-        # Resolved launches (kernels, grids, device tables) of this device: bounded.
+        # Resolved launches (kernels, grids, device tables) of this device: bounded as
+        # the tables are (a launch holds its tables).
         key = (cupy.cuda.Device().id, key)
         hit = self._memo.get(key)
         if hit is None:
-            if len(self._memo) > 1024:
+            if len(self._memo) > 256:
                 self._memo.clear()
             hit = self._memo[key] = build()
         return hit

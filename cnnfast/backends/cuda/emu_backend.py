@@ -296,7 +296,7 @@ class EmuRuntime:
     def memo(self, key, build):
         hit = self._memo.get(key)
         if hit is None:
-            if len(self._memo) > 1024:
+            if len(self._memo) > 256:  # as the tables (a launch holds its tables)
                 self._memo.clear()
             hit = self._memo[key] = build()
         return hit
