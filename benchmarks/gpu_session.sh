@@ -4,14 +4,14 @@
 #
 #   bash benchmarks/gpu_session.sh OUTDIR [STEPS]
 #
-# STEPS is a comma list of: env, cache, test, bench, adhoc, paths, suite (run in that
-# order; default: all but suite). Logs go to OUTDIR/{env,test,bench,adhoc,paths,suite}.log
+# STEPS is a comma list of: env, cache, test, bench, adhoc, overhead, paths, suite (run
+# in that order; default: all but suite). Logs go to OUTDIR/<step>.log
 # (the cache check appends to env.log); the benchmark writes OUTDIR/gpu.{json,md,png}.
 # Meant for a machine that already has CuPy and a CUDA torch (the lent H100/H200 image
 # does); elsewhere: pip install -e .[gpu,dev] first.
 set -u
 out=${1:?usage: gpu_session.sh OUTDIR [STEPS]}
-steps=${2:-env,cache,test,bench,adhoc,paths}
+steps=${2:-env,cache,test,bench,adhoc,overhead,paths}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -66,6 +66,13 @@ if want adhoc; then
     step adhoc
     timeout 240 $py benchmarks/gpu_crosscheck.py > "$out/adhoc.log" 2>&1
     cat "$out/adhoc.log"
+fi
+
+if want overhead; then
+    step overhead
+    # host microseconds per call against CuPy's floor (issue 18 item 1), and a profile
+    timeout 120 $py benchmarks/gpu_probe.py overhead > "$out/overhead.log" 2>&1
+    head -n 12 "$out/overhead.log"
 fi
 
 if want paths; then

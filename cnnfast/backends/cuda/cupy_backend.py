@@ -126,7 +126,6 @@ class CupyRuntime:
                                             for a in build())
         return hit
 
-
     def memo(self, key, build):
         # Resolved launches (kernels, grids, device tables) of this device: bounded as
         # the tables are (a launch holds its tables).
